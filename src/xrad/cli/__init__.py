@@ -1,0 +1,1 @@
+"""Command-line interface: ``xrad VERB ...``; one module per verb, imported only when used."""

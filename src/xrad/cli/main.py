@@ -1,0 +1,64 @@
+"""Entry point of the ``xrad`` command.
+
+Each verb lives in its own module ``xrad.cli.<verb>`` exposing ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are imported only when their verb is used, so ``xrad --help`` is instant
+and never imports torch. A user error (:class:`xrad.errors.XradError`) is printed as one line and exits
+with status 2; Ctrl-C exits with 130 after the verb had a chance to leave its outputs consistent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from xrad import __version__
+from xrad.errors import XradError
+
+# verb -> one-line help. The module xrad.cli.<verb with - replaced by _> implements it.
+VERBS: dict[str, str] = {
+    "synth": "generate phantom radiographs in MURA's folder layout (the default data set)",
+    "index": "index a MURA tree, a CSV file or a DICOM folder into a manifest",
+    "split": "make a leak-free semi-supervised train/valid/test split of a manifest",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one sub-parser per verb."""
+    parser = argparse.ArgumentParser(
+        prog="xrad",
+        description="Semi-supervised anomaly detection on radiographs.",
+        epilog="Run `xrad VERB --help` for the options of one verb.",
+    )
+    parser.add_argument("--version", action="version", version=f"xrad {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
+    for verb, help_line in VERBS.items():
+        module = importlib.import_module(f"xrad.cli.{verb.replace('-', '_')}")
+        verb_parser = sub.add_parser(verb, help=help_line, description=help_line[0].upper() + help_line[1:] + ".",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(verb_parser)
+        verb_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the verb, and turn user errors into one-line messages."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._module.run(args) or 0)
+    except XradError as exc:
+        print(f"xrad {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xrad {args.verb}: interrupted; finished work is kept, run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
