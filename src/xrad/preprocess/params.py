@@ -1,0 +1,66 @@
+"""Parameters of the offline preprocessing, stored with every cache and every trained artefact."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from xrad.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """Every knob of :func:`xrad.preprocess.preprocess_image`, with the defaults used by xrad.
+
+    Carrier detection: quadrilateral candidates must cover at least ``carrier_min_area`` of the image,
+    be convex, and have corner angles with ``|cos| < carrier_max_cos`` (≈ 73°–107° at 0.3). The chosen
+    candidate maximises the quality score documented in :mod:`xrad.preprocess.carrier`.
+    Inversion: an image is white-background when the median of its outer ``border_fraction`` band is
+    above ``inverted_border_median``. Intensity: the crop is stretched between its
+    ``contrast_low``/``contrast_high`` percentiles (AutoContrast with a 1 % cut-off, as the paper).
+    Segmentation: Yen threshold on the equalised crop with hysteresis low factors from ``hysteresis_grid``
+    (searched once per image at ``search_px``), an opening of radius ``opening_fraction`` × major axis,
+    the largest component, holes smaller than ``max_hole_fraction`` of it filled.
+    Output: major axis resized to ``size`` and padded to a square.
+    """
+
+    size: int = 512
+    carrier_min_area: float = 0.15
+    carrier_max_cos: float = 0.3
+    border_fraction: float = 0.04
+    inverted_border_median: float = 0.5
+    low_contrast_fraction: float = 0.05
+    contrast_low: float = 1.0
+    contrast_high: float = 99.0
+    hysteresis_grid: tuple[float, ...] = (0.3, 0.45, 0.6, 0.75, 0.9)
+    search_px: int = 128
+    opening_fraction: float = 0.01
+    max_hole_fraction: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 4096:
+            raise ConfigError(f"preprocess size must be in 16..4096, got {self.size}")
+        if not 0.0 < self.carrier_min_area < 1.0:
+            raise ConfigError(f"carrier_min_area must be in (0, 1), got {self.carrier_min_area}")
+        if not 0.0 <= self.contrast_low < self.contrast_high <= 100.0:
+            raise ConfigError("contrast percentiles must satisfy 0 <= low < high <= 100")
+        if not self.hysteresis_grid or not all(0.0 < f <= 1.0 for f in self.hysteresis_grid):
+            raise ConfigError("hysteresis_grid must hold factors in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (tuples become lists)."""
+        out = asdict(self)
+        out["hysteresis_grid"] = list(self.hysteresis_grid)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown preprocessing parameter(s): {', '.join(unknown)}")
+        values = dict(data)
+        if "hysteresis_grid" in values:
+            values["hysteresis_grid"] = tuple(float(v) for v in values["hysteresis_grid"])
+        return cls(**values)
