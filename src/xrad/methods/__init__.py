@@ -1,0 +1,1 @@
+"""Anomaly detectors, one small module each, and their shared pieces (spheres, kNN)."""

@@ -1,0 +1,194 @@
+"""Loss functions vs plain NumPy transcriptions of the paper's equations (lightly's reference tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xrad.errors import ConfigError
+from xrad.losses import (info_nce, masked_error_map, masked_mse, multisphere_deep_sad, nearest_center,
+                         reconstruction_scores, supervised_contrastive)
+
+
+# ---------------------------------------------------------------- NumPy references
+def np_info_nce(z1: np.ndarray, z2: np.ndarray, tau: float) -> float:
+    """Eq. 1 term by term: for each of the 2N anchors, -log(exp(sim(i, pos)/τ) / Σ_{k≠i} exp(sim(i, k)/τ))."""
+    p = np.concatenate([z1, z2]).astype(np.float64)
+    n2 = len(p)
+    total = 0.0
+    for i in range(n2):
+        pos = (i + n2 // 2) % n2
+        sim = [p[i] @ p[k] / (np.linalg.norm(p[i]) * np.linalg.norm(p[k])) for k in range(n2)]
+        denom = sum(np.exp(sim[k] / tau) for k in range(n2) if k != i)
+        total += -np.log(np.exp(sim[pos] / tau) / denom)
+    return total / n2
+
+
+def np_supcon(z1: np.ndarray, z2: np.ndarray, labels: np.ndarray, tau: float) -> float:
+    """Khosla et al. L^sup_out: mean_i -1/|P(i)| Σ_{p∈P(i)} log(exp(s_ip/τ) / Σ_{a≠i} exp(s_ia/τ))."""
+    p = np.concatenate([z1, z2]).astype(np.float64)
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    lab = np.concatenate([labels, labels])
+    n2 = len(p)
+    total = 0.0
+    for i in range(n2):
+        denom = sum(np.exp(p[i] @ p[a] / tau) for a in range(n2) if a != i)
+        pos = [j for j in range(n2) if j != i and lab[j] == lab[i]]
+        total += -np.mean([np.log(np.exp(p[i] @ p[j] / tau) / denom) for j in pos])
+    return total / n2
+
+
+def np_msdsad(z: np.ndarray, c: np.ndarray, y: np.ndarray, eta: float, eps: float) -> float:
+    """Eq. 2's data term (reference-spec §5.2), one sample at a time."""
+    out = []
+    for zi, yi in zip(z.astype(np.float64), y):
+        d2 = min(float(np.sum((zi - ck) ** 2)) for ck in c.astype(np.float64))
+        out.append(d2 if yi == 0 else eta * (d2 + eps) ** float(yi))
+    return float(np.mean(out))
+
+
+# ---------------------------------------------------------------- InfoNCE / SupCon
+@pytest.mark.parametrize("n,d,tau", [(1, 3, 0.5), (4, 8, 0.5), (7, 16, 0.1), (12, 5, 1.0)])
+def test_info_nce_matches_numpy(n: int, d: int, tau: float) -> None:
+    rng = np.random.default_rng(n * 100 + d)
+    z1, z2 = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    got = info_nce(torch.tensor(z1), torch.tensor(z2), temperature=tau).item()
+    assert got == pytest.approx(np_info_nce(z1, z2, tau), rel=1e-9, abs=1e-12)
+
+
+def test_info_nce_scale_invariant_and_symmetric() -> None:
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g)
+    base = info_nce(z1, z2)
+    assert torch.allclose(info_nce(3.7 * z1, 0.01 * z2), base, atol=1e-5)
+    assert torch.allclose(info_nce(z2, z1), base, atol=1e-6)
+    # Aligned views give a lower loss than random ones.
+    assert info_nce(z1, z1 + 0.01 * z2) < base
+
+
+def test_info_nce_stable_at_low_temperature_and_grad_finite() -> None:
+    g = torch.Generator().manual_seed(1)
+    z1 = torch.randn(8, 4, generator=g, requires_grad=True)
+    loss = info_nce(z1, z1.detach() * 2.0, temperature=0.01)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z1.grad).all()
+
+
+def test_info_nce_loss_decreases_under_optimisation() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 20, generator=g)
+    net = torch.nn.Linear(20, 8)
+    torch.nn.init.normal_(net.weight, generator=g)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    noise1, noise2 = 0.3 * torch.randn(16, 20, generator=g), 0.3 * torch.randn(16, 20, generator=g)
+    losses = []
+    for _ in range(20):
+        loss = info_nce(net(x + noise1), net(x + noise2), temperature=0.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05
+
+
+@pytest.mark.parametrize("n,d,tau", [(4, 8, 0.5), (9, 6, 0.2)])
+def test_supcon_matches_numpy(n: int, d: int, tau: float) -> None:
+    rng = np.random.default_rng(7 + n)
+    z1, z2 = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    labels = rng.integers(0, 2, size=n)
+    got = supervised_contrastive(torch.tensor(z1), torch.tensor(z2), torch.tensor(labels), tau).item()
+    assert got == pytest.approx(np_supcon(z1, z2, labels, tau), rel=1e-9)
+
+
+def test_supcon_with_distinct_labels_is_info_nce() -> None:
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(10, 7, generator=g), torch.randn(10, 7, generator=g)
+    sup = supervised_contrastive(z1, z2, torch.arange(10), temperature=0.3)
+    assert torch.allclose(sup, info_nce(z1, z2, temperature=0.3), atol=1e-6)
+    # With shared labels there are more positives, so the value changes.
+    same = supervised_contrastive(z1, z2, torch.zeros(10, dtype=torch.long), temperature=0.3)
+    assert not torch.allclose(same, sup)
+
+
+def test_contrastive_rejects_bad_inputs() -> None:
+    with pytest.raises(ConfigError):
+        info_nce(torch.ones(2, 3), torch.ones(2, 3), temperature=0.0)
+    with pytest.raises(ValueError):
+        info_nce(torch.ones(2, 3), torch.ones(3, 3))
+
+
+# ---------------------------------------------------------------- Deep SAD
+def test_nearest_center_matches_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    z, c = rng.normal(size=(30, 5)), rng.normal(size=(7, 5))
+    d2, idx = nearest_center(torch.tensor(z), torch.tensor(c))
+    brute = ((z[:, None, :] - c[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(d2.numpy(), brute.min(1), rtol=1e-12)
+    np.testing.assert_array_equal(idx.numpy(), brute.argmin(1))
+
+
+@pytest.mark.parametrize("n_centers", [1, 5])
+@pytest.mark.parametrize("eta", [1.0, 2.5])
+def test_multisphere_deep_sad_matches_numpy(n_centers: int, eta: float) -> None:
+    rng = np.random.default_rng(10 * n_centers + int(eta))
+    z, c = rng.normal(size=(40, 6)), rng.normal(size=(n_centers, 6))
+    y = np.array([0, 1, -1] * 13 + [-1])
+    got = multisphere_deep_sad(torch.tensor(z), torch.tensor(c), torch.tensor(y), eta=eta, eps=1e-6).item()
+    assert got == pytest.approx(np_msdsad(z, c, y, eta, 1e-6), rel=1e-10)
+
+
+def test_deep_sad_label_semantics() -> None:
+    c = torch.zeros(1, 2)
+    z = torch.tensor([[3.0, 4.0]])  # d² = 25
+    assert multisphere_deep_sad(z, c, torch.tensor([0]), eta=2.0).item() == pytest.approx(25.0)
+    assert multisphere_deep_sad(z, c, torch.tensor([1]), eta=2.0, eps=0).item() == pytest.approx(50.0)
+    assert multisphere_deep_sad(z, c, torch.tensor([-1]), eta=2.0, eps=0).item() == pytest.approx(2.0 / 25.0)
+
+
+def test_deep_sad_gradient_finite_at_centre() -> None:
+    c = torch.tensor([[0.5, -0.2, 0.1], [3.0, 3.0, 3.0]])
+    z = c.clone().requires_grad_(True)  # every sample exactly on a centre
+    loss = multisphere_deep_sad(z, c, torch.tensor([-1, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    assert torch.all(z.grad == 0)  # the gradient of d² at the centre is 0
+
+
+# ---------------------------------------------------------------- reconstruction
+def _recon_batch(seed: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    recon, target = rng.random((3, 1, 8, 10)), rng.random((3, 1, 8, 10))
+    mask = (rng.random((3, 1, 8, 10)) > 0.4).astype(np.float64)
+    mask[2] = 0.0  # one image without body part
+    return recon, target, mask
+
+
+def test_masked_mse_matches_numpy_and_guards_empty_mask() -> None:
+    recon, target, mask = _recon_batch()
+    got = masked_mse(*map(torch.tensor, (recon, target, mask))).item()
+    assert got == pytest.approx(((recon - target) ** 2 * mask).sum() / mask.sum(), rel=1e-12)
+    zero = masked_mse(torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    assert zero.item() == 0.0
+
+
+def test_reconstruction_scores_match_numpy() -> None:
+    recon, target, mask = _recon_batch()
+    tr = list(map(torch.tensor, (recon, target, mask)))
+    sq, ab = (recon - target) ** 2, np.abs(recon - target)
+    for kind, err in (("mse", sq), ("l1", ab)):
+        want = [(err[i] * mask[i]).sum() / mask[i].sum() if mask[i].sum() else 0.0 for i in range(3)]
+        np.testing.assert_allclose(reconstruction_scores(*tr, kind=kind).numpy(), want, rtol=1e-12)
+    frac = 0.1
+    want = []
+    for i in range(3):
+        vals = np.sort(sq[i][mask[i] > 0])[::-1]
+        k = max(1, int(np.ceil(frac * mask[i].sum())))
+        want.append(vals[:k].mean() if len(vals) else 0.0)
+    np.testing.assert_allclose(reconstruction_scores(*tr, kind="topk", top_k_fraction=frac).numpy(), want,
+                               rtol=1e-12)
+    emap = masked_error_map(*tr, kind="l1")
+    assert emap.shape == (3, 1, 8, 10)
+    np.testing.assert_allclose(emap.numpy(), ab * mask, rtol=1e-12)
+    with pytest.raises(ConfigError):
+        reconstruction_scores(*tr, kind="ssim")
