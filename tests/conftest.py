@@ -17,3 +17,133 @@ def fracatlas_dir() -> Path:
     if not (FRACATLAS / "labels.csv").is_file():
         pytest.skip(f"real FracAtlas data not found at {FRACATLAS} (../shared/data is absent on this machine)")
     return FRACATLAS
+
+
+def _fake_run_training(config, manifest, run_dir, *, stages=("pretrain", "finetune"), trainer_overrides=None,
+                       progress=True):
+    """Stand-in for xrad.training.run_training writing the run-folder contract from a split manifest.
+
+    Scores are ``fake_shift · label + noise`` (seeded by config["seed"]), so methods with a larger
+    ``fake_shift`` in their YAML are measurably better. Used by the evaluation/report/benchmark tests.
+    """
+    import json
+
+    import numpy as np
+    import pandas as pd
+    from safetensors.numpy import save_file
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed, shift = int(config.get("seed", 0)), float(config.get("fake_shift", 1.0))
+    rng = np.random.default_rng(seed)
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    (run_dir / "config.yaml").write_text(f"seed: {seed}\nfake_shift: {shift}\n")
+    (run_dir / "env.json").write_text(json.dumps({"python": "3", "torch": "fake", "seed": seed, "commit": "abc"}))
+    epochs = np.arange(4)
+    for stage in stages:
+        (run_dir / stage).mkdir(exist_ok=True)
+        rows = []
+        for e in epochs:  # Lightning's CSV logger: train and validation values on separate rows
+            rows.append({"epoch": e, "train_loss": 1.0 / (e + 1) + rng.normal(0, 0.01), "lr": 1e-3})
+            if stage == "finetune":
+                rows.append({"epoch": e, "valid_auroc": 0.6 + 0.05 * e * shift, "n_spheres": max(1, 5 - 2 * e)})
+        pd.DataFrame(rows).to_csv(run_dir / stage / "metrics.csv", index=False)
+    summary = {"method": config.get("method", "fake"), "seconds": 1.5}
+    for split in ("valid", "test"):
+        part = frame[frame["split"] == split].copy()
+        labels = pd.to_numeric(part["label"]).to_numpy()
+        part["score"] = shift * labels + rng.normal(size=len(part))
+        part["sphere"] = rng.integers(0, 3, len(part))
+        part[["path", "patient_id", "study_id", "body_part", "label", "split", "score", "sphere"]].to_csv(
+            run_dir / f"scores_{split}.csv", index=False)
+        summary[f"{split}_auroc"] = 0.5
+        if split == "test":
+            z = rng.normal(size=(len(part), 8)) + labels[:, None] * shift
+            save_file({"h": np.hstack([z, rng.normal(size=(len(part), 8))]).astype(np.float32),
+                       "z": z.astype(np.float32), "sphere": part["sphere"].to_numpy().astype(np.int64),
+                       "labels": labels.astype(np.int64)}, str(run_dir / "embeddings_test.safetensors"))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return summary
+
+
+@pytest.fixture()
+def fake_run_training():
+    """A run_training stand-in that writes a complete fake run folder (see _fake_run_training)."""
+    return _fake_run_training
+
+
+@pytest.fixture()
+def toy_manifest(tmp_path) -> Path:
+    """An indexed manifest of 240 images (60 patients × 2 body parts × 2 images), a third abnormal."""
+    import pandas as pd
+
+    rows = []
+    for p in range(60):
+        for part in ("HAND", "WRIST"):
+            label = int((p + (part == "WRIST")) % 3 == 0)
+            for k in range(2):
+                rows.append({"path": str(tmp_path / f"img/p{p}_{part}_{k}.png"), "patient_id": f"p{p}",
+                             "study_id": f"p{p}_{part}", "body_part": part, "view": "", "label": label,
+                             "source": "csv"})
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def make_tiny_artefact(directory: Path, *, image_size: int = 64, kind: str = "sphere", seed: int = 0) -> Path:
+    """An untrained but complete artefact (1-channel ResNet-18 + small head) in seconds, for scoring tests.
+
+    BatchNorm running statistics are randomised so eval-mode numbers are not the trivial identity ones.
+    """
+    import torch
+
+    from xrad.artefact import save_artefact
+    from xrad.methods.scorers import KnnScorer, SphereScorer
+    from xrad.models.encoder import build_encoder
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = build_encoder((512, 64, 16), bias=False)
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1, generator=generator)
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+    if kind == "sphere":
+        scorer = SphereScorer(encoder, torch.randn(3, 16, generator=generator))
+    else:
+        scorer = KnnScorer(encoder, torch.randn(20, 512, generator=generator), k=3)
+    tensors, args = scorer.artefact_state()
+    meta = {"method": "tiny-untrained", "scorer": {"kind": scorer.kind, "args": args}, "image_size": image_size,
+            "preprocessing": None, "input": "uint8 image x 0/1 mask"}
+    return save_artefact(directory, tensors, meta)
+
+
+@pytest.fixture(scope="session")
+def tiny_artefact(tmp_path_factory) -> Path:
+    """A tiny untrained sphere-scorer artefact at 64 px (see make_tiny_artefact); treat as read-only."""
+    return make_tiny_artefact(tmp_path_factory.mktemp("tiny_artefact") / "artefact")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A finished tiny self-taught run (tests/training_helpers.py data, configs/tiny.yaml), shared by the
+    training and artefact/scoring tests: {"manifest", "run_dir", "summary"}."""
+    from training_helpers import make_dataset
+
+    from xrad.training import run_training
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    manifest = make_dataset(root / "data")
+    summary = run_training("tiny", manifest, root / "run", progress=False)
+    return {"manifest": manifest, "run_dir": root / "run", "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory) -> Path:
+    """Phantom radiographs (30 patients, 256 px, seed 7) with ground truth, generated once per session."""
+    from xrad.data.synth import SynthConfig, generate_phantoms
+
+    out = tmp_path_factory.mktemp("phantoms")
+    generate_phantoms(out, SynthConfig(n_patients=30, seed=7, size=256, workers=2), progress=False)
+    return out
