@@ -1,0 +1,34 @@
+"""``xrad report RUN_OR_BENCHMARK``: one self-contained HTML report (figures embedded) plus the PNGs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``xrad report``."""
+    parser.add_argument("folder", type=Path, help="a run folder (xrad train -o) or a benchmark output folder")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="HTML file (default: FOLDER/report.html)"
+    )
+    parser.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the run evaluation"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the t-SNE")
+    parser.add_argument("--max-tsne-points", type=int, default=2000, help="subsample size for t-SNE")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Render the report and print where it is."""
+    from xrad.evaluation.report import render_report
+
+    path = render_report(
+        args.folder,
+        args.output,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+        max_tsne_points=args.max_tsne_points,
+    )
+    print(f"wrote {path}")
+    return 0

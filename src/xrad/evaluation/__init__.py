@@ -1,0 +1,2 @@
+"""Evaluation: metrics, study/patient aggregation, bootstrap intervals, statistics, plots, reports,
+benchmarks."""

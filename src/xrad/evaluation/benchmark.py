@@ -1,0 +1,477 @@
+"""Benchmark grids: methods × training seeds × split seeds × anomaly ratios, resumable, tabulated.
+
+Config (YAML)::
+
+    methods: [self_taught_cpu, uni_modal_cpu]      # config names in xrad/configs, or paths to YAML files
+    training_seeds: [0, 1]
+    split_seeds: [0, 1]
+    abnormal_ratios: [0.05]
+    data:
+      manifest: cache/manifest.csv                 # an indexed (and preprocessed) manifest
+      body_parts: [HAND, SHOULDER]                 # or null for all
+      known_normal: 0.05                           # also: known_abnormal, group, train_fraction
+    overrides: {finetune: {epochs: 5}}             # merged into every method config ("a.b: v" keys work too)
+    trainer: {}                                    # passed to run_training as trainer_overrides
+    output: runs/bench                             # relative paths are relative to this file's folder
+
+Each split (split seed × ratio) is made once and shared by every method and training seed, so methods are
+compared on identical data. Each cell is a run folder ``output/cells/<method>__r<ratio>__split<s>__seed<t>``
+written by :func:`xrad.training.run_training`; a cell whose ``summary.json`` exists is skipped, so
+re-running the command resumes the grid. Outputs: ``results.csv`` (one row per cell and split),
+``table1.csv``/``table1.md`` (the paper's Table 1 layout) and ``pairwise.csv`` (Welch t-tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xrad.errors import ConfigError, DataError
+from xrad.evaluation import metrics
+from xrad.evaluation.statistics import SIGNIFICANCE_LEGEND, significance_code, t_interval, welch_t
+from xrad.utils.atomic import write_csv, write_json, write_text
+
+RESULT_COLUMNS = (
+    "method",
+    "abnormal_ratio",
+    "split_seed",
+    "training_seed",
+    "split",
+    "auroc",
+    "auprc_abnormal",
+    "auprc_normal",
+    "prevalence",
+    "n_images",
+    "seconds",
+    "cell",
+)
+_SPLIT_KEYS = ("known_normal", "known_abnormal", "group", "train_fraction")
+_TOP_KEYS = {
+    "methods",
+    "training_seeds",
+    "split_seeds",
+    "abnormal_ratios",
+    "data",
+    "overrides",
+    "trainer",
+    "output",
+}
+
+
+@dataclass
+class BenchmarkConfig:
+    """A parsed benchmark YAML (see the module docstring)."""
+
+    methods: dict[str, Path]  # label -> method config file
+    training_seeds: list[int]
+    split_seeds: list[int]
+    abnormal_ratios: list[float]
+    manifest: Path
+    output: Path
+    body_parts: tuple[str, ...] | None = None
+    split_options: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    method: str
+    abnormal_ratio: float
+    split_seed: int
+    training_seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}__r{self.abnormal_ratio:g}__split{self.split_seed}__seed{self.training_seed}"
+
+
+def resolve_method(name: str, base: Path) -> Path:
+    """A method is a config name shipped in ``xrad/configs`` or a YAML path (relative to ``base``)."""
+    candidate = Path(name)
+    for path in (candidate, base / candidate):
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            return path.resolve()
+    shipped = resources.files("xrad") / "configs" / f"{name}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise ConfigError(
+        f"benchmark method {name!r}: no such config in xrad/configs nor file; "
+        f"use a config name (e.g. self_taught_cpu) or a path to a YAML file"
+    )
+
+
+def _list(raw: dict, key: str, kind: type, where: str) -> list:
+    value = raw.get(key)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: '{key}' must be a non-empty list")
+    try:
+        return [kind(v) for v in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: '{key}' must hold {kind.__name__} values, got {value!r}") from None
+
+
+def load_benchmark_config(path: str | Path, output: str | Path | None = None) -> BenchmarkConfig:
+    """Read and validate a benchmark YAML; ``output`` overrides its ``output`` entry."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: benchmark config not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    where = str(path)
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+        )
+    base = path.resolve().parent
+    data = raw.get("data") or {}
+    if not data.get("manifest"):
+        raise ConfigError(f"{where}: data.manifest is required (an indexed, preprocessed manifest CSV)")
+    bad = set(data) - {"manifest", "body_parts", *_SPLIT_KEYS}
+    if bad:
+        raise ConfigError(f"{where}: unknown data key(s) {', '.join(sorted(bad))}")
+    methods: dict[str, Path] = {}
+    for name in _list(raw, "methods", str, where):
+        methods[Path(name).stem] = resolve_method(name, base)
+    out = output if output is not None else raw.get("output")
+    if not out:
+        raise ConfigError(f"{where}: 'output' is required (or pass -o DIR)")
+    body_parts = data.get("body_parts")
+    return BenchmarkConfig(
+        methods=methods,
+        training_seeds=_list(raw, "training_seeds", int, where),
+        split_seeds=_list(raw, "split_seeds", int, where),
+        abnormal_ratios=_list(raw, "abnormal_ratios", float, where),
+        manifest=(base / data["manifest"]).resolve(),
+        output=Path(out) if output is not None else (base / out).resolve(),
+        body_parts=tuple(str(p).upper() for p in body_parts) if body_parts else None,
+        split_options={k: data[k] for k in _SPLIT_KEYS if k in data},
+        overrides=dict(raw.get("overrides") or {}),
+        trainer=dict(raw.get("trainer") or {}),
+    )
+
+
+def iter_cells(config: BenchmarkConfig) -> list[Cell]:
+    """All cells, ordered so that every method gets its first replicate before anyone gets a second."""
+    return [
+        Cell(m, r, s, t)
+        for r, s, t, m in itertools.product(
+            config.abnormal_ratios, config.split_seeds, config.training_seeds, config.methods
+        )
+    ]
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into a copy of ``base``; a key ``"a.b"`` means ``{"a": {"b": ...}}``."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        target, parts = out, str(key).split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(target.get(parts[-1]), dict):
+            target[parts[-1]] = merge_overrides(target[parts[-1]], value)
+        else:
+            target[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def method_config(config: BenchmarkConfig, cell: Cell) -> dict[str, Any]:
+    """The method's YAML as a dict, with the benchmark overrides and the cell's training seed applied."""
+    import yaml
+
+    path = config.methods[cell.method]
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return merge_overrides(loaded, {**config.overrides, "seed": cell.training_seed})
+
+
+def split_path(config: BenchmarkConfig, split_seed: int, ratio: float) -> Path:
+    """Where the split manifest of (split seed, ratio) lives."""
+    return config.output / "splits" / f"split{split_seed}__r{ratio:g}.csv"
+
+
+def prepare_split(config: BenchmarkConfig, split_seed: int, ratio: float) -> Path:
+    """Make (once) the split manifest shared by every method and training seed of that split."""
+    from xrad.data.manifest import read_manifest, write_manifest
+    from xrad.data.splits import SplitConfig, check_leakage, make_split
+
+    path = split_path(config, split_seed, ratio)
+    if path.is_file():
+        return path
+    frame = read_manifest(config.manifest)
+    split = make_split(
+        frame,
+        SplitConfig(
+            seed=split_seed, abnormal_ratio=ratio, body_parts=config.body_parts, **config.split_options
+        ),
+    )
+    check_leakage(split)
+    write_manifest(split, path)
+    return path
+
+
+def _seconds_from_summary(summary: dict[str, Any]) -> float:
+    for key in ("seconds", "total_seconds", "wall_seconds"):
+        if isinstance(summary.get(key), (int, float)):
+            return float(summary[key])
+    timings = summary.get("timings_s", summary.get("timings"))
+    if isinstance(timings, dict):  # per-step seconds; "total_*" entries would count them twice
+        values = [
+            v for k, v in timings.items() if isinstance(v, (int, float)) and not str(k).startswith("total")
+        ]
+        if values:
+            return float(sum(values))
+    return float("nan")
+
+
+def cell_rows(cell_dir: Path, cell: Cell) -> list[dict[str, Any]]:
+    """Result rows (valid, test) of a finished cell, from its scores CSVs (else from summary.json)."""
+    summary = json.loads((cell_dir / "summary.json").read_text(encoding="utf-8"))
+    record = cell_dir / "benchmark_cell.json"
+    seconds = (
+        json.loads(record.read_text(encoding="utf-8")).get("seconds")
+        if record.is_file()
+        else _seconds_from_summary(summary)
+    )
+    rows = []
+    for split in ("valid", "test"):
+        row: dict[str, Any] = {
+            "method": cell.method,
+            "abnormal_ratio": cell.abnormal_ratio,
+            "split_seed": cell.split_seed,
+            "training_seed": cell.training_seed,
+            "split": split,
+            "seconds": seconds,
+            "cell": cell.name,
+        }
+        scores_path = cell_dir / f"scores_{split}.csv"
+        if scores_path.is_file():
+            frame = pd.read_csv(scores_path)
+            frame = frame[pd.to_numeric(frame.get("label"), errors="coerce").notna()]
+            labels = frame["label"].astype(int).to_numpy()
+            scores = frame["score"].astype(float).to_numpy()
+            row.update(
+                auroc=metrics.auroc(labels, scores),
+                auprc_abnormal=metrics.average_precision(labels, scores),
+                auprc_normal=metrics.average_precision(labels, scores, positive=0),
+                prevalence=float(labels.mean()) if labels.size else np.nan,
+                n_images=int(labels.size),
+            )
+        else:
+            row.update(
+                auroc=summary.get(f"{split}_auroc", np.nan),
+                auprc_abnormal=np.nan,
+                auprc_normal=np.nan,
+                prevalence=np.nan,
+                n_images=np.nan,
+            )
+        rows.append(row)
+    return rows
+
+
+def run_benchmark(
+    config: BenchmarkConfig,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    train: Callable[..., dict] | None = None,
+) -> pd.DataFrame:
+    """Run every unfinished cell, then write and return the tidy results (and the tables).
+
+    ``train`` defaults to :func:`xrad.training.run_training` (tests inject a stand-in).
+    """
+    if train is None:
+        from xrad.training import run_training as train
+    log = log or (lambda message: None)
+    if not config.manifest.is_file():
+        raise DataError(
+            f"{config.manifest}: benchmark manifest not found; make it with `xrad index` "
+            f"(and `xrad preprocess`)"
+        )
+    config.output.mkdir(parents=True, exist_ok=True)
+    write_json(
+        config.output / "benchmark.json",
+        {
+            "methods": {k: str(v) for k, v in config.methods.items()},
+            "training_seeds": config.training_seeds,
+            "split_seeds": config.split_seeds,
+            "abnormal_ratios": config.abnormal_ratios,
+            "manifest": str(config.manifest),
+            "body_parts": config.body_parts,
+            "split_options": config.split_options,
+            "overrides": config.overrides,
+            "trainer": config.trainer,
+        },
+    )
+    cells = iter_cells(config)
+    for index, cell in enumerate(cells, 1):
+        cell_dir = config.output / "cells" / cell.name
+        prefix = f"[{index}/{len(cells)}] {cell.name}"
+        if (cell_dir / "summary.json").is_file():
+            log(f"{prefix}: done, skipped")
+            continue
+        manifest = prepare_split(config, cell.split_seed, cell.abnormal_ratio)
+        log(f"{prefix}: training")
+        start = time.perf_counter()
+        train(
+            method_config(config, cell),
+            manifest,
+            cell_dir,
+            trainer_overrides=dict(config.trainer) or None,
+            progress=progress,
+        )
+        seconds = time.perf_counter() - start
+        write_json(
+            cell_dir / "benchmark_cell.json",
+            {
+                "cell": cell.name,
+                "method": cell.method,
+                "abnormal_ratio": cell.abnormal_ratio,
+                "split_seed": cell.split_seed,
+                "training_seed": cell.training_seed,
+                "seconds": seconds,
+                "split_manifest": str(manifest),
+            },
+        )
+        log(f"{prefix}: finished in {seconds:.0f} s")
+    return write_tables(config.output, cells)
+
+
+def write_tables(output: Path, cells: list[Cell]) -> pd.DataFrame:
+    """Collect finished cells into ``results.csv`` and write ``table1.csv/.md`` and ``pairwise.csv``."""
+    rows = []
+    for cell in cells:
+        cell_dir = output / "cells" / cell.name
+        if (cell_dir / "summary.json").is_file():
+            rows.extend(cell_rows(cell_dir, cell))
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    write_csv(output / "results.csv", results)
+    table = table1(results)
+    pairs = pairwise_tests(results)
+    write_csv(output / "table1.csv", table)
+    write_csv(output / "pairwise.csv", pairs)
+    write_text(output / "table1.md", table1_markdown(table, pairs))
+    return results
+
+
+def table1(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per method × ratio: valid and test AUROC as mean with a t-interval over replicates, and N.
+
+    Replicates are all (training seed, split seed) cells, so the interval includes split variance.
+    """
+    rows = []
+    if results.empty:
+        return pd.DataFrame(columns=["method", "abnormal_ratio", "n"])
+    for (method, ratio), group in results.groupby(["method", "abnormal_ratio"], sort=False):
+        row: dict[str, Any] = {"method": method, "abnormal_ratio": ratio}
+        for split in ("valid", "test"):
+            values = group.loc[group["split"] == split, "auroc"].astype(float)
+            stats = t_interval(values.to_numpy(), confidence)
+            row.update(
+                {
+                    f"{split}_auroc_mean": stats["mean"],
+                    f"{split}_auroc_low": stats["low"],
+                    f"{split}_auroc_high": stats["high"],
+                    f"{split}_auroc_half_width": stats["half_width"],
+                }
+            )
+        test = group[group["split"] == "test"]
+        row["test_auprc_abnormal_mean"] = float(test["auprc_abnormal"].astype(float).mean())
+        row["test_auprc_normal_mean"] = float(test["auprc_normal"].astype(float).mean())
+        row["test_prevalence"] = float(test["prevalence"].astype(float).mean())
+        row["n"] = int(group["cell"].nunique())
+        row["n_split_seeds"] = int(group["split_seed"].nunique())
+        row["n_training_seeds"] = int(group["training_seed"].nunique())
+        row["mean_seconds"] = float(group.drop_duplicates("cell")["seconds"].astype(float).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pairwise_tests(results: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Welch t-tests on AUROC between every pair of methods, within each anomaly ratio."""
+    columns = ["abnormal_ratio", "method_a", "method_b", "mean_a", "mean_b", "n_a", "n_b", "t", "p", "code"]
+    rows = []
+    data = results[results["split"] == split]
+    for ratio, group in data.groupby("abnormal_ratio", sort=False):
+        methods = list(dict.fromkeys(group["method"]))
+        for a, b in itertools.combinations(methods, 2):
+            va = group.loc[group["method"] == a, "auroc"].astype(float).to_numpy()
+            vb = group.loc[group["method"] == b, "auroc"].astype(float).to_numpy()
+            t, p = welch_t(va, vb)
+            rows.append(
+                {
+                    "abnormal_ratio": ratio,
+                    "method_a": a,
+                    "method_b": b,
+                    "mean_a": float(np.nanmean(va)),
+                    "mean_b": float(np.nanmean(vb)),
+                    "n_a": int(np.isfinite(va).sum()),
+                    "n_b": int(np.isfinite(vb).sum()),
+                    "t": t,
+                    "p": p,
+                    "code": significance_code(p),
+                }
+            )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def format_percent(mean: float, half: float) -> str:
+    """``86.36 ± 3.44 %`` (AUROC as percent with the interval half-width), as in the paper's Table 1."""
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{100 * mean:.2f} ± {100 * half:.2f} %" if np.isfinite(half) else f"{100 * mean:.2f} %"
+
+
+def table1_markdown(table: pd.DataFrame, pairs: pd.DataFrame, confidence: float = 0.95) -> str:
+    """The paper's Table 1 layout (Validation AUROC, Test AUROC, N) and the pairwise tests, in Markdown."""
+    lines = [
+        "| Method | Anomaly ratio | Validation AUROC | Test AUROC | Test AUPRC (abn.+ / norm.+) | "
+        "Test prevalence | N |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for _, r in table.iterrows():
+        lines.append(
+            f"| {r['method']} | {r['abnormal_ratio']:g} | "
+            f"{format_percent(r['valid_auroc_mean'], r['valid_auroc_half_width'])} | "
+            f"{format_percent(r['test_auroc_mean'], r['test_auroc_half_width'])} | "
+            f"{r['test_auprc_abnormal_mean']:.3f} / {r['test_auprc_normal_mean']:.3f} | "
+            f"{r['test_prevalence']:.3f} | {r['n']} |"
+        )
+    lines += [
+        "",
+        f"Mean ± half-width of the {confidence:.0%} Student t-interval of the mean over N replicates; "
+        "replicates vary both the training seed and the split seed (so the interval includes split "
+        "variance), unlike the papers' mean ± 1.96·std over one split.",
+    ]
+    if len(pairs):
+        lines += [
+            "",
+            "Pairwise Welch t-tests on test AUROC:",
+            "",
+            "| Anomaly ratio | Method A | Method B | Mean A | Mean B | p | Significance |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for _, r in pairs.iterrows():
+            p = f"{r['p']:.3g}" if np.isfinite(r["p"]) else "n/a"
+            lines.append(
+                f"| {r['abnormal_ratio']:g} | {r['method_a']} | {r['method_b']} | {100 * r['mean_a']:.2f} | "
+                f"{100 * r['mean_b']:.2f} | {p} | {r['code']} |"
+            )
+        lines += ["", SIGNIFICANCE_LEGEND + "."]
+    return "\n".join(lines) + "\n"

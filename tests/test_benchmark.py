@@ -1,0 +1,170 @@
+"""Benchmark grid: config parsing, resumability (finished cells skipped), tables, Welch tests."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from xrad.errors import ConfigError
+from xrad.evaluation.benchmark import (
+    RESULT_COLUMNS,
+    iter_cells,
+    load_benchmark_config,
+    merge_overrides,
+    resolve_method,
+    run_benchmark,
+)
+from xrad.evaluation.statistics import significance_code
+
+
+@pytest.fixture()
+def bench_config(tmp_path, toy_manifest):
+    (tmp_path / "good.yaml").write_text("method: good\nfake_shift: 1.5\nfinetune: {epochs: 9}\n")
+    (tmp_path / "weak.yaml").write_text("method: weak\nfake_shift: 0.2\nfinetune: {epochs: 9}\n")
+    config = {
+        "methods": ["good.yaml", "weak.yaml"],
+        "training_seeds": [0, 1],
+        "split_seeds": [0, 1],
+        "abnormal_ratios": [0.05],
+        "overrides": {"finetune.epochs": 2},
+        "data": {"manifest": toy_manifest.name, "body_parts": None, "known_normal": 0.05},
+        "output": "bench",
+    }
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_grid_runs_resumes_and_tabulates(bench_config, fake_run_training):
+    calls = []
+
+    def counting_train(config, manifest, run_dir, **kwargs):
+        calls.append((config["method"], config["seed"], config["finetune"]["epochs"], str(manifest)))
+        return fake_run_training(config, manifest, run_dir, **kwargs)
+
+    config = load_benchmark_config(bench_config)
+    results = run_benchmark(config, train=counting_train)
+    assert len(calls) == 8 and {c[2] for c in calls} == {2}  # overrides applied, every cell trained once
+    assert {(c[0], c[1]) for c in calls} == {(m, s) for m in ("good", "weak") for s in (0, 1)}
+    # Both methods of one split seed train on the same split manifest.
+    assert len({c[3] for c in calls}) == 2
+    out = config.output
+    tidy = pd.read_csv(out / "results.csv")
+    assert list(tidy.columns) == list(RESULT_COLUMNS) and len(tidy) == 16
+    assert set(tidy["split"]) == {"valid", "test"} and (tidy["n_images"] > 0).all()
+    assert tidy["seconds"].notna().all()
+
+    table = pd.read_csv(out / "table1.csv").set_index("method")
+    assert table.loc["good", "n"] == 4 and table.loc["weak", "n"] == 4
+    good = tidy[(tidy["method"] == "good") & (tidy["split"] == "test")]["auroc"]
+    weak = tidy[(tidy["method"] == "weak") & (tidy["split"] == "test")]["auroc"]
+    assert table.loc["good", "test_auroc_mean"] == pytest.approx(good.mean())
+    low, high = stats.t.interval(0.95, df=3, loc=good.mean(), scale=stats.sem(good))
+    assert (table.loc["good", "test_auroc_low"], table.loc["good", "test_auroc_high"]) == (
+        pytest.approx(low),
+        pytest.approx(high),
+    )
+    assert table.loc["good", "test_auroc_mean"] > table.loc["weak", "test_auroc_mean"]
+    pairs = pd.read_csv(out / "pairwise.csv")
+    p = stats.ttest_ind(good, weak, equal_var=False).pvalue
+    assert pairs.loc[0, "p"] == pytest.approx(p) and pairs.loc[0, "code"] == significance_code(p)
+    md = (out / "table1.md").read_text()
+    assert "| good |" in md and "training seed and the split seed" in md and "Welch" in md
+
+    # Re-running skips every finished cell; removing one summary re-runs exactly that cell.
+    calls.clear()
+    again = run_benchmark(config, train=counting_train)
+    assert calls == [] and again.equals(results)
+    cell = iter_cells(config)[3]
+    (out / "cells" / cell.name / "summary.json").unlink()
+    run_benchmark(config, train=counting_train)
+    assert len(calls) == 1 and calls[0][0] == cell.method and calls[0][1] == cell.training_seed
+
+
+def test_cli_benchmark_uses_run_training(bench_config, fake_run_training, monkeypatch, capsys, tmp_path):
+    from xrad.cli.main import main
+
+    calls = []
+    fake = types.ModuleType("xrad.training")
+    fake.run_training = lambda *a, **k: calls.append(1) or fake_run_training(*a, **k)
+    monkeypatch.setitem(sys.modules, "xrad.training", fake)
+    assert main(["benchmark", str(bench_config), "-o", str(tmp_path / "cli_out")]) == 0
+    assert len(calls) == 8 and (tmp_path / "cli_out" / "table1.md").is_file()
+    assert "| weak |" in capsys.readouterr().out
+
+
+def test_config_errors(tmp_path, toy_manifest):
+    path = tmp_path / "b.yaml"
+    base = {
+        "methods": ["nonexistent_method_xyz"],
+        "training_seeds": [0],
+        "split_seeds": [0],
+        "abnormal_ratios": [0.05],
+        "data": {"manifest": str(toy_manifest)},
+        "output": "o",
+    }
+    path.write_text(yaml.safe_dump(base))
+    with pytest.raises(ConfigError, match="nonexistent_method_xyz"):
+        load_benchmark_config(path)
+    path.write_text(yaml.safe_dump({**base, "seeds": [1]}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_benchmark_config(path)
+    (tmp_path / "m.yaml").write_text("seed: 0\n")
+    path.write_text(yaml.safe_dump({**base, "methods": ["m.yaml"], "training_seeds": []}))
+    with pytest.raises(ConfigError, match="training_seeds"):
+        load_benchmark_config(path)
+
+
+def test_merge_overrides():
+    base = {"finetune": {"epochs": 10, "lr": 1e-4}, "seed": 0}
+    out = merge_overrides(base, {"finetune.epochs": 2, "data": {"image_size": 32}, "seed": 5})
+    assert out == {"finetune": {"epochs": 2, "lr": 1e-4}, "seed": 5, "data": {"image_size": 32}}
+    assert base["finetune"]["epochs"] == 10  # the input is not mutated
+    assert np.isfinite(out["finetune"]["lr"])
+
+
+@pytest.mark.slow
+def test_tiny_real_benchmark_end_to_end(tmp_path):
+    """2 methods × 2 training seeds with the real run_training on generated phantoms, then the report."""
+    pytest.importorskip("xrad.training")
+    from xrad.data.indexing import index_source
+    from xrad.data.manifest import write_manifest
+    from xrad.data.synth import SynthConfig, generate_phantoms
+    from xrad.evaluation.report import render_report
+
+    generate_phantoms(
+        tmp_path / "data", SynthConfig(n_patients=24, seed=0, size=64, workers=1), progress=False
+    )
+    write_manifest(index_source(tmp_path / "data"), tmp_path / "manifest.csv")
+    tiny = yaml.safe_load((resolve_method("tiny", tmp_path)).read_text())
+    tiny["finetune"]["n_spheres"] = 1
+    (tmp_path / "tiny_uni.yaml").write_text(yaml.safe_dump(tiny))
+    (tmp_path / "bench.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "methods": ["tiny", "tiny_uni.yaml"],
+                "training_seeds": [0, 1],
+                "split_seeds": [0],
+                "abnormal_ratios": [0.05],
+                "data": {"manifest": "manifest.csv"},
+                "output": "bench",
+                "overrides": {"pretrain.epochs": 1, "finetune.epochs": 2},
+            }
+        )
+    )
+    config = load_benchmark_config(tmp_path / "bench.yaml")
+    results = run_benchmark(config)
+    assert len(results) == 8 and results["auroc"].between(0, 1).all()
+    assert set(results["method"]) == {"tiny", "tiny_uni"} and (results["n_images"] > 0).all()
+    for cell in iter_cells(config):
+        assert (config.output / "cells" / cell.name / "artefact" / "artefact.json").is_file()
+    table = pd.read_csv(config.output / "table1.csv")
+    assert table["n"].tolist() == [2, 2]
+    page = render_report(config.output).read_text()
+    assert page.count("data:image/png;base64,") >= 8 and "<td>tiny_uni</td>" in page

@@ -1,0 +1,161 @@
+"""HTML reports for a run folder and a benchmark folder: embedded figures, every section, Chromium render."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from xrad.data.manifest import read_manifest, write_manifest
+from xrad.data.splits import SplitConfig, make_split
+from xrad.errors import DataError
+from xrad.evaluation.benchmark import load_benchmark_config, run_benchmark
+from xrad.evaluation.report import render_report, stage_metrics
+
+RUN_SECTIONS = (
+    "Summary",
+    "Evaluation (test)",
+    "ROC and precision–recall curves",
+    "Score distributions",
+    "Embeddings (t-SNE",
+    "Validation AUROC per epoch",
+    "Surviving spheres per epoch",
+    "Loss curves",
+    "Table 1",
+    "Environment",
+)
+BENCH_SECTIONS = (
+    "Table 1: validation and test AUROC",
+    "Results per cell",
+    "ROC and precision–recall curves",
+    "Score distributions",
+    "Embeddings (t-SNE",
+    "Validation AUROC per epoch",
+    "Surviving spheres per epoch",
+    "Loss curves",
+    "Environment",
+)
+
+
+@pytest.fixture()
+def run_dir(tmp_path, toy_manifest, fake_run_training):
+    split = make_split(read_manifest(toy_manifest), SplitConfig(seed=0))
+    write_manifest(split, tmp_path / "split.csv")
+    fake_run_training(
+        {"seed": 3, "fake_shift": 1.2, "method": "fake"}, tmp_path / "split.csv", tmp_path / "run"
+    )
+    return tmp_path / "run"
+
+
+@pytest.fixture()
+def bench_dir(tmp_path, toy_manifest, fake_run_training):
+    (tmp_path / "good.yaml").write_text("method: good\nfake_shift: 1.5\n")
+    (tmp_path / "weak.yaml").write_text("method: weak\nfake_shift: 0.3\n")
+    (tmp_path / "bench.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "methods": ["good.yaml", "weak.yaml"],
+                "training_seeds": [0, 1],
+                "split_seeds": [0],
+                "abnormal_ratios": [0.05],
+                "data": {"manifest": toy_manifest.name},
+                "output": "bench",
+            }
+        )
+    )
+    config = load_benchmark_config(tmp_path / "bench.yaml")
+    run_benchmark(config, train=fake_run_training)
+    return config.output
+
+
+def _images(page: str) -> list[str]:
+    return re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+
+
+def test_stage_metrics_merges_lightning_rows(run_dir):
+    stages = stage_metrics(run_dir)
+    assert list(stages) == ["pretrain", "finetune"]
+    finetune = stages["finetune"]
+    assert finetune["epoch"].tolist() == [0, 1, 2, 3]
+    assert finetune[["train_loss", "valid_auroc", "n_spheres"]].notna().all().all()
+    assert finetune["n_spheres"].tolist() == [5, 3, 1, 1]
+
+
+def test_run_report_is_self_contained(run_dir):
+    path = render_report(run_dir, n_bootstrap=100)
+    page = path.read_text()
+    for section in RUN_SECTIONS:
+        assert f"<h2>{section}" in page, section
+    images = _images(page)
+    # ROC/PR, distributions, t-SNE of h and z, valid AUROC, spheres, 2 loss curves.
+    assert len(images) == 8
+    assert len(list((run_dir / "report").glob("*.png"))) == 8
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "Cohen&#x27;s kappa at threshold" in page and "Youden" in page
+    assert (
+        "fake_shift" in page and "&quot;commit&quot;: &quot;abc&quot;" in page
+    )  # config and environment shown
+
+
+def test_run_report_says_what_is_missing(run_dir):
+    for name in ("embeddings_test.safetensors", "env.json"):
+        (run_dir / name).unlink()
+    (run_dir / "finetune" / "metrics.csv").write_text("epoch,train_loss\n0,1.0\n1,0.5\n")
+    page = render_report(run_dir, n_bootstrap=0).read_text()
+    assert "embeddings_test.safetensors not found" in page and "env.json not found" in page
+    assert "no n_spheres column" in page and "no valid_auroc column" in page
+    for section in RUN_SECTIONS:
+        assert f"<h2>{section}" in page, section
+
+
+def test_benchmark_report(bench_dir):
+    page = render_report(bench_dir).read_text()
+    for section in BENCH_SECTIONS:
+        assert f"<h2>{section}" in page, section
+    assert "<td>good</td>" in page and "Welch" in page and "t-interval" in page
+    # Fig. 7 comparison, ROC/PR, 2 score distributions, 2 t-SNE, valid AUROC, spheres, 2 loss curves.
+    assert len(_images(page)) == 10
+
+
+def test_report_rejects_other_folders(tmp_path):
+    with pytest.raises(DataError, match="neither a run folder"):
+        render_report(tmp_path)
+    with pytest.raises(DataError, match="not a folder"):
+        render_report(tmp_path / "nope")
+
+
+def test_report_renders_in_headless_chromium(bench_dir, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip(
+            "Chromium is not installed (Debian: apt-get install chromium); the HTML is still tested above"
+        )
+    report = render_report(bench_dir)
+    shot = tmp_path / "shot.png"
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        report.resolve().as_uri(),
+    ]
+    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert shot.is_file(), "Chromium wrote no screenshot"
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (2000, 1200)
+    assert pixels.std() > 20  # a blank (all white) page has std 0
+    # The figures are drawn: a good share of rows is not plain white.
+    assert (pixels.min(axis=1) < 200).mean() > 0.3
