@@ -1,0 +1,116 @@
+"""What a method's stages get from the run: config, data, folders, and a resumable Lightning ``fit``.
+
+:meth:`RunContext.fit` is the only place that builds a ``lightning.Trainer``: accelerator, devices,
+strategy, precision and nodes come from the config's ``trainer`` section (or the CLI) and are passed
+straight through — xrad has no device code of its own. Every epoch writes
+``<stage>/checkpoints/last.ckpt``; calling ``fit`` again for an unfinished stage resumes from it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xrad.config import Config
+from xrad.data.datasets import ImageBank
+
+
+def env_global_rank() -> int:
+    """This process's global rank before a Trainer exists (0 when not launched by a DDP launcher).
+
+    Lightning's launcher sets LOCAL_RANK/NODE_RANK for the processes it starts; torchrun and SLURM set RANK.
+    Only "is it 0" matters here (which process writes files before training starts).
+    """
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+
+
+@dataclass
+class RunContext:
+    """State shared by the stages of one run."""
+
+    config: Config
+    run_dir: Path
+    banks: dict[str, ImageBank]  # "train", "valid", "test" (valid/test may be empty)
+    trainer_overrides: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    state: dict[str, Any] = field(default_factory=dict)  # stage results in memory (e.g. "encoder")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    global_rank: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process writes the run's files."""
+        return self.global_rank == 0
+
+    def stage_dir(self, stage: str) -> Path:
+        """``run_dir/<stage>``."""
+        return self.run_dir / stage
+
+    def trainer_kwargs(self, stage: str) -> dict[str, Any]:
+        """Keyword arguments of ``lightning.Trainer`` for ``stage`` (without callbacks/loggers)."""
+        t = self.config.trainer
+        kwargs: dict[str, Any] = {
+            "accelerator": t.accelerator, "devices": t.devices, "strategy": t.strategy, "precision": t.precision,
+            "num_nodes": t.num_nodes, "log_every_n_steps": t.log_every_n_steps,
+            "deterministic": self.config.deterministic, "enable_progress_bar": self.progress,
+            "enable_model_summary": False, "num_sanity_val_steps": 0, "limit_val_batches": 0,
+            "default_root_dir": str(self.stage_dir(stage)),
+        }
+        kwargs.update(self.trainer_overrides)
+        return kwargs
+
+    def fit(self, stage: str, module: Any, loader: Any, epochs: int) -> Any:
+        """Train ``module`` on ``loader`` for ``epochs`` epochs, resuming from the stage's last checkpoint.
+
+        Returns the Trainer. Ctrl-C leaves the last finished epoch's checkpoint and raises
+        KeyboardInterrupt (Lightning itself would call ``sys.exit(1)``).
+        """
+        import lightning as L
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.loggers import CSVLogger
+
+        stage_dir = self.stage_dir(stage)
+        ckpt_dir = stage_dir / "checkpoints"
+        checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                     every_n_epochs=1, save_top_k=1, save_last="link", save_on_train_epoch_end=True,
+                                     enable_version_counter=False)
+        loggers: list[Any] = [CSVLogger(str(stage_dir), name="logs", version=0)]
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(str(stage_dir), name="tensorboard", version=0))
+        except ModuleNotFoundError:  # tensorboard is optional
+            pass
+        kwargs = self.trainer_kwargs(stage)
+        kwargs.setdefault("max_epochs", epochs)
+        extra_callbacks = list(kwargs.pop("callbacks", []))
+        trainer = L.Trainer(callbacks=[*extra_callbacks, checkpoint], logger=loggers, **kwargs)
+        last = ckpt_dir / "last.ckpt"
+        ckpt_path = str(last) if last.exists() else None
+        module.train()  # Lightning keeps the mode modules arrive in; a transferred encoder may be in eval mode
+        try:
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+        except SystemExit:
+            if trainer.interrupted:  # Lightning turned Ctrl-C into sys.exit(1): report it as an interruption
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            # Lightning ignores further Ctrl-C during its shutdown; give the handler back.
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                try:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                except ValueError:  # not the main thread
+                    pass
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        self.global_rank = trainer.global_rank
+        self.device = module.device
+        return trainer

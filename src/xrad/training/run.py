@@ -1,0 +1,266 @@
+"""``run_training``: the one entry point of ``xrad train``, ``xrad run`` and ``xrad benchmark``.
+
+Run folder contract (read by the evaluation/report code)::
+
+    run_dir/config.yaml                 resolved config
+    run_dir/env.json                    package versions, seed, git commit, command line
+    run_dir/<stage>/checkpoints/        last.ckpt (+ the epoch it links to): resume points
+    run_dir/<stage>/metrics.csv         one row per epoch: epoch, train_loss, valid_auroc, n_spheres, lr
+    run_dir/<stage>/logs/, tensorboard/ Lightning's CSV (and TensorBoard, when installed) logs
+    run_dir/<stage>/done.json           written when the stage finished (a re-run skips it)
+    run_dir/artefact/                   model.safetensors + artefact.json (see xrad.artefact)
+    run_dir/scores_{valid,test}.csv     path, patient_id, study_id, body_part, label, split, score, sphere
+    run_dir/embeddings_test.safetensors h, z, sphere, labels of the test images (for t-SNE)
+    run_dir/summary.json                method, AUROCs, sphere history, timings, images per split
+
+Re-running the same command resumes: finished stages are loaded, an unfinished one continues from its
+last checkpoint. Only global rank 0 writes files; under DDP the other ranks train and then return.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from xrad.artefact import package_versions, save_artefact
+from xrad.config import Config, config_to_dict, dump_config, load_config
+from xrad.data.datasets import ImageBank, load_image_bank
+from xrad.data.manifest import CORE_COLUMNS, read_manifest
+from xrad.errors import ConfigError, DataError
+from xrad.methods.registry import get_method
+from xrad.training.context import RunContext, env_global_rank
+from xrad.training.module import auroc
+from xrad.utils.atomic import write_csv, write_json, write_text
+
+SCORE_COLUMNS = ("path", "patient_id", "study_id", "body_part", "label", "split", "score", "sphere")
+SPLITS = ("train", "valid", "test")
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _comparable(data: dict[str, Any]) -> dict[str, Any]:
+    """The config minus what may change between resumed invocations (devices, progress/logging)."""
+    return {k: v for k, v in data.items() if k not in ("trainer",)}
+
+
+def _check_same_config(run_dir: Path, cfg: Config) -> None:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if _comparable(old) != _comparable(yaml.safe_load(dump_config(cfg))):
+        raise ConfigError(f"{path}: this run folder holds a run with a different config; choose a new -o folder "
+                          "(or delete the old run to start over)")
+
+
+def _preprocessing_params(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """The cache's params.json (xrad preprocess) for the artefact; None when images were not preprocessed."""
+    if "cache_path" not in frame.columns:
+        return None
+    paths = [p for p in frame["cache_path"].astype(str) if p]
+    if not paths:
+        return None
+    for parent in list(Path(paths[0]).parents)[:3]:
+        candidate = parent / "params.json"
+        if candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    return None
+
+
+def _data_summary(frame: pd.DataFrame, manifest: Path) -> dict[str, Any]:
+    train = frame[frame["split"] == "train"]
+    semi = train["semi_label"] if "semi_label" in train.columns else pd.Series(0, index=train.index)
+    summary: dict[str, Any] = {
+        "manifest": str(manifest.resolve()),
+        "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        "images": {s: int((frame["split"] == s).sum()) for s in SPLITS},
+        "train_semi_labels": {"known_normal": int((semi == 1).sum()), "unlabelled": int((semi == 0).sum()),
+                              "known_abnormal": int((semi == -1).sum())},
+        "labels": {s: {str(k): int(v) for k, v in frame.loc[frame["split"] == s, "label"].value_counts().items()}
+                   for s in SPLITS},
+    }
+    if "body_part" in frame.columns:
+        summary["train_body_parts"] = {str(k): int(v) for k, v in train["body_part"].value_counts().items()}
+    return summary
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _score_split(scorer: Any, bank: ImageBank, batch_size: int, with_embeddings: bool) -> dict[str, Any]:
+    out = scorer.score_batches(bank.images, bank.masks, batch_size=batch_size, with_embeddings=with_embeddings)
+    frame = bank.frame.copy()
+    frame["score"] = out["score"].numpy()
+    frame["sphere"] = out["sphere"].numpy()
+    for column in SCORE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = ""
+    return {"frame": frame[list(SCORE_COLUMNS)], "raw": out}
+
+
+def _finalise(ctx: RunContext, method: Any, frame: pd.DataFrame, manifest: Path, started: float) -> dict[str, Any]:
+    """Artefact, test/valid scores (through the reloaded artefact), embeddings and summary."""
+    from safetensors.torch import save
+
+    from xrad.scoring import load_scorer
+    from xrad.utils.atomic import write_bytes
+
+    cfg, run_dir = ctx.config, ctx.run_dir
+    t0 = time.perf_counter()
+    scorer = method.build_scorer(ctx)
+    tensors, args = scorer.artefact_state()
+    meta: dict[str, Any] = {
+        "method": cfg.method,
+        "scorer": {"kind": scorer.kind, "args": args},
+        "image_size": cfg.data.image_size,
+        "input": "uint8 image x 0/1 mask, float in [0, 1] (xrad.data.transforms.prepare_eval)",
+        "preprocessing": _preprocessing_params(frame),
+        "config": config_to_dict(cfg),
+        "training_data": _data_summary(frame, manifest),
+    }
+    if "centers" in tensors:
+        meta["centres"] = tensors["centers"].tolist()
+        meta["n_spheres"] = int(tensors["centers"].shape[0])
+    save_artefact(run_dir / "artefact", tensors, meta)
+    # Score through the artefact as it was written: what `xrad score` will reproduce.
+    scorer = load_scorer(run_dir / "artefact", device=ctx.device)
+    results: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        bank = ctx.banks[split]
+        scored = _score_split(scorer, bank, cfg.data.eval_batch_size, with_embeddings=split == "test")
+        write_csv(run_dir / f"scores_{split}.csv", scored["frame"])
+        results[split] = auroc(bank.labels.numpy(), scored["raw"]["score"].numpy())
+        if split == "test":
+            raw = scored["raw"]
+            embeddings = {k: raw[k] for k in ("h", "z") if k in raw}
+            embeddings.update(sphere=raw["sphere"], labels=bank.labels.clone(), score=raw["score"])
+            write_bytes(run_dir / "embeddings_test.safetensors",
+                        save({k: v.contiguous() for k, v in embeddings.items()}))
+    ctx.timings["scoring"] = time.perf_counter() - t0
+    finetune_rows = _read_metrics(ctx.stage_dir("finetune") / "metrics.csv")
+    history = [int(float(r["n_spheres"])) for r in finetune_rows if r.get("n_spheres")]
+    summary = {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "valid_auroc": results["valid"],
+        "test_auroc": results["test"],
+        "n_spheres": meta.get("n_spheres"),
+        "n_spheres_history": history,
+        "valid_auroc_history": [float(r["valid_auroc"]) if r.get("valid_auroc") else None for r in finetune_rows],
+        "n_images": {s: len(ctx.banks[s]) for s in SPLITS},
+        "timings_s": {**ctx.timings, "total_this_invocation": time.perf_counter() - started},
+        "artefact": str(run_dir / "artefact"),
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _load_banks(cfg: Config, frame: pd.DataFrame, run_dir: Path, progress: bool) -> dict[str, ImageBank]:
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "bank_cache"
+    banks = {}
+    for split in SPLITS:
+        banks[split] = load_image_bank(frame[frame["split"] == split], cfg.data.image_size,
+                                       workers=cfg.data.decode_workers, cache_dir=cache_dir, progress=progress)
+    if len(banks["train"]) == 0:
+        raise DataError("the manifest has no train rows; make a split with `xrad split`")
+    return banks
+
+
+def run_training(config: str | Path | dict[str, Any] | Config, manifest: str | Path, run_dir: str | Path, *,
+                 stages: tuple[str, ...] | list[str] | None = None,
+                 trainer_overrides: dict[str, Any] | None = None, progress: bool = True,
+                 overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Train the configured detector on a split manifest into ``run_dir`` (resuming what is there).
+
+    ``config`` is a YAML path, a packaged config name, a mapping or a :class:`Config`; ``overrides`` are
+    ``section.key=value`` strings; ``trainer_overrides`` go straight to ``lightning.Trainer`` (e.g.
+    ``{"accelerator": "cpu", "devices": 2, "strategy": "ddp"}``, or test callbacks). ``stages`` selects
+    which of the method's stages to run (None: all of them); earlier stages must be finished already.
+
+    Returns the run summary (also ``run_dir/summary.json``) once every stage is finished; otherwise
+    ``{"finished_stages": [...]}``. On DDP ranks other than 0 it returns ``{}`` after training.
+    """
+    import lightning as L
+
+    started = time.perf_counter()
+    cfg = load_config(config, overrides)
+    method = get_method(cfg.method)
+    stages = tuple(method.stages) if stages is None else tuple(stages)
+    unknown = [s for s in stages if s not in method.stages]
+    if unknown:
+        raise ConfigError(f"stage(s) {unknown} unknown to method {cfg.method!r}; choose from {list(method.stages)}")
+    manifest, run_dir = Path(manifest), Path(run_dir)
+    frame = read_manifest(manifest, require=CORE_COLUMNS + ("split",))
+    rank0 = env_global_rank() == 0
+    _check_same_config(run_dir, cfg)
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", dump_config(cfg))
+        write_json(run_dir / "env.json", {
+            "versions": package_versions(), "seed": cfg.seed, "deterministic": cfg.deterministic,
+            "git_commit": _git_commit(), "argv": sys.argv, "python": sys.version, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    banks = _load_banks(cfg, frame, run_dir, progress and rank0)
+    ctx = RunContext(cfg, run_dir, banks, dict(trainer_overrides or {}), progress, global_rank=0 if rank0 else 1)
+    ran_any = False
+    for index, stage in enumerate(method.stages):
+        done = ctx.stage_dir(stage) / "done.json"
+        if done.is_file():
+            method.load_stage(stage, ctx)
+            ctx.timings[stage] = float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
+            continue
+        if stage not in stages:
+            if any(s in stages for s in method.stages[index + 1:]):
+                raise ConfigError(f"{run_dir}: stage {stage!r} is not finished; run `xrad train --stage {stage}` "
+                                  "(or --stage all) first")
+            break
+        t0 = time.perf_counter()
+        method.run_stage(stage, ctx)
+        ctx.timings[stage] = time.perf_counter() - t0
+        ran_any = True
+        if ctx.is_global_zero:
+            write_json(done, {"stage": stage, "seconds": ctx.timings[stage], "epochs": _stage_epochs(cfg, stage)})
+    finished = [s for s in method.stages if (ctx.stage_dir(s) / "done.json").is_file()]
+    if not ctx.is_global_zero:
+        return {}
+    if len(finished) < len(method.stages):
+        return {"finished_stages": finished}
+    summary_path = run_dir / "summary.json"
+    if not ran_any and summary_path.is_file() and (run_dir / "artefact" / "artefact.json").is_file():
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+    return _finalise(ctx, method, frame, manifest, started)
+
+
+def _stage_epochs(cfg: Config, stage: str) -> int | None:
+    section = getattr(cfg, stage, None)
+    return getattr(section, "epochs", None)
