@@ -1,0 +1,142 @@
+"""Framework-free scorers of the Table 1 baselines (torch only; no Lightning).
+
+- :class:`ReconstructionScorer` — the convolutional autoencoder: masked reconstruction error (MSE, L1 or the
+  mean of the top-k pixel errors); its :meth:`~ReconstructionScorer.heatmap` is the per-pixel error map.
+- :class:`ClassifierScorer` — the supervised ResNet-50: the predicted probability of "abnormal".
+
+The Deep SAD and kNN baselines reuse :class:`~xrad.methods.scorers.SphereScorer` and
+:class:`~xrad.methods.scorers.KnnScorer`.
+
+Masks: a scorer sees what :func:`~xrad.data.transforms.prepare_eval` returns — image × body-part mask — and
+nothing else (that keeps ``forward(images)`` a single-input graph for ONNX and the service). The mask is
+therefore recovered as the support of the input, ``images > 0``; training uses the same definition, so a
+body-part pixel of intensity exactly 0 is ignored in both (it carries no reconstruction target anyway).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from xrad.losses import masked_error_map, reconstruction_scores
+from xrad.methods.base import Scorer
+from xrad.models.autoencoder import Autoencoder, build_autoencoder
+from xrad.models.resnet import ResNet50Backbone
+
+__all__ = ["ClassifierScorer", "ReconstructionScorer", "autoencoder_args", "autoencoder_from", "input_support"]
+
+_AE = "ae."
+
+
+def input_support(images: Tensor) -> Tensor:
+    """The body-part mask recovered from prepared (masked) images: 1 where the input is non-zero, (B, 1, S, S)."""
+    return (images > 0).to(images.dtype)
+
+
+def autoencoder_args(ae: Autoencoder) -> dict[str, Any]:
+    """JSON-able arguments of :func:`xrad.models.autoencoder.build_autoencoder` that rebuild ``ae``."""
+    linears = [m for m in ae.encoder.head.modules() if isinstance(m, nn.Linear)]
+    stages = list(ae.decoder.stages)
+    return {
+        "image_size": ae.decoder.image_size,
+        "head_dims": [linears[0].in_features] + [m.out_features for m in linears],
+        "head_bias": linears[0].bias is not None,
+        "in_channels": int(ae.encoder.backbone.in_channels),
+        "decode_from": ae.decode_from,
+        "channels": [int(block.conv1.out_channels) for block in stages],
+    }
+
+
+def autoencoder_from(state: dict[str, Tensor], args: dict[str, Any]) -> Autoencoder:
+    """Rebuild an autoencoder from :func:`autoencoder_args` and its (un-prefixed) state_dict."""
+    ae = build_autoencoder(int(args["image_size"]), head_dims=args["head_dims"], bias=bool(args["head_bias"]),
+                           in_channels=int(args.get("in_channels", 1)), decode_from=str(args["decode_from"]),
+                           channels=args["channels"])
+    ae.load_state_dict(state, strict=True)
+    return ae
+
+
+class ReconstructionScorer(Scorer):
+    """Masked reconstruction error of a convolutional autoencoder (Davletshina et al.)."""
+
+    kind: ClassVar[str] = "reconstruction"
+
+    def __init__(self, autoencoder: Autoencoder, score_kind: str = "mse", top_k_fraction: float = 0.05) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.score_kind = str(score_kind)
+        self.top_k_fraction = float(top_k_fraction)
+
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """The reconstruction (B, 1, S, S) of prepared images."""
+        return self.autoencoder(images)[0]
+
+    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Image scores (B,) from the masked error; no sphere."""
+        recon = self.reconstruct(images)
+        return reconstruction_scores(recon, images, input_support(images), kind=self.score_kind,
+                                     top_k_fraction=self.top_k_fraction), None
+
+    def heatmap(self, images: Tensor) -> Tensor:
+        """The per-pixel reconstruction error inside the body part (B, 1, S, S) (squared, or absolute for L1)."""
+        with torch.no_grad():
+            recon = self.reconstruct(images)
+            return masked_error_map(recon, images, input_support(images), kind=self.score_kind)
+
+    def embed(self, images: Tensor) -> dict[str, Tensor]:
+        """The encoder's h (B, 512) and bottleneck z."""
+        _, h, z = self.autoencoder(images)
+        return {"h": h, "z": z}
+
+    def artefact_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Autoencoder weights (``ae.*``); the architecture and score kind as arguments."""
+        tensors = {_AE + k: v for k, v in self.autoencoder.state_dict().items()}
+        args = autoencoder_args(self.autoencoder)
+        args.update(score_kind=self.score_kind, top_k_fraction=self.top_k_fraction)
+        return tensors, args
+
+    @classmethod
+    def from_artefact(cls, tensors: dict[str, Tensor], args: dict[str, Any]) -> ReconstructionScorer:
+        """Rebuild from an artefact's tensors and scorer arguments."""
+        state = {k[len(_AE):]: v for k, v in tensors.items() if k.startswith(_AE)}
+        return cls(autoencoder_from(state, args), args["score_kind"], args["top_k_fraction"])
+
+
+class ClassifierScorer(Scorer):
+    """Supervised classifier: ResNet-50 features → one logit; the score is P(abnormal) = sigmoid(logit)."""
+
+    kind: ClassVar[str] = "classifier"
+
+    def __init__(self, backbone: ResNet50Backbone, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def logits(self, images: Tensor) -> Tensor:
+        """Abnormality logits (B,)."""
+        return self.head(self.backbone(images)).squeeze(1)
+
+    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """P(abnormal) (B,); the sigmoid runs in float64 so confident predictions do not all tie at 1.0."""
+        return torch.sigmoid(self.logits(images).double()), None
+
+    def embed(self, images: Tensor) -> dict[str, Tensor]:
+        """The pooled ResNet-50 features h (B, 2048)."""
+        return {"h": self.backbone(images)}
+
+    def artefact_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Backbone (``backbone.*``) and head (``head.*``) weights."""
+        tensors = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
+        tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        return tensors, {"in_channels": int(self.backbone.in_channels), "arch": "resnet50"}
+
+    @classmethod
+    def from_artefact(cls, tensors: dict[str, Tensor], args: dict[str, Any]) -> ClassifierScorer:
+        """Rebuild from an artefact's tensors and scorer arguments."""
+        backbone = ResNet50Backbone(in_channels=int(args.get("in_channels", 1)))
+        backbone.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}, strict=True)
+        head = nn.Linear(backbone.out_dim, 1)
+        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, strict=True)
+        return cls(backbone, head)
