@@ -1,0 +1,93 @@
+"""``xrad score ARTEFACT INPUT -o scores.csv``: score new images with a trained artefact.
+
+INPUT may be one image file (PNG, JPEG, TIFF or DICOM), a folder of such files (searched recursively;
+DICOM recognised by content), a MURA tree, or a manifest CSV (needs a ``path`` column; ``cache_path``
+rows from ``xrad preprocess`` are used as they are). Lightning is never imported.
+
+Besides the image table it writes ``<output stem>_studies.csv`` (and ``_patients.csv``) where the ids allow,
+aggregated as in evaluation; with a calibrated artefact (``xrad calibrate``) every table has ``flagged``.
+``--heatmaps DIR`` adds an overlay PNG per image (path in the ``heatmap`` column).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``xrad score``."""
+    parser.add_argument("artefact", type=Path, help="artefact folder written by training (model.safetensors + artefact.json)")
+    parser.add_argument("input", type=Path, help="an image, a folder of images/DICOM files, a MURA tree or a manifest CSV")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="scores CSV to write")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="processes decoding images")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable image (default: record its reason in the `error` column)")
+    parser.add_argument("--aggregation", default=None,
+                        help="study/patient score: mean, max or topK (default: the operating point's, else mean)")
+    parser.add_argument("--heatmaps", type=Path, metavar="DIR",
+                        help="also write a heatmap overlay PNG per image into DIR (column `heatmap`)")
+
+
+def collect_inputs(source: Path):  # -> pd.DataFrame
+    """Turn INPUT into a table with at least ``path`` (and ids where the source has them)."""
+    import pandas as pd
+
+    from xrad.data.indexing import index_dicom_folder, index_mura, is_dicom
+    from xrad.data.manifest import read_manifest
+    from xrad.errors import DataError
+
+    if not source.exists():
+        raise DataError(f"{source}: not found; pass an image, a folder or a manifest CSV")
+    if source.is_file():
+        if source.suffix.lower() == ".csv":
+            return read_manifest(source, require=("path",))
+        return pd.DataFrame({"path": [str(source.resolve())], "study_id": [source.stem]})
+    if source.name == "MURA-v1.1" or (source / "MURA-v1.1").is_dir():
+        return index_mura(source)
+    files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+    dicoms = [p for p in files if is_dicom(p)]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p not in set(dicoms)]
+    parts = []
+    if dicoms:
+        parts.append(index_dicom_folder(source))
+    if images:
+        parts.append(pd.DataFrame({"path": [str(p.resolve()) for p in images],
+                                   "study_id": [str(p.parent.relative_to(source) / p.stem) for p in images]}))
+    if not parts:
+        raise DataError(f"{source}: no PNG, JPEG, TIFF or DICOM files found")
+    return pd.concat(parts, ignore_index=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score INPUT and write the scores table."""
+    from xrad.calibration import flag, level_tables
+    from xrad.scoring import load_scorer, score_frame
+    from xrad.utils.atomic import write_csv
+
+    frame = collect_inputs(args.input)
+    scorer = load_scorer(args.artefact)
+    scored = score_frame(scorer, frame, batch_size=args.batch_size, workers=args.workers,
+                         on_error="raise" if args.strict else "skip", progress=True)
+    point = scorer.artefact_meta.get("operating_point")
+    if point:  # score >= the calibrated image threshold (unreadable rows: False)
+        scored["flagged"] = flag(scored["score"], point)
+    if args.heatmaps is not None:
+        from xrad.heatmaps import write_heatmaps
+
+        scored["heatmap"] = write_heatmaps(scorer, scored, args.heatmaps, progress=True)
+    write_csv(args.output, scored)
+    failed = int((scored.get("error", "") != "").sum()) if "error" in scored else 0
+    print(f"scored {len(scored) - failed} image(s) → {args.output}"
+          + (f"; {failed} unreadable (see the `error` column)" if failed else ""))
+    aggregation = args.aggregation or ((point or {}).get("study") or {}).get("aggregation") or "mean"
+    for level, table in level_tables(scored, point, aggregation).items():
+        plural = {"study": "studies", "patient": "patients"}[level]
+        path = args.output.with_name(f"{args.output.stem}_{plural}.csv")
+        write_csv(path, table)
+        flagged = f", {int(table['flagged'].sum())} flagged" if "flagged" in table else ""
+        print(f"{len(table)} {plural} ({aggregation} of image scores{flagged}) → {path}")
+    return 0

@@ -1,0 +1,41 @@
+"""``xrad worklist SCORES -o DIR``: an offline HTML page (and CSV) of studies sorted by anomaly score."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``xrad worklist``."""
+    parser.add_argument("scores", type=Path, help="image-level scores CSV (from `xrad score` or a run)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for index.html, worklist.csv, thumbs/")
+    parser.add_argument("--artefact", type=Path, help="artefact whose stored operating point flags studies")
+    parser.add_argument("--threshold", type=float, help="study threshold to flag at (overrides --artefact)")
+    parser.add_argument("--aggregation", default="max", help="study score: mean, max or topK (as in evaluation)")
+    parser.add_argument("--top", type=int, default=200, help="studies shown with thumbnails and heatmaps")
+    parser.add_argument("--thumb-size", type=int, default=160, help="thumbnail major axis in pixels")
+    parser.add_argument("--title", default="xrad worklist", help="page title")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the scores, build the worklist, say where it is."""
+    import pandas as pd
+
+    from xrad.errors import DataError
+    from xrad.worklist import build_worklist
+
+    if not args.scores.is_file():
+        raise DataError(f"{args.scores}: scores file not found; write one with `xrad score`")
+    frame = pd.read_csv(args.scores, dtype={"path": str, "patient_id": str, "study_id": str, "body_part": str,
+                                            "heatmap": str, "error": str}, keep_default_na=False)
+    point = None
+    if args.artefact is not None:
+        from xrad.artefact import read_artefact_meta
+
+        point = read_artefact_meta(args.artefact).get("operating_point")
+    result = build_worklist(frame, args.output, aggregation=args.aggregation, threshold=args.threshold,
+                            operating_point=point, top=args.top, thumb_size=args.thumb_size, title=args.title)
+    flagged = f", {result['n_flagged']} flagged" if result["threshold"] is not None else ""
+    print(f"worklist of {result['n_studies']} studies{flagged} → {result['html']} (and {result['csv']})")
+    return 0

@@ -1,0 +1,207 @@
+"""The scoring service: ``POST /score``, ``GET /health`` and ``GET /`` (a one-page upload form).
+
+:func:`create_app` takes any scoring callable (so tests and other back-ends can plug in);
+:func:`app_from_artefact` builds the real one from an artefact folder.
+
+Upload handling (why each step):
+
+- Size is limited *while reading*: a declared ``Content-Length`` above the limit is refused before
+  reading, and the streamed body is counted chunk by chunk, so an oversized upload never sits in memory
+  whole (413).
+- The type is decided by *content* (magic bytes, :func:`xrad.data.io.sniff_format`), never by the
+  filename or the client's Content-Type (415 for anything but PNG, JPEG, TIFF, DICOM).
+- Decoding uses the same I/O layer as everything else (:func:`xrad.data.io.decode_radiograph`); its
+  one-line :class:`~xrad.errors.ImageReadError` reason is returned with 422. A truncated file is refused
+  too (422): the batch policy decodes what is there and flags it, but a single upload scored from a
+  partial image would give a misleading answer. ``allow_truncated=True`` accepts it (flagged in the reply).
+- The client's filename is never used (it may carry a patient name) and DICOM tags are never logged or
+  echoed: the reply holds the score, the flag, the operating point, image size/format and the heatmap.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
+
+from xrad.data.io import Radiograph, decode_radiograph, sniff_format
+from xrad.errors import ImageReadError
+
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "Predict", "app_from_artefact", "artefact_predictor", "create_app"]
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Room for multipart boundaries and part headers on top of the file itself.
+_MULTIPART_SLACK = 64 * 1024
+_UPLOAD_NAME = "<upload>"  # used in place of the client's filename in every message
+STATIC = Path(__file__).with_name("static")
+log = logging.getLogger("xrad.service")
+
+# (decoded radiograph, want heatmap, body part or None) -> {"score", "sphere", "heatmap_png", "heatmap_on"}
+Predict = Callable[[Radiograph, bool, "str | None"], dict[str, Any]]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"upload is {int(declared)} bytes, above the limit of {limit} bytes; "
+                                 "send a smaller image or raise --max-upload-mb")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise HTTPException(413, f"upload is above the limit of {limit} bytes; send a smaller image or "
+                                     "raise --max-upload-mb")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _upload_bytes(request: Request, limit: int) -> bytes:
+    """The uploaded file: the ``file`` field of a multipart form, or the raw body otherwise."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        return await _read_body(request, limit)
+    body = await _read_body(request, limit + _MULTIPART_SLACK)
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form()
+    except Exception as exc:  # noqa: BLE001 - malformed multipart is the client's error
+        raise HTTPException(400, f"malformed multipart form ({str(exc).splitlines()[0] if str(exc) else 'unparsable'}); "
+                                 "send the image as the 'file' field") from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, "no 'file' field in the form; send the image as multipart field 'file' "
+                                     "or as the raw request body")
+        data = await upload.read()
+    finally:
+        await form.close()  # releases spooled temporary files
+    if len(data) > limit:
+        raise HTTPException(413, f"upload is {len(data)} bytes, above the limit of {limit} bytes; "
+                                 "send a smaller image or raise --max-upload-mb")
+    return data
+
+
+def _decode(data: bytes, allow_truncated: bool) -> Radiograph:
+    if not data:
+        raise HTTPException(422, "upload is empty (0 bytes); choose an image file")
+    if sniff_format(data) is None:
+        raise HTTPException(415, "unsupported file type (by content): send a PNG, JPEG, TIFF or DICOM image")
+    try:
+        radiograph = decode_radiograph(data, _UPLOAD_NAME)
+    except ImageReadError as exc:
+        raise HTTPException(422, f"cannot decode the image: {exc.reason}") from None
+    if radiograph.meta.truncated and not allow_truncated:
+        raise HTTPException(422, f"the {radiograph.meta.format.upper()} file is truncated (only part of it "
+                                 "decodes); re-export or re-download it")
+    return radiograph
+
+
+def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operating_point: dict[str, Any] | None = None,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, allow_truncated: bool = False) -> FastAPI:
+    """The FastAPI app around a scoring callable.
+
+    ``predict(radiograph, want_heatmap, body_part)`` returns ``score`` (float), ``sphere`` (int or None),
+    ``heatmap_png`` (bytes or None) and ``heatmap_on`` (``original``/``preprocessed``). ``info`` is shown by
+    ``/health``; ``operating_point`` (as stored by ``xrad calibrate``) decides ``flagged``.
+    """
+    from xrad import __version__
+
+    info = dict(info or {})
+    point = None
+    if operating_point:
+        point = {k: v for k, v in operating_point.items() if k != "study"}  # one upload = one image
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    app = FastAPI(title="xrad scoring service", version=__version__,
+                  description="Anomaly scores for radiographs (PNG, JPEG, TIFF, DICOM).")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        """The upload page."""
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness plus what is being served."""
+        return {"status": "ok", "xrad_version": __version__, "max_upload_bytes": max_upload_bytes,
+                "operating_point": point, **info}
+
+    @app.post("/score")
+    async def score(request: Request, heatmap: bool = True, body_part: str | None = None) -> dict[str, Any]:
+        """Score one uploaded image (multipart field ``file`` or the raw body)."""
+        started = time.perf_counter()
+        data = await _upload_bytes(request, max_upload_bytes)
+        radiograph = await run_in_threadpool(_decode, data, allow_truncated)
+        result = await run_in_threadpool(predict, radiograph, heatmap, body_part)
+        value = float(result["score"])
+        flagged = None if point is None else bool(value >= float(point["threshold"]))
+        png = result.get("heatmap_png")
+        meta = radiograph.meta
+        # Only numbers about the image: never its name, never DICOM tags.
+        log.info("scored a %s upload (%dx%d, %d bytes): score %.4g in %.0f ms", meta.format, meta.shape[1],
+                 meta.shape[0], len(data), value, 1000 * (time.perf_counter() - started))
+        return {
+            "score": value,
+            "flagged": flagged,
+            "operating_point": point,
+            "sphere": result.get("sphere"),
+            "heatmap_png": None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+            "heatmap_on": result.get("heatmap_on"),
+            "image": {"format": meta.format, "width": meta.shape[1], "height": meta.shape[0],
+                      "bit_depth": meta.bit_depth, "truncated": meta.truncated},
+            "method": info.get("method"),
+        }
+
+    return app
+
+
+def artefact_predictor(artefact_dir: str | Path, device: str = "cpu") -> tuple[Predict, dict[str, Any]]:
+    """A :data:`Predict` over an artefact folder, and the artefact's metadata."""
+    from xrad.heatmaps import explain_pixels
+    from xrad.scoring import load_scorer
+
+    scorer = load_scorer(artefact_dir, device=device)
+    meta = scorer.artefact_meta
+    size = int(meta["image_size"])
+    params = None
+    if meta.get("preprocessing") is not None:
+        from xrad.preprocess import PreprocessParams
+
+        params = PreprocessParams.from_dict(meta["preprocessing"])
+    lock = threading.Lock()  # one image at a time: 2 cores are already used by torch's own threads
+
+    def predict(radiograph: Radiograph, want_heatmap: bool, body_part: str | None) -> dict[str, Any]:
+        with lock:
+            result = explain_pixels(scorer, radiograph.pixels, size=size, params=params, body_part=body_part,
+                                    heatmap=want_heatmap)
+        return {"score": result.score, "sphere": result.sphere if result.sphere >= 0 else None,
+                "heatmap_png": result.overlay_png() if want_heatmap else None,
+                "heatmap_on": "original" if result.on_original else "preprocessed"}
+
+    return predict, meta
+
+
+def app_from_artefact(artefact_dir: str | Path, *, device: str = "cpu",
+                      max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, allow_truncated: bool = False) -> FastAPI:
+    """The service for one artefact folder (its operating point decides ``flagged``)."""
+    predict, meta = artefact_predictor(artefact_dir, device)
+    info = {"method": meta.get("method"), "scorer": (meta.get("scorer") or {}).get("kind"),
+            "image_size": meta.get("image_size"), "artefact_sha256": meta.get("sha256")}
+    return create_app(predict, info=info, operating_point=meta.get("operating_point"),
+                      max_upload_bytes=max_upload_bytes, allow_truncated=allow_truncated)

@@ -1,0 +1,119 @@
+"""Worklist and the score → calibrate → score → worklist flow, rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from xrad.cli.main import main
+from xrad.worklist import build_worklist, worklist_table
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def render(url: str, tmp_path: Path, screenshot: Path) -> str:
+    """The DOM of ``url`` after load, and a screenshot, from headless Chromium (offline flags)."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", "--allow-file-access-from-files", "--virtual-time-budget=5000"]
+    dom = subprocess.run([CHROMIUM, *flags, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=90, check=False).stdout
+    subprocess.run([CHROMIUM, *flags, f"--user-data-dir={tmp_path / 'p2'}", "--window-size=1200,900",
+                    f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=90, check=False)
+    return dom
+
+
+def test_worklist_table_sorts_studies_and_flags() -> None:
+    scores = pd.DataFrame({"path": [f"/x/{i}.png" for i in range(6)], "study_id": list("aabbcc"),
+                           "score": [0.1, 0.9, 0.3, 0.4, 0.2, 0.25], "label": [1, 1, 0, 0, "", ""],
+                           "body_part": ["HAND", "HAND", "WRIST", "WRIST", "HAND", "HAND"]})
+    studies, _ = worklist_table(scores, aggregation="max", threshold=0.4)
+    assert studies["study_id"].tolist() == ["a", "b", "c"] and studies["rank"].tolist() == [1, 2, 3]
+    assert studies["score"].tolist() == [0.9, 0.4, 0.25] and studies["flagged"].tolist() == [True, True, False]
+    studies, _ = worklist_table(scores.drop(columns="study_id"), aggregation="mean")
+    assert len(studies) == 6 and studies["study_id"].iloc[0] == "1" and studies["flagged"].isna().all()
+
+
+def _write_images(folder: Path, n_studies: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(n_studies):
+        for k in range(2):
+            path = folder / f"s{s}_{k}.png"
+            xx = np.mgrid[:80, :60][1]
+            pixels = (60 + 120 * np.exp(-((xx - 30) ** 2) / 60) + rng.normal(0, 10, (80, 60))).clip(0, 255)
+            if s == 0:
+                pixels[20:30, 10:20] = 255  # an obvious spot
+            Image.fromarray(pixels.astype(np.uint8)).save(path)
+            rows.append({"path": str(path), "study_id": f"study{s}", "patient_id": f"p{s // 2}",
+                         "body_part": "HAND", "label": 0 if s % 2 else "", "split": "valid" if s % 2 else "test"})
+    return pd.DataFrame(rows)
+
+
+def test_score_calibrate_worklist_flow(tiny_artefact, tmp_path, capsys) -> None:
+    artefact = tmp_path / "artefact"
+    shutil.copytree(tiny_artefact, artefact)
+    (tmp_path / "img").mkdir()
+    manifest = _write_images(tmp_path / "img")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+
+    assert main(["calibrate", str(artefact), str(tmp_path / "manifest.csv"), "--specificity", "0.5",
+                 "--aggregation", "max"]) == 0
+    assert "study level (max)" in capsys.readouterr().out
+
+    out = tmp_path / "out" / "scores.csv"
+    assert main(["score", str(artefact), str(tmp_path / "manifest.csv"), "-o", str(out),
+                 "--heatmaps", str(tmp_path / "heat")]) == 0
+    images = pd.read_csv(out)
+    assert images["flagged"].dtype == bool and len(images) == 10
+    assert all(Path(p).is_file() for p in images["heatmap"])
+    studies = pd.read_csv(tmp_path / "out" / "scores_studies.csv")
+    patients = pd.read_csv(tmp_path / "out" / "scores_patients.csv")
+    assert len(studies) == 5 and len(patients) == 3 and "flagged" in studies and "flagged" in patients
+    expected = images.groupby("study_id")["score"].max()  # the calibrated aggregation is reused
+    assert np.allclose(studies.set_index("study_id")["score"], expected.loc[studies["study_id"]])
+
+    wl = tmp_path / "worklist"
+    assert main(["worklist", str(out), "-o", str(wl), "--artefact", str(artefact)]) == 0
+    table = pd.read_csv(wl / "worklist.csv")
+    assert table["score"].is_monotonic_decreasing and len(table) == 5
+    page = (wl / "index.html").read_text()
+    assert page.count('class="thumb"') == 20  # 2 images + 2 heatmaps per study
+    assert 'class="threshold"' in page and "http" not in page  # offline: no external resource
+    assert len(list((wl / "thumbs").glob("*.png"))) == 20
+
+
+def test_worklist_threshold_override_and_unreadable(tmp_path) -> None:
+    scores = pd.DataFrame({"path": [str(tmp_path / "missing.png"), str(tmp_path / "ok.png")],
+                           "study_id": ["m", "o"], "score": [2.0, 1.0]})
+    Image.fromarray(np.full((10, 10), 128, np.uint8)).save(tmp_path / "ok.png")
+    result = build_worklist(scores, tmp_path / "wl", threshold=5.0)
+    page = (tmp_path / "wl" / "index.html").read_text()
+    assert result["n_flagged"] == 0 and "unreadable" in page
+    # The threshold line sits above every study when none reaches it.
+    assert page.index('class="threshold"') < page.index("<td class=\"id\">m</td>")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_fracatlas_worklist_renders_in_chromium(fracatlas_dir, tiny_artefact, tmp_path) -> None:
+    labels = pd.read_csv(fracatlas_dir / "labels.csv")
+    picked = pd.concat([labels[labels["label"] == 1].head(4), labels[labels["label"] == 0].head(4)])
+    manifest = pd.DataFrame({"path": [str(fracatlas_dir / p) for p in picked["path"]],
+                             "study_id": [Path(p).stem for p in picked["path"]],
+                             "body_part": picked["body_part"].to_numpy(), "label": picked["label"].to_numpy()})
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(tiny_artefact), str(tmp_path / "manifest.csv"), "-o", str(out),
+                 "--heatmaps", str(tmp_path / "heat")]) == 0
+    assert main(["worklist", str(out), "-o", str(tmp_path / "wl"), "--threshold", "0"]) == 0
+    shot = tmp_path / "worklist.png"
+    dom = render((tmp_path / "wl" / "index.html").as_uri(), tmp_path, shot)
+    assert dom.count('class="flagged"') == 8 and dom.count('alt="heatmap"') == 8
+    assert "8 studies (8 images)" in dom
+    assert shot.is_file() and np.asarray(Image.open(shot).convert("L")).std() > 10
