@@ -19,20 +19,20 @@ from xrad.errors import XradError
 # verb -> one-line help. The module xrad.cli.<verb with - replaced by _> implements it.
 # Add a verb by adding its line here and writing xrad/cli/<verb>.py.
 VERBS: dict[str, str] = {
-    "evaluate": "metrics with bootstrap intervals for a scores CSV (image, study, patient level)",
-    "benchmark": "run a grid of methods × seeds × split seeds × anomaly ratios and tabulate it",
-    "report": "render a run or benchmark folder as one self-contained HTML report",
+    "run": "the main job: phantoms → index → split → preprocess → train → score, resumable",
+    "synth": "generate phantom radiographs in MURA's folder layout (the default data set)",
     "index": "index a MURA tree, a CSV file or a DICOM folder into a manifest",
     "split": "make a leak-free semi-supervised train/valid/test split of a manifest",
-    "synth": "generate phantom radiographs in MURA's folder layout (the default data set)",
     "preprocess": "crop the X-ray carrier, fix inversion, segment the body part and cache resized images",
+    "train": "train a detector from a YAML config on a split manifest",
     "score": "score images, a folder, a DICOM folder or a manifest with a trained artefact",
+    "evaluate": "metrics with bootstrap intervals for a scores CSV (image, study, patient level)",
     "calibrate": "choose an operating point (threshold) on validation data and store it with the artefact",
     "worklist": "an HTML and CSV worklist of studies sorted by anomaly score",
+    "report": "render a run or benchmark folder as one self-contained HTML report",
+    "benchmark": "run a grid of methods × seeds × split seeds × anomaly ratios and tabulate it",
     "serve": "serve an artefact over HTTP (FastAPI) with an upload page",
     "export": "export an artefact to ONNX",
-    "run": "the main job: phantoms → index → split → preprocess → train → score, resumable",
-    "train": "train a detector from a YAML config on a split manifest",
 }
 
 
