@@ -89,6 +89,10 @@ def build_cache(frame: pd.DataFrame, cache_dir: str | Path, params: PreprocessPa
     cache = Path(cache_dir).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     _check_params(cache, params)
+    # A killed run can leave the temporary files of interrupted atomic writes: never outputs, remove them.
+    for folder in ("images", "masks", "meta"):
+        for stale in (cache / folder).glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     frame = frame.reset_index(drop=True)
     if frame["path"].duplicated().any():
         raise DataError(f"manifest lists {frame['path'].duplicated().sum()} image path(s) twice; de-duplicate it")
