@@ -33,6 +33,7 @@ from xrad.methods.baseline_sections import AEConfig, check_ae
 from xrad.methods.self_taught import (
     ENCODER_FILE,
     _tuple_fields,
+    load_finished,
     load_tensors,
     normal_train_indices,
     save_tensors,
@@ -112,20 +113,8 @@ class AEModule(StageModule):
 
 def _autoencoder_from(source: str, ctx: RunContext) -> Autoencoder:
     """Load a finished AE: a run folder (its ``pretrain/autoencoder.safetensors``) or such a file."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "pretrain" / AE_FILE
-    if not path.is_file():
-        raise ConfigError(f"pretrain.encoder_from: {source} is neither an autoencoder run folder with a finished "
-                          f"pretrain stage nor an {AE_FILE} file")
-    ae = new_autoencoder(ctx)
-    try:
-        ae.load_state_dict(load_tensors(path), strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(f"pretrain.encoder_from: {path} was trained with other settings; use the AE run's "
-                          "data.image_size, model.head_dims, model.head_bias, ae.decode_from and ae.decoder_channels "
-                          f"({str(exc).splitlines()[0]})") from None
-    return ae
+    return load_finished(source, new_autoencoder(ctx), AE_FILE, "data.image_size, model.head_dims, "
+                         "model.head_bias, ae.decode_from and ae.decoder_channels")
 
 
 def train_indices(ctx: RunContext) -> list[int]:

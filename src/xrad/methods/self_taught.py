@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from xrad.data.transforms import ADAugmentConfig, ContrastiveAugmentConfig, augment_ad, contrastive_views, prepare_eval
 from xrad.errors import ConfigError, DataError
@@ -93,20 +93,25 @@ def new_encoder(ctx: RunContext) -> Encoder:
         return build_encoder(ctx.config.model.head_dims, bias=ctx.config.model.head_bias)
 
 
-def _encoder_from_file(source: str, ctx: RunContext) -> Encoder:
+def load_finished(source: str, network: nn.Module, filename: str, must_match: str) -> nn.Module:
+    """Load ``pretrain.encoder_from``: a run folder (its ``pretrain/<filename>``) or such a file, into
+    ``network``; one-line :class:`ConfigError` when it is missing or was trained with other settings."""
     path = Path(source)
     if path.is_dir():
-        path = path / "pretrain" / ENCODER_FILE
+        path = path / "pretrain" / filename
     if not path.is_file():
         raise ConfigError(f"pretrain.encoder_from: {source} is neither a run folder with a finished pretrain "
-                          f"stage nor an encoder .safetensors file")
-    encoder = new_encoder(ctx)
+                          f"stage nor a {filename} file")
     try:
-        encoder.load_state_dict(load_tensors(path), strict=True)
+        network.load_state_dict(load_tensors(path), strict=True)
     except RuntimeError as exc:
-        raise ConfigError(f"pretrain.encoder_from: {path} does not fit model.head_dims/head_bias "
+        raise ConfigError(f"pretrain.encoder_from: {path} was trained with other settings; match {must_match} "
                           f"({str(exc).splitlines()[0]})") from None
-    return encoder
+    return network
+
+
+def _encoder_from_file(source: str, ctx: RunContext) -> Encoder:
+    return load_finished(source, new_encoder(ctx), ENCODER_FILE, "model.head_dims and model.head_bias")
 
 
 def run_pretrain(ctx: RunContext) -> None:
