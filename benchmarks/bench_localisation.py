@@ -1,0 +1,79 @@
+"""How often does the heatmap maximum of a fractured FracAtlas image fall inside an annotated fracture box?
+
+usage: .venv/bin/python benchmarks/bench_localisation.py ARTEFACT SPLIT_MANIFEST [--splits test,valid] [--layer encoder.backbone.layer3]
+Compares with chance: (a) a point uniform over the image, (b) uniform over the body (pixels above the
+image's Otsu threshold), (c) the image centre.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xrad.data.io import read_radiograph
+from xrad.data.transforms import prepare_eval
+from xrad.heatmaps import grad_cam, input_from_pixels, normalise, to_original
+from xrad.scoring import load_scorer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("artefact")
+parser.add_argument("manifest")
+parser.add_argument("--coco", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fracatlas" / "annotations" / "fractures_coco.json"))
+parser.add_argument("--splits", default="test,valid")
+parser.add_argument("--layers", default="encoder.backbone.layer4,encoder.backbone.layer3")
+parser.add_argument("--limit", type=int, default=0)
+args = parser.parse_args()
+
+coco = json.loads(Path(args.coco).read_text())
+boxes: dict[str, list[list[float]]] = {}
+ids = {im["id"]: im["file_name"] for im in coco["images"]}
+for ann in coco["annotations"]:
+    boxes.setdefault(ids[ann["image_id"]], []).append(ann["bbox"])
+frame = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
+frame = frame[frame["split"].isin(args.splits.split(",")) & (frame["label"] == "1")]
+frame = frame[frame["path"].map(lambda p: Path(p).name in boxes)]
+if args.limit:
+    frame = frame.head(args.limit)
+scorer = load_scorer(args.artefact)
+size = int(scorer.artefact_meta["image_size"])
+layers = args.layers.split(",")
+hits = {layer: [] for layer in layers}
+chance_img, chance_body, centre = [], [], []
+t0 = time.time()
+for path in frame["path"]:
+    pixels = read_radiograph(path).pixels
+    h, w = pixels.shape
+    inside = np.zeros((h, w), bool)
+    for x, y, bw, bh in boxes[Path(path).name]:
+        inside[int(np.floor(y)):int(np.ceil(y + bh)), int(np.floor(x)):int(np.ceil(x + bw))] = True
+    import cv2
+
+    grey = np.round(pixels * 255).astype(np.uint8)
+    _, body = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    body = body.astype(bool)
+    chance_img.append(inside.mean())
+    chance_body.append(inside[body].mean() if body.any() else inside.mean())
+    centre.append(inside[h // 2, w // 2])
+    image, mask, base, _ = input_from_pixels(pixels, size)
+    x = prepare_eval(image[None], mask[None])
+    for layer in layers:
+        heat = to_original(normalise(grad_cam(scorer, x, layer=layer), mask[None])[0, 0], base.shape)
+        r, c = np.unravel_index(int(heat.argmax()), heat.shape)
+        hits[layer].append(bool(inside[r, c]))
+n = len(frame)
+print(f"{n} fractured images with boxes (splits {args.splits}), image size {size}, {time.time() - t0:.0f} s")
+for layer in layers:
+    k = int(np.sum(hits[layer]))
+    from xrad.calibration import clopper_pearson
+
+    lo, hi = clopper_pearson(k, n)
+    print(f"Grad-CAM {layer}: peak inside a fracture box {k}/{n} = {k / n:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+print(f"chance, uniform over the image: {np.mean(chance_img):.3f}")
+print(f"chance, uniform over the body (Otsu foreground): {np.mean(chance_body):.3f}")
+print(f"image centre inside a box: {np.mean(centre):.3f}")
