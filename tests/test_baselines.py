@@ -1,5 +1,5 @@
 """Table 1 baselines: reconstruction and classifier scorers against NumPy, the ImageNet initialisation, and
-per family a behavioural test — AUROC well above chance on phantoms with planted bright squares."""
+per family a behavioural test — AUROC well above chance on small images with planted bright squares."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def test_imagenet_initialisation_reads_a_local_torchvision_file(tmp_path: Path) 
 
 # ------------------------------------------------------------------------------------- behaviour
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def squares_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """96 tiny radiograph-like images, a third with a planted bright square (tests/training_helpers.py), with
     every train anomaly labelled known abnormal as in the papers' split (no contaminated unlabelled data)."""
     manifest = make_dataset(tmp_path_factory.mktemp("baselines") / "data", n=96)
@@ -156,24 +156,24 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ae_run(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def ae_run(squares_split: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The autoencoder detector trained a few epochs at 32 px; its folder feeds the Deep SAD and kNN tests."""
     run_dir = tmp_path_factory.mktemp("ae") / "run"
-    summary = run_training("tiny", phantoms, run_dir, progress=False,
+    summary = run_training("tiny", squares_split, run_dir, progress=False,
                            overrides=["method=autoencoder", "pretrain.epochs=4", "pretrain.lr=0.001",
                                       "model.head_bias=false"])
     return {"run_dir": run_dir, "summary": summary}
 
 
 @pytest.mark.slow
-def test_autoencoder_flags_and_localises_planted_squares(ae_run: dict, phantoms: Path) -> None:
+def test_autoencoder_flags_and_localises_planted_squares(ae_run: dict, squares_split: Path) -> None:
     assert ae_run["summary"]["test_auroc"] >= 0.85
     # The reconstruction-error heatmap peaks at the planted square (the brightest patch) of abnormal images.
     from xrad.data.datasets import load_image_bank
     from xrad.data.manifest import read_manifest
     from xrad.data.transforms import prepare_eval
 
-    frame = read_manifest(phantoms)
+    frame = read_manifest(squares_split)
     abnormal = frame[(frame["split"] == "test") & (frame["label"] == 1)].reset_index(drop=True)
     bank = load_image_bank(abnormal, 32, workers=1, progress=False)
     x = prepare_eval(bank.images, bank.masks)
@@ -186,9 +186,9 @@ def test_autoencoder_flags_and_localises_planted_squares(ae_run: dict, phantoms:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n_spheres", [1, 4])
-def test_deep_sad_on_the_autoencoder_separates_planted_squares(ae_run: dict, phantoms: Path, tmp_path: Path,
+def test_deep_sad_on_the_autoencoder_separates_planted_squares(ae_run: dict, squares_split: Path, tmp_path: Path,
                                                                n_spheres: int) -> None:
-    summary = run_training("tiny", phantoms, tmp_path / "run", progress=False,
+    summary = run_training("tiny", squares_split, tmp_path / "run", progress=False,
                            overrides=["method=deep_sad_ae", f"pretrain.encoder_from={ae_run['run_dir']}",
                                       f"finetune.n_spheres={n_spheres}", "finetune.epochs=6", "finetune.lr=0.001",
                                       "finetune.gamma=0.05", "model.head_bias=false"])
@@ -197,11 +197,11 @@ def test_deep_sad_on_the_autoencoder_separates_planted_squares(ae_run: dict, pha
 
 
 @pytest.mark.slow
-def test_knn_on_autoencoder_features_separates_planted_squares(ae_run: dict, phantoms: Path, tmp_path: Path) -> None:
-    summary = run_training("tiny", phantoms, tmp_path / "run", progress=False,
+def test_knn_on_autoencoder_features_separates_planted_squares(ae_run: dict, squares_split: Path, tmp_path: Path) -> None:
+    summary = run_training("tiny", squares_split, tmp_path / "run", progress=False,
                            overrides=["method=knn_ae", f"pretrain.encoder_from={ae_run['run_dir']}", "knn.k=5",
                                       "model.head_bias=false"])
-    frame = pd.read_csv(phantoms)
+    frame = pd.read_csv(squares_split)
     normal_train = int(((frame["split"] == "train") & (frame["semi_label"] != -1)).sum())
     from safetensors.torch import load_file
 
@@ -210,9 +210,9 @@ def test_knn_on_autoencoder_features_separates_planted_squares(ae_run: dict, pha
 
 
 @pytest.mark.slow
-def test_supervised_resnet50_learns_the_planted_squares(phantoms: Path, tmp_path: Path) -> None:
+def test_supervised_resnet50_learns_the_planted_squares(squares_split: Path, tmp_path: Path) -> None:
     # A supervised baseline needs labels: here every train image is labelled (+1 normal, −1 abnormal).
-    frame = pd.read_csv(phantoms)
+    frame = pd.read_csv(squares_split)
     train = frame["split"] == "train"
     frame.loc[train, "semi_label"] = np.where(frame.loc[train, "label"] == 1, -1, 1)
     manifest = tmp_path / "labelled.csv"

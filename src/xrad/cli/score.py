@@ -50,7 +50,8 @@ def collect_inputs(source: Path):  # -> pd.DataFrame
         return index_mura(source)
     files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
     dicoms = [p for p in files if is_dicom(p)]
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p not in set(dicoms)]
+    dicom_set = set(dicoms)  # built once: membership per file, not a new set per file
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p not in dicom_set]
     parts = []
     if dicoms:
         parts.append(index_dicom_folder(source))
