@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,6 +99,39 @@ def test_cli_benchmark_uses_run_training(bench_config, fake_run_training, monkey
     assert main(["benchmark", str(bench_config), "-o", str(tmp_path / "cli_out")]) == 0
     assert len(calls) == 8 and (tmp_path / "cli_out" / "table1.md").is_file()
     assert "| weak |" in capsys.readouterr().out
+
+
+def test_methods_of_one_family_share_stage_one(tmp_path, toy_manifest, fake_run_training):
+    """kNN and uni-modal reuse the self-taught cell's encoder of the same split and seed; the AE family and a
+    different pre-training budget train their own."""
+    (tmp_path / "short.yaml").write_text("method: self_taught\npretrain: {epochs: 3}\n")
+    config = {
+        "methods": ["self_taught_cpu", "knn_cpu", "uni_modal_cpu", "ae_cpu", "knn_ae_cpu", "short.yaml"],
+        "training_seeds": [0, 1], "split_seeds": [0], "abnormal_ratios": [0.05],
+        "data": {"manifest": toy_manifest.name}, "output": "bench",
+    }
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
+    calls = {}
+
+    def train(cfg, manifest, run_dir, **kwargs):
+        calls[Path(run_dir).name] = cfg.get("pretrain", {}).get("encoder_from")
+        (Path(run_dir) / "pretrain").mkdir(parents=True, exist_ok=True)
+        name = "autoencoder" if cfg["method"] in ("autoencoder", "knn_ae") else "encoder"
+        (Path(run_dir) / "pretrain" / f"{name}.safetensors").write_bytes(b"x")
+        return fake_run_training(cfg, manifest, run_dir, **kwargs)
+
+    bench = load_benchmark_config(tmp_path / "bench.yaml")
+    run_benchmark(bench, train=train)
+    cell = lambda m, s: f"{m}__r0.05__split0__seed{s}"  # noqa: E731
+    for seed in (0, 1):
+        source = str(bench.output / "cells" / cell("self_taught_cpu", seed))
+        assert calls[cell("self_taught_cpu", seed)] is None
+        assert calls[cell("knn_cpu", seed)] == source and calls[cell("uni_modal_cpu", seed)] == source
+        assert calls[cell("ae_cpu", seed)] is None
+        assert calls[cell("knn_ae_cpu", seed)] == str(bench.output / "cells" / cell("ae_cpu", seed))
+        assert calls[cell("short", seed)] is None  # another pre-training budget: not interchangeable
+    record = json.loads((bench.output / "cells" / cell("knn_cpu", 1) / "benchmark_cell.json").read_text())
+    assert record["pretrain_from"].endswith(cell("self_taught_cpu", 1))
 
 
 def test_config_errors(tmp_path, toy_manifest):

@@ -15,7 +15,11 @@ Config (YAML)::
     output: runs/bench                             # relative paths are relative to this file's folder
 
 Each split (split seed × ratio) is made once and shared by every method and training seed, so methods are
-compared on identical data. Each cell is a run folder ``output/cells/<method>__r<ratio>__split<s>__seed<t>``
+compared on identical data. Methods whose stage 1 is the same (same family in
+:data:`xrad.methods.registry.PRETRAIN_FAMILIES`, same seed, identical ``data``/``model``/``pretrain`` and, for
+autoencoders, ``ae`` sections) train it once per split: later cells load the first cell's finished stage 1
+through ``pretrain.encoder_from`` (recorded as ``pretrain_from`` in ``benchmark_cell.json``), so e.g. the kNN
+ablation scores the very encoder the self-taught detector was fine-tuned from, as in the paper. Each cell is a run folder ``output/cells/<method>__r<ratio>__split<s>__seed<t>``
 written by :func:`xrad.training.run_training`; a cell whose ``summary.json`` exists is skipped, so
 re-running the command resumes the grid. Outputs: ``results.csv`` (one row per cell and split),
 ``table1.csv``/``table1.md`` (the paper's Table 1 layout) and ``pairwise.csv`` (Welch t-tests).
@@ -201,6 +205,25 @@ def method_config(config: BenchmarkConfig, cell: Cell) -> dict[str, Any]:
     return merge_overrides(loaded, {**config.overrides, "seed": cell.training_seed})
 
 
+def pretrain_key(method_cfg: dict[str, Any], manifest: Path) -> tuple[str, str] | None:
+    """(family, key) identifying the stage 1 a cell would train, or None when it has no shareable stage 1."""
+    from xrad.config import config_to_dict, load_config
+    from xrad.methods.registry import PRETRAIN_FAMILIES, import_method_sections
+
+    family = PRETRAIN_FAMILIES.get(str(method_cfg.get("method")))
+    if family is None:
+        return None
+    import_method_sections(str(method_cfg["method"]))
+    resolved = config_to_dict(load_config(method_cfg))
+    if resolved["pretrain"].get("encoder_from"):
+        return None
+    sections = {name: resolved.get(name) for name in ("seed", "data", "model", "pretrain")}
+    if family[0] == "autoencoder":
+        sections["ae"] = resolved.get("ae")
+    sections["family"], sections["manifest"] = family[0], str(manifest)
+    return family[1], json.dumps(sections, sort_keys=True, default=str)
+
+
 def split_path(config: BenchmarkConfig, split_seed: int, ratio: float) -> Path:
     """Where the split manifest of (split seed, ratio) lives."""
     return config.output / "splits" / f"split{split_seed}__r{ratio:g}.csv"
@@ -320,17 +343,25 @@ def run_benchmark(
         },
     )
     cells = iter_cells(config)
+    stage1: dict[str, Path] = {}  # pretrain key -> the first cell folder that trains that stage 1
     for index, cell in enumerate(cells, 1):
         cell_dir = config.output / "cells" / cell.name
         prefix = f"[{index}/{len(cells)}] {cell.name}"
+        manifest = prepare_split(config, cell.split_seed, cell.abnormal_ratio)
+        cell_cfg = method_config(config, cell)
+        shared = pretrain_key(cell_cfg, manifest)
+        source = stage1.setdefault(shared[1], cell_dir) if shared else None
+        if source is not None and source != cell_dir and (source / "pretrain" / shared[0]).is_file():
+            cell_cfg = merge_overrides(cell_cfg, {"pretrain.encoder_from": str(source)})
+        else:
+            source = None
         if (cell_dir / "summary.json").is_file():
             log(f"{prefix}: done, skipped")
             continue
-        manifest = prepare_split(config, cell.split_seed, cell.abnormal_ratio)
-        log(f"{prefix}: training")
+        log(f"{prefix}: training" + (f" (stage 1 from {source.name})" if source else ""))
         start = time.perf_counter()
         train(
-            method_config(config, cell),
+            cell_cfg,
             manifest,
             cell_dir,
             trainer_overrides=dict(config.trainer) or None,
@@ -347,6 +378,7 @@ def run_benchmark(
                 "training_seed": cell.training_seed,
                 "seconds": seconds,
                 "split_manifest": str(manifest),
+                "pretrain_from": str(source) if source else None,
             },
         )
         log(f"{prefix}: finished in {seconds:.0f} s")

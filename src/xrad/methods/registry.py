@@ -25,6 +25,17 @@ METHODS: dict[str, str] = {
     "supervised": "xrad.methods.supervised",
 }
 
+# method name -> (family, file its stage 1 writes under pretrain/): methods of one family train the same stage 1
+# from the same config sections, so a benchmark can train it once per (split, seed) and hand the finished
+# run folder to the others as ``pretrain.encoder_from`` (the paper's kNN ablation reuses the contrastive encoder).
+PRETRAIN_FAMILIES: dict[str, tuple[str, str]] = {
+    "self_taught": ("contrastive", "encoder.safetensors"),
+    "knn": ("contrastive", "encoder.safetensors"),
+    "autoencoder": ("autoencoder", "autoencoder.safetensors"),
+    "deep_sad_ae": ("autoencoder", "autoencoder.safetensors"),
+    "knn_ae": ("autoencoder", "autoencoder.safetensors"),
+}
+
 # scorer kind (stored in artefact.json) -> "module:Class" (framework-free torch.nn.Module)
 SCORERS: dict[str, str] = {
     "sphere": "xrad.methods.scorers:SphereScorer",
