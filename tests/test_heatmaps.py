@@ -101,14 +101,28 @@ def test_explain_pixels_matches_scoring(tiny_artefact) -> None:
     assert result.overlay_png()[:4] == b"\x89PNG"
 
 
-def test_non_differentiable_score_falls_back_to_activations(tmp_path) -> None:
+def test_knn_grad_cam_and_non_differentiable_fallback(tmp_path) -> None:
     from conftest import make_tiny_artefact
 
-    # The kNN distance is computed under no_grad: the map must still be finite, non-negative and non-empty.
+    from xrad.heatmaps import grad_cam
+
     scorer = load_scorer(make_tiny_artefact(tmp_path / "knn", kind="knn"))
     images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (2, 1, 64, 64), dtype=np.uint8))
-    maps = scorer.heatmap(prepare_eval(images, torch.ones_like(images)))
+    x = prepare_eval(images, torch.ones_like(images))
+    # The kNN distance is differentiable in the image: a real Grad-CAM, not the activation fallback.
+    with torch.enable_grad():
+        probe = x.clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(scorer.score(probe)[0].sum(), probe)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+    maps = scorer.heatmap(x)
     assert maps.shape == (2, 1, 64, 64) and torch.isfinite(maps).all() and (maps >= 0).all() and maps.sum() > 0
+    # A score computed under no_grad falls back to the channel-mean activation: still finite and non-empty,
+    # and different from the gradient-weighted map.
+    original = scorer.score
+    scorer.score = lambda images: tuple(torch.no_grad()(original)(images))
+    fallback = grad_cam(scorer, x)
+    assert torch.isfinite(fallback).all() and (fallback >= 0).all() and fallback.sum() > 0
+    assert not torch.allclose(fallback, maps)
 
 
 def test_heatmaps_of_cached_rows_match_scoring(tiny_run: dict, tmp_path) -> None:
