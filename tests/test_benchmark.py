@@ -134,6 +134,38 @@ def test_methods_of_one_family_share_stage_one(tmp_path, toy_manifest, fake_run_
     assert record["pretrain_from"].endswith(cell("self_taught_cpu", 1))
 
 
+def test_per_method_overrides_and_only(tmp_path, toy_manifest, fake_run_training):
+    (tmp_path / "good.yaml").write_text("method: good\nfake_shift: 1.5\nfinetune: {epochs: 9, lr: 0.1}\n")
+    (tmp_path / "weak.yaml").write_text("method: weak\nfake_shift: 0.2\nfinetune: {epochs: 9}\n")
+    config = {
+        "methods": [{"good.yaml": {"finetune.epochs": 4}}, "weak.yaml"],
+        "training_seeds": [0, 1], "split_seeds": [0], "abnormal_ratios": [0.05],
+        "overrides": {"finetune.epochs": 2}, "data": {"manifest": toy_manifest.name}, "output": "bench",
+    }
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
+    bench = load_benchmark_config(tmp_path / "bench.yaml")
+    calls = []
+
+    def train(cfg, manifest, run_dir, **kwargs):
+        calls.append((cfg["method"], cfg["seed"], cfg["finetune"]))
+        return fake_run_training(cfg, manifest, run_dir, **kwargs)
+
+    run_benchmark(bench, train=train, only=["weak"])  # e.g. one of two processes sharing the output folder
+    assert [(m, s) for m, s, _ in calls] == [("weak", 0), ("weak", 1)] and calls[0][2] == {"epochs": 2}
+    assert set(pd.read_csv(bench.output / "results.csv")["method"]) == {"weak"}
+    calls.clear()
+    results = run_benchmark(bench, train=train)  # the rest; the tables now hold both methods
+    assert [(m, s) for m, s, _ in calls] == [("good", 0), ("good", 1)]
+    assert calls[0][2] == {"epochs": 4, "lr": 0.1}  # the method's own override wins over the benchmark's
+    assert set(results["method"]) == {"good", "weak"}
+    with pytest.raises(ConfigError, match="nope"):
+        run_benchmark(bench, train=train, only=["nope"])
+    config["methods"] = ["weak.yaml", "weak.yaml"]
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_benchmark_config(tmp_path / "bench.yaml")
+
+
 def test_config_errors(tmp_path, toy_manifest):
     path = tmp_path / "b.yaml"
     base = {

@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress", action="store_true", help="show the training progress bars of each cell"
     )
     parser.add_argument("--report", action="store_true", help="render the HTML report when the grid is done")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="train only these methods (comma-separated labels), e.g. to spread one grid over several "
+        "processes sharing the output folder; the tables still collect every finished cell",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(config.split_seeds)} split seed(s) × {len(config.abnormal_ratios)} ratio(s) → {config.output}",
         flush=True,
     )
-    run_benchmark(config, progress=args.progress, log=lambda message: print(message, flush=True))
+    only = [m.strip() for m in args.only.split(",") if m.strip()] if args.only else None
+    run_benchmark(config, progress=args.progress, log=lambda message: print(message, flush=True), only=only)
     print((config.output / "table1.md").read_text(encoding="utf-8"), end="")
     print(f"wrote {config.output / 'results.csv'}, table1.csv, table1.md, pairwise.csv")
     if args.report:

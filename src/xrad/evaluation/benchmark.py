@@ -2,7 +2,9 @@
 
 Config (YAML)::
 
-    methods: [self_taught_cpu, uni_modal_cpu]      # config names in xrad/configs, or paths to YAML files
+    methods:                                       # config names in xrad/configs, or paths to YAML files;
+      - self_taught_cpu
+      - ae_cpu: {pretrain.epochs: 10}              # a one-key mapping adds overrides for that method only
     training_seeds: [0, 1]
     split_seeds: [0, 1]
     abnormal_ratios: [0.05]
@@ -86,6 +88,7 @@ class BenchmarkConfig:
     split_options: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> its own overrides
 
 
 @dataclass(frozen=True)
@@ -152,14 +155,31 @@ def load_benchmark_config(path: str | Path, output: str | Path | None = None) ->
     if bad:
         raise ConfigError(f"{where}: unknown data key(s) {', '.join(sorted(bad))}")
     methods: dict[str, Path] = {}
-    for name in _list(raw, "methods", str, where):
-        methods[Path(name).stem] = resolve_method(name, base)
+    method_overrides: dict[str, dict[str, Any]] = {}
+    entries = raw.get("methods")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{where}: 'methods' must be a non-empty list")
+    for entry in entries:
+        name, extra = entry, {}
+        if isinstance(entry, dict) and len(entry) == 1:
+            name, extra = next(iter(entry.items()))
+            extra = extra or {}
+        if not isinstance(name, str) or not isinstance(extra, dict):
+            raise ConfigError(f"{where}: a 'methods' entry must be a config name/path or a one-key mapping "
+                              f"{{name: {{key: value}}}}, got {entry!r}")
+        label = Path(name).stem
+        if label in methods:
+            raise ConfigError(f"{where}: method {label!r} is listed twice; copy its YAML under another name")
+        methods[label] = resolve_method(name, base)
+        if extra:
+            method_overrides[label] = dict(extra)
     out = output if output is not None else raw.get("output")
     if not out:
         raise ConfigError(f"{where}: 'output' is required (or pass -o DIR)")
     body_parts = data.get("body_parts")
     return BenchmarkConfig(
         methods=methods,
+        method_overrides=method_overrides,
         training_seeds=_list(raw, "training_seeds", int, where),
         split_seeds=_list(raw, "split_seeds", int, where),
         abnormal_ratios=_list(raw, "abnormal_ratios", float, where),
@@ -197,12 +217,15 @@ def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 def method_config(config: BenchmarkConfig, cell: Cell) -> dict[str, Any]:
-    """The method's YAML as a dict, with the benchmark overrides and the cell's training seed applied."""
+    """The method's YAML as a dict, with the benchmark's overrides, then the method's own, then the cell's
+    training seed applied."""
     import yaml
 
     path = config.methods[cell.method]
     loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return merge_overrides(loaded, {**config.overrides, "seed": cell.training_seed})
+    merged = merge_overrides(loaded, config.overrides)
+    merged = merge_overrides(merged, config.method_overrides.get(cell.method, {}))
+    return merge_overrides(merged, {"seed": cell.training_seed})
 
 
 def pretrain_key(method_cfg: dict[str, Any], manifest: Path) -> tuple[str, str] | None:
@@ -314,9 +337,12 @@ def run_benchmark(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     train: Callable[..., dict] | None = None,
+    only: list[str] | None = None,
 ) -> pd.DataFrame:
     """Run every unfinished cell, then write and return the tidy results (and the tables).
 
+    ``only`` restricts training to those method labels (to spread one grid over several processes or
+    machines sharing the output folder); the tables always collect every finished cell of the grid.
     ``train`` defaults to :func:`xrad.training.run_training` (tests inject a stand-in).
     """
     if train is None:
@@ -332,6 +358,7 @@ def run_benchmark(
         config.output / "benchmark.json",
         {
             "methods": {k: str(v) for k, v in config.methods.items()},
+            "method_overrides": config.method_overrides,
             "training_seeds": config.training_seeds,
             "split_seeds": config.split_seeds,
             "abnormal_ratios": config.abnormal_ratios,
@@ -343,6 +370,10 @@ def run_benchmark(
         },
     )
     cells = iter_cells(config)
+    unknown = sorted(set(only or ()) - set(config.methods))
+    if unknown:
+        raise ConfigError(f"--only {', '.join(unknown)}: not a method of this benchmark "
+                          f"(its methods: {', '.join(config.methods)})")
     stage1: dict[str, Path] = {}  # pretrain key -> the first cell folder that trains that stage 1
     for index, cell in enumerate(cells, 1):
         cell_dir = config.output / "cells" / cell.name
@@ -357,6 +388,8 @@ def run_benchmark(
             source = None
         if (cell_dir / "summary.json").is_file():
             log(f"{prefix}: done, skipped")
+            continue
+        if only and cell.method not in only:
             continue
         log(f"{prefix}: training" + (f" (stage 1 from {source.name})" if source else ""))
         start = time.perf_counter()
