@@ -160,6 +160,8 @@ def test_per_method_overrides_and_only(tmp_path, toy_manifest, fake_run_training
     assert set(results["method"]) == {"good", "weak"}
     with pytest.raises(ConfigError, match="nope"):
         run_benchmark(bench, train=train, only=["nope"])
+    with pytest.raises(ConfigError, match="split seeds"):
+        run_benchmark(bench, train=train, only_split_seeds=[7])
     config["methods"] = ["weak.yaml", "weak.yaml"]
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="listed twice"):

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train only these methods (comma-separated labels), e.g. to spread one grid over several "
         "processes sharing the output folder; the tables still collect every finished cell",
     )
+    parser.add_argument(
+        "--split-seeds",
+        default=None,
+        help="train only the cells of these split seeds (comma-separated), likewise",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +49,14 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     only = [m.strip() for m in args.only.split(",") if m.strip()] if args.only else None
-    run_benchmark(config, progress=args.progress, log=lambda message: print(message, flush=True), only=only)
+    try:
+        split_seeds = [int(v) for v in args.split_seeds.split(",") if v.strip()] if args.split_seeds else None
+    except ValueError:
+        from xrad.errors import ConfigError
+
+        raise ConfigError(f"--split-seeds {args.split_seeds!r}: give integers separated by commas, e.g. 0,1") from None
+    run_benchmark(config, progress=args.progress, log=lambda message: print(message, flush=True), only=only,
+                  only_split_seeds=split_seeds)
     print((config.output / "table1.md").read_text(encoding="utf-8"), end="")
     print(f"wrote {config.output / 'results.csv'}, table1.csv, table1.md, pairwise.csv")
     if args.report:

@@ -338,11 +338,13 @@ def run_benchmark(
     log: Callable[[str], None] | None = None,
     train: Callable[..., dict] | None = None,
     only: list[str] | None = None,
+    only_split_seeds: list[int] | None = None,
 ) -> pd.DataFrame:
     """Run every unfinished cell, then write and return the tidy results (and the tables).
 
-    ``only`` restricts training to those method labels (to spread one grid over several processes or
-    machines sharing the output folder); the tables always collect every finished cell of the grid.
+    ``only`` and ``only_split_seeds`` restrict training to those method labels and split seeds (to spread
+    one grid over several processes or machines sharing the output folder; keep the methods that share a
+    stage 1 in one process); the tables always collect every finished cell of the grid.
     ``train`` defaults to :func:`xrad.training.run_training` (tests inject a stand-in).
     """
     if train is None:
@@ -374,6 +376,10 @@ def run_benchmark(
     if unknown:
         raise ConfigError(f"--only {', '.join(unknown)}: not a method of this benchmark "
                           f"(its methods: {', '.join(config.methods)})")
+    unknown_seeds = sorted(set(only_split_seeds or ()) - set(config.split_seeds))
+    if unknown_seeds:
+        raise ConfigError(f"--split-seeds {unknown_seeds}: not split seeds of this benchmark "
+                          f"(its split seeds: {config.split_seeds})")
     stage1: dict[str, Path] = {}  # pretrain key -> the first cell folder that trains that stage 1
     for index, cell in enumerate(cells, 1):
         cell_dir = config.output / "cells" / cell.name
@@ -389,7 +395,7 @@ def run_benchmark(
         if (cell_dir / "summary.json").is_file():
             log(f"{prefix}: done, skipped")
             continue
-        if only and cell.method not in only:
+        if (only and cell.method not in only) or (only_split_seeds and cell.split_seed not in only_split_seeds):
             continue
         log(f"{prefix}: training" + (f" (stage 1 from {source.name})" if source else ""))
         start = time.perf_counter()
