@@ -302,7 +302,7 @@ def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_poi
 
 def _table1_html(table: pd.DataFrame, pairs: pd.DataFrame) -> str:
     """Table 1 (mean ± t-interval half-width, in %) and the pairwise Welch tests as HTML tables."""
-    from xrad.evaluation.benchmark import format_percent
+    from xrad.evaluation.tables import format_percent
     from xrad.evaluation.statistics import SIGNIFICANCE_LEGEND
 
     if table.empty:
@@ -353,7 +353,7 @@ def _table1_html(table: pd.DataFrame, pairs: pd.DataFrame) -> str:
 
 
 def _bench_report(b: _Builder, folder: Path, seed: int, max_points: int) -> str:
-    from xrad.evaluation.benchmark import pairwise_tests, table1
+    from xrad.evaluation.tables import pairwise_tests, table1
 
     results_path = folder / "results.csv"
     if not results_path.is_file():
