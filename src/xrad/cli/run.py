@@ -7,20 +7,24 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the main job; every default finishes in minutes on 2 CPU cores."""
-    parser.add_argument("-o", "--output", type=Path, default=Path("runs/default"),
+    """Options of the main job; every default (from :class:`xrad.pipeline.RunOptions`) finishes in minutes on
+    2 CPU cores."""
+    from xrad.pipeline import RunOptions
+
+    d = RunOptions()
+    parser.add_argument("-o", "--output", type=Path, default=d.output,
                         help="run folder (re-running the same command resumes it)")
-    parser.add_argument("--config", default="self_taught_cpu",
+    parser.add_argument("--config", default=d.config,
                         help="detector config: a name in xrad/configs or a YAML path")
-    parser.add_argument("--patients", type=int, default=160, help="phantom patients to generate")
-    parser.add_argument("--difficulty", type=float, default=1.0,
+    parser.add_argument("--patients", type=int, default=d.patients, help="phantom patients to generate")
+    parser.add_argument("--difficulty", type=float, default=d.difficulty,
                         help="phantom anomaly difficulty (contrast × 1/d, size × 1/√d): 0.5 easier, 2 harder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the phantoms and of training")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/valid/test split")
-    parser.add_argument("--abnormal-ratio", type=float, default=0.05,
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the phantoms and of training")
+    parser.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the train/valid/test split")
+    parser.add_argument("--abnormal-ratio", type=float, default=d.abnormal_ratio,
                         help="fraction of abnormal units in train (all of them known anomalies)")
-    parser.add_argument("--known-normal", type=float, default=0.05, help="fraction of train units labelled normal")
-    parser.add_argument("--workers", type=int, default=2, help="processes for generation and preprocessing")
+    parser.add_argument("--known-normal", type=float, default=d.known_normal, help="fraction of train units labelled normal")
+    parser.add_argument("--workers", type=int, default=d.workers, help="processes for generation and preprocessing")
 
 
 def run(args: argparse.Namespace) -> int:

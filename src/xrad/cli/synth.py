@@ -8,16 +8,19 @@ import os
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``xrad synth``."""
+    from xrad.data.synth import SynthConfig
+
+    d = SynthConfig()
     parser.add_argument("-o", "--output", required=True, help="output folder (MURA-v1.1/ and ground_truth/ go inside)")
-    parser.add_argument("--patients", type=int, default=100, help="number of patients")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed → byte-identical files)")
-    parser.add_argument("--size", type=int, default=256, help="major axis of every image in pixels")
-    parser.add_argument("--difficulty", type=float, default=1.0,
+    parser.add_argument("--patients", type=int, default=d.n_patients, help="number of patients")
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed → byte-identical files)")
+    parser.add_argument("--size", type=int, default=d.size, help="major axis of every image in pixels")
+    parser.add_argument("--difficulty", type=float, default=d.difficulty,
                         help="anomaly subtlety: contrast × 1/difficulty, size × 1/sqrt(difficulty)")
-    parser.add_argument("--valid-fraction", type=float, default=0.15, help="share of patients under valid/")
-    parser.add_argument("--abnormal-rate", type=float, default=0.35, help="probability that a study is positive")
-    parser.add_argument("--noise", type=float, default=1.0, help="noise level multiplier")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument("--valid-fraction", type=float, default=d.valid_fraction, help="share of patients under valid/")
+    parser.add_argument("--abnormal-rate", type=float, default=d.abnormal_study_rate, help="probability that a study is positive")
+    parser.add_argument("--noise", type=float, default=d.noise, help="noise level multiplier")
+    parser.add_argument("--workers", type=int, default=d.workers, help="worker processes")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace phantoms made with another configuration (default: resume identical ones)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
