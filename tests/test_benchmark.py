@@ -139,7 +139,7 @@ def test_per_method_overrides_and_only(tmp_path, toy_manifest, fake_run_training
     (tmp_path / "weak.yaml").write_text("method: weak\nfake_shift: 0.2\nfinetune: {epochs: 9}\n")
     config = {
         "methods": [{"good.yaml": {"finetune.epochs": 4}}, "weak.yaml"],
-        "training_seeds": [0, 1], "split_seeds": [0], "abnormal_ratios": [0.05],
+        "training_seeds": [0, 1], "split_seeds": [0, 1], "abnormal_ratios": [0.05],
         "overrides": {"finetune.epochs": 2}, "data": {"manifest": toy_manifest.name}, "output": "bench",
     }
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
@@ -147,17 +147,22 @@ def test_per_method_overrides_and_only(tmp_path, toy_manifest, fake_run_training
     calls = []
 
     def train(cfg, manifest, run_dir, **kwargs):
-        calls.append((cfg["method"], cfg["seed"], cfg["finetune"]))
+        calls.append((cfg["method"], Path(run_dir).name.split("__")[2], cfg["seed"], cfg["finetune"]))
         return fake_run_training(cfg, manifest, run_dir, **kwargs)
 
-    run_benchmark(bench, train=train, only=["weak"])  # e.g. one of two processes sharing the output folder
-    assert [(m, s) for m, s, _ in calls] == [("weak", 0), ("weak", 1)] and calls[0][2] == {"epochs": 2}
+    # e.g. one of several processes sharing the output folder: one method, one split seed
+    run_benchmark(bench, train=train, only=["weak"], only_split_seeds=[1])
+    assert [c[:3] for c in calls] == [("weak", "split1", 0), ("weak", "split1", 1)] and calls[0][3] == {"epochs": 2}
+    assert set(pd.read_csv(bench.output / "results.csv")["cell"].str.split("__").str[2]) == {"split1"}
+    calls.clear()
+    run_benchmark(bench, train=train, only=["weak"])
+    assert [c[:3] for c in calls] == [("weak", "split0", 0), ("weak", "split0", 1)]  # split 1 is done: skipped
     assert set(pd.read_csv(bench.output / "results.csv")["method"]) == {"weak"}
     calls.clear()
     results = run_benchmark(bench, train=train)  # the rest; the tables now hold both methods
-    assert [(m, s) for m, s, _ in calls] == [("good", 0), ("good", 1)]
-    assert calls[0][2] == {"epochs": 4, "lr": 0.1}  # the method's own override wins over the benchmark's
-    assert set(results["method"]) == {"good", "weak"}
+    assert [c[:3] for c in calls] == [("good", f"split{s}", t) for s in (0, 1) for t in (0, 1)]
+    assert calls[0][3] == {"epochs": 4, "lr": 0.1}  # the method's own override wins over the benchmark's
+    assert set(results["method"]) == {"good", "weak"} and len(results) == 16
     with pytest.raises(ConfigError, match="nope"):
         run_benchmark(bench, train=train, only=["nope"])
     with pytest.raises(ConfigError, match="split seeds"):
