@@ -273,11 +273,27 @@ def test_contrastive_blur_probability_one_smooths() -> None:
     images, masks = random_batch(4)
     masks = torch.ones_like(masks)
     config = ContrastiveAugmentConfig(**{**IDENTITY_CONTRASTIVE.__dict__, "blur_p": 1.0,
-                                         "blur_sigma": (1.0, 2.0)})
+                                         "blur_sigma": (1.0, 2.0), "blur_reference_px": images.shape[-1]})
     view, _ = contrastive_views(images, masks, config, batch_generator(0, 0, 0))
     raw = to_float(images)
     diff = lambda x: (x[..., 1:] - x[..., :-1]).pow(2).flatten(1).sum(1)  # noqa: E731
     assert (diff(view) < 0.3 * diff(raw)).all()
+
+
+def test_contrastive_blur_sigma_scales_with_the_image_size() -> None:
+    # blur_sigma is given in pixels of a blur_reference_px image (the paper's 512): the same config at 4x
+    # fewer pixels than the reference draws the same sigmas divided by 4, i.e. the same blur of the anatomy.
+    images, masks = random_batch(4)
+    size = images.shape[-1]
+    base = {**IDENTITY_CONTRASTIVE.__dict__, "blur_p": 1.0}
+    scaled = ContrastiveAugmentConfig(**{**base, "blur_sigma": (1.0, 2.0), "blur_reference_px": 4 * size})
+    explicit = ContrastiveAugmentConfig(**{**base, "blur_sigma": (0.25, 0.5), "blur_reference_px": size})
+    unscaled = ContrastiveAugmentConfig(**{**base, "blur_sigma": (1.0, 2.0), "blur_reference_px": size})
+    a, _ = contrastive_views(images, masks, scaled, batch_generator(0, 0, 0))
+    b, _ = contrastive_views(images, masks, explicit, batch_generator(0, 0, 0))
+    c, _ = contrastive_views(images, masks, unscaled, batch_generator(0, 0, 0))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert (a - c).abs().max() > 0.01
 
 
 def test_bad_shapes_and_device_mismatch_are_rejected() -> None:

@@ -61,6 +61,7 @@ class ContrastiveAugment:
     contrast: float = 0.4
     blur_p: float = 0.5
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    blur_reference_px: int = 512  # blur_sigma is in pixels of an image this size; scaled to data.image_size
 
 
 @dataclass
@@ -261,6 +262,8 @@ def _validate(cfg: Config, where: str) -> None:
         ("pretrain.epochs", cfg.pretrain.epochs >= 0, "must be ≥ 0"),
         ("pretrain.batch_size", cfg.pretrain.batch_size >= 2, "must be ≥ 2 (InfoNCE needs negatives)"),
         ("pretrain.temperature", cfg.pretrain.temperature > 0, "must be > 0"),
+        ("pretrain.augment.blur_reference_px", cfg.pretrain.augment.blur_reference_px >= 1,
+         "must be ≥ 1 (the image size, in pixels, at which blur_sigma is given; the paper's is 512)"),
         ("finetune.epochs", cfg.finetune.epochs >= 0, "must be ≥ 0"),
         ("finetune.batch_size", cfg.finetune.batch_size >= 2, "must be ≥ 2 (BatchNorm in train mode)"),
         ("finetune.n_spheres", cfg.finetune.n_spheres >= 1, "must be ≥ 1"),

@@ -58,8 +58,10 @@ class ContrastiveAugmentConfig:
     ``crop_scale`` is the range of the crop's area as a fraction of the image, ``crop_ratio`` the range of
     its width/height (sampled log-uniformly). With probability ``jitter_p`` a brightness factor
     U[1 - brightness, 1 + brightness] and then a contrast factor U[1 - contrast, 1 + contrast] are applied.
-    With probability ``blur_p`` a Gaussian blur with sigma U[blur_sigma] (in pixels of the working
-    resolution) is applied.
+    With probability ``blur_p`` a Gaussian blur with sigma U[blur_sigma] is applied; ``blur_sigma`` is in
+    pixels of a ``blur_reference_px``-pixel image (the paper's 512) and scales with the working size, so a
+    64-px run blurs the same anatomy as the paper's 512-px one (unscaled, sigma 2 at 64 px is sigma 16 at
+    512 px: it wipes out the one-pixel detail — screws, fracture lines — that anomalies are made of).
     """
 
     hflip: float = 0.5
@@ -72,6 +74,7 @@ class ContrastiveAugmentConfig:
     contrast: float = 0.4
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_reference_px: int = 512
 
 
 # --------------------------------------------------------------------------------------------- basics
@@ -284,7 +287,7 @@ def _contrastive(images: Tensor, masks: Tensor, config: ContrastiveAugmentConfig
     brightness = _uniform(n, 1.0 - config.brightness, 1.0 + config.brightness, generator, device)
     contrast = _uniform(n, 1.0 - config.contrast, 1.0 + config.contrast, generator, device)
     blur = _bernoulli(n, config.blur_p, generator, device)
-    sigma = _uniform(n, *config.blur_sigma, generator, device)
+    sigma = _uniform(n, *config.blur_sigma, generator, device) * (images.shape[-1] / config.blur_reference_px)
     no_vflip = torch.zeros(n, dtype=torch.bool, device=device)
     warped, warped_mask = apply_affine(to_float(images), _mask_float(masks),
                                        affine_matrices(hflip, no_vflip, scale, angle, crop))
