@@ -9,7 +9,8 @@
 
 usage: .venv/bin/python benchmarks/bench_phantom_probe.py RUN_DIR PHANTOM_DIR [--manifest CACHE_MANIFEST]
 RUN_DIR is a finished `xrad train` / `xrad run` detector folder (artefact/, scores_*.csv); PHANTOM_DIR the
-`xrad synth` output (ground_truth.csv). The manifest (the preprocessed split manifest) defaults to PHANTOM_DIR/../cache/manifest.csv, the\n`xrad run` layout.
+`xrad synth` output (ground_truth.csv). The manifest (the preprocessed split manifest) defaults to
+PHANTOM_DIR/../cache/manifest.csv, the `xrad run` layout.
 """
 
 from __future__ import annotations

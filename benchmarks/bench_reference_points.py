@@ -1,0 +1,148 @@
+"""What AUROC can *any* model reach on a split at a given resolution? Reference points for a detector's number.
+
+For a preprocessed split manifest (e.g. the `xrad run` folder's ``cache/manifest.csv``) prints test AUROC of:
+
+- ``pixel kNN``: mean squared distance of the masked image to its k nearest normal train images (k = 1, 5, 20),
+  no learning at all — the floor targets.md uses for FracAtlas;
+- ``random patch kNN``: a randomly initialised 1-channel ResNet-18, layer-2/3 feature maps (3×3 averaged),
+  every body-mask patch of every normal train image in a memory bank, image score = the largest
+  nearest-neighbour distance of its patches (a PatchCore-style local detector without any training);
+- ``supervised ResNet-18``: the same network trained with *every* train and valid label (binary
+  cross-entropy, the anomaly-detection augmentation, Adam 1e-3), BatchNorm statistics re-estimated on the
+  un-augmented train images before each evaluation — an upper reference far above what a one-class or
+  semi-supervised detector is given.
+
+usage: .venv/bin/python benchmarks/bench_reference_points.py MANIFEST [--size 64] [--epochs 25] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from xrad.data.datasets import load_image_bank
+from xrad.data.transforms import ADAugmentConfig, augment_ad, batch_generator, prepare_eval
+from xrad.models.resnet import ResNet18Backbone
+
+
+def pixel_knn(x: np.ndarray, bank: np.ndarray, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Mean squared distance of each row of ``x`` to its k nearest rows of ``bank``, for each k."""
+    d = torch.cdist(torch.from_numpy(x), torch.from_numpy(bank)).pow(2).numpy()
+    d.sort(axis=1)
+    return {k: d[:, :k].mean(1) for k in ks}
+
+
+def feature_maps(net: ResNet18Backbone, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Layer-2 and layer-3 maps (eval mode), each averaged over 3×3 neighbourhoods as PatchCore does."""
+    out: dict[int, list[torch.Tensor]] = {2: [], 3: []}
+    with torch.no_grad():
+        for i in range(0, len(x), 64):
+            t = net.maxpool(net.relu(net.bn1(net.conv1(x[i:i + 64]))))
+            l2 = net.layer2(net.layer1(t))
+            out[2].append(F.avg_pool2d(l2, 3, 1, 1))
+            out[3].append(F.avg_pool2d(net.layer3(l2), 3, 1, 1))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def patch_knn(maps: torch.Tensor, masks: torch.Tensor, bank_rows: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
+    """Largest nearest-bank-patch distance over each query image's body-mask patches."""
+    n, c, h, w = maps.shape
+    inside = F.adaptive_max_pool2d(masks.float(), (h, w)).reshape(n, h * w) > 0
+    patches = maps.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    bank = patches[bank_rows][inside[bank_rows]]
+    scores = np.zeros(len(query_rows))
+    for j, i in enumerate(query_rows):
+        q = patches[i][inside[i]]
+        if len(q):
+            scores[j] = float(torch.cdist(q, bank).min(1).values.max())
+    return scores
+
+
+def recalibrate_batchnorm(net: torch.nn.Module, x: torch.Tensor) -> None:
+    """Re-estimate BatchNorm running statistics on ``x`` (cumulative average), weights untouched."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for i in range(0, len(x), 64):
+            net(x[i:i + 64])
+    for m in norms:
+        m.momentum = 0.1
+
+
+def supervised(bank, train_rows: np.ndarray, test_rows: np.ndarray, epochs: int, seed: int) -> list[tuple[int, float]]:
+    """Train ResNet-18 + linear on every label of ``train_rows``; test AUROC every 5 epochs and at the end."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(ResNet18Backbone(1), torch.nn.Linear(512, 1))
+    optimiser = torch.optim.Adam(net.parameters(), 1e-3)
+    labels = bank.labels.float()
+    clean_train = prepare_eval(bank.images[train_rows], bank.masks[train_rows])
+    clean_test = prepare_eval(bank.images[test_rows], bank.masks[test_rows])
+    history = []
+    for epoch in range(epochs):
+        net.train()
+        order = np.random.default_rng([seed, epoch]).permutation(train_rows)
+        for b, i in enumerate(range(0, len(order), 32)):
+            rows = order[i:i + 32]
+            x = augment_ad(bank.images[rows], bank.masks[rows], ADAugmentConfig(), batch_generator(seed, epoch, b))
+            loss = F.binary_cross_entropy_with_logits(net(x).squeeze(1), labels[rows])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        if (epoch + 1) % 5 == 0 or epoch + 1 == epochs:
+            recalibrate_batchnorm(net, clean_train)
+            net.eval()
+            with torch.no_grad():
+                s = torch.cat([net(clean_test[i:i + 64]).squeeze(1) for i in range(0, len(clean_test), 64)])
+            history.append((epoch + 1, roc_auc_score(labels[test_rows].numpy(), s.numpy())))
+    return history
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("manifest", help="preprocessed split manifest (split, label, cache_path, mask_path)")
+    parser.add_argument("--size", type=int, default=64, help="working resolution in pixels")
+    parser.add_argument("--epochs", type=int, default=25, help="supervised training epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    frame = pd.read_csv(args.manifest)
+    bank = load_image_bank(frame, args.size, progress=False)
+    x = prepare_eval(bank.images, bank.masks)
+    split, label = frame["split"].to_numpy(), frame["label"].to_numpy()
+    normal_train = np.flatnonzero((split == "train") & (label == 0))
+    test = np.flatnonzero(split == "test")
+    y = label[test]
+    print(f"{args.manifest} at {args.size} px: {len(normal_train)} normal train images, test {len(test)} "
+          f"({int(y.sum())} abnormal)")
+
+    start = time.time()
+    flat = x.flatten(1).numpy()
+    for k, s in pixel_knn(flat[test], flat[normal_train], (1, 5, 20)).items():
+        print(f"pixel kNN (k={k}): test AUROC {roc_auc_score(y, s):.3f}")
+    torch.manual_seed(args.seed)
+    net = ResNet18Backbone(1).eval()
+    for layer, maps in feature_maps(net, x).items():
+        s = patch_knn(maps, bank.masks, normal_train, test)
+        print(f"random patch kNN (layer {layer}, {maps.shape[-1]}x{maps.shape[-1]} map): test AUROC "
+              f"{roc_auc_score(y, s):.3f}")
+    print(f"({time.time() - start:.0f} s)")
+
+    start = time.time()
+    labelled = np.flatnonzero(split != "test")
+    for epoch, auroc in supervised(bank, labelled, test, args.epochs, args.seed):
+        print(f"supervised ResNet-18, every label of {len(labelled)} train+valid images, epoch {epoch}: "
+              f"test AUROC {auroc:.3f}")
+    print(f"({time.time() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
