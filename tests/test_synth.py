@@ -128,6 +128,17 @@ def test_census_guarantees(phantoms):
             assert any(len({s[0] for s in u["studies"]}) == 2 for u in units)
 
 
+def test_a_one_part_census_is_valid():
+    # Patients draw up to three distinct parts; with one weighted part they must get that part only
+    # (this used to end in numpy's "Fewer non-zero entries in p than size").
+    units = plan_census(SynthConfig(n_patients=60, seed=2, part_weights={"WRIST": 1.0}))
+    assert {PARTS[u["part"]] for u in units} == {"WRIST"}
+    assert len(units) == 60  # one unit per patient
+    two = plan_census(SynthConfig(n_patients=60, seed=2, part_weights={"WRIST": 1.0, "HAND": 1.0}))
+    assert {PARTS[u["part"]] for u in two} == {"WRIST", "HAND"} and max(
+        sum(u["patient"] == p for u in two) for p in range(1, 61)) <= 2
+
+
 def test_masks_binary_and_aligned(phantoms):
     root, frame = phantoms
     for row in frame.itertuples():

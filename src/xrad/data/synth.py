@@ -143,7 +143,8 @@ def plan_census(config: SynthConfig) -> list[dict]:
     weights = np.array([config.part_weights.get(p, 0.0) for p in PARTS], float)
     units = []
     for pid in range(1, n + 1):
-        n_parts = int(rng.choice([1, 2, 3], p=[0.8, 0.15, 0.05]))
+        # at most as many parts as have weight (a one-part data set must not ask for three distinct parts)
+        n_parts = min(int(rng.choice([1, 2, 3], p=[0.8, 0.15, 0.05])), int((weights > 0).sum()))
         parts = [int(x) for x in rng.choice(len(PARTS), size=n_parts, replace=False, p=weights / weights.sum())]
         if pid <= len(PARTS) and weights[pid - 1] > 0:  # coverage: every part present once n >= 7
             parts = [pid - 1] + [x for x in parts if x != pid - 1][: n_parts - 1]
