@@ -140,3 +140,23 @@ def test_encoder_exports_to_onnx(tmp_path: Path) -> None:
         want_h, want_z = enc(x)
     torch.testing.assert_close(torch.from_numpy(hx), want_h, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(torch.from_numpy(zx), want_z, rtol=1e-3, atol=1e-4)
+
+
+def test_recalibrate_batchnorm_is_the_average_of_the_batch_statistics() -> None:
+    from xrad.models.batchnorm import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3)).eval()
+    bn = net[1]
+    bn.running_mean.fill_(5.0)
+    bn.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8) * 2]
+    recalibrate_batchnorm(net, batches)
+    with torch.no_grad():
+        acts = [net[0](x).transpose(0, 1).reshape(3, -1) for x in batches]
+    # momentum None = cumulative average of the per-batch statistics (unbiased variance for the running one)
+    torch.testing.assert_close(bn.running_mean, torch.stack([a.mean(1) for a in acts]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([a.var(1, unbiased=True) for a in acts]).mean(0))
+    assert bn.momentum == 0.1 and not net.training  # momentum and eval mode restored
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())  # no weight touched

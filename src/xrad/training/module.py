@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from xrad.config import Config, milestone_epochs
 from xrad.data.datasets import BankDataset
 from xrad.data.transforms import batch_generator, prepare_eval
+from xrad.models import batchnorm
 from xrad.utils.atomic import write_text
 
 METRIC_COLUMNS = ("epoch", "train_loss", "valid_auroc", "n_spheres", "lr")
@@ -121,43 +122,25 @@ class StageModule(L.LightningModule):
             write_metrics_row(self.metrics_path, {"epoch": self.current_epoch, **metrics})
 
     # -- evaluation --------------------------------------------------------------------------------
-    @torch.no_grad()
     def recalibrate_batchnorm(self) -> None:
-        """Re-estimate every BatchNorm's running statistics on the un-augmented train images.
-
-        Running averages lag behind the weights when these move fast (few batches per epoch; Deep SAD
-        shrinking its features toward the centres), and eval-mode outputs then disagree with train-mode
-        ones — on small data badly enough to invert the ranking of anomalies. One cumulative pass over the
-        train images, prepared exactly as evaluation and scoring prepare them, ties the statistics to the
-        current weights. It changes no weight and no train-mode output, so training is unaffected and a
-        resumed run stays identical. Each top-level network child of the module is run on the batches.
+        """Re-estimate every BatchNorm's running statistics on the un-augmented train images
+        (:func:`xrad.models.batchnorm.recalibrate_batchnorm`), prepared exactly as evaluation and scoring
+        prepare them, so eval-mode outputs match the current weights. It changes no weight and no train-mode
+        output, so training is unaffected and a resumed run stays identical. Each top-level network child of
+        the module is run on the batches.
         """
         dataset = getattr(self.trainer.train_dataloader, "dataset", None) if self._trainer else None
-        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-        if not isinstance(dataset, BankDataset) or not norms or len(dataset) < 2:
+        if not isinstance(dataset, BankDataset) or len(dataset) < 2:
             return
         networks = [child for child in self.children()
                     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in child.modules())]
-        momenta = [m.momentum for m in norms]
-        was_training = self.training
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over this pass
-        self.train()
-        try:
-            n, size = len(dataset), int(self.config.data.eval_batch_size)
-            bounds = list(range(0, n, size)) + [n]
-            if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:  # BatchNorm needs two samples per batch
-                bounds.pop(-2)
-            for start, stop in zip(bounds[:-1], bounds[1:]):
-                rows = dataset.indices[start:stop]
-                x = prepare_eval(dataset.bank.images[rows].to(self.device), dataset.bank.masks[rows].to(self.device))
-                for network in networks:
-                    network(x)
-        finally:
-            for m, momentum in zip(norms, momenta):
-                m.momentum = momentum
-            self.train(was_training)
+        n, size = len(dataset), int(self.config.data.eval_batch_size)
+        bounds = list(range(0, n, size)) + [n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:  # BatchNorm needs two samples per batch
+            bounds.pop(-2)
+        batches = (prepare_eval(dataset.bank.images[rows].to(self.device), dataset.bank.masks[rows].to(self.device))
+                   for rows in (dataset.indices[a:b] for a, b in zip(bounds[:-1], bounds[1:])))
+        batchnorm.recalibrate_batchnorm(self, batches, forward=lambda x: [network(x) for network in networks])
 
     @torch.no_grad()
     def eval_outputs(self, images: Tensor, masks: Tensor, fn: Any, batch_size: int) -> Tensor:
