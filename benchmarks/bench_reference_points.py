@@ -2,7 +2,7 @@
 
 For a preprocessed split manifest (e.g. the `xrad run` folder's ``cache/manifest.csv``) prints test AUROC of:
 
-- ``pixel kNN``: mean squared distance of the masked image to its k nearest normal train images (k = 1, 5, 20),
+- ``pixel kNN``: mean distance of the masked image to its k nearest normal train images (k = 1, 5, 20),
   no learning at all — the floor targets.md uses for FracAtlas;
 - ``random patch kNN``: a randomly initialised 1-channel ResNet-18, layer-2/3 feature maps (3×3 averaged),
   every body-mask patch of every normal train image in a memory bank, image score = the largest
@@ -31,14 +31,9 @@ from sklearn.metrics import roc_auc_score
 
 from xrad.data.datasets import load_image_bank
 from xrad.data.transforms import ADAugmentConfig, augment_ad, batch_generator, prepare_eval
+from xrad.methods.knn import knn_mean_distance
+from xrad.models.batchnorm import recalibrate_batchnorm
 from xrad.models.resnet import ResNet18Backbone
-
-
-def pixel_knn(x: np.ndarray, bank: np.ndarray, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
-    """Mean squared distance of each row of ``x`` to its k nearest rows of ``bank``, for each k."""
-    d = torch.cdist(torch.from_numpy(x), torch.from_numpy(bank)).pow(2).numpy()
-    d.sort(axis=1)
-    return {k: d[:, :k].mean(1) for k in ks}
 
 
 def feature_maps(net: ResNet18Backbone, x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -63,22 +58,8 @@ def patch_knn(maps: torch.Tensor, masks: torch.Tensor, bank_rows: np.ndarray, qu
     for j, i in enumerate(query_rows):
         q = patches[i][inside[i]]
         if len(q):
-            scores[j] = float(torch.cdist(q, bank).min(1).values.max())
+            scores[j] = float(knn_mean_distance(q, bank, k=1).max())
     return scores
-
-
-def recalibrate_batchnorm(net: torch.nn.Module, x: torch.Tensor) -> None:
-    """Re-estimate BatchNorm running statistics on ``x`` (cumulative average), weights untouched."""
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    net.train()
-    with torch.no_grad():
-        for i in range(0, len(x), 64):
-            net(x[i:i + 64])
-    for m in norms:
-        m.momentum = 0.1
 
 
 def small_cnn() -> torch.nn.Module:
@@ -111,7 +92,7 @@ def supervised(bank, train_rows: np.ndarray, test_rows: np.ndarray, epochs: int,
             loss.backward()
             optimiser.step()
         if (epoch + 1) % 5 == 0 or epoch + 1 == epochs:
-            recalibrate_batchnorm(net, clean_train)
+            recalibrate_batchnorm(net, clean_train.split(64))
             net.eval()
             with torch.no_grad():
                 s = torch.cat([net(clean_test[i:i + 64]).squeeze(1) for i in range(0, len(clean_test), 64)])
@@ -138,8 +119,9 @@ def main() -> None:
           f"({int(y.sum())} abnormal)")
 
     start = time.time()
-    flat = x.flatten(1).numpy()
-    for k, s in pixel_knn(flat[test], flat[normal_train], (1, 5, 20)).items():
+    flat = x.flatten(1)
+    for k in (1, 5, 20):
+        s = knn_mean_distance(flat[test], flat[normal_train], k=k).numpy()
         print(f"pixel kNN (k={k}): test AUROC {roc_auc_score(y, s):.3f}")
     torch.manual_seed(args.seed)
     net = ResNet18Backbone(1).eval()
