@@ -140,6 +140,21 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def squares_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """96 tiny radiograph-like images, a third with a planted bright square (tests/training_helpers.py), with
+    every train anomaly labelled known abnormal as in the papers' split (no contaminated unlabelled data).
+    Shared by the behavioural tests of every detector family; treat as read-only."""
+    import pandas as pd
+    from training_helpers import make_dataset
+
+    manifest = make_dataset(tmp_path_factory.mktemp("squares") / "data", n=96)
+    frame = pd.read_csv(manifest)
+    frame.loc[(frame["split"] == "train") & (frame["label"] == 1), "semi_label"] = -1
+    frame.to_csv(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture(scope="session")
 def phantoms(tmp_path_factory) -> Path:
     """Phantom radiographs (30 patients, 256 px, seed 7) with ground truth, generated once per session."""
     from xrad.data.synth import SynthConfig, generate_phantoms

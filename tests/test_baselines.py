@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from training_helpers import make_dataset
 
 from xrad.config import load_config
 from xrad.errors import ConfigError
@@ -144,17 +143,6 @@ def test_imagenet_initialisation_reads_a_local_torchvision_file(tmp_path: Path) 
 
 
 # ------------------------------------------------------------------------------------- behaviour
-@pytest.fixture(scope="module")
-def squares_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """96 tiny radiograph-like images, a third with a planted bright square (tests/training_helpers.py), with
-    every train anomaly labelled known abnormal as in the papers' split (no contaminated unlabelled data)."""
-    manifest = make_dataset(tmp_path_factory.mktemp("baselines") / "data", n=96)
-    frame = pd.read_csv(manifest)
-    frame.loc[(frame["split"] == "train") & (frame["label"] == 1), "semi_label"] = -1
-    frame.to_csv(manifest, index=False)
-    return manifest
-
-
 @pytest.fixture(scope="module")
 def ae_run(squares_split: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The autoencoder detector trained a few epochs at 32 px; its folder feeds the Deep SAD and kNN tests."""

@@ -241,19 +241,13 @@ def test_knn_method_scores_mean_distance_to_k_nearest_normals(tiny_run: dict, tm
 
 # ------------------------------------------------------------------------------------------- behaviour
 @pytest.mark.slow
-def test_self_taught_and_its_knn_separate_planted_squares(tmp_path: Path) -> None:
+def test_self_taught_and_its_knn_separate_planted_squares(squares_split: Path, tmp_path: Path) -> None:
     """The detector the project exists for must detect something: planted bright squares (a third of the
     images, every train anomaly a known anomaly as in the papers' split) rank above the normals."""
-    from training_helpers import make_dataset
-
-    manifest = make_dataset(tmp_path / "data", n=96)
-    frame = pd.read_csv(manifest)
-    frame.loc[(frame["split"] == "train") & (frame["label"] == 1), "semi_label"] = -1
-    frame.to_csv(manifest, index=False)
-    detector = run_training("tiny", manifest, tmp_path / "run", progress=False,
+    detector = run_training("tiny", squares_split, tmp_path / "run", progress=False,
                             overrides=["pretrain.epochs=5", "finetune.epochs=5"])
     assert detector["method"] == "self_taught" and detector["test_auroc"] >= 0.9
-    knn = run_training("tiny", manifest, tmp_path / "knn", progress=False,
+    knn = run_training("tiny", squares_split, tmp_path / "knn", progress=False,
                        overrides=["method=knn", f"pretrain.encoder_from={tmp_path / 'run'}", "knn.k=5"])
     assert knn["test_auroc"] >= 0.8
 
