@@ -154,6 +154,7 @@ def test_per_method_overrides_and_only(tmp_path, toy_manifest, fake_run_training
     run_benchmark(bench, train=train, only=["weak"], only_split_seeds=[1])
     assert [c[:3] for c in calls] == [("weak", "split1", 0), ("weak", "split1", 1)] and calls[0][3] == {"epochs": 2}
     assert set(pd.read_csv(bench.output / "results.csv")["cell"].str.split("__").str[2]) == {"split1"}
+    assert sorted(p.name for p in (bench.output / "splits").iterdir()) == ["split1__r0.05.csv"]  # only its split
     calls.clear()
     run_benchmark(bench, train=train, only=["weak"])
     assert [c[:3] for c in calls] == [("weak", "split0", 0), ("weak", "split0", 1)]  # split 1 is done: skipped

@@ -384,7 +384,7 @@ def run_benchmark(
     for index, cell in enumerate(cells, 1):
         cell_dir = config.output / "cells" / cell.name
         prefix = f"[{index}/{len(cells)}] {cell.name}"
-        manifest = prepare_split(config, cell.split_seed, cell.abnormal_ratio)
+        manifest = split_path(config, cell.split_seed, cell.abnormal_ratio)  # made below, only if trained
         cell_cfg = method_config(config, cell)
         shared = pretrain_key(cell_cfg, manifest)
         source = stage1.setdefault(shared[1], cell_dir) if shared else None
@@ -398,6 +398,7 @@ def run_benchmark(
         if (only and cell.method not in only) or (only_split_seeds and cell.split_seed not in only_split_seeds):
             continue
         log(f"{prefix}: training" + (f" (stage 1 from {source.name})" if source else ""))
+        prepare_split(config, cell.split_seed, cell.abnormal_ratio)
         start = time.perf_counter()
         train(
             cell_cfg,
