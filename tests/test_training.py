@@ -76,9 +76,10 @@ def test_run_folder_contract(tiny_run: dict) -> None:
     run_dir, summary = tiny_run["run_dir"], tiny_run["summary"]
     for name in ("config.yaml", "env.json", "summary.json", "scores_valid.csv", "scores_test.csv",
                  "embeddings_test.safetensors", "artefact/model.safetensors", "artefact/artefact.json",
-                 "pretrain/metrics.csv", "finetune/metrics.csv", "pretrain/checkpoints/last.ckpt",
-                 "finetune/checkpoints/last.ckpt", "pretrain/done.json", "finetune/done.json"):
+                 "pretrain/metrics.csv", "finetune/metrics.csv", "pretrain/done.json", "finetune/done.json"):
         assert (run_dir / name).exists(), name
+    # resume points are deleted once their stage is done: a finished stage reloads its exported weights
+    assert not (run_dir / "pretrain/checkpoints").exists() and not (run_dir / "finetune/checkpoints").exists()
     cfg = load_config("tiny")
     pre, fin = _metrics(run_dir / "pretrain/metrics.csv"), _metrics(run_dir / "finetune/metrics.csv")
     assert [int(r["epoch"]) for r in pre] == list(range(cfg.pretrain.epochs))
@@ -151,6 +152,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_run: dict, tmp_path: Path) ->
         run_training("tiny", tiny_run["manifest"], run_dir, progress=False,
                      trainer_overrides={"callbacks": [_crash_at("MADModule", 2)]})
     assert (run_dir / "pretrain/done.json").exists() and not (run_dir / "finetune/done.json").exists()
+    assert not (run_dir / "pretrain/checkpoints").exists() and (run_dir / "finetune/checkpoints/last.ckpt").exists()
     summary = run_training("tiny", tiny_run["manifest"], run_dir, progress=False)
     resumed = pd.read_csv(run_dir / "scores_test.csv")
     reference = pd.read_csv(tiny_run["run_dir"] / "scores_test.csv")

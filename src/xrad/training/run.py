@@ -4,7 +4,8 @@ Run folder contract (read by the evaluation/report code)::
 
     run_dir/config.yaml                 resolved config
     run_dir/env.json                    package versions, seed, git commit, command line
-    run_dir/<stage>/checkpoints/        last.ckpt (+ the epoch it links to): resume points
+    run_dir/<stage>/checkpoints/        last.ckpt (+ the epoch it links to): resume points of an unfinished
+                                        stage, deleted once the stage is done (its weights are exported)
     run_dir/<stage>/metrics.csv         one row per epoch: epoch, train_loss, valid_auroc, n_spheres, lr
     run_dir/<stage>/logs/, tensorboard/ Lightning's CSV (and TensorBoard, when installed) logs
     run_dir/<stage>/done.json           written when the stage finished (a re-run skips it)
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -250,6 +252,9 @@ def run_training(config: str | Path | dict[str, Any] | Config, manifest: str | P
         ran_any = True
         if ctx.is_global_zero:
             write_json(done, {"stage": stage, "seconds": ctx.timings[stage], "epochs": _stage_epochs(cfg, stage)})
+            # A finished stage is reloaded from its exported safetensors, never from a Lightning checkpoint;
+            # the checkpoints (weights + optimiser state, ~3x the weights) would only fill the disk.
+            shutil.rmtree(ctx.stage_dir(stage) / "checkpoints", ignore_errors=True)
     finished = [s for s in method.stages if (ctx.stage_dir(s) / "done.json").is_file()]
     if not ctx.is_global_zero:
         return {}
