@@ -30,10 +30,9 @@ import pandas as pd
 import torch
 import torchvision
 
+from xrad.config import ADAugment, ContrastiveAugment
 from xrad.data.datasets import BankDataset, load_image_bank
 from xrad.data.transforms import (
-    ADAugmentConfig,
-    ContrastiveAugmentConfig,
     augment_ad,
     batch_generator,
     contrastive_views,
@@ -88,7 +87,7 @@ def rate_pipeline(model, optimizer, loader, mode: str, steps: int, epoch: int) -
     """Images/s (network inputs: 2 per image for contrastive) through DataLoader + batched augmentation,
     and the fraction of the wall time spent fetching + augmenting (measured step by step, so it is
     robust to other processes slowing the machine down)."""
-    ad, contrastive = ADAugmentConfig(), ContrastiveAugmentConfig()
+    ad, contrastive = ADAugment(), ContrastiveAugment()
     done, images_seen, data_time = 0, 0, 0.0
     start = time.perf_counter()
     while done < steps:
@@ -113,7 +112,7 @@ def rate_pipeline(model, optimizer, loader, mode: str, steps: int, epoch: int) -
 
 def pipeline_only_ms(loader, mode: str, batches: int = 20) -> float:
     """Milliseconds per batch for loading + augmenting alone (no network)."""
-    ad, contrastive = ADAugmentConfig(), ContrastiveAugmentConfig()
+    ad, contrastive = ADAugment(), ContrastiveAugment()
     start, count = time.perf_counter(), 0
     while count < batches:
         for index, batch in enumerate(loader):

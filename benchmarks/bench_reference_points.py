@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from xrad.config import ADAugment
 from xrad.data.datasets import load_image_bank
-from xrad.data.transforms import ADAugmentConfig, augment_ad, batch_generator, prepare_eval
+from xrad.data.transforms import augment_ad, batch_generator, prepare_eval
 from xrad.methods.knn import knn_mean_distance
 from xrad.models.batchnorm import recalibrate_batchnorm
 from xrad.models.resnet import ResNet18Backbone
@@ -86,7 +87,7 @@ def supervised(bank, train_rows: np.ndarray, test_rows: np.ndarray, epochs: int,
         order = np.random.default_rng([seed, epoch]).permutation(train_rows)
         for b, i in enumerate(range(0, len(order), 32)):
             rows = order[i:i + 32]
-            x = augment_ad(bank.images[rows], bank.masks[rows], ADAugmentConfig(), batch_generator(seed, epoch, b))
+            x = augment_ad(bank.images[rows], bank.masks[rows], ADAugment(), batch_generator(seed, epoch, b))
             loss = F.binary_cross_entropy_with_logits(net(x).squeeze(1), labels[rows])
             optimiser.zero_grad()
             loss.backward()

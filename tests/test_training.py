@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xrad.config import CONFIG_DIR, load_config, milestone_epochs
+from xrad.config import CONFIG_DIR, dump_config, load_config, milestone_epochs
 from xrad.errors import ConfigError
 from xrad.training import run_training
 
@@ -69,6 +69,19 @@ def test_overrides_are_typed() -> None:
     assert cfg.finetune.epochs == 7 and cfg.data.image_size == 64 and cfg.pretrain.milestones == [0.5]
     assert cfg.finetune.augment.enabled is False and cfg.trainer.devices == 2
     assert cfg.finetune.eps == 1e-6  # YAML "1.0e-6"-style floats and defaults survive
+
+
+def test_augmentation_ranges_are_pairs_and_round_trip(tmp_path: Path) -> None:
+    cfg = load_config("tiny", ["finetune.augment.scale=[0.9, 1.1]", "pretrain.augment.crop_scale=[0.5, 1]"])
+    assert cfg.finetune.augment.scale == (0.9, 1.1) and cfg.pretrain.augment.crop_scale == (0.5, 1.0)
+    with pytest.raises(ConfigError, match=r"finetune\.augment\.scale must be a list of 2 values"):
+        load_config("tiny", ["finetune.augment.scale=[0.8]"])
+    with pytest.raises(ConfigError, match=r"pretrain\.augment\.blur_sigma\[1\] must be a number"):
+        load_config("tiny", ["pretrain.augment.blur_sigma=[0.1, big]"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg), encoding="utf-8")
+    assert load_config(path) == cfg  # what config.yaml stores loads back to the same config
+    assert "(0.9" not in path.read_text(encoding="utf-8")  # ranges are written as plain YAML lists
 
 
 # ----------------------------------------------------------------------------------------- run folder

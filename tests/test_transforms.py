@@ -9,9 +9,8 @@ import pytest
 import torch
 from scipy import ndimage
 
+from xrad.config import ADAugment, ContrastiveAugment
 from xrad.data.transforms import (
-    ADAugmentConfig,
-    ContrastiveAugmentConfig,
     adjust_brightness_contrast,
     affine_matrices,
     apply_affine,
@@ -24,8 +23,8 @@ from xrad.data.transforms import (
     to_float,
 )
 
-IDENTITY_AD = ADAugmentConfig(hflip=0.0, vflip=0.0, brightness=(1.0, 1.0), scale=(1.0, 1.0), rotation_deg=0.0)
-IDENTITY_CONTRASTIVE = ContrastiveAugmentConfig(hflip=0.0, scale=(1.0, 1.0), rotation_deg=0.0,
+IDENTITY_AD = ADAugment(hflip=0.0, vflip=0.0, brightness=(1.0, 1.0), scale=(1.0, 1.0), rotation_deg=0.0)
+IDENTITY_CONTRASTIVE = ContrastiveAugment(hflip=0.0, scale=(1.0, 1.0), rotation_deg=0.0,
                                                 crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0.0,
                                                 blur_p=0.0)
 
@@ -79,8 +78,8 @@ def test_same_seed_same_batch_different_seed_different(which: str) -> None:
     def run(seed: int) -> torch.Tensor:
         generator = batch_generator(seed, 0, 0)
         if which == "ad":
-            return augment_ad(images, masks, ADAugmentConfig(), generator)
-        return torch.cat(contrastive_views(images, masks, ContrastiveAugmentConfig(), generator))
+            return augment_ad(images, masks, ADAugment(), generator)
+        return torch.cat(contrastive_views(images, masks, ContrastiveAugment(), generator))
 
     assert torch.equal(run(7), run(7))
     assert not torch.allclose(run(7), run(8))
@@ -89,8 +88,8 @@ def test_same_seed_same_batch_different_seed_different(which: str) -> None:
 def test_parameters_differ_per_sample_and_between_views() -> None:
     image, mask = random_batch(1)
     images, masks = image.repeat(8, 1, 1, 1), mask.repeat(8, 1, 1, 1)
-    out = augment_ad(images, masks, ADAugmentConfig(), batch_generator(0, 0, 0))
-    view1, view2 = contrastive_views(images, masks, ContrastiveAugmentConfig(), batch_generator(0, 0, 0))
+    out = augment_ad(images, masks, ADAugment(), batch_generator(0, 0, 0))
+    view1, view2 = contrastive_views(images, masks, ContrastiveAugment(), batch_generator(0, 0, 0))
     for batch in (out, view1):
         flat = batch.flatten(1)
         distances = torch.cdist(flat, flat)
@@ -115,7 +114,7 @@ def test_degenerate_configs_are_the_identity() -> None:
 def test_flip_with_probability_one_equals_torch_flip(field: str, dim: int) -> None:
     images, _ = random_batch()
     masks = torch.ones_like(images)
-    config = ADAugmentConfig(**{**IDENTITY_AD.__dict__, field: 1.0})
+    config = ADAugment(**{**IDENTITY_AD.__dict__, field: 1.0})
     out = augment_ad(images, masks, config, batch_generator(0, 0, 0))
     torch.testing.assert_close(out, torch.flip(to_float(images), dims=[dim]), atol=1e-5, rtol=0)
 
@@ -131,7 +130,7 @@ def test_masks_stay_binary_after_augmentation() -> None:
     assert set(torch.unique(warped_mask).tolist()) <= {0.0, 1.0}
     # Through the full AD pipeline: a constant image with brightness fixed gives exactly the warped mask.
     white = torch.full_like(images, 255)
-    config = ADAugmentConfig(brightness=(1.0, 1.0), scale=(0.8, 1.2), rotation_deg=20.0)
+    config = ADAugment(brightness=(1.0, 1.0), scale=(0.8, 1.2), rotation_deg=20.0)
     out = augment_ad(white, masks, config, batch_generator(0, 0, 0))
     values = torch.unique(out)
     assert ((values.abs() < 1e-6) | ((values - 1).abs() < 1e-6)).all()  # 0/1 up to float rounding
@@ -165,7 +164,7 @@ def test_zoom_out_through_augment_ad_keeps_centroid_at_centre() -> None:
     size = 32
     images = torch.zeros(4, 1, size, size, dtype=torch.uint8)
     images[..., 8:24, 8:24] = 200
-    config = ADAugmentConfig(hflip=0.0, vflip=0.0, brightness=(1.0, 1.0), scale=(0.6, 0.8), rotation_deg=0.0)
+    config = ADAugment(hflip=0.0, vflip=0.0, brightness=(1.0, 1.0), scale=(0.6, 0.8), rotation_deg=0.0)
     out = augment_ad(images, torch.ones_like(images), config, batch_generator(0, 0, 0))
     for sample in out:
         row, col = centroid(sample)
@@ -235,7 +234,7 @@ def test_brightness_contrast_matches_formula_and_is_not_undone() -> None:
         mean = (scaled * mn[i]).sum() / mn[i].sum()
         np.testing.assert_allclose(out[i], np.clip(mean + (scaled - mean) * c[i].item(), 0, 1), atol=1e-5)
     # Through the pipeline, identical inputs get different masked means and spreads (nothing re-normalises).
-    config = ContrastiveAugmentConfig(**{**IDENTITY_CONTRASTIVE.__dict__, "jitter_p": 1.0})
+    config = ContrastiveAugment(**{**IDENTITY_CONTRASTIVE.__dict__, "jitter_p": 1.0})
     images1, masks1 = random_batch(1)
     images16, masks16 = images1.repeat(16, 1, 1, 1), masks1.repeat(16, 1, 1, 1)
     view, _ = contrastive_views(images16, masks16, config, batch_generator(0, 0, 0))
@@ -272,7 +271,7 @@ def test_blur_matches_scipy_and_reduces_high_frequencies() -> None:
 def test_contrastive_blur_probability_one_smooths() -> None:
     images, masks = random_batch(4)
     masks = torch.ones_like(masks)
-    config = ContrastiveAugmentConfig(**{**IDENTITY_CONTRASTIVE.__dict__, "blur_p": 1.0,
+    config = ContrastiveAugment(**{**IDENTITY_CONTRASTIVE.__dict__, "blur_p": 1.0,
                                          "blur_sigma": (1.0, 2.0), "blur_reference_px": images.shape[-1]})
     view, _ = contrastive_views(images, masks, config, batch_generator(0, 0, 0))
     raw = to_float(images)
@@ -286,9 +285,9 @@ def test_contrastive_blur_sigma_scales_with_the_image_size() -> None:
     images, masks = random_batch(4)
     size = images.shape[-1]
     base = {**IDENTITY_CONTRASTIVE.__dict__, "blur_p": 1.0}
-    scaled = ContrastiveAugmentConfig(**{**base, "blur_sigma": (1.0, 2.0), "blur_reference_px": 4 * size})
-    explicit = ContrastiveAugmentConfig(**{**base, "blur_sigma": (0.25, 0.5), "blur_reference_px": size})
-    unscaled = ContrastiveAugmentConfig(**{**base, "blur_sigma": (1.0, 2.0), "blur_reference_px": size})
+    scaled = ContrastiveAugment(**{**base, "blur_sigma": (1.0, 2.0), "blur_reference_px": 4 * size})
+    explicit = ContrastiveAugment(**{**base, "blur_sigma": (0.25, 0.5), "blur_reference_px": size})
+    unscaled = ContrastiveAugment(**{**base, "blur_sigma": (1.0, 2.0), "blur_reference_px": size})
     a, _ = contrastive_views(images, masks, scaled, batch_generator(0, 0, 0))
     b, _ = contrastive_views(images, masks, explicit, batch_generator(0, 0, 0))
     c, _ = contrastive_views(images, masks, unscaled, batch_generator(0, 0, 0))
@@ -300,9 +299,9 @@ def test_bad_shapes_and_device_mismatch_are_rejected() -> None:
     images, masks = random_batch(2)
     generator = batch_generator(0, 0, 0)
     with pytest.raises(ValueError, match="square one-channel"):
-        augment_ad(images[:, :, :, :-1], masks[:, :, :, :-1], ADAugmentConfig(), generator)
+        augment_ad(images[:, :, :, :-1], masks[:, :, :, :-1], ADAugment(), generator)
     with pytest.raises(ValueError, match="does not match"):
-        contrastive_views(images, masks[:1], ContrastiveAugmentConfig(), generator)
+        contrastive_views(images, masks[:1], ContrastiveAugment(), generator)
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="generator is on"):
-            augment_ad(images.cuda(), masks.cuda(), ADAugmentConfig(), generator)
+            augment_ad(images.cuda(), masks.cuda(), ADAugment(), generator)

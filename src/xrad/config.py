@@ -47,33 +47,47 @@ class ModelConfig:
     head_bias: bool = True  # the authors' head keeps its biases; Deep SAD prefers bias-free nets
 
 
-@dataclass
-class ContrastiveAugment:
-    """Contrastive views (Fig. 5 right); mirrors xrad.data.transforms.ContrastiveAugmentConfig."""
-
-    hflip: float = 0.5
-    scale: list[float] = field(default_factory=lambda: [0.8, 1.2])
-    rotation_deg: float = 45.0
-    crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
-    crop_ratio: list[float] = field(default_factory=lambda: [0.8, 1.25])
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    blur_p: float = 0.5
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    blur_reference_px: int = 512  # blur_sigma is in pixels of an image this size; scaled to data.image_size
-
-
-@dataclass
+@dataclass(frozen=True)
 class ADAugment:
-    """Anomaly-detection step augmentation (Fig. 5 left); mirrors transforms.ADAugmentConfig."""
+    """Anomaly-detection step augmentations (Fig. 5, left); defaults are the paper's.
+
+    ``hflip``/``vflip`` are probabilities, ``brightness`` and ``scale`` the ranges of uniform factors
+    (scale > 1 zooms in, about the image centre), ``rotation_deg`` the half-width of a uniform (real-valued)
+    rotation angle. ``enabled`` switches the whole step off (the transforms themselves ignore it).
+    """
 
     enabled: bool = True
     hflip: float = 0.5
     vflip: float = 0.5
-    brightness: list[float] = field(default_factory=lambda: [0.8, 1.2])
-    scale: list[float] = field(default_factory=lambda: [0.8, 1.2])
+    brightness: tuple[float, float] = (0.8, 1.2)
+    scale: tuple[float, float] = (0.8, 1.2)
     rotation_deg: float = 20.0
+
+
+@dataclass(frozen=True)
+class ContrastiveAugment:
+    """Contrastive-view augmentations (Fig. 5, right); defaults are the paper's.
+
+    ``crop_scale`` is the range of the crop's area as a fraction of the image, ``crop_ratio`` the range of
+    its width/height (sampled log-uniformly). With probability ``jitter_p`` a brightness factor
+    U[1 - brightness, 1 + brightness] and then a contrast factor U[1 - contrast, 1 + contrast] are applied.
+    With probability ``blur_p`` a Gaussian blur with sigma U[blur_sigma] is applied; ``blur_sigma`` is in
+    pixels of a ``blur_reference_px``-pixel image (the paper's 512) and scales with the working size, so a
+    64-px run blurs the same anatomy as the paper's 512-px one (unscaled, sigma 2 at 64 px is sigma 16 at
+    512 px: it wipes out the one-pixel detail — screws, fracture lines — that anomalies are made of).
+    """
+
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.8, 1.2)
+    rotation_deg: float = 45.0
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    crop_ratio: tuple[float, float] = (0.8, 1.25)
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_reference_px: int = 512
 
 
 @dataclass
@@ -194,6 +208,11 @@ def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(exc)
         raise errors[0]
+    if origin is tuple:  # a fixed-length range such as (low, high); YAML gives a list
+        item_types = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ConfigError(f"{where}: {key} must be a list of {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(v, t, f"{key}[{i}]", where) for i, (v, t) in enumerate(zip(value, item_types)))
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
@@ -368,10 +387,19 @@ def load_config(source: str | Path | dict[str, Any] | Config, overrides: list[st
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The resolved config as plain data (what ``config.yaml`` and the artefact store)."""
-    data = dataclasses.asdict(cfg)
+    data = _plain(dataclasses.asdict(cfg))
     extra = data.pop("extra")
     data.update(extra)
     return data
+
+
+def _plain(value: Any) -> Any:
+    """Tuples (the augmentation ranges) → lists, recursively: the config as YAML/JSON would read it back."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def dump_config(cfg: Config) -> str:

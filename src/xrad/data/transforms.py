@@ -23,58 +23,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xrad.config import ADAugment, ContrastiveAugment
+
 # Blur kernels are cut at this many standard deviations (skimage's default truncate is 4; 3 keeps > 99.7 %).
 _BLUR_TRUNCATE = 3.0
 # Number of random-resized-crop proposals per sample before falling back to the whole image (as torchvision).
 _CROP_TRIES = 10
-
-
-@dataclass(frozen=True)
-class ADAugmentConfig:
-    """Anomaly-detection step augmentations (Fig. 5, left); defaults are the paper's.
-
-    ``hflip``/``vflip`` are probabilities, ``brightness`` and ``scale`` the ranges of uniform factors
-    (scale > 1 zooms in, about the image centre), ``rotation_deg`` the half-width of a uniform (real-valued)
-    rotation angle.
-    """
-
-    hflip: float = 0.5
-    vflip: float = 0.5
-    brightness: tuple[float, float] = (0.8, 1.2)
-    scale: tuple[float, float] = (0.8, 1.2)
-    rotation_deg: float = 20.0
-
-
-@dataclass(frozen=True)
-class ContrastiveAugmentConfig:
-    """Contrastive-view augmentations (Fig. 5, right); defaults are the paper's.
-
-    ``crop_scale`` is the range of the crop's area as a fraction of the image, ``crop_ratio`` the range of
-    its width/height (sampled log-uniformly). With probability ``jitter_p`` a brightness factor
-    U[1 - brightness, 1 + brightness] and then a contrast factor U[1 - contrast, 1 + contrast] are applied.
-    With probability ``blur_p`` a Gaussian blur with sigma U[blur_sigma] is applied; ``blur_sigma`` is in
-    pixels of a ``blur_reference_px``-pixel image (the paper's 512) and scales with the working size, so a
-    64-px run blurs the same anatomy as the paper's 512-px one (unscaled, sigma 2 at 64 px is sigma 16 at
-    512 px: it wipes out the one-pixel detail — screws, fracture lines — that anomalies are made of).
-    """
-
-    hflip: float = 0.5
-    scale: tuple[float, float] = (0.8, 1.2)
-    rotation_deg: float = 45.0
-    crop_scale: tuple[float, float] = (0.4, 1.0)
-    crop_ratio: tuple[float, float] = (0.8, 1.25)
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_reference_px: int = 512
 
 
 # --------------------------------------------------------------------------------------------- basics
@@ -258,7 +217,7 @@ def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------ pipelines
 
 
-def augment_ad(images: Tensor, masks: Tensor, config: ADAugmentConfig, generator: torch.Generator) -> Tensor:
+def augment_ad(images: Tensor, masks: Tensor, config: ADAugment, generator: torch.Generator) -> Tensor:
     """Anomaly-detection augmentation: flips, brightness, scale about the centre, rotation, then mask.
 
     Returns float32 ``(B, 1, S, S)`` in [0, 1], zero outside the (warped) mask.
@@ -276,7 +235,7 @@ def augment_ad(images: Tensor, masks: Tensor, config: ADAugmentConfig, generator
     return (warped * brightness.view(-1, 1, 1, 1)).clamp_(0.0, 1.0) * warped_mask
 
 
-def _contrastive(images: Tensor, masks: Tensor, config: ContrastiveAugmentConfig,
+def _contrastive(images: Tensor, masks: Tensor, config: ContrastiveAugment,
                  generator: torch.Generator) -> Tensor:
     n, device = images.shape[0], images.device
     hflip = _bernoulli(n, config.hflip, generator, device)
@@ -299,7 +258,7 @@ def _contrastive(images: Tensor, masks: Tensor, config: ContrastiveAugmentConfig
     return out.clamp_(0.0, 1.0) * warped_mask
 
 
-def contrastive_views(images: Tensor, masks: Tensor, config: ContrastiveAugmentConfig,
+def contrastive_views(images: Tensor, masks: Tensor, config: ContrastiveAugment,
                       generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Two independently augmented views of each image (float32 ``(B, 1, S, S)`` each, masked).
 

@@ -25,14 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xrad.data.transforms import ADAugmentConfig, augment_ad, prepare_eval
+from xrad.data.transforms import augment_ad, prepare_eval
 from xrad.errors import ConfigError
 from xrad.losses import masked_mse, reconstruction_scores
 from xrad.methods.baseline_scorers import ReconstructionScorer, autoencoder_args, input_support
 from xrad.methods.baseline_sections import AEConfig, check_ae
 from xrad.methods.self_taught import (
     ENCODER_FILE,
-    _tuple_fields,
     load_finished,
     load_tensors,
     normal_train_indices,
@@ -84,7 +83,7 @@ class AEModule(StageModule):
         self.autoencoder = autoencoder
         self.ctx = ctx
         self.ae = config.section("ae")
-        self.augment = _tuple_fields(self.ae.augment, ADAugmentConfig)
+        self.augment = self.ae.augment
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images, masks = batch["image"], batch["mask"]

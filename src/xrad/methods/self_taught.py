@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xrad.data.transforms import ADAugmentConfig, ContrastiveAugmentConfig, augment_ad, contrastive_views, prepare_eval
+from xrad.data.transforms import augment_ad, contrastive_views, prepare_eval
 from xrad.errors import ConfigError, DataError
 from xrad.losses import info_nce, multisphere_deep_sad, nearest_center, supervised_contrastive
 from xrad.methods.scorers import SphereScorer
@@ -36,15 +36,6 @@ from xrad.training.module import StageModule, auroc
 
 ENCODER_FILE = "encoder.safetensors"
 MODEL_FILE = "model.safetensors"
-
-
-def _tuple_fields(section: Any, cls: type) -> Any:
-    """Build a transforms config dataclass from a config section (lists → tuples)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dataclasses.asdict(section).items() if k in names}
-    return cls(**values)
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -72,7 +63,7 @@ class ContrastiveModule(StageModule):
     def __init__(self, encoder: Encoder, config: Any, metrics_path: Path | None) -> None:
         super().__init__(config, config.pretrain, metrics_path)
         self.encoder = encoder
-        self.augment = _tuple_fields(config.pretrain.augment, ContrastiveAugmentConfig)
+        self.augment = config.pretrain.augment
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         v1, v2 = contrastive_views(batch["image"], batch["mask"], self.augment, self.augment_generator(batch_idx))
@@ -159,7 +150,7 @@ class MADModule(StageModule):
         self.register_buffer("centers", torch.zeros(k, dim))
         self.register_buffer("active", torch.ones(k, dtype=torch.bool))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
-        self.augment = _tuple_fields(config.finetune.augment, ADAugmentConfig)
+        self.augment = config.finetune.augment
         # Not a buffer: DDP re-broadcasts buffers from rank 0 at every forward, which would erase the
         # other ranks' counts. Reset at each epoch start, so checkpoints (taken at epoch ends) need none.
         self._counts = torch.zeros(k, dtype=torch.long)

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xrad.data.transforms import ADAugmentConfig, augment_ad, prepare_eval
+from xrad.data.transforms import augment_ad, prepare_eval
 from xrad.errors import DataError
 from xrad.methods.baseline_scorers import ClassifierScorer
 from xrad.methods.baseline_sections import SupervisedConfig, check_supervised
-from xrad.methods.self_taught import _tuple_fields, load_tensors, save_tensors
+from xrad.methods.self_taught import load_tensors, save_tensors
 from xrad.models.resnet import ResNet50Backbone
 from xrad.training.context import RunContext
 from xrad.training.data import train_loader
@@ -57,7 +57,7 @@ class SupervisedModule(StageModule):
         super().__init__(config, section, metrics_path)
         self.classifier = classifier
         self.ctx = ctx
-        self.augment = _tuple_fields(section.augment, ADAugmentConfig)
+        self.augment = section.augment
         self.register_buffer("pos_weight", torch.tensor([float(pos_weight)]))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
