@@ -90,10 +90,12 @@ def toy_manifest(tmp_path) -> Path:
     return path
 
 
-def make_tiny_artefact(directory: Path, *, image_size: int = 64, kind: str = "sphere", seed: int = 0) -> Path:
+def make_tiny_artefact(directory: Path, *, image_size: int = 64, kind: str = "sphere", seed: int = 0,
+                       preprocessing: dict | None = None) -> Path:
     """An untrained but complete artefact (1-channel ResNet-18 + small head) in seconds, for scoring tests.
 
     BatchNorm running statistics are randomised so eval-mode numbers are not the trivial identity ones.
+    ``preprocessing`` (PreprocessParams.to_dict()) makes raw images go through preprocessing when scored.
     """
     import torch
 
@@ -115,7 +117,7 @@ def make_tiny_artefact(directory: Path, *, image_size: int = 64, kind: str = "sp
         scorer = KnnScorer(encoder, torch.randn(20, 512, generator=generator), k=3)
     tensors, args = scorer.artefact_state()
     meta = {"method": "tiny-untrained", "scorer": {"kind": scorer.kind, "args": args}, "image_size": image_size,
-            "preprocessing": None, "input": "uint8 image x 0/1 mask"}
+            "preprocessing": preprocessing, "input": "uint8 image x 0/1 mask"}
     return save_artefact(directory, tensors, meta)
 
 

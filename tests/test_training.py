@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from xrad.config import CONFIG_DIR, dump_config, load_config, milestone_epochs
-from xrad.errors import ConfigError
+from xrad.errors import ConfigError, DataError
 from xrad.training import run_training
 
 
@@ -174,6 +174,18 @@ def test_resumed_run_equals_uninterrupted_run(tiny_run: dict, tmp_path: Path) ->
     assert (resumed["sphere"] == reference["sphere"]).all()
     assert summary["n_spheres_history"] == tiny_run["summary"]["n_spheres_history"]
     assert [int(r["epoch"]) for r in _metrics(run_dir / "finetune/metrics.csv")] == [0, 1, 2]
+
+
+def test_a_damaged_resume_checkpoint_is_a_clear_error(tiny_run: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(_Crash):
+        run_training("tiny", tiny_run["manifest"], run_dir, progress=False,
+                     trainer_overrides={"callbacks": [_crash_at("ContrastiveModule", 1)]})
+    last = run_dir / "pretrain/checkpoints/last.ckpt"
+    data = last.read_bytes()
+    last.resolve().write_bytes(data[: len(data) // 2])  # last.ckpt links to the epoch file: cut that short
+    with pytest.raises(DataError, match=r"last\.ckpt: the pretrain stage's resume checkpoint is damaged.*delete"):
+        run_training("tiny", tiny_run["manifest"], run_dir, progress=False)
 
 
 # ------------------------------------------------------------------------------------ spheres and kNN

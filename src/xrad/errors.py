@@ -29,3 +29,13 @@ class DataError(XradError):
 
 class ConfigError(XradError):
     """A configuration value is missing or invalid."""
+
+
+class OutputError(XradError):
+    """An output file or folder cannot be written (missing permission, a file or folder in the way)."""
+
+    def __init__(self, path: str | Path, exc: OSError) -> None:
+        self.path = str(path)
+        reason = exc.strerror or str(exc)
+        super().__init__(f"{self.path}: cannot write ({reason}); choose another output path")
+

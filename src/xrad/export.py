@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from xrad.errors import ConfigError, XradError
+from xrad.utils.atomic import check_writable
 
 __all__ = ["OnnxScorer", "export_onnx", "onnx_scores", "parity_batch"]
 
@@ -95,7 +96,7 @@ def export_onnx(artefact_dir: str | Path, output: str | Path, *, opset: int = OP
         expected = scorer.score_batches(images, masks, batch_size=n_check)["score"].numpy()
         sample = graph(images[:2], masks[:2])
     outputs = ["score"] if isinstance(sample, Tensor) else ["score", "sphere"]
-    output = Path(output)
+    output = check_writable(output)
     tmp = output.with_name(f".{output.name}.export.tmp")
     try:
         with torch.no_grad(), warnings.catch_warnings():

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from xrad.artefact import load_artefact
-from xrad.errors import XradError
+from xrad.errors import ImageReadError, XradError
 from xrad.methods.base import Scorer
 from xrad.methods.registry import get_scorer_class
 
@@ -48,7 +48,11 @@ def _decode_preprocessed(row: pd.Series, size: int, params: Any) -> tuple[torch.
     from xrad.data.io import read_radiograph
     from xrad.preprocess import preprocess_image
 
-    pixels = read_radiograph(row["path"]).pixels
+    radiograph = read_radiograph(row["path"])
+    if radiograph.meta.truncated:  # a partial image would get a confident but meaningless score
+        raise ImageReadError(row["path"], f"truncated {radiograph.meta.format.upper()} file (only part of it "
+                                          "decodes); re-export or re-download it")
+    pixels = radiograph.pixels
     body_part = str(row.get("body_part", "") or "") or None
     result = preprocess_image(pixels, params, body_part=body_part)
     return resize_image_and_mask(np.asarray(result.image, dtype=np.uint8), np.asarray(result.mask), size)

@@ -1,7 +1,9 @@
 """``xrad benchmark CONFIG``: run a grid of methods × seeds × split seeds × anomaly ratios and tabulate it.
 
 Re-running the same command resumes: finished cells (with ``summary.json``) are skipped, unfinished ones
-resume from their checkpoints. Prints the Table-1 summary at the end.
+resume from their checkpoints. A split or cell made from other settings than the YAML's (an edited override,
+split option or manifest) is refused with a one-line error naming it: choose another output folder (``-o``)
+for the new settings. Prints the Table-1 summary at the end.
 """
 
 from __future__ import annotations

@@ -10,19 +10,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xrad.cli.options import int_at_least, open_fraction
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``xrad calibrate``."""
     parser.add_argument("artefact", type=Path, help="artefact folder written by training")
     parser.add_argument("manifest", type=Path, help="split manifest, or a scores CSV of this artefact")
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--specificity", type=float, help="target specificity on validation normals (e.g. 0.95)")
-    target.add_argument("--sensitivity", type=float, help="target sensitivity on validation anomalies (e.g. 0.9)")
+    target.add_argument("--specificity", type=open_fraction, help="target specificity on validation normals (e.g. 0.95)")
+    target.add_argument("--sensitivity", type=open_fraction, help="target sensitivity on validation anomalies (e.g. 0.9)")
     parser.add_argument("--split", default="valid", help="rows whose `split` equals this are used ('' = all rows)")
     parser.add_argument("--aggregation", default="mean", help="study score: mean, max or topK (as in evaluation)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="level of the Clopper-Pearson interval")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass when scoring")
-    parser.add_argument("--workers", type=int, default=2, help="threads decoding images when scoring")
+    parser.add_argument("--confidence", type=open_fraction, default=0.95, help="level of the Clopper-Pearson interval")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per forward pass when scoring")
+    parser.add_argument("--workers", type=int_at_least(1), default=2, help="threads decoding images when scoring")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from xrad.calibration import calibrate, describe, store_operating_point
     from xrad.errors import DataError
 
+    from xrad.evaluation.aggregate import parse_aggregation
+
+    parse_aggregation(args.aggregation)  # refused now, not after scoring
     if not args.manifest.is_file():
         raise DataError(f"{args.manifest}: not found; pass a split manifest or a scores CSV")
     frame = pd.read_csv(args.manifest, dtype={"path": str, "patient_id": str, "study_id": str, "split": str},

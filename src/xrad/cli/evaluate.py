@@ -10,12 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+from xrad.cli.options import finite_float, int_at_least, open_fraction, open_fractions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=finite_float,
         default=None,
         help="use this threshold instead of choosing one on validation",
     )
@@ -61,18 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--specificities",
-        type=_floats,
+        type=open_fractions,
         default=(0.9, 0.95),
         help="report sensitivity at these specificities (comma-separated)",
     )
     parser.add_argument(
         "--sensitivities",
-        type=_floats,
+        type=open_fractions,
         default=(0.9, 0.95),
         help="report specificity at these sensitivities (comma-separated)",
     )
-    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="interval level")
+    parser.add_argument("--n-bootstrap", type=int_at_least(0), default=1000, help="bootstrap resamples (0: no intervals)")
+    parser.add_argument("--confidence", type=open_fraction, default=0.95, help="interval level")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xrad.cli.options import float_at_least, int_in
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``xrad export``."""
     parser.add_argument("artefact", type=Path, help="artefact folder written by training")
     parser.add_argument("--onnx", type=Path, required=True, help="ONNX file to write")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
+    parser.add_argument("--opset", type=int_in(7, 20), default=17, help="ONNX opset version")
+    parser.add_argument("--tolerance", type=float_at_least(0.0), default=1e-4,
                         help="largest |score difference| between onnxruntime and torch accepted on the check batch")
 
 

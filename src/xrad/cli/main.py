@@ -3,13 +3,16 @@
 Each verb lives in its own module ``xrad.cli.<verb>`` exposing ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules are imported only when their verb is used, so ``xrad --help`` is instant
 and never imports torch. A user error (:class:`xrad.errors.XradError`) is printed as one line and exits
-with status 2; Ctrl-C exits with 130 after the verb had a chance to leave its outputs consistent.
+with status 2, as is an operating-system error on a path (not writable, a folder where a file is expected);
+Ctrl-C exits with 130 after the verb had a chance to leave its outputs consistent. Any other exception
+is printed as one line with its type and exits with 1; ``XRAD_TRACEBACK=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +21,9 @@ from xrad.errors import XradError
 
 # verb -> one-line help. The module xrad.cli.<verb with - replaced by _> implements it.
 # Add a verb by adding its line here and writing xrad/cli/<verb>.py.
+# Set to any value to let unexpected errors propagate with their traceback (for bug reports and debugging).
+TRACEBACK_ENV = "XRAD_TRACEBACK"
+
 VERBS: dict[str, str] = {
     "run": "the main job: phantoms → index → split → preprocess → train → score, resumable",
     "synth": "generate phantom radiographs in MURA's folder layout (the default data set)",
@@ -70,6 +76,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xrad {args.verb}: interrupted; finished work is kept, run the same command again to resume",
               file=sys.stderr)
         return 130
+    except OSError as exc:  # a path the user gave: not writable, a file where a folder is needed, ...
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"xrad {args.verb}: error: {where}{exc.strerror or exc}; check the path (or choose another -o)",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback on request
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        message = " ".join(str(exc).split()) or "(no message)"
+        if len(message) > 300:
+            message = message[:300] + " …"
+        print(f"xrad {args.verb}: error: {type(exc).__name__}: {message}\n"
+              f"(unexpected: set {TRACEBACK_ENV}=1 to see the traceback, and report it if the input was valid)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xrad.cli.options import int_at_least
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``xrad report``."""
@@ -13,16 +15,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-o", "--output", type=Path, default=None, help="HTML file (default: FOLDER/report.html)"
     )
     parser.add_argument(
-        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the run evaluation"
+        "--n-bootstrap", type=int_at_least(0), default=1000, help="bootstrap resamples for the run evaluation"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the t-SNE")
-    parser.add_argument("--max-tsne-points", type=int, default=2000, help="subsample size for t-SNE")
+    parser.add_argument("--max-tsne-points", type=int_at_least(10), default=2000, help="subsample size for t-SNE")
 
 
 def run(args: argparse.Namespace) -> int:
     """Render the report and print where it is."""
     from xrad.evaluation.report import render_report
+    from xrad.utils.atomic import check_writable
 
+    if args.output is not None:
+        check_writable(args.output)  # before minutes of bootstrap and t-SNE
     path = render_report(
         args.folder,
         args.output,

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xrad.cli.options import int_at_least
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 
 
@@ -22,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artefact", type=Path, help="artefact folder written by training (model.safetensors + artefact.json)")
     parser.add_argument("input", type=Path, help="an image, a folder of images/DICOM files, a MURA tree or a manifest CSV")
     parser.add_argument("-o", "--output", type=Path, required=True, help="scores CSV to write")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=2, help="processes decoding images")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per forward pass")
+    parser.add_argument("--workers", type=int_at_least(1), default=2, help="processes decoding images")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unreadable image (default: record its reason in the `error` column)")
     parser.add_argument("--aggregation", default=None,
@@ -66,9 +68,14 @@ def collect_inputs(source: Path):  # -> pd.DataFrame
 def run(args: argparse.Namespace) -> int:
     """Score INPUT and write the scores table."""
     from xrad.calibration import flag, level_tables
+    from xrad.evaluation.aggregate import parse_aggregation
     from xrad.scoring import load_scorer, score_frame
-    from xrad.utils.atomic import write_csv
+    from xrad.utils.atomic import check_writable, write_csv
 
+    # Everything that can be refused is refused before scoring starts.
+    if args.aggregation is not None:
+        parse_aggregation(args.aggregation)
+    check_writable(args.output)
     frame = collect_inputs(args.input)
     scorer = load_scorer(args.artefact)
     scored = score_frame(scorer, frame, batch_size=args.batch_size, workers=args.workers,
@@ -84,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
     failed = int((scored.get("error", "") != "").sum()) if "error" in scored else 0
     print(f"scored {len(scored) - failed} image(s) → {args.output}"
           + (f"; {failed} unreadable (see the `error` column)" if failed else ""))
+    if failed and failed == len(scored):
+        from xrad.errors import DataError
+
+        raise DataError(f"{args.input}: none of the {failed} image(s) could be read; the reasons are in the "
+                        f"`error` column of {args.output}")
     aggregation = args.aggregation or ((point or {}).get("study") or {}).get("aggregation") or "mean"
     for level, table in level_tables(scored, point, aggregation).items():
         plural = {"study": "studies", "patient": "patients"}[level]

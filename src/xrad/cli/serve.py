@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from xrad.cli.options import float_at_least, int_in
+
 _LOCAL = ("127.0.0.1", "localhost", "::1")
 
 
@@ -17,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``xrad serve``."""
     parser.add_argument("artefact", type=Path, help="artefact folder written by training (calibrated or not)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port")
-    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MiB")
+    parser.add_argument("--port", type=int_in(1, 65535), default=8000, help="TCP port")
+    parser.add_argument("--max-upload-mb", type=float_at_least(0.0, strict=True), default=20.0, help="largest accepted upload in MiB")
     parser.add_argument("--allow-truncated", action="store_true",
                         help="score truncated files from what decodes (default: refuse them with 422)")
     parser.add_argument("--device", default="cpu", help="torch device for scoring")
@@ -32,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from xrad.service.app import app_from_artefact
 
+    _check_device_and_port(args.device, args.host, args.port)
     app = app_from_artefact(args.artefact, device=args.device, allow_truncated=args.allow_truncated,
                             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     if args.host not in _LOCAL:
@@ -42,3 +45,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"serving {args.artefact} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def _check_device_and_port(device: str, host: str, port: int) -> None:
+    """Refuse a malformed --device or a port already in use with one line, before the artefact loads."""
+    import socket
+
+    import torch
+
+    from xrad.errors import ConfigError
+
+    try:
+        torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {device!r}: {str(exc).splitlines()[0]}; e.g. cpu or cuda:0") from None
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"{host}:{port}: cannot listen there ({exc.strerror}); choose another --port "
+                              "(or --host)") from None
+

@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+from xrad.cli.options import int_at_least
+
 STAGE_CHOICES = ("all", "pretrain", "finetune")
 
 
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trainer.add_argument("--devices", help="number of devices, a list like 0,1, or auto")
     trainer.add_argument("--strategy", help="auto, ddp, ddp_spawn, fsdp ...")
     trainer.add_argument("--precision", help="32-true, 16-mixed, bf16-mixed ...")
-    trainer.add_argument("--num-nodes", type=int, help="number of nodes (multi-node DDP)")
+    trainer.add_argument("--num-nodes", type=int_at_least(1), help="number of nodes (multi-node DDP)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

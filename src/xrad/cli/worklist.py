@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xrad.cli.options import finite_float, int_at_least
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``xrad worklist``."""
     parser.add_argument("scores", type=Path, help="image-level scores CSV (from `xrad score` or a run)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for index.html, worklist.csv, thumbs/")
     parser.add_argument("--artefact", type=Path, help="artefact whose stored operating point flags studies")
-    parser.add_argument("--threshold", type=float, help="study threshold to flag at (overrides --artefact)")
+    parser.add_argument("--threshold", type=finite_float, help="study threshold to flag at (overrides --artefact)")
     parser.add_argument("--aggregation", default="max", help="study score: mean, max or topK (as in evaluation)")
-    parser.add_argument("--top", type=int, default=200, help="studies shown with thumbnails and heatmaps")
-    parser.add_argument("--thumb-size", type=int, default=160, help="thumbnail major axis in pixels")
+    parser.add_argument("--top", type=int_at_least(0), default=200, help="studies shown with thumbnails and heatmaps")
+    parser.add_argument("--thumb-size", type=int_at_least(16), default=160, help="thumbnail major axis in pixels")
     parser.add_argument("--title", default="xrad worklist", help="page title")
 
 

@@ -12,8 +12,8 @@ Upload handling (why each step):
   filename or the client's Content-Type (415 for anything but PNG, JPEG, TIFF, DICOM).
 - Decoding uses the same I/O layer as everything else (:func:`xrad.data.io.decode_radiograph`); its
   one-line :class:`~xrad.errors.ImageReadError` reason is returned with 422. A truncated file is refused
-  too (422): the batch policy decodes what is there and flags it, but a single upload scored from a
-  partial image would give a misleading answer. ``allow_truncated=True`` accepts it (flagged in the reply).
+  too (422), as ``xrad score`` refuses it on raw files (an ``error`` row): a score computed from a partial
+  image would be a misleading answer (``xrad preprocess`` keeps such files, flagged ``truncated=1``). ``allow_truncated=True`` accepts it (flagged in the reply).
 - The client's filename is never used (it may carry a patient name) and DICOM tags are never logged or
   echoed: the reply holds the score, the flag, the operating point, image size/format and the heatmap.
 """

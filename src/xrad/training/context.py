@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from xrad.config import Config
 from xrad.data.datasets import ImageBank
+from xrad.errors import DataError
 
 
 def env_global_rank() -> int:
@@ -95,6 +97,11 @@ class RunContext:
         trainer = L.Trainer(callbacks=[*extra_callbacks, checkpoint], logger=loggers, **kwargs)
         last = ckpt_dir / "last.ckpt"
         ckpt_path = str(last) if last.exists() else None
+        # torch checkpoints are zip archives whose index sits at the end: a file cut short by a crash or a
+        # full disk fails this test at once, instead of deep inside Lightning with a zip-reader traceback.
+        if ckpt_path is not None and not zipfile.is_zipfile(last):
+            raise DataError(f"{last}: the {stage} stage's resume checkpoint is damaged (cut short?); delete "
+                            f"{ckpt_dir} to restart the {stage} stage from its first epoch")
         module.train()  # Lightning keeps the mode modules arrive in; a transferred encoder may be in eval mode
         try:
             trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)

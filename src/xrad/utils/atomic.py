@@ -14,19 +14,43 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from xrad.errors import OutputError
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail now, with :class:`OutputError`, if ``path`` cannot become a file — before hours of work produce it.
+
+    Creates the missing parent folders (as the atomic writers below would) and checks they are writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(path, IsADirectoryError(21, "it is a folder"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(path, exc) from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutputError(path, PermissionError(13, "its folder is not writable"))
+    return path
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; on success move it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = check_writable(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the output the user chose, not our temporary sibling
+        raise OutputError(path, exc) from None
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(path, exc) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

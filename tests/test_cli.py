@@ -1,0 +1,143 @@
+"""Command-line behaviour shared by every verb: bad values refused at parse time, unwritable outputs and
+unexpected errors reported as one line (never a traceback), nothing scored → a failing exit status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_tiny_artefact
+from PIL import Image
+
+from xrad.cli.main import TRACEBACK_ENV, main
+
+BAD_VALUES = [
+    (["score", "a", "b", "-o", "c.csv", "--batch-size", "0"], "--batch-size", "must be ≥ 1"),
+    (["score", "a", "b", "-o", "c.csv", "--workers", "-1"], "--workers", "must be ≥ 1"),
+    (["serve", "a", "--port", "70000"], "--port", "must be in 1..65535"),
+    (["serve", "a", "--max-upload-mb", "-1"], "--max-upload-mb", "must be > 0"),
+    (["calibrate", "a", "m.csv", "--specificity", "0.9", "--confidence", "2"], "--confidence", "between 0 and 1"),
+    (["calibrate", "a", "m.csv", "--specificity", "1.5"], "--specificity", "between 0 and 1"),
+    (["evaluate", "s.csv", "--specificities", "0.9,5"], "--specificities", "between 0 and 1"),
+    (["evaluate", "s.csv", "--threshold", "nan"], "--threshold", "finite"),
+    (["evaluate", "s.csv", "--n-bootstrap", "-5"], "--n-bootstrap", "must be ≥ 0"),
+    (["preprocess", "m.csv", "-o", "c", "--limit", "0"], "--limit", "must be ≥ 1"),
+    (["preprocess", "m.csv", "-o", "c", "--visualize", "-1"], "--visualize", "must be ≥ 0"),
+    (["report", "f", "--max-tsne-points", "2"], "--max-tsne-points", "must be ≥ 10"),
+    (["export", "a", "--onnx", "x.onnx", "--opset", "0"], "--opset", "must be in 7..20"),
+    (["export", "a", "--onnx", "x.onnx", "--tolerance", "-1"], "--tolerance", "must be ≥ 0"),
+    (["worklist", "s.csv", "-o", "w", "--thumb-size", "0"], "--thumb-size", "must be ≥ 16"),
+    (["train", "--config", "tiny", "--num-nodes", "0"], "--num-nodes", "must be ≥ 1"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option", "reason"), BAD_VALUES, ids=[" ".join(a[:1] + a[-2:]) for a, _, _ in BAD_VALUES])
+def test_bad_numbers_are_refused_when_parsed(argv: list[str], option: str, reason: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and reason in err and "Traceback" not in err
+
+
+def _scores_csv(path: Path) -> Path:
+    pd.DataFrame({"score": [0.1, 0.9, 0.2, 0.8], "label": [0, 1, 0, 1]}).to_csv(path, index=False)
+    return path
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scores = _scores_csv(tmp_path / "scores.csv")
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    (tmp_path / "a_folder").mkdir()
+    for output, reason in ((blocker / "out.json", "cannot write"), (tmp_path / "a_folder", "it is a folder")):
+        assert main(["evaluate", str(scores), "-o", str(output), "--n-bootstrap", "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("xrad evaluate: error: ") and str(output) in err and reason in err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "afile", "scores.csv"]  # no temporary left
+
+
+def test_unexpected_errors_are_one_line_unless_the_traceback_is_asked_for(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import xrad.cli.evaluate
+
+    def broken(args: object) -> int:
+        raise ValueError("something\nwent wrong")
+
+    monkeypatch.setattr(xrad.cli.evaluate, "run", broken)
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    assert main(["evaluate", str(tmp_path / "s.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "xrad evaluate: error: ValueError: something went wrong" in err and TRACEBACK_ENV in err
+    assert "Traceback" not in err
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    with pytest.raises(ValueError, match="went wrong"):
+        main(["evaluate", str(tmp_path / "s.csv")])
+
+
+def test_score_refuses_truncated_files_and_fails_when_nothing_is_readable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xrad.preprocess import PreprocessParams
+
+    artefact = make_tiny_artefact(tmp_path / "artefact", preprocessing=PreprocessParams().to_dict())
+    rng = np.random.default_rng(0)
+    image = np.zeros((96, 80), np.uint8)
+    image[10:86, 10:70] = rng.integers(60, 200, size=(76, 60), dtype=np.uint8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(image).save(folder / "whole.png")
+    data = (folder / "whole.png").read_bytes()
+    (folder / "cut.png").write_bytes(data[: len(data) // 2])
+
+    assert main(["score", str(artefact), str(folder), "-o", str(tmp_path / "s.csv"), "--workers", "1"]) == 0
+    scores = pd.read_csv(tmp_path / "s.csv", keep_default_na=False).set_index(Path(p).name for p in
+                                                                                pd.read_csv(tmp_path / "s.csv")["path"])
+    assert "truncated PNG" in scores.loc["cut.png", "error"] and scores.loc["cut.png", "score"] == ""
+    assert scores.loc["whole.png", "error"] == "" and np.isfinite(float(scores.loc["whole.png", "score"]))
+    capsys.readouterr()
+
+    (folder / "whole.png").unlink()
+    assert main(["score", str(artefact), str(folder), "-o", str(tmp_path / "t.csv"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 1 image(s) could be read" in err and (tmp_path / "t.csv").is_file()
+
+
+def test_score_refuses_a_bad_aggregation_before_scoring(tmp_path: Path, tiny_artefact: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["score", str(tiny_artefact), str(tmp_path / "missing"), "-o", str(tmp_path / "s.csv"),
+                 "--aggregation", "median"]) == 2
+    assert "unknown aggregation 'median'" in capsys.readouterr().err  # not "not found": checked first
+
+
+def test_preprocess_fails_when_no_image_could_be_processed(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    paths = []
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"\x89PNG not really" + bytes(range(40)))
+        paths.append(str(tmp_path / name))
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"path": paths, "patient_id": ["p1", "p2"], "study_id": ["s1", "s2"], "body_part": "HAND",
+                  "view": "", "label": 0, "source": "csv"}).to_csv(manifest, index=False)
+    assert main(["preprocess", str(manifest), "-o", str(tmp_path / "cache"), "--workers", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "0 in the cache" in captured.out and "2 failed" in captured.out
+    assert "none of the 2 image(s) could be preprocessed" in captured.err
+    assert len(pd.read_csv(tmp_path / "cache" / "failures.csv")) == 2
+
+
+def test_serve_refuses_a_bad_device_or_a_busy_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    assert main(["serve", str(tmp_path / "artefact"), "--device", "bogus"]) == 2
+    assert "--device 'bogus'" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(tmp_path / "artefact"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}: cannot listen there" in err and len(err.strip().splitlines()) == 1
