@@ -1,8 +1,10 @@
-"""Benchmark grid: config parsing, resumability (finished cells skipped), tables, Welch tests."""
+"""Benchmark grid: config parsing, resumability (finished cells skipped, edited settings refused), tables,
+Welch tests."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -172,6 +174,147 @@ def test_per_method_overrides_and_only(tmp_path, toy_manifest, fake_run_training
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="listed twice"):
         load_benchmark_config(tmp_path / "bench.yaml")
+
+
+def _rewrite(path: Path, **changes) -> None:
+    """Edit a benchmark YAML in place, as a user would between two runs."""
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **changes}))
+
+
+def test_changed_settings_after_a_finished_grid_are_refused(bench_config, fake_run_training, capsys,
+                                                             tmp_path):
+    """Benchmark overrides, a method's own overrides and data.manifest are part of what a cell was trained
+    from: once the grid is done, changing any of them is refused, naming the cell (or split) and the key."""
+    from xrad.cli.main import main
+
+    original = yaml.safe_load(bench_config.read_text())
+    run_benchmark(load_benchmark_config(bench_config), train=fake_run_training)
+    out = load_benchmark_config(bench_config).output
+    table = (out / "table1.md").read_text()
+    calls = []
+    train = lambda *a, **k: calls.append(a) or fake_run_training(*a, **k)  # noqa: E731
+    first = "good__r0.05__split0__seed0"  # the first cell of the grid that is checked
+
+    _rewrite(bench_config, overrides={"finetune.epochs": 1})
+    refusal = rf"cells/{first}: .*finetune\.epochs changed.*delete this cell folder"
+    with pytest.raises(ConfigError, match=refusal):
+        run_benchmark(load_benchmark_config(bench_config), train=train)
+    # The command line says so in one line and fails, instead of "done, skipped" and a stale Table 1.
+    assert main(["benchmark", str(bench_config)]) == 2
+    captured = capsys.readouterr()
+    assert "done, skipped" not in captured.out
+    assert f"{first}: this cell was trained with other settings" in captured.err
+
+    methods = [{"good.yaml": {"fake_shift": 3}}, "weak.yaml"]  # a change of one method's own overrides
+    _rewrite(bench_config, overrides=original["overrides"], methods=methods)
+    with pytest.raises(ConfigError, match=rf"{first}: .*fake_shift changed"):
+        run_benchmark(load_benchmark_config(bench_config), train=train)
+
+    (tmp_path / "other.csv").write_text("not,a\nmanifest,at all\n")
+    _rewrite(bench_config, methods=original["methods"], data={**original["data"], "manifest": "other.csv"})
+    with pytest.raises(ConfigError, match=r"split0__r0\.05\.csv: .*data\.manifest .*other\.csv"):
+        run_benchmark(load_benchmark_config(bench_config), train=train)
+    assert calls == [] and (out / "table1.md").read_text() == table  # nothing trained, nothing rewritten
+
+
+def test_changed_split_option_with_an_existing_split_is_refused(bench_config, fake_run_training):
+    """A cell crashed after its split was made: resuming with other split options (valid or not) must not
+    reuse that split; resuming with another override must not resume that cell."""
+
+    def crash(config, manifest, run_dir, **kwargs):
+        raise RuntimeError("killed")
+
+    config = load_benchmark_config(bench_config)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_benchmark(config, train=crash, only=["good"], only_split_seeds=[0])
+    assert (config.output / "splits" / "split0__r0.05.csv").is_file()
+    data = yaml.safe_load(bench_config.read_text())["data"]
+    for value in (0.1, 0.99):  # 0.99 is out of range: a fresh output folder refuses it too
+        _rewrite(bench_config, data={**data, "known_normal": value})
+        with pytest.raises(ConfigError, match=r"split0__r0\.05\.csv|known_normal=0\.99") as error:
+            run_benchmark(load_benchmark_config(bench_config), train=fake_run_training)
+        assert "data.known_normal changed" in str(error.value) or value == 0.99
+    _rewrite(bench_config, data=data, overrides={"finetune.epochs": 3})
+    with pytest.raises(ConfigError, match=r"good__r0\.05__split0__seed0: .*finetune\.epochs changed"):
+        run_benchmark(load_benchmark_config(bench_config), train=fake_run_training)
+    assert not (config.output / "cells" / "good__r0.05__split0__seed0" / "summary.json").exists()
+
+
+def test_unchanged_rerun_and_execution_settings_reuse_finished_cells(bench_config, fake_run_training,
+                                                                    monkeypatch, capsys):
+    """Re-running the same YAML, or one that only changes how cells run (trainer/devices, here and in the
+    method configs, --only, --split-seeds), skips every finished cell with identical results."""
+    import xrad.training.run  # noqa: F401 - loaded before xrad.training is replaced by the stand-in below
+    from xrad.cli.main import main
+
+    calls = []
+    fake = types.ModuleType("xrad.training")
+    fake.run_training = lambda *a, **k: calls.append(1) or fake_run_training(*a, **k)
+    monkeypatch.setitem(sys.modules, "xrad.training", fake)
+    assert main(["benchmark", str(bench_config)]) == 0 and len(calls) == 8
+    out = load_benchmark_config(bench_config).output
+    results, table = (out / "results.csv").read_bytes(), (out / "table1.md").read_text()
+    capsys.readouterr()
+    # What each split and cell was made from is recorded (and is what later runs compare with).
+    split = json.loads((out / "split_records" / "split1__r0.05.json").read_text())
+    assert split["split"]["known_normal"] == 0.05 and split["split"]["seed"] == 1 and split["manifest_sha256"]
+    inputs = json.loads((out / "cells" / "weak__r0.05__split1__seed0" / "benchmark_inputs.json").read_text())
+    assert inputs["config"]["finetune"] == {"epochs": 2} and inputs["split"] == split
+
+    devices = {"trainer": {"devices": 2, "accelerator": "cpu"},  # the benchmark's and, through an override,
+               "overrides": {"finetune.epochs": 2, "trainer.devices": 2}}  # the method configs' trainer
+    selection = ["--only", "weak", "--split-seeds", "1", "--progress"]
+    for extra, changes in [([], {}), (selection, {}), ([], devices)]:
+        if changes:
+            _rewrite(bench_config, **changes)
+        assert main(["benchmark", str(bench_config), *extra]) == 0
+        assert capsys.readouterr().out.count("done, skipped") == 8 and len(calls) == 8
+        assert (out / "results.csv").read_bytes() == results and (out / "table1.md").read_text() == table
+
+
+def test_shared_stage_one_and_older_outputs_pass_the_checks(tmp_path, toy_manifest, fake_run_training):
+    """A cell's record leaves out which identical stage 1 it loaded (that depends on the order cells ran in),
+    and outputs from before records existed are adopted, then tied like new ones."""
+    config = {"methods": ["self_taught_cpu", "knn_cpu"], "training_seeds": [0, 1], "split_seeds": [0],
+              "abnormal_ratios": [0.05], "data": {"manifest": toy_manifest.name}, "output": "bench"}
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
+    encoder_from = {}
+
+    def train(cfg, manifest, run_dir, **kwargs):
+        encoder_from[Path(run_dir).name] = cfg.get("pretrain", {}).get("encoder_from")
+        (Path(run_dir) / "pretrain").mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "pretrain" / "encoder.safetensors").write_bytes(b"x")
+        return fake_run_training(cfg, manifest, run_dir, **kwargs)
+
+    bench = load_benchmark_config(tmp_path / "bench.yaml")
+    cells = bench.output / "cells"
+    run_benchmark(bench, train=train, only=["knn_cpu"])  # kNN first: no stage 1 to share yet, trains its own
+    run_benchmark(bench, train=train)
+    shutil.rmtree(cells / "knn_cpu__r0.05__split0__seed1")
+    run_benchmark(bench, train=train)  # this time kNN loads the self-taught cell's stage 1
+    assert encoder_from["knn_cpu__r0.05__split0__seed0"] is None
+    source = cells / "self_taught_cpu__r0.05__split0__seed1"
+    assert encoder_from["knn_cpu__r0.05__split0__seed1"] == str(source)
+    knn = cells / "knn_cpu__r0.05__split0__seed1"
+    assert "encoder_from" not in json.loads((knn / "benchmark_inputs.json").read_text())["config"]["pretrain"]
+    encoder_from.clear()
+    run_benchmark(bench, train=train)  # either way, the cells stay valid
+    shutil.rmtree(cells / "self_taught_cpu__r0.05__split0__seed1" / "pretrain")
+    run_benchmark(bench, train=train)  # also once the shared stage 1 can no longer be loaded
+    assert encoder_from == {}
+
+    # An output folder from before records existed: adopted as made from the present settings ...
+    shutil.rmtree(bench.output / "split_records")
+    for record in bench.output.glob("cells/*/benchmark_inputs.json"):
+        record.unlink()
+    run_benchmark(bench, train=train)
+    assert encoder_from == {} and (bench.output / "split_records" / "split0__r0.05.json").is_file()
+    assert (knn / "benchmark_inputs.json").is_file()
+    # ... and from then on tied to them.
+    _rewrite(tmp_path / "bench.yaml", overrides={"pretrain.epochs": 3})
+    refusal = r"self_taught_cpu__r0\.05__split0__seed0: .*pretrain\.epochs changed"
+    with pytest.raises(ConfigError, match=refusal):
+        run_benchmark(load_benchmark_config(tmp_path / "bench.yaml"), train=train)
 
 
 def test_config_errors(tmp_path, toy_manifest):

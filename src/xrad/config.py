@@ -402,6 +402,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def comparable_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping minus what may change between resumed invocations of one run (the ``trainer``
+    section: devices, strategy, logging) — what decides whether a run folder holds "the same" run."""
+    return {k: v for k, v in data.items() if k != "trainer"}
+
+
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML text (section order as in the dataclass)."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

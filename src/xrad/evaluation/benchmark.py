@@ -23,8 +23,18 @@ autoencoders, ``ae`` sections) train it once per split: later cells load the fir
 through ``pretrain.encoder_from`` (recorded as ``pretrain_from`` in ``benchmark_cell.json``), so e.g. the kNN
 ablation scores the very encoder the self-taught detector was fine-tuned from, as in the paper. Each cell is a run folder ``output/cells/<method>__r<ratio>__split<s>__seed<t>``
 written by :func:`xrad.training.run_training`; a cell whose ``summary.json`` exists is skipped, so
-re-running the command resumes the grid. Outputs: ``results.csv`` (one row per cell and split),
-``table1.csv``/``table1.md`` (the paper's Table 1 layout) and ``pairwise.csv`` (Welch t-tests).
+re-running the command resumes the grid.
+
+Results are tied to the settings that produced them, so an edited YAML cannot silently reuse them:
+``split_records/split<s>__r<ratio>.json`` records the settings and the source manifest's SHA-256 that made
+``splits/split<s>__r<ratio>.csv``, and each cell folder holds ``benchmark_inputs.json`` (its method
+config after every override, and its split's record), written before it trains. Before anything is trained,
+a split or a finished or partly-trained cell whose record differs from what the YAML asks for now is refused
+with :class:`~xrad.errors.ConfigError` naming it and the changed keys (:mod:`xrad.evaluation.benchmark_records`). Execution-only settings (``trainer``
+sections, ``--progress``, ``--only``, ``--split-seeds``) are not compared.
+
+Outputs: ``results.csv`` (one row per cell and split), ``table1.csv``/``table1.md`` (the paper's Table 1
+layout) and ``pairwise.csv`` (Welch t-tests).
 """
 
 from __future__ import annotations
@@ -44,6 +54,16 @@ import pandas as pd
 
 from xrad.errors import ConfigError, DataError
 from xrad.evaluation import metrics
+from xrad.evaluation.benchmark_records import (
+    CELL_INPUTS,
+    cell_record,
+    check_cell,
+    check_split,
+    split_path,
+    split_record,
+    split_record_path,
+    split_settings,
+)
 from xrad.evaluation.tables import pairwise_tests, table1, table1_markdown
 from xrad.utils.atomic import write_csv, write_json, write_text
 
@@ -247,26 +267,19 @@ def pretrain_key(method_cfg: dict[str, Any], manifest: Path) -> tuple[str, str] 
     return family[1], json.dumps(sections, sort_keys=True, default=str)
 
 
-def split_path(config: BenchmarkConfig, split_seed: int, ratio: float) -> Path:
-    """Where the split manifest of (split seed, ratio) lives."""
-    return config.output / "splits" / f"split{split_seed}__r{ratio:g}.csv"
-
-
 def prepare_split(config: BenchmarkConfig, split_seed: int, ratio: float) -> Path:
-    """Make (once) the split manifest shared by every method and training seed of that split."""
+    """Make (once) the split manifest shared by every method and training seed of that split, with its
+    record; an existing one is checked against the YAML's settings (see :func:`check_split`)."""
     from xrad.data.manifest import read_manifest, write_manifest
-    from xrad.data.splits import SplitConfig, check_leakage, make_split
+    from xrad.data.splits import check_leakage, make_split
 
     path = split_path(config, split_seed, ratio)
+    check_split(config, split_seed, ratio)
     if path.is_file():
         return path
-    frame = read_manifest(config.manifest)
-    split = make_split(
-        frame,
-        SplitConfig(
-            seed=split_seed, abnormal_ratio=ratio, body_parts=config.body_parts, **config.split_options
-        ),
-    )
+    # The record goes first: a split CSV without a record can then only be one made before records existed.
+    write_json(split_record_path(config, split_seed, ratio), split_record(config, split_seed, ratio))
+    split = make_split(read_manifest(config.manifest), split_settings(config, split_seed, ratio))
     check_leakage(split)
     write_manifest(split, path)
     return path
@@ -355,6 +368,22 @@ def run_benchmark(
             f"{config.manifest}: benchmark manifest not found; make it with `xrad index` "
             f"(and `xrad preprocess`)"
         )
+    cells = iter_cells(config)
+    unknown = sorted(set(only or ()) - set(config.methods))
+    if unknown:
+        raise ConfigError(f"--only {', '.join(unknown)}: not a method of this benchmark "
+                          f"(its methods: {', '.join(config.methods)})")
+    unknown_seeds = sorted(set(only_split_seeds or ()) - set(config.split_seeds))
+    if unknown_seeds:
+        raise ConfigError(f"--split-seeds {unknown_seeds}: not split seeds of this benchmark "
+                          f"(its split seeds: {config.split_seeds})")
+    # Every recorded output is checked before anything is trained or written, so an edited YAML is refused
+    # at once (not after hours of training the cells it did not touch) and benchmark.json stays as it was.
+    cell_configs = {cell: method_config(config, cell) for cell in cells}
+    for split_seed, ratio in itertools.product(config.split_seeds, config.abnormal_ratios):
+        check_split(config, split_seed, ratio)
+    for cell in cells:
+        check_cell(config.output / "cells" / cell.name, cell_record(config, cell, cell_configs[cell]))
     config.output.mkdir(parents=True, exist_ok=True)
     write_json(
         config.output / "benchmark.json",
@@ -371,21 +400,12 @@ def run_benchmark(
             "trainer": config.trainer,
         },
     )
-    cells = iter_cells(config)
-    unknown = sorted(set(only or ()) - set(config.methods))
-    if unknown:
-        raise ConfigError(f"--only {', '.join(unknown)}: not a method of this benchmark "
-                          f"(its methods: {', '.join(config.methods)})")
-    unknown_seeds = sorted(set(only_split_seeds or ()) - set(config.split_seeds))
-    if unknown_seeds:
-        raise ConfigError(f"--split-seeds {unknown_seeds}: not split seeds of this benchmark "
-                          f"(its split seeds: {config.split_seeds})")
     stage1: dict[str, Path] = {}  # pretrain key -> the first cell folder that trains that stage 1
     for index, cell in enumerate(cells, 1):
         cell_dir = config.output / "cells" / cell.name
         prefix = f"[{index}/{len(cells)}] {cell.name}"
         manifest = split_path(config, cell.split_seed, cell.abnormal_ratio)  # made below, only if trained
-        cell_cfg = method_config(config, cell)
+        cell_cfg = cell_configs[cell]
         shared = pretrain_key(cell_cfg, manifest)
         source = stage1.setdefault(shared[1], cell_dir) if shared else None
         if source is not None and source != cell_dir and (source / "pretrain" / shared[0]).is_file():
@@ -399,6 +419,8 @@ def run_benchmark(
             continue
         log(f"{prefix}: training" + (f" (stage 1 from {source.name})" if source else ""))
         prepare_split(config, cell.split_seed, cell.abnormal_ratio)
+        if not (cell_dir / CELL_INPUTS).is_file():  # before training: a crashed attempt is tied to it too
+            write_json(cell_dir / CELL_INPUTS, cell_record(config, cell, cell_configs[cell]))
         start = time.perf_counter()
         train(
             cell_cfg,

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from xrad.artefact import package_versions, save_artefact
-from xrad.config import Config, config_to_dict, dump_config, load_config
+from xrad.config import Config, comparable_config, config_to_dict, dump_config, load_config
 from xrad.data.datasets import ImageBank, load_image_bank
 from xrad.data.manifest import CORE_COLUMNS, read_manifest
 from xrad.errors import ConfigError, DataError
@@ -61,11 +61,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _comparable(data: dict[str, Any]) -> dict[str, Any]:
-    """The config minus what may change between resumed invocations (devices, progress/logging)."""
-    return {k: v for k, v in data.items() if k not in ("trainer",)}
-
-
 def _check_same_config(run_dir: Path, cfg: Config) -> None:
     import yaml
 
@@ -73,7 +68,7 @@ def _check_same_config(run_dir: Path, cfg: Config) -> None:
     if not path.is_file():
         return
     old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if _comparable(old) != _comparable(yaml.safe_load(dump_config(cfg))):
+    if comparable_config(old) != comparable_config(yaml.safe_load(dump_config(cfg))):
         raise ConfigError(f"{path}: this run folder holds a run with a different config; choose a new -o folder "
                           "(or delete the old run to start over)")
 
