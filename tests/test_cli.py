@@ -141,3 +141,9 @@ def test_serve_refuses_a_bad_device_or_a_busy_port(tmp_path: Path, capsys: pytes
         assert main(["serve", str(tmp_path / "artefact"), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}: cannot listen there" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_folder_given_as_manifest_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["split", str(tmp_path), "-o", str(tmp_path / "split.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: is a folder, not a manifest CSV" in err and "xrad index" in err

@@ -193,3 +193,11 @@ def test_cli_split_writes_manifest_summary_and_prints(
     printed = capsys.readouterr().out
     assert "leakage check passed" in printed and "known_abnormal" in printed
     assert split_summary(make_split(frame, SplitConfig(seed=9)))["split"].iloc[0] == "train"
+
+
+def test_a_split_with_an_empty_train_part_is_refused(toy_manifest: Path) -> None:
+    frame = read_manifest(toy_manifest)
+    with pytest.raises(DataError, match="leaves train empty"):
+        make_split(frame, SplitConfig(train_fraction=0.0), where="toy")
+    with pytest.raises(DataError, match="leaves train empty"):  # 1 patient × 2 parts: too few for a train unit
+        make_split(frame[frame["patient_id"] == "p1"], SplitConfig(train_fraction=0.3), where="toy")

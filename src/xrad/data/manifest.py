@@ -74,6 +74,8 @@ def validate(frame: pd.DataFrame, require: tuple[str, ...] = CORE_COLUMNS, where
 def read_manifest(path: str | Path, require: tuple[str, ...] = CORE_COLUMNS) -> pd.DataFrame:
     """Read and validate a manifest CSV written by xrad (or by hand with the same columns)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a manifest CSV; index it with `xrad index {path} -o manifest.csv`")
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; create one with `xrad index SOURCE -o {path}`")
     try:

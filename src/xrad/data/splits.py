@@ -192,6 +192,11 @@ def make_split(
     else:
         assign = _assign_patients(units, n_norm, n_abn, rng)
     units["split"] = units.index.map(assign)
+    if not (units["split"] == "train").any():  # a detector cannot be trained on it: say so now, not at training
+        raise DataError(
+            f"{where}: the split leaves train empty ({n_units} unit(s), train fraction "
+            f"{config.train_fraction:g}); raise --train-fraction or split more data"
+        )
 
     # Semi-labels, per unit then inherited by its images; valid/test stay 0.
     train_normal = np.array(
