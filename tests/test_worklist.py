@@ -117,3 +117,24 @@ def test_fracatlas_worklist_renders_in_chromium(fracatlas_dir, tiny_artefact, tm
     assert dom.count('class="flagged"') == 8 and dom.count('alt="heatmap"') == 8
     assert "8 studies (8 images)" in dom
     assert shot.is_file() and np.asarray(Image.open(shot).convert("L")).std() > 10
+
+
+def test_unreadable_images_stay_on_the_worklist(tmp_path) -> None:
+    """A study whose images failed to score is listed (unranked), never silently dropped; partial failures
+    are counted in their study."""
+    scores = pd.DataFrame({"path": [str(tmp_path / f"{i}.png") for i in range(5)],
+                           "study_id": ["a", "a", "b", "c", "c"], "body_part": "HAND",
+                           "score": [2.0, np.nan, 1.0, np.nan, np.nan],
+                           "error": ["", "x.png: truncated", "", "c1: bad", "c2: bad"]})
+    studies, _ = worklist_table(scores, aggregation="max", threshold=1.5)
+    table = studies.set_index("study_id")
+    assert table.loc["a", "unreadable"] == 1 and table.loc["a", "rank"] == 1 and bool(table.loc["a", "flagged"])
+    assert table.loc["b", "unreadable"] == 0 and table.loc["b", "rank"] == 2
+    assert table.loc["c", "unreadable"] == 2 and pd.isna(table.loc["c", "rank"]) and np.isnan(table.loc["c", "score"])
+    result = build_worklist(scores, tmp_path / "wl", threshold=1.5)
+    assert (result["n_studies"], result["n_unscored"], result["n_unreadable_images"]) == (2, 1, 3)
+    page = (tmp_path / "wl" / "index.html").read_text()
+    assert 'id="unscored"' in page and "read them yourself: c" in page and "+1 unreadable" in page
+    written = pd.read_csv(tmp_path / "wl" / "worklist.csv")
+    assert sorted(written["study_id"]) == ["a", "b", "c"] and written["unreadable"].sum() == 3
+

@@ -41,13 +41,29 @@ def worklist_table(scores: pd.DataFrame, *, aggregation: str = "max",
             pd.Series([f"image{i}" for i in range(len(images))], index=images.index)
         ids = images["study_id"].astype(str).str.strip() if "study_id" in images else fallback
         images["study_id"] = ids.where(ids != "", fallback)
+    failed = images.iloc[:0]
     if "error" in images.columns:
-        images = images[images["error"].fillna("").astype(str) == ""]
+        unreadable = images["error"].fillna("").astype(str) != ""
+        failed, images = images[unreadable], images[~unreadable]
     images = prepare_scores(images, where="scores")
     studies = aggregate_scores(images, "study", aggregation)
     studies = studies.sort_values("score", ascending=False, kind="mergesort").reset_index(drop=True)
-    studies.insert(0, "rank", np.arange(1, len(studies) + 1))
+    studies.insert(0, "rank", pd.array(np.arange(1, len(studies) + 1), dtype="Int64"))
     studies["flagged"] = (studies["score"] >= threshold) if threshold is not None else pd.NA
+    # An image that could not be read must not silently drop out of a triage list: its study keeps a count,
+    # and a study with no readable image at all is listed (unranked, no score) so a person reads it.
+    counts = failed.groupby("study_id").size()
+    studies["unreadable"] = studies["study_id"].map(counts).fillna(0).astype(int)
+    lost = counts[~counts.index.isin(studies["study_id"])]
+    if len(lost):
+        first = failed.drop_duplicates("study_id").set_index("study_id")
+        extra = pd.DataFrame({"study_id": lost.index, "n_images": 0, "unreadable": lost.to_numpy()})
+        for column in ("body_part", "label"):
+            if column in studies.columns and column in first.columns:
+                extra[column] = first.loc[lost.index, column].to_numpy()
+        extra["rank"] = pd.array([pd.NA] * len(extra), dtype="Int64")
+        extra["flagged"] = pd.NA
+        studies = pd.concat([studies, extra], ignore_index=True)[list(studies.columns)]
     return studies, images
 
 
@@ -134,7 +150,8 @@ def build_worklist(scores: pd.DataFrame, out_dir: str | Path, *, aggregation: st
     header = ["#", "images", "heatmaps", "study", "body part", "score", "flag", "n"] + (["label"] if has_label else [])
     lines = []
     threshold_drawn = threshold is None
-    for i, study in studies.iterrows():
+    unscored = studies[studies["rank"].isna()]
+    for i, study in studies[studies["rank"].notna()].iterrows():
         if not threshold_drawn and study["score"] < threshold:
             lines.append(f'<tr class="threshold"><td colspan="{len(header)}">threshold {threshold:.6g} — '
                          f"studies below are not flagged</td></tr>")
@@ -146,7 +163,8 @@ def build_worklist(scores: pd.DataFrame, out_dir: str | Path, *, aggregation: st
         flag_text = "" if pd.isna(flagged) else ("FLAGGED" if bool(flagged) else "—")
         cells = [str(study["rank"]), thumbs, heats, html.escape(str(study["study_id"])),
                  html.escape(str(study.get("body_part", "") or "")), f"{study['score']:.4g}", flag_text,
-                 str(study["n_images"])]
+                 str(study["n_images"]) + (f' <span class="bad">+{study["unreadable"]} unreadable</span>'
+                                           if study["unreadable"] else "")]
         if has_label:
             cells.append("" if pd.isna(study["label"]) else str(int(study["label"])))
         row_class = "flagged" if flag_text == "FLAGGED" else ""
@@ -155,15 +173,25 @@ def build_worklist(scores: pd.DataFrame, out_dir: str | Path, *, aggregation: st
                                                         cells)) + "</tr>")
     if not threshold_drawn:  # every study is above the threshold
         lines.append(f'<tr class="threshold"><td colspan="{len(header)}">threshold {threshold:.6g}</td></tr>')
-    n_flagged = int(studies["flagged"].sum()) if threshold is not None else 0
-    summary = (f"{len(studies)} studies ({len(images)} images), sorted by {aggregation} score"
+    n_flagged = int(studies["flagged"].fillna(False).astype(bool).sum()) if threshold is not None else 0
+    summary = (f"{len(studies) - len(unscored)} studies ({len(images)} images), sorted by {aggregation} score"
                + (f"; {n_flagged} flagged at {note or f'threshold {threshold:.6g}'}" if threshold is not None
                   else "; no study-level operating point (run `xrad calibrate` or pass --threshold)"))
+    n_unreadable = int(studies["unreadable"].sum())
+    unreadable_html = ""
+    if n_unreadable:
+        summary += f"; {n_unreadable} image(s) could not be read"
+    if len(unscored):
+        ids = ", ".join(html.escape(str(v)) for v in unscored["study_id"])
+        unreadable_html = (f'<p class="bad" id="unscored">{len(unscored)} study(ies) could not be scored — none of '
+                           f"their images could be read; read them yourself: {ids}</p>")
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body style=\"--s:{thumb_size}px\"><h1>{html.escape(title)}</h1>"
-            f'<div class="muted" id="summary">{html.escape(summary)}</div><table id="worklist"><thead><tr>'
+            f'<div class="muted" id="summary">{html.escape(summary)}</div>{unreadable_html}'
+            '<table id="worklist"><thead><tr>'
             + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>" + "\n".join(lines)
             + "</tbody></table></body></html>\n")
     write_text(out_dir / "index.html", page)
-    return {"html": str(out_dir / "index.html"), "csv": str(out_dir / "worklist.csv"), "n_studies": len(studies),
+    return {"html": str(out_dir / "index.html"), "csv": str(out_dir / "worklist.csv"),
+            "n_studies": len(studies) - len(unscored), "n_unscored": len(unscored), "n_unreadable_images": n_unreadable,
             "n_flagged": n_flagged, "threshold": threshold}
