@@ -147,3 +147,11 @@ def test_a_folder_given_as_manifest_is_named_as_such(tmp_path: Path, capsys: pyt
     assert main(["split", str(tmp_path), "-o", str(tmp_path / "split.csv")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path}: is a folder, not a manifest CSV" in err and "xrad index" in err
+
+
+@pytest.mark.parametrize("rule", ["bogus", "specificity:2", "sensitivity:x", "youden:0.5"])
+def test_a_bad_threshold_rule_is_refused_without_validation_rows(rule: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    scores = _scores_csv(tmp_path / "scores.csv")  # no split column: the rule would never be used
+    assert main(["evaluate", str(scores), "--threshold-rule", rule, "--n-bootstrap", "0"]) == 2
+    assert f"unknown threshold rule {rule!r}" in capsys.readouterr().err

@@ -18,8 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artefact", type=Path, help="artefact folder written by training")
     parser.add_argument("manifest", type=Path, help="split manifest, or a scores CSV of this artefact")
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--specificity", type=open_fraction, help="target specificity on validation normals (e.g. 0.95)")
-    target.add_argument("--sensitivity", type=open_fraction, help="target sensitivity on validation anomalies (e.g. 0.9)")
+    target.add_argument("--specificity", type=open_fraction,
+                        help="target specificity on validation normals (e.g. 0.95)")
+    target.add_argument("--sensitivity", type=open_fraction,
+                        help="target sensitivity on validation anomalies (e.g. 0.9)")
     parser.add_argument("--split", default="valid", help="rows whose `split` equals this are used ('' = all rows)")
     parser.add_argument("--aggregation", default="mean", help="study score: mean, max or topK (as in evaluation)")
     parser.add_argument("--confidence", type=open_fraction, default=0.95, help="level of the Clopper-Pearson interval")

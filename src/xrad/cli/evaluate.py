@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=(0.9, 0.95),
         help="report specificity at these sensitivities (comma-separated)",
     )
-    parser.add_argument("--n-bootstrap", type=int_at_least(0), default=1000, help="bootstrap resamples (0: no intervals)")
+    parser.add_argument("--n-bootstrap", type=int_at_least(0), default=1000,
+                        help="bootstrap resamples (0: no intervals)")
     parser.add_argument("--confidence", type=open_fraction, default=0.95, help="interval level")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
@@ -74,7 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate the scores and write JSON + table."""
     from xrad.errors import DataError
-    from xrad.evaluation.evaluate import choose_threshold, evaluate_scores, format_table, read_scores
+    from xrad.evaluation.evaluate import (
+        choose_threshold,
+        evaluate_scores,
+        format_table,
+        parse_threshold_rule,
+        read_scores,
+    )
     from xrad.utils.atomic import write_json, write_text
 
     frame = read_scores(args.scores)
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     threshold_info = None
+    parse_threshold_rule(args.threshold_rule)  # refused even when no validation rows will use it
     if args.threshold is not None:
         threshold_info = {"threshold": args.threshold, "rule": "given", "n_valid": 0}
     else:

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artefact", type=Path, help="artefact folder written by training (calibrated or not)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     parser.add_argument("--port", type=int_in(1, 65535), default=8000, help="TCP port")
-    parser.add_argument("--max-upload-mb", type=float_at_least(0.0, strict=True), default=20.0, help="largest accepted upload in MiB")
+    parser.add_argument("--max-upload-mb", type=float_at_least(0.0, strict=True), default=20.0,
+                        help="largest accepted upload in MiB")
     parser.add_argument("--allow-truncated", action="store_true",
                         help="score truncated files from what decodes (default: refuse them with 422)")
     parser.add_argument("--device", default="cpu", help="torch device for scoring")

@@ -64,6 +64,22 @@ def prepare_scores(frame: pd.DataFrame, where: str = "scores") -> pd.DataFrame:
     return frame
 
 
+def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
+    """Validate a threshold rule (``youden``, ``specificity:0.95``, ``sensitivity:0.9``) → (name, target)."""
+    name, _, value = str(rule).strip().partition(":")
+    if name == "youden" and not value:
+        return name, None
+    if name in ("specificity", "sensitivity") and value:
+        try:
+            target = float(value)
+        except ValueError:
+            target = float("nan")
+        if 0.0 < target < 1.0:
+            return name, target
+    raise ConfigError(f"unknown threshold rule {rule!r}; use youden, specificity:0.95 or sensitivity:0.9 "
+                      "(targets strictly between 0 and 1)")
+
+
 def choose_threshold(frame: pd.DataFrame, rule: str = "youden") -> dict[str, Any]:
     """Pick an operating threshold on a validation table.
 
@@ -73,18 +89,14 @@ def choose_threshold(frame: pd.DataFrame, rule: str = "youden") -> dict[str, Any
     """
     labelled = frame[frame["label"].notna()]
     labels, scores = labelled["label"].to_numpy(int), labelled["score"].to_numpy(float)
-    name, _, value = rule.partition(":")
+    name, target = parse_threshold_rule(rule)
     try:
-        if name == "youden" and not value:
+        if target is None:
             threshold = metrics.youden_threshold(labels, scores)
-        elif name == "specificity" and value:
-            threshold = metrics.threshold_at_specificity(labels, scores, float(value))
-        elif name == "sensitivity" and value:
-            threshold = metrics.threshold_at_sensitivity(labels, scores, float(value))
+        elif name == "specificity":
+            threshold = metrics.threshold_at_specificity(labels, scores, target)
         else:
-            raise ConfigError(
-                f"unknown threshold rule {rule!r}; use youden, specificity:0.95 or sensitivity:0.9"
-            )
+            threshold = metrics.threshold_at_sensitivity(labels, scores, target)
     except ValueError as exc:
         raise DataError(f"validation scores: cannot choose a threshold by {rule} ({exc})") from None
     return {"threshold": float(threshold), "rule": rule, "n_valid": int(len(labelled))}
