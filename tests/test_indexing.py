@@ -264,6 +264,7 @@ def _dicom(path: Path, patient: str, study: str, part: str, view: str) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+@pytest.mark.filterwarnings("ignore:.*left out as not DICOM")  # its notes.txt (tested below)
 def test_dicom_folder_never_writes_identifiers_in_clear(tmp_path: Path) -> None:
     folder = tmp_path / "dicoms"
     studies = ["1.2.826.0.1.3680043.8.498.111", "1.2.826.0.1.3680043.8.498.222"]
@@ -316,3 +317,13 @@ def test_cli_index_writes_manifest_and_summary(tmp_path: Path, capsys: pytest.Ca
             == 0
         )
     assert "no patient ids" in capsys.readouterr().out
+
+
+def test_dicom_folder_says_which_files_it_left_out(tmp_path: Path) -> None:
+    _dicom(tmp_path / "dcm" / "one.dcm", "PAT-1", "1.2.3", "HAND", "PA")
+    (tmp_path / "dcm" / "fake.dcm").write_text("not a DICOM file")
+    (tmp_path / "dcm" / ".hidden").write_text("ignored")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) left out as not DICOM.*fake\.dcm"):
+        frame = index_dicom_folder(tmp_path / "dcm")
+    assert not frame["path"].str.endswith("fake.dcm").any()
+

@@ -56,7 +56,7 @@ def collect_inputs(source: Path):  # -> pd.DataFrame
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p not in dicom_set]
     parts = []
     if dicoms:
-        parts.append(index_dicom_folder(source))
+        parts.append(index_dicom_folder(source, warn_left_out=False))  # the other images are read below
     if images:
         parts.append(pd.DataFrame({"path": [str(p.resolve()) for p in images],
                                    "study_id": [str(p.parent.relative_to(source) / p.stem) for p in images]}))

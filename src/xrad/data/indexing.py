@@ -320,12 +320,14 @@ def find_dicom_files(folder: Path) -> list[Path]:
     return found
 
 
-def index_dicom_folder(folder: str | Path, *, labels: str | Path | None = None) -> pd.DataFrame:
+def index_dicom_folder(folder: str | Path, *, labels: str | Path | None = None,
+                       warn_left_out: bool = True) -> pd.DataFrame:
     """Index every DICOM file under ``folder``; identifiers are pseudonymised, never stored in clear.
 
     Patient, study, body part and view come from the headers (via :func:`xrad.data.dicom.read_dicom_tags`,
     which returns pseudonymised ids). ``labels`` optionally names a CSV with ``study_id`` (the clear
-    StudyInstanceUID or its pseudonym) and ``label`` columns; otherwise labels are unknown.
+    StudyInstanceUID or its pseudonym) and ``label`` columns; otherwise labels are unknown. Files that are
+    not DICOM are left out with a warning (``warn_left_out=False``: silently, for callers that read them).
     """
     from xrad.data.dicom import read_dicom_tags  # lazy: pydicom is only needed for DICOM sources
 
@@ -335,6 +337,12 @@ def index_dicom_folder(folder: str | Path, *, labels: str | Path | None = None) 
     files = find_dicom_files(folder)
     if not files:
         raise DataError(f"{folder}: no DICOM files found (none has 'DICM' at byte 128)")
+    found = set(files)
+    left_out = [] if not warn_left_out else sorted(p for p in folder.rglob("*") if p.is_file() and p not in found
+                      and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if left_out:  # said, not silent: a file named .dcm that is not DICOM is likely a damaged export
+        warnings.warn(f"{folder}: {len(left_out)} file(s) left out as not DICOM (no 'DICM' at byte 128), "
+                      f"e.g. {left_out[0].relative_to(folder)}", stacklevel=2)
     rows = []
     for path in files:
         tags = read_dicom_tags(path)
