@@ -155,3 +155,12 @@ def test_a_bad_threshold_rule_is_refused_without_validation_rows(rule: str, tmp_
     scores = _scores_csv(tmp_path / "scores.csv")  # no split column: the rule would never be used
     assert main(["evaluate", str(scores), "--threshold-rule", rule, "--n-bootstrap", "0"]) == 2
     assert f"unknown threshold rule {rule!r}" in capsys.readouterr().err
+
+
+def test_a_config_that_is_not_text_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "x.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xde\xad\xbe\xef")
+    assert main(["train", "--config", str(binary), "--manifest", str(tmp_path / "m.csv"), "-o", str(tmp_path / "r")]) == 2
+    assert f"{binary}: not a text file; give a YAML config" in capsys.readouterr().err
+    assert main(["benchmark", str(binary)]) == 2
+    assert f"{binary}: not a text file" in capsys.readouterr().err

@@ -375,6 +375,8 @@ def load_config(source: str | Path | dict[str, Any] | Config, overrides: list[st
         where = str(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file; give a YAML config") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):

@@ -159,6 +159,8 @@ def load_benchmark_config(path: str | Path, output: str | Path | None = None) ->
         raise ConfigError(f"{path}: benchmark config not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; give a YAML config") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     where = str(path)
