@@ -2,21 +2,55 @@
 
 Each step writes its outputs atomically into one run folder and records what it was run with in
 ``pipeline.json``; re-running the same command skips finished steps (and the training steps resume from
-their last checkpoint), so an interrupted run costs only the step that was running. Running the same
-folder with different options is refused, because mixing outputs of two settings would be silently wrong.
+their last checkpoint), so an interrupted run costs only the step that was running.
+
+Every option is validated before any step runs or anything is written (:func:`validate_options`), so a typo
+costs nothing and leaves no trace.
+
+Which option changes a folder accepts. Each step depends on a few options (:data:`STEP_OPTIONS`) and on
+everything the steps before it depend on, because it reads their outputs. Re-running a folder with changed
+options is refused only when a changed option is one a *finished* step depends on: mixing outputs of two
+settings would be silently wrong, and the message names that step. Any other change is accepted: the new
+options are recorded, finished steps are kept and the unfinished steps run with the new values (e.g. a
+corrected ``--config`` after the training step failed keeps the phantoms and the preprocessing cache). What an
+unfinished step had left behind from an attempt with other options is deleted before it runs again, because
+the step's own resume check would otherwise refuse it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xrad.errors import DataError
+from xrad.errors import ConfigError, DataError
 from xrad.utils.atomic import write_json
+
+# The options each step depends on directly, in the order the steps run. `workers` and the trainer
+# overrides only change speed and devices, never outputs, so no step depends on them. The seed of
+# training comes from the detector config, so `seed` is the phantoms' only.
+STEP_OPTIONS: dict[str, tuple[str, ...]] = {
+    "synth": ("patients", "difficulty", "seed", "image_px"),
+    "index": (),
+    "split": ("split_seed", "abnormal_ratio", "known_normal"),
+    "preprocess": ("image_px",),
+    "train": ("config",),
+}
+
+
+def option_flag(name: str) -> str:
+    """The command-line spelling of a :class:`RunOptions` field: ``abnormal_ratio`` → ``--abnormal-ratio``."""
+    return "--" + name.replace("_", "-")
+
+
+def step_dependencies(step: str) -> set[str]:
+    """The options ``step`` depends on: its own and, through the outputs it reads, every earlier step's."""
+    names = list(STEP_OPTIONS)
+    return {option for earlier in names[:names.index(step) + 1] for option in STEP_OPTIONS[earlier]}
 
 
 @dataclass
@@ -37,37 +71,121 @@ class RunOptions:
 
     def fingerprint(self) -> dict[str, Any]:
         """The options that determine the outputs (workers and trainer devices do not)."""
-        keep = ("config", "patients", "difficulty", "seed", "split_seed", "abnormal_ratio", "known_normal", "image_px")
+        keep = {option for options in STEP_OPTIONS.values() for option in options}
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
+def _checked(flag: str, check: Callable[[], object]) -> None:
+    """Run ``check``; re-raise its :class:`ConfigError` as one line that starts with the option's name."""
+    try:
+        check()
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+def validate_options(options: RunOptions) -> None:
+    """Raise :class:`ConfigError` naming the option and the fix for any value a step would refuse.
+
+    Runs before any step so that a typo fails in a second instead of after the phantoms and the cache were
+    made. The checks are those of the steps themselves (the config loader, :meth:`SynthConfig.validate`,
+    :meth:`SplitConfig.validate`, :class:`PreprocessParams`), so the two cannot drift apart.
+    """
+    from xrad.config import load_config
+    from xrad.data.splits import SplitConfig
+    from xrad.data.synth import SynthConfig
+    from xrad.preprocess import PreprocessParams
+
+    # One field at a time, the others at their (valid) defaults, so that the message names the option
+    # that is wrong; the step's own validate() cannot say which field a failed check was about.
+    for name, synth_field in (("patients", "n_patients"), ("difficulty", "difficulty"), ("image_px", "size"),
+                              ("workers", "workers")):
+        _checked(option_flag(name), SynthConfig(**{synth_field: getattr(options, name)}).validate)
+    _checked(option_flag("image_px"), lambda: PreprocessParams(size=options.image_px))
+    for name in ("seed", "split_seed"):  # numpy refuses negative seeds, deep inside a step
+        if getattr(options, name) < 0:
+            raise ConfigError(f"{option_flag(name)}: must be ≥ 0, got {getattr(options, name)}")
+    # known_normal must fit in the normal share of train (1 - abnormal_ratio): check each fraction alone
+    # (with the other at 0, which never trips that joint rule), then the pair.
+    _checked(option_flag("abnormal_ratio"),
+             SplitConfig(abnormal_ratio=options.abnormal_ratio, known_normal=0.0).validate)
+    _checked(option_flag("known_normal"),
+             SplitConfig(abnormal_ratio=0.0, known_normal=options.known_normal).validate)
+    _checked(f"{option_flag('known_normal')} with {option_flag('abnormal_ratio')}",
+             SplitConfig(seed=options.split_seed, abnormal_ratio=options.abnormal_ratio,
+                         known_normal=options.known_normal).validate)
+    _checked(option_flag("config"), lambda: load_config(options.config))
+
+
 class Pipeline:
-    """Runs named steps in order, skipping those already recorded as done in ``pipeline.json``."""
+    """Runs named steps in order, skipping those already recorded as done in ``pipeline.json``.
+
+    Opening a folder refuses option changes that would invalidate a finished step (see the module
+    docstring), then records the current options at once, so that a later run knows which options an
+    unfinished step's leftovers were made with.
+    """
 
     def __init__(self, options: RunOptions, log: Callable[[str], None] = print) -> None:
         self.options = options
         self.root = Path(options.output).resolve()
         self.state_path = self.root / "pipeline.json"
         self.log = log
-        self.state: dict[str, Any] = {"options": options.fingerprint(), "done": {}}
+        fingerprint = options.fingerprint()
+        self.state: dict[str, Any] = {"options": fingerprint, "done": {}}
+        # Unfinished steps whose leftovers (if any) were made with other options: they start afresh.
+        self.stale: set[str] = set()
         if self.state_path.is_file():
-            previous = json.loads(self.state_path.read_text(encoding="utf-8"))
-            if previous.get("options") != options.fingerprint():
-                raise DataError(f"{self.root}: this folder was made with other options "
-                                f"({previous.get('options')}); choose another -o or delete the folder")
-            self.state = previous
+            try:
+                previous = json.loads(self.state_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise DataError(f"{self.state_path}: not a pipeline record (not JSON); choose another -o "
+                                "or delete the folder") from None
+            recorded = previous.get("options") or {}
+            done = previous.get("done") or {}
+            # A key missing from an older record counts as changed: unknown is not the same.
+            changed = [k for k in fingerprint if k not in recorded or recorded[k] != fingerprint[k]]
+            for step in STEP_OPTIONS:  # in running order, so the earliest invalidated step is named
+                hit = [k for k in changed if k in step_dependencies(step)]
+                if step in done and hit:
+                    what = ", ".join(f"{option_flag(k)} {fingerprint[k]} (was {recorded.get(k)})"
+                                     for k in hit)
+                    raise DataError(f"{self.root}: {what} would invalidate the finished step '{step}'; "
+                                    "re-run with the recorded value, or choose another -o (or delete the "
+                                    "folder)")
+                if hit:
+                    self.stale.add(step)
+            self.state = {**previous, "options": fingerprint, "done": done}
+            if changed:
+                flags = ", ".join(option_flag(k) for k in changed)
+                self.log(f"options changed since the last run ({flags}); they only affect unfinished steps: "
+                         "finished ones are kept")
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.state_path, self.state)
 
-    def step(self, name: str, func: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run ``func`` unless ``name`` is recorded as done; record its result when it finishes."""
+    def step(self, name: str, func: Callable[[], dict[str, Any]],
+             outputs: Iterable[Path] = ()) -> dict[str, Any]:
+        """Run ``func`` unless ``name`` is recorded as done; record its result when it finishes.
+
+        ``outputs`` (files or folders) are deleted first when the step is stale: they were left by an
+        attempt with other options, which the step's own resume check would refuse.
+        """
         if name in self.state["done"]:
             self.log(f"[{name}] done earlier, skipped")
             return self.state["done"][name]
+        if name in self.stale:
+            leftovers = [p for p in outputs if p.exists()]
+            if leftovers:
+                self.log(f"[{name}] deleting what an unfinished attempt with other options left: "
+                         + ", ".join(str(p) for p in leftovers))
+            for path in leftovers:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         self.log(f"[{name}] ...")
         start = time.perf_counter()
         result = func()
         result["seconds"] = round(time.perf_counter() - start, 1)
         self.state["done"][name] = result
-        self.root.mkdir(parents=True, exist_ok=True)
         write_json(self.state_path, self.state)
         self.log(f"[{name}] finished in {result['seconds']} s")
         return result
@@ -84,6 +202,7 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print) -> dic
     from xrad.preprocess.cache import build_cache
     from xrad.training import run_training
 
+    validate_options(options)  # before the folder is touched: a typo must cost no step and leave no record
     pipe = Pipeline(options, log)
     root = pipe.root
     data_dir, manifest_path, split_path = root / "data", root / "manifest.csv", root / "split.csv"
@@ -122,11 +241,11 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print) -> dic
         return {**{k: summary[k] for k in keep if k in summary}, "run_dir": str(run_dir),
                 "artefact": str(run_dir / "artefact"), "scores": str(run_dir / "scores_test.csv")}
 
-    pipe.step("synth", synth)
-    pipe.step("index", index)
-    pipe.step("split", split)
-    pipe.step("preprocess", preprocess)
-    result = pipe.step("train", train)
+    pipe.step("synth", synth, [data_dir])
+    pipe.step("index", index, [manifest_path])
+    pipe.step("split", split, [split_path])
+    pipe.step("preprocess", preprocess, [cache_dir])
+    result = pipe.step("train", train, [run_dir])
     log(f"test AUROC {result.get('test_auroc', float('nan')):.3f} (validation {result.get('valid_auroc', float('nan')):.3f}); "
         f"scores: {result['scores']}; artefact: {result['artefact']}")
     log(f"score new images with: xrad score {result['artefact']} IMAGE_OR_FOLDER -o scores.csv")

@@ -24,15 +24,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--abnormal-ratio", type=float, default=d.abnormal_ratio,
                         help="fraction of abnormal units in train (all of them known anomalies)")
     parser.add_argument("--known-normal", type=float, default=d.known_normal, help="fraction of train units labelled normal")
+    parser.add_argument("--image-px", type=int, default=d.image_px,
+                        help="size in px of the phantoms and of the preprocessed images (major axis)")
     parser.add_argument("--workers", type=int, default=d.workers, help="processes for generation and preprocessing")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the pipeline and print where its outputs are."""
+    """Run the pipeline and print where its outputs are.
+
+    Every option is checked (as a one-line ConfigError naming it) before any step runs, and a run folder
+    accepts changed options unless they would invalidate a finished step: see :mod:`xrad.pipeline`.
+    """
     from xrad.pipeline import RunOptions, run_pipeline
 
-    options = RunOptions(output=args.output, config=args.config, patients=args.patients, difficulty=args.difficulty, seed=args.seed,
-                         split_seed=args.split_seed, abnormal_ratio=args.abnormal_ratio,
-                         known_normal=args.known_normal, workers=args.workers)
+    options = RunOptions(output=args.output, config=args.config, patients=args.patients,
+                         difficulty=args.difficulty, seed=args.seed, split_seed=args.split_seed,
+                         abnormal_ratio=args.abnormal_ratio, known_normal=args.known_normal,
+                         image_px=args.image_px, workers=args.workers)
     run_pipeline(options)
     return 0
