@@ -31,8 +31,8 @@ import torch
 import torchvision
 
 from xrad.config import ADAugment, ContrastiveAugment
-from xrad.data.datasets import BankDataset, load_image_bank
-from xrad.data.transforms import (
+from xrad.training.banks import BankDataset, load_image_bank
+from xrad.training.augment import (
     augment_ad,
     batch_generator,
     contrastive_views,

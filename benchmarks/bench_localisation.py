@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 
 from xrad.data.io import read_radiograph
-from xrad.data.transforms import prepare_eval
-from xrad.heatmaps import grad_cam, input_from_pixels, normalise, to_original
-from xrad.scoring import load_scorer
+from xrad.training.augment import prepare_eval
+from xrad.inference.heatmaps import grad_cam, input_from_pixels, normalise, to_original
+from xrad.inference.scoring import load_scorer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("artefact")
@@ -70,7 +70,7 @@ n = len(frame)
 print(f"{n} fractured images with boxes (splits {args.splits}), image size {size}, {time.time() - t0:.0f} s")
 for layer in layers:
     k = int(np.sum(hits[layer]))
-    from xrad.calibration import clopper_pearson
+    from xrad.inference.calibration import clopper_pearson
 
     lo, hi = clopper_pearson(k, n)
     print(f"Grad-CAM {layer}: peak inside a fracture box {k}/{n} = {k / n:.3f} (95% CI {lo:.3f}-{hi:.3f})")

@@ -29,10 +29,10 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from xrad.data.datasets import load_image_bank
+from xrad.training.banks import load_image_bank
 from xrad.data.manifest import read_manifest
-from xrad.data.transforms import prepare_eval
-from xrad.scoring import load_scorer
+from xrad.training.augment import prepare_eval
+from xrad.inference.scoring import load_scorer
 
 
 def _key(paths: pd.Series) -> pd.Series:

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from xrad.config import ADAugment
-from xrad.data.datasets import load_image_bank
-from xrad.data.transforms import augment_ad, batch_generator, prepare_eval
+from xrad.training.banks import load_image_bank
+from xrad.training.augment import augment_ad, batch_generator, prepare_eval
 from xrad.methods.knn import knn_mean_distance
 from xrad.models.batchnorm import recalibrate_batchnorm
 from xrad.models.resnet import ResNet18Backbone

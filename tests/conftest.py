@@ -21,7 +21,7 @@ def fracatlas_dir() -> Path:
 
 def _fake_run_training(config, manifest, run_dir, *, stages=("pretrain", "finetune"), trainer_overrides=None,
                        progress=True):
-    """Stand-in for xrad.training.run_training writing the run-folder contract from a split manifest.
+    """Stand-in for xrad.jobs.train.run_training writing the run-folder contract from a split manifest.
 
     Scores are ``fake_shift · label + noise`` (seeded by config["seed"]), so methods with a larger
     ``fake_shift`` in their YAML are measurably better. Used by the evaluation/report/benchmark tests.
@@ -99,7 +99,7 @@ def make_tiny_artefact(directory: Path, *, image_size: int = 64, kind: str = "sp
     """
     import torch
 
-    from xrad.artefact import save_artefact
+    from xrad.inference.artefact import save_artefact
     from xrad.methods.scorers import KnnScorer, SphereScorer
     from xrad.models.encoder import build_encoder
 
@@ -133,7 +133,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     training and artefact/scoring tests: {"manifest", "run_dir", "summary"}."""
     from training_helpers import make_dataset
 
-    from xrad.training import run_training
+    from xrad.jobs.train import run_training
 
     root = tmp_path_factory.mktemp("tiny_run")
     manifest = make_dataset(root / "data")
@@ -159,7 +159,7 @@ def squares_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def phantoms(tmp_path_factory) -> Path:
     """Phantom radiographs (30 patients, 256 px, seed 7) with ground truth, generated once per session."""
-    from xrad.data.synth import SynthConfig, generate_phantoms
+    from xrad.data.phantoms.generate import SynthConfig, generate_phantoms
 
     out = tmp_path_factory.mktemp("phantoms")
     generate_phantoms(out, SynthConfig(n_patients=30, seed=7, size=256, workers=2), progress=False)

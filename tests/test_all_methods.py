@@ -16,11 +16,11 @@ import torch
 from training_helpers import make_dataset
 
 from xrad.config import CONFIG_DIR, load_config
-from xrad.data.datasets import load_image_bank
+from xrad.training.banks import load_image_bank
 from xrad.data.manifest import read_manifest
 from xrad.methods.registry import METHODS, get_method
-from xrad.scoring import load_scorer
-from xrad.training import run_training
+from xrad.inference.scoring import load_scorer
+from xrad.jobs.train import run_training
 
 
 def _imagenet_weights(tmp: Path) -> list[str]:

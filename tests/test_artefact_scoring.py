@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xrad.artefact import load_artefact, save_artefact
+from xrad.inference.artefact import load_artefact, save_artefact
 from xrad.errors import DataError, ImageReadError
 
 
@@ -41,7 +41,7 @@ def test_artefact_folder_is_safetensors_plus_json(tiny_run: dict) -> None:
 
 
 def test_score_frame_reproduces_the_runs_test_scores(tiny_run: dict) -> None:
-    from xrad.scoring import load_scorer, score_frame
+    from xrad.inference.scoring import load_scorer, score_frame
 
     reference = pd.read_csv(tiny_run["run_dir"] / "scores_test.csv")
     scored = score_frame(tiny_run["run_dir"] / "artefact", _test_rows(tiny_run), batch_size=5)
@@ -50,8 +50,8 @@ def test_score_frame_reproduces_the_runs_test_scores(tiny_run: dict) -> None:
     assert (scored["sphere"] == reference["sphere"]).all()
     # The scorer is a plain nn.Module: forward() gives the scores, which are distances to the nearest centre.
     scorer = load_scorer(tiny_run["run_dir"] / "artefact")
-    from xrad.data.datasets import load_image_bank
-    from xrad.data.transforms import prepare_eval
+    from xrad.training.banks import load_image_bank
+    from xrad.training.augment import prepare_eval
 
     bank = load_image_bank(_test_rows(tiny_run), 32, workers=1, progress=False)
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_score_frame_reproduces_the_runs_test_scores(tiny_run: dict) -> None:
 def test_scoring_imports_no_lightning(tiny_run: dict) -> None:
     code = (
         "import sys, pandas as pd\n"
-        "import xrad.scoring as s\n"
+        "import xrad.inference.scoring as s\n"
         "assert 'lightning' not in sys.modules\n"
         f"f = pd.read_csv({str(tiny_run['manifest'])!r}, keep_default_na=False)\n"
         f"out = s.score_frame({str(tiny_run['run_dir'] / 'artefact')!r}, f[f['split'] == 'test'])\n"
@@ -81,7 +81,7 @@ def test_scoring_imports_no_lightning(tiny_run: dict) -> None:
 
 
 def test_unreadable_rows_raise_or_are_skipped(tiny_run: dict, tmp_path: Path) -> None:
-    from xrad.scoring import score_frame
+    from xrad.inference.scoring import score_frame
 
     rows = _test_rows(tiny_run).head(4).copy()
     rows.loc[1, "cache_path"] = str(tmp_path / "gone.png")
@@ -110,7 +110,7 @@ def test_save_load_round_trip_and_corruption_is_detected(tmp_path: Path) -> None
 
 def test_unknown_scorer_kind_is_a_clear_error(tmp_path: Path) -> None:
     from xrad.errors import ConfigError
-    from xrad.scoring import load_scorer
+    from xrad.inference.scoring import load_scorer
 
     save_artefact(tmp_path / "art", {"a": torch.zeros(1)}, {"method": "x", "image_size": 8,
                                                              "scorer": {"kind": "martian", "args": {}}})
@@ -124,7 +124,7 @@ def test_raw_images_are_preprocessed_like_the_cache(tiny_run: dict, tmp_path: Pa
 
     from xrad.preprocess.cache import build_cache
     from xrad.preprocess.params import PreprocessParams
-    from xrad.scoring import score_frame
+    from xrad.inference.scoring import score_frame
 
     params = PreprocessParams(size=64)
     rows = _test_rows(tiny_run).head(6).drop(columns=["cache_path", "mask_path"])

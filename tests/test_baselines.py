@@ -17,8 +17,8 @@ from xrad.methods.deep_sad_ae import IMAGENET, fold_input_normalisation
 from xrad.methods.supervised import labelled_rows
 from xrad.models.autoencoder import build_autoencoder
 from xrad.models.resnet import ResNet18Backbone, ResNet50Backbone
-from xrad.scoring import load_scorer
-from xrad.training import run_training
+from xrad.inference.scoring import load_scorer
+from xrad.jobs.train import run_training
 from xrad.training.context import RunContext
 
 
@@ -157,9 +157,9 @@ def ae_run(squares_split: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def test_autoencoder_flags_and_localises_planted_squares(ae_run: dict, squares_split: Path) -> None:
     assert ae_run["summary"]["test_auroc"] >= 0.85
     # The reconstruction-error heatmap peaks at the planted square (the brightest patch) of abnormal images.
-    from xrad.data.datasets import load_image_bank
+    from xrad.training.banks import load_image_bank
     from xrad.data.manifest import read_manifest
-    from xrad.data.transforms import prepare_eval
+    from xrad.training.augment import prepare_eval
 
     frame = read_manifest(squares_split)
     abnormal = frame[(frame["split"] == "test") & (frame["label"] == 1)].reset_index(drop=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import yaml
 from scipy import stats
 
 from xrad.errors import ConfigError
-from xrad.evaluation.benchmark import (
+from xrad.jobs.benchmark import (
     RESULT_COLUMNS,
     iter_cells,
     load_benchmark_config,
@@ -95,9 +93,10 @@ def test_cli_benchmark_uses_run_training(bench_config, fake_run_training, monkey
     from xrad.cli.main import main
 
     calls = []
-    fake = types.ModuleType("xrad.training")
-    fake.run_training = lambda *a, **k: calls.append(1) or fake_run_training(*a, **k)
-    monkeypatch.setitem(sys.modules, "xrad.training", fake)
+    import xrad.jobs.train
+
+    monkeypatch.setattr(xrad.jobs.train, "run_training",
+                        lambda *a, **k: calls.append(1) or fake_run_training(*a, **k))
     assert main(["benchmark", str(bench_config), "-o", str(tmp_path / "cli_out")]) == 0
     assert len(calls) == 8 and (tmp_path / "cli_out" / "table1.md").is_file()
     assert "| weak |" in capsys.readouterr().out
@@ -244,13 +243,14 @@ def test_unchanged_rerun_and_execution_settings_reuse_finished_cells(bench_confi
                                                                     monkeypatch, capsys):
     """Re-running the same YAML, or one that only changes how cells run (trainer/devices, here and in the
     method configs, --only, --split-seeds), skips every finished cell with identical results."""
-    import xrad.training.run  # noqa: F401 - loaded before xrad.training is replaced by the stand-in below
+    import xrad.jobs.train  # noqa: F401 - loaded before xrad.training is replaced by the stand-in below
     from xrad.cli.main import main
 
     calls = []
-    fake = types.ModuleType("xrad.training")
-    fake.run_training = lambda *a, **k: calls.append(1) or fake_run_training(*a, **k)
-    monkeypatch.setitem(sys.modules, "xrad.training", fake)
+    import xrad.jobs.train
+
+    monkeypatch.setattr(xrad.jobs.train, "run_training",
+                        lambda *a, **k: calls.append(1) or fake_run_training(*a, **k))
     assert main(["benchmark", str(bench_config)]) == 0 and len(calls) == 8
     out = load_benchmark_config(bench_config).output
     results, table = (out / "results.csv").read_bytes(), (out / "table1.md").read_text()
@@ -353,7 +353,7 @@ def test_tiny_real_benchmark_end_to_end(tmp_path):
     pytest.importorskip("xrad.training")
     from xrad.data.indexing import index_source
     from xrad.data.manifest import write_manifest
-    from xrad.data.synth import SynthConfig, generate_phantoms
+    from xrad.data.phantoms.generate import SynthConfig, generate_phantoms
     from xrad.evaluation.report import render_report
 
     generate_phantoms(

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from xrad.calibration import calibrate, clopper_pearson, describe, flag, store_operating_point, threshold_for
+from xrad.inference.calibration import calibrate, clopper_pearson, describe, flag, store_operating_point, threshold_for
 from xrad.errors import DataError
 
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-import xrad.data.datasets as datasets
-from xrad.data.datasets import BankDataset, ImageBank, load_image_bank, resize_image_and_mask, seed_worker
+import xrad.training.banks as datasets
+from xrad.training.banks import BankDataset, ImageBank, load_image_bank, resize_image_and_mask, seed_worker
 from xrad.errors import ImageReadError
 
 

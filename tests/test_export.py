@@ -14,10 +14,10 @@ onnx = pytest.importorskip("onnx")
 
 from conftest import make_tiny_artefact
 
-from xrad.calibration import store_operating_point, threshold_for
+from xrad.inference.calibration import store_operating_point, threshold_for
 from xrad.cli.main import main
-from xrad.export import export_onnx, onnx_scores, parity_batch
-from xrad.scoring import load_scorer
+from xrad.inference.export import export_onnx, onnx_scores, parity_batch
+from xrad.inference.scoring import load_scorer
 
 
 def _images(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +70,7 @@ def test_export_refuses_a_mismatch(tiny_artefact, tmp_path) -> None:
 def test_trained_tiny_artefact_onnx_matches_the_runs_test_scores(tiny_run: dict, tmp_path) -> None:
     import pandas as pd
 
-    from xrad.data.datasets import load_image_bank
+    from xrad.training.banks import load_image_bank
     from xrad.data.manifest import read_manifest
 
     out = tmp_path / "tiny.onnx"

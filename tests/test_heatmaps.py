@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from xrad.data.datasets import resize_image_and_mask
-from xrad.data.transforms import prepare_eval
-from xrad.heatmaps import cam_layer, explain_pixels, grad_cam, normalise, overlay, png_bytes, to_original
+from xrad.training.banks import resize_image_and_mask
+from xrad.training.augment import prepare_eval
+from xrad.inference.heatmaps import cam_layer, explain_pixels, grad_cam, normalise, overlay, png_bytes, to_original
 from xrad.methods.base import Scorer
-from xrad.scoring import load_scorer
+from xrad.inference.scoring import load_scorer
 
 
 class BlobScorer(Scorer):
@@ -104,7 +104,7 @@ def test_explain_pixels_matches_scoring(tiny_artefact) -> None:
 def test_knn_grad_cam_and_non_differentiable_fallback(tmp_path) -> None:
     from conftest import make_tiny_artefact
 
-    from xrad.heatmaps import grad_cam
+    from xrad.inference.heatmaps import grad_cam
 
     scorer = load_scorer(make_tiny_artefact(tmp_path / "knn", kind="knn"))
     images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (2, 1, 64, 64), dtype=np.uint8))
@@ -129,8 +129,8 @@ def test_heatmaps_of_cached_rows_match_scoring(tiny_run: dict, tmp_path) -> None
     from PIL import Image
 
     from xrad.data.manifest import read_manifest
-    from xrad.heatmaps import explain_row, write_heatmaps
-    from xrad.scoring import score_frame
+    from xrad.inference.heatmaps import explain_row, write_heatmaps
+    from xrad.inference.scoring import score_frame
 
     frame = read_manifest(tiny_run["manifest"]).head(4)
     assert frame["cache_path"].str.len().gt(0).all()  # the preprocessed-cache branch
@@ -164,7 +164,7 @@ def test_preprocessed_artefact_maps_heatmaps_back_to_the_original(tiny_artefact,
     from PIL import Image
 
     from xrad.preprocess import PreprocessParams
-    from xrad.scoring import score_frame
+    from xrad.inference.scoring import score_frame
 
     artefact = tmp_path / "artefact"
     shutil.copytree(tiny_artefact, artefact)

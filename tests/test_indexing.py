@@ -125,7 +125,7 @@ def test_mura_study_without_label_row(tmp_path: Path) -> None:
 
 
 def test_generated_phantoms_match_their_ground_truth(tmp_path: Path) -> None:
-    synth = pytest.importorskip("xrad.data.synth")
+    synth = pytest.importorskip("xrad.data.phantoms.generate")
     config = synth.SynthConfig(n_patients=8, seed=3, size=32, workers=1)
     synth.generate_phantoms(tmp_path, config, progress=False)
     truth = pd.read_csv(tmp_path / "ground_truth.csv", dtype=str, keep_default_na=False)

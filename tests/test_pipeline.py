@@ -1,4 +1,4 @@
-"""``xrad run`` (xrad.pipeline): options are checked before any step runs, and a run folder only refuses
+"""``xrad run`` (xrad.jobs.pipeline): options are checked before any step runs, and a run folder only refuses
 option changes that would invalidate a step it has already finished.
 
 Kept cheap: a dozen 64-px phantom patients, one worker and the ``tiny`` config; one test trains for real.
@@ -12,12 +12,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-import xrad.data.synth
-import xrad.training
+import xrad.data.phantoms.generate
+import xrad.jobs.train
 from xrad.cli.main import main
 from xrad.config import dump_config, load_config
 from xrad.errors import DataError
-from xrad.pipeline import RunOptions, run_pipeline
+from xrad.jobs.pipeline import RunOptions, run_pipeline
 
 TINY = {"config": "tiny", "patients": 12, "image_px": 64, "workers": 1}
 
@@ -67,13 +67,13 @@ def test_a_folder_whose_first_step_failed_accepts_corrected_options(tmp_path: Pa
 
     out = tmp_path / "R"
     with monkeypatch.context() as patch:
-        patch.setattr(xrad.data.synth, "plan_census", interrupted)
+        patch.setattr(xrad.data.phantoms.generate, "plan_census", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(_options(out, patients=12), log=lambda line: None)
-    assert (out / "data" / xrad.data.synth.CONFIG_FILE).is_file()  # what the failed attempt left behind
+    assert (out / "data" / xrad.data.phantoms.generate.CONFIG_FILE).is_file()  # what the failed attempt left behind
 
     calls: list[str] = []
-    monkeypatch.setattr(xrad.training, "run_training", _stub_training(calls))
+    monkeypatch.setattr(xrad.jobs.train, "run_training", _stub_training(calls))
     lines: list[str] = []
     done = run_pipeline(_options(out, patients=10), log=lines.append)
     assert list(done) == ["synth", "index", "split", "preprocess", "train"] and calls == ["tiny"]
@@ -94,7 +94,7 @@ def test_config_can_change_until_training_finished_but_not_what_finished_steps_u
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(xrad.training, "run_training", interrupted_training)
+        patch.setattr(xrad.jobs.train, "run_training", interrupted_training)
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(_options(out, config="tiny_supervised"), log=lambda line: None)
     phantom = next((out / "data").rglob("*.png"))

@@ -14,7 +14,7 @@ from PIL import Image
 from xrad.data.manifest import read_manifest, write_manifest
 from xrad.data.splits import SplitConfig, make_split
 from xrad.errors import DataError
-from xrad.evaluation.benchmark import load_benchmark_config, run_benchmark
+from xrad.jobs.benchmark import load_benchmark_config, run_benchmark
 from xrad.evaluation.report import render_report, stage_metrics
 
 RUN_SECTIONS = (

@@ -18,7 +18,7 @@ from PIL import Image
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
-from xrad.calibration import store_operating_point, threshold_for
+from xrad.inference.calibration import store_operating_point, threshold_for
 from xrad.service.app import app_from_artefact, create_app
 
 PATIENT_NAME, PATIENT_ID = "Doe^Jane", "SECRET-4711"
@@ -98,7 +98,7 @@ def test_good_png_scores_with_flag_and_heatmap(client) -> None:
 def test_score_matches_framework_free_scoring(client, calibrated_artefact, tmp_path) -> None:
     import pandas as pd
 
-    from xrad.scoring import score_frame
+    from xrad.inference.scoring import score_frame
 
     (tmp_path / "a.png").write_bytes(png_bytes(seed=4))
     expected = score_frame(calibrated_artefact, pd.DataFrame({"path": [str(tmp_path / "a.png")]}), workers=1)

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from xrad.data.phantom_anatomy import PARTS, VIEW_KINDS, build_skeleton, sample_patient
-from xrad.data.phantom_anomalies import ANOMALY_TYPES, AnomalySpec, render_view
-from xrad.data.phantom_render import plan_geometry
-from xrad.data.synth import GROUND_TRUTH_COLUMNS, SynthConfig, generate_phantoms, plan_census
+from xrad.data.phantoms.anatomy import PARTS, VIEW_KINDS, build_skeleton, sample_patient
+from xrad.data.phantoms.anomalies import ANOMALY_TYPES, AnomalySpec, render_view
+from xrad.data.phantoms.render import plan_geometry
+from xrad.data.phantoms.generate import GROUND_TRUTH_COLUMNS, SynthConfig, generate_phantoms, plan_census
 from xrad.errors import ConfigError
 
 IMAGE_RE = re.compile(r"^MURA-v1\.1/(train|valid)/XR_(ELBOW|FINGER|FOREARM|HAND|HUMERUS|SHOULDER|WRIST)/"

@@ -17,7 +17,7 @@ import torch
 
 from xrad.config import CONFIG_DIR, dump_config, load_config, milestone_epochs
 from xrad.errors import ConfigError, DataError
-from xrad.training import run_training
+from xrad.jobs.train import run_training
 
 
 def _metrics(path: Path) -> list[dict[str, str]]:
@@ -208,9 +208,9 @@ def _normal_train_embeddings(tiny_run: dict) -> np.ndarray:
     """z of the deterministic train images with semi-label != -1, from the stage-1 encoder (independently)."""
     from safetensors.torch import load_file
 
-    from xrad.data.datasets import load_image_bank
+    from xrad.training.banks import load_image_bank
     from xrad.data.manifest import read_manifest
-    from xrad.data.transforms import prepare_eval
+    from xrad.training.augment import prepare_eval
     from xrad.models.encoder import build_encoder
 
     frame = read_manifest(tiny_run["manifest"])
@@ -301,7 +301,7 @@ def test_ddp_two_processes_on_cpu_writes_a_valid_artefact(tiny_run: dict, tmp_pa
                    "--set", "pretrain.epochs=1", "--set", "finetune.epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test AUROC" in result.stdout
-    from xrad.scoring import load_scorer, score_frame
+    from xrad.inference.scoring import load_scorer, score_frame
 
     scorer = load_scorer(run_dir / "artefact")
     frame = pd.read_csv(tiny_run["manifest"])

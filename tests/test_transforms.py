@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from xrad.config import ADAugment, ContrastiveAugment
-from xrad.data.transforms import (
+from xrad.training.augment import (
     adjust_brightness_contrast,
     affine_matrices,
     apply_affine,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from xrad.cli.main import main
-from xrad.worklist import build_worklist, worklist_table
+from xrad.inference.worklist import build_worklist, worklist_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

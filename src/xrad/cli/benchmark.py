@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the grid, write results.csv / table1.* / pairwise.csv, print Table 1."""
-    from xrad.evaluation.benchmark import load_benchmark_config, run_benchmark
+    from xrad.jobs.benchmark import load_benchmark_config, run_benchmark
 
     config = load_benchmark_config(args.config, output=args.output)
     print(

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     """Select validation rows, score them if needed, choose and store the threshold."""
     import pandas as pd
 
-    from xrad.calibration import calibrate, describe, store_operating_point
+    from xrad.inference.calibration import calibrate, describe, store_operating_point
     from xrad.errors import DataError
 
     from xrad.evaluation.aggregate import parse_aggregation
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"{args.manifest}: no rows with split == {args.split!r}; thresholds are chosen on "
                             "validation data only")
     if "score" not in frame.columns:
-        from xrad.scoring import score_frame
+        from xrad.inference.scoring import score_frame
 
         frame = score_frame(args.artefact, frame, batch_size=args.batch_size, workers=args.workers, progress=True)
     point = calibrate(frame, specificity=args.specificity, sensitivity=args.sensitivity,

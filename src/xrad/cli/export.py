@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError("ONNX export needs onnx and onnxruntime; install them with "
                           "`pip install 'xrad[export]'`") from None
-    from xrad.export import export_onnx
+    from xrad.inference.export import export_onnx
 
     report = export_onnx(args.artefact, args.onnx, opset=args.opset, tolerance=args.tolerance)
     limit = f"; batches of at most {report['max_batch']} images" if report["max_batch"] else ""

@@ -7,9 +7,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the main job; every default (from :class:`xrad.pipeline.RunOptions`) finishes in minutes on
+    """Options of the main job; every default (from :class:`xrad.jobs.pipeline.RunOptions`) finishes in minutes on
     2 CPU cores."""
-    from xrad.pipeline import RunOptions
+    from xrad.jobs.pipeline import RunOptions
 
     d = RunOptions()
     parser.add_argument("-o", "--output", type=Path, default=d.output,
@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the pipeline and print where its outputs are.
 
     Every option is checked (as a one-line ConfigError naming it) before any step runs, and a run folder
-    accepts changed options unless they would invalidate a finished step: see :mod:`xrad.pipeline`.
+    accepts changed options unless they would invalidate a finished step: see :mod:`xrad.jobs.pipeline`.
     """
-    from xrad.pipeline import RunOptions, run_pipeline
+    from xrad.jobs.pipeline import RunOptions, run_pipeline
 
     options = RunOptions(output=args.output, config=args.config, patients=args.patients,
                          difficulty=args.difficulty, seed=args.seed, split_seed=args.split_seed,

@@ -67,9 +67,9 @@ def collect_inputs(source: Path):  # -> pd.DataFrame
 
 def run(args: argparse.Namespace) -> int:
     """Score INPUT and write the scores table."""
-    from xrad.calibration import flag, level_tables
+    from xrad.inference.calibration import flag, level_tables
     from xrad.evaluation.aggregate import parse_aggregation
-    from xrad.scoring import load_scorer, score_frame
+    from xrad.inference.scoring import load_scorer, score_frame
     from xrad.utils.atomic import check_writable, write_csv
 
     # Everything that can be refused is refused before scoring starts.
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if point:  # score >= the calibrated image threshold (unreadable rows: False)
         scored["flagged"] = flag(scored["score"], point)
     if args.heatmaps is not None:
-        from xrad.heatmaps import write_heatmaps
+        from xrad.inference.heatmaps import write_heatmaps
 
         scored["heatmap"] = write_heatmaps(scorer, scored, args.heatmaps, progress=True)
     write_csv(args.output, scored)

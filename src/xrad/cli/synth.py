@@ -8,7 +8,7 @@ import os
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``xrad synth``."""
-    from xrad.data.synth import SynthConfig
+    from xrad.data.phantoms.generate import SynthConfig
 
     d = SynthConfig()
     parser.add_argument("-o", "--output", required=True, help="output folder (MURA-v1.1/ and ground_truth/ go inside)")
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the data set and print a summary (images, studies, patients, abnormal share per part)."""
-    from xrad.data.synth import SynthConfig, summarise, timed_generate
+    from xrad.data.phantoms.generate import SynthConfig, summarise, timed_generate
 
     config = SynthConfig(n_patients=args.patients, seed=args.seed, size=args.size, difficulty=args.difficulty,
                          valid_fraction=args.valid_fraction, abnormal_study_rate=args.abnormal_rate,

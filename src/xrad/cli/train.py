@@ -41,7 +41,7 @@ def _devices(value: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Train, then print a one-screen summary."""
-    from xrad.training import run_training
+    from xrad.jobs.train import run_training
 
     overrides = list(args.overrides)
     for name in ("accelerator", "strategy", "precision"):

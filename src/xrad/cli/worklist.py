@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from xrad.errors import DataError
-    from xrad.worklist import build_worklist
+    from xrad.inference.worklist import build_worklist
 
     if not args.scores.is_file():
         raise DataError(f"{args.scores}: scores file not found; write one with `xrad score`")
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                         "write one with `xrad score`") from None
     point = None
     if args.artefact is not None:
-        from xrad.artefact import read_artefact_meta
+        from xrad.inference.artefact import read_artefact_meta
 
         point = read_artefact_meta(args.artefact).get("operating_point")
     result = build_worklist(frame, args.output, aggregation=args.aggregation, threshold=args.threshold,

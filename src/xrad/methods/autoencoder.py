@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xrad.data.transforms import augment_ad, prepare_eval
+from xrad.training.augment import augment_ad, prepare_eval
 from xrad.errors import ConfigError
 from xrad.losses import masked_mse, reconstruction_scores
 from xrad.methods.baseline_scorers import ReconstructionScorer, autoencoder_args, input_support
@@ -39,7 +39,7 @@ from xrad.methods.self_taught import (
 )
 from xrad.models.autoencoder import Autoencoder, build_autoencoder
 from xrad.training.context import RunContext
-from xrad.training.data import train_loader
+from xrad.training.loaders import train_loader
 from xrad.training.module import StageModule, auroc
 
 AE_FILE = "autoencoder.safetensors"

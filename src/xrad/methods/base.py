@@ -28,7 +28,7 @@ class Scorer(nn.Module):
 
     Subclasses set :attr:`kind` (its key in :data:`xrad.methods.registry.SCORERS`), implement
     :meth:`score` and :meth:`embed`, and say how they are saved (:meth:`artefact_state`) and rebuilt
-    (:meth:`from_artefact`). Inputs are what :func:`xrad.data.transforms.prepare_eval` returns.
+    (:meth:`from_artefact`). Inputs are what :func:`xrad.training.augment.prepare_eval` returns.
     """
 
     kind: ClassVar[str] = ""
@@ -57,10 +57,10 @@ class Scorer(nn.Module):
     def heatmap(self, images: Tensor) -> Tensor:
         """Where the score comes from: non-negative maps ``(B, 1, S, S)`` for prepared ``images``.
 
-        Default: Grad-CAM of the score on the last convolutional block (:func:`xrad.heatmaps.grad_cam`).
+        Default: Grad-CAM of the score on the last convolutional block (:func:`xrad.inference.heatmaps.grad_cam`).
         A detector with a decoder overrides this with its per-pixel reconstruction error.
         """
-        from xrad.heatmaps import grad_cam
+        from xrad.inference.heatmaps import grad_cam
 
         return grad_cam(self, images)
 
@@ -72,7 +72,7 @@ class Scorer(nn.Module):
         Returns ``score`` (N,) float64, ``sphere`` (N,) int64 (−1 where not meaningful) and, with
         ``with_embeddings``, the :meth:`embed` outputs (float32, on the CPU).
         """
-        from xrad.data.transforms import prepare_eval
+        from xrad.training.augment import prepare_eval
 
         self.eval()
         device = next(iter(self.parameters()), torch.empty(0)).device

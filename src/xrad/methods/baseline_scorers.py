@@ -7,7 +7,7 @@
 The Deep SAD and kNN baselines reuse :class:`~xrad.methods.scorers.SphereScorer` and
 :class:`~xrad.methods.scorers.KnnScorer`.
 
-Masks: a scorer sees what :func:`~xrad.data.transforms.prepare_eval` returns — image × body-part mask — and
+Masks: a scorer sees what :func:`~xrad.training.augment.prepare_eval` returns — image × body-part mask — and
 nothing else (that keeps ``forward(images)`` a single-input graph for ONNX and the service). The mask is
 therefore recovered as the support of the input, ``images > 0``; training uses the same definition, so a
 body-part pixel of intensity exactly 0 is ignored in both (it carries no reconstruction target anyway).

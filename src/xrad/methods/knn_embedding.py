@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from xrad.data.transforms import prepare_eval
+from xrad.training.augment import prepare_eval
 from xrad.methods.scorers import KnnScorer
 from xrad.methods.self_taught import load_pretrain, load_tensors, normal_train_indices, run_pretrain, save_tensors
 from xrad.training.context import RunContext

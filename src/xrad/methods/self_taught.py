@@ -6,7 +6,7 @@ Choices that differ from the authors' code (reference-spec §3–§5), and why:
 - The whole encoder (backbone and head) is transferred to stage 2; the authors re-initialised the head,
   which discards the 128-d space that stage 1 organised and in which k-means places the centres
   (``finetune.transfer_head: false`` restores their behaviour).
-- k-means runs on deterministic (:func:`~xrad.data.transforms.prepare_eval`) embeddings of the training
+- k-means runs on deterministic (:func:`~xrad.training.augment.prepare_eval`) embeddings of the training
   images with semi-label ≠ −1, in eval mode; validation and test are never augmented.
 - Centres, the active-sphere mask and an "initialised" flag are buffers, so checkpoints carry them and a
   resumed run continues with the same spheres. Counting uses ``bincount``; under DDP the per-rank counts
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xrad.data.transforms import augment_ad, contrastive_views, prepare_eval
+from xrad.training.augment import augment_ad, contrastive_views, prepare_eval
 from xrad.errors import ConfigError, DataError
 from xrad.losses import info_nce, multisphere_deep_sad, nearest_center, supervised_contrastive
 from xrad.methods.scorers import SphereScorer
@@ -31,7 +31,7 @@ from xrad.methods.spheres import kmeans_centers, mean_center, prune_mask, sphere
 from xrad.models.encoder import Encoder, build_encoder
 from xrad.models.heads import MLPHead
 from xrad.training.context import RunContext
-from xrad.training.data import train_loader
+from xrad.training.loaders import train_loader
 from xrad.training.module import StageModule, auroc
 
 ENCODER_FILE = "encoder.safetensors"

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xrad.data.transforms import augment_ad, prepare_eval
+from xrad.training.augment import augment_ad, prepare_eval
 from xrad.errors import DataError
 from xrad.methods.baseline_scorers import ClassifierScorer
 from xrad.methods.baseline_sections import SupervisedConfig, check_supervised
 from xrad.methods.self_taught import load_tensors, save_tensors
 from xrad.models.resnet import ResNet50Backbone
 from xrad.training.context import RunContext
-from xrad.training.data import train_loader
+from xrad.training.loaders import train_loader
 from xrad.training.module import StageModule, auroc
 
 MODEL_FILE = "model.safetensors"

@@ -173,8 +173,8 @@ def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operatin
 
 def artefact_predictor(artefact_dir: str | Path, device: str = "cpu") -> tuple[Predict, dict[str, Any]]:
     """A :data:`Predict` over an artefact folder, and the artefact's metadata."""
-    from xrad.heatmaps import explain_pixels
-    from xrad.scoring import load_scorer
+    from xrad.inference.heatmaps import explain_pixels
+    from xrad.inference.scoring import load_scorer
 
     scorer = load_scorer(artefact_dir, device=device)
     meta = scorer.artefact_meta

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from xrad.config import Config
-from xrad.data.datasets import ImageBank
+from xrad.training.banks import ImageBank
 from xrad.errors import DataError
 
 

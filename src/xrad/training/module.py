@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from xrad.config import Config, milestone_epochs
-from xrad.data.datasets import BankDataset
-from xrad.data.transforms import batch_generator, prepare_eval
+from xrad.training.banks import BankDataset
+from xrad.training.augment import batch_generator, prepare_eval
 from xrad.models import batchnorm
 from xrad.utils.atomic import write_text
 

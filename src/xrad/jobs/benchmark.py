@@ -22,7 +22,7 @@ compared on identical data. Methods whose stage 1 is the same (same family in
 autoencoders, ``ae`` sections) train it once per split: later cells load the first cell's finished stage 1
 through ``pretrain.encoder_from`` (recorded as ``pretrain_from`` in ``benchmark_cell.json``), so e.g. the kNN
 ablation scores the very encoder the self-taught detector was fine-tuned from, as in the paper. Each cell is a run folder ``output/cells/<method>__r<ratio>__split<s>__seed<t>``
-written by :func:`xrad.training.run_training`; a cell whose ``summary.json`` exists is skipped, so
+written by :func:`xrad.jobs.train.run_training`; a cell whose ``summary.json`` exists is skipped, so
 re-running the command resumes the grid.
 
 Results are tied to the settings that produced them, so an edited YAML cannot silently reuse them:
@@ -30,7 +30,7 @@ Results are tied to the settings that produced them, so an edited YAML cannot si
 ``splits/split<s>__r<ratio>.csv``, and each cell folder holds ``benchmark_inputs.json`` (its method
 config after every override, and its split's record), written before it trains. Before anything is trained,
 a split or a finished or partly-trained cell whose record differs from what the YAML asks for now is refused
-with :class:`~xrad.errors.ConfigError` naming it and the changed keys (:mod:`xrad.evaluation.benchmark_records`). Execution-only settings (``trainer``
+with :class:`~xrad.errors.ConfigError` naming it and the changed keys (:mod:`xrad.jobs.benchmark_records`). Execution-only settings (``trainer``
 sections, ``--progress``, ``--only``, ``--split-seeds``) are not compared.
 
 Outputs: ``results.csv`` (one row per cell and split), ``table1.csv``/``table1.md`` (the paper's Table 1
@@ -54,7 +54,7 @@ import pandas as pd
 
 from xrad.errors import ConfigError, DataError
 from xrad.evaluation import metrics
-from xrad.evaluation.benchmark_records import (
+from xrad.jobs.benchmark_records import (
     CELL_INPUTS,
     cell_record,
     check_cell,
@@ -360,10 +360,10 @@ def run_benchmark(
     ``only`` and ``only_split_seeds`` restrict training to those method labels and split seeds (to spread
     one grid over several processes or machines sharing the output folder; keep the methods that share a
     stage 1 in one process); the tables always collect every finished cell of the grid.
-    ``train`` defaults to :func:`xrad.training.run_training` (tests inject a stand-in).
+    ``train`` defaults to :func:`xrad.jobs.train.run_training` (tests inject a stand-in).
     """
     if train is None:
-        from xrad.training import run_training as train
+        from xrad.jobs.train import run_training as train
     log = log or (lambda message: None)
     if not config.manifest.is_file():
         raise DataError(

@@ -6,8 +6,8 @@
 - rows with ``cache_path`` (``xrad preprocess`` output) are decoded by the same bank loader as training;
 - other rows are read with :func:`xrad.data.io.read_radiograph` and, when the artefact records
   preprocessing parameters, preprocessed with :func:`xrad.preprocess.preprocess_image` first;
-- then the one resize (:func:`xrad.data.datasets.resize_image_and_mask`) and the deterministic
-  :func:`xrad.data.transforms.prepare_eval`.
+- then the one resize (:func:`xrad.training.banks.resize_image_and_mask`) and the deterministic
+  :func:`xrad.training.augment.prepare_eval`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xrad.artefact import load_artefact
+from xrad.inference.artefact import load_artefact
 from xrad.errors import ImageReadError, XradError
 from xrad.methods.base import Scorer
 from xrad.methods.registry import get_scorer_class
@@ -44,7 +44,7 @@ def _has_cache(frame: pd.DataFrame) -> np.ndarray:
 
 def _decode_preprocessed(row: pd.Series, size: int, params: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw image → preprocessing with the artefact's parameters → the one resize."""
-    from xrad.data.datasets import resize_image_and_mask
+    from xrad.training.banks import resize_image_and_mask
     from xrad.data.io import read_radiograph
     from xrad.preprocess import preprocess_image
 
@@ -60,7 +60,7 @@ def _decode_preprocessed(row: pd.Series, size: int, params: Any) -> tuple[torch.
 
 def _decode(frame: pd.DataFrame, size: int, params: Any, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode rows to uint8 (N,1,S,S) images and masks, as training did."""
-    from xrad.data.datasets import load_image_bank
+    from xrad.training.banks import load_image_bank
 
     cached = _has_cache(frame)
     images = torch.zeros((len(frame), 1, size, size), dtype=torch.uint8)

@@ -19,7 +19,7 @@ MURA; a study has 1–4 views; each study is positive with probability ``abnorma
 Guarantees: when n_patients >= 5 the first unit of patient 1 has 10–12 studies (multi-digit study
 numbers) and is *mixed* (both labels); otherwise the first unit with >= 2 studies is made mixed.
 Every image of a positive study carries its study's anomaly, visible in each view (see
-:mod:`xrad.data.phantom_anomalies`), with a non-empty anomaly mask.
+:mod:`xrad.data.phantoms.anomalies`), with a non-empty anomaly mask.
 
 Determinism: every random draw comes from ``np.random.SeedSequence(seed, spawn_key=...)`` keyed by
 (purpose, patient, part, study, image), so the output is byte-identical for a seed whatever ``workers``.
@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xrad.data.phantom_anatomy import PARTS, VIEW_KINDS, build_skeleton, sample_patient
-from xrad.data.phantom_anomalies import ANOMALY_TYPES, render_view, sample_spec
-from xrad.data.phantom_render import plan_geometry
+from xrad.data.phantoms.anatomy import PARTS, VIEW_KINDS, build_skeleton, sample_patient
+from xrad.data.phantoms.anomalies import ANOMALY_TYPES, render_view, sample_spec
+from xrad.data.phantoms.render import plan_geometry
 from xrad.errors import ConfigError
 from xrad.utils.atomic import write_csv, write_json
 

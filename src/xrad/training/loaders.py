@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from xrad.data.datasets import BankDataset, ImageBank, seed_worker
+from xrad.training.banks import BankDataset, ImageBank, seed_worker
 from xrad.errors import DataError
 
 

@@ -2,11 +2,11 @@
 
 The graph takes exactly what :meth:`~xrad.methods.base.Scorer.score_batches` takes — ``image`` and
 ``mask``, uint8 ``(B, 1, S, S)`` (the resized and padded image, mask 1 on the body part) — and applies
-:func:`~xrad.data.transforms.prepare_eval` inside the graph. Keeping the /255 and masking in the graph
+:func:`~xrad.training.augment.prepare_eval` inside the graph. Keeping the /255 and masking in the graph
 removes the preprocessing ambiguity behind anomalib's export score mismatches (field guide §2.6). Outputs:
 ``score`` float32 ``(B,)`` and, for sphere detectors, ``sphere`` int64 ``(B,)``.
 
-Decoding, preprocessing and the resize stay outside (as in :mod:`xrad.scoring`); the model's
+Decoding, preprocessing and the resize stay outside (as in :mod:`xrad.inference.scoring`); the model's
 ``metadata_props`` record ``image_size``, the preprocessing parameters, the operating point and the
 artefact checksum, so a deployment has what it needs to reproduce ``xrad score``.
 
@@ -79,7 +79,7 @@ def export_onnx(artefact_dir: str | Path, output: str | Path, *, opset: int = OP
     into place. Returns ``{path, image_size, max_abs_diff, n_checked, outputs, opset, max_batch}``."""
     import onnx
 
-    from xrad.scoring import load_scorer
+    from xrad.inference.scoring import load_scorer
     from xrad.utils.atomic import write_bytes
 
     scorer = load_scorer(artefact_dir).cpu().eval()

@@ -92,7 +92,7 @@ def validate_options(options: RunOptions) -> None:
     """
     from xrad.config import load_config
     from xrad.data.splits import SplitConfig
-    from xrad.data.synth import SynthConfig
+    from xrad.data.phantoms.generate import SynthConfig
     from xrad.preprocess import PreprocessParams
 
     # One field at a time, the others at their (valid) defaults, so that the message names the option
@@ -197,10 +197,10 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print) -> dic
     from xrad.data.indexing import index_source
     from xrad.data.manifest import read_manifest, write_manifest
     from xrad.data.splits import SplitConfig, make_split, split_summary
-    from xrad.data.synth import SynthConfig, generate_phantoms
+    from xrad.data.phantoms.generate import SynthConfig, generate_phantoms
     from xrad.preprocess import PreprocessParams
     from xrad.preprocess.cache import build_cache
-    from xrad.training import run_training
+    from xrad.jobs.train import run_training
 
     validate_options(options)  # before the folder is touched: a typo must cost no step and leave no record
     pipe = Pipeline(options, log)

@@ -173,7 +173,7 @@ def level_tables(frame: pd.DataFrame, point: dict[str, Any] | None, aggregation:
 
 def store_operating_point(artefact_dir: str | Path, point: dict[str, Any]) -> Path:
     """Write ``point`` into the artefact's ``artefact.json`` (atomically; the weights are untouched)."""
-    from xrad.artefact import META, read_artefact_meta
+    from xrad.inference.artefact import META, read_artefact_meta
     from xrad.utils.atomic import write_json
 
     meta = read_artefact_meta(artefact_dir)

@@ -1,9 +1,9 @@
-"""Procedural upper-limb anatomy for the phantom radiographs of :mod:`xrad.data.synth`.
+"""Procedural upper-limb anatomy for the phantom radiographs of :mod:`xrad.data.phantoms.generate`.
 
 A skeleton is a list of :class:`Bone` capsules (a segment with a radius profile that flares at the
 ends, a cortical shell and a medulla) and of :class:`Soft` capsules (soft tissue). Coordinates are in
 *carrier units*: the carrier's long side is 1, the origin is the carrier centre, x points right and y
-points down, and the limb is drawn portrait (long bones roughly along y). :mod:`xrad.data.phantom_render`
+points down, and the limb is drawn portrait (long bones roughly along y). :mod:`xrad.data.phantoms.render`
 maps these units to pixels.
 
 Anatomical variation comes from two levels of randomness, both explicit:

@@ -134,7 +134,7 @@ def build_worklist(scores: pd.DataFrame, out_dir: str | Path, *, aggregation: st
 
     ``threshold`` overrides ``operating_point``. Returns ``{html, csv, n_studies, n_flagged, threshold}``.
     """
-    from xrad.calibration import study_threshold
+    from xrad.inference.calibration import study_threshold
     from xrad.utils.atomic import write_csv, write_text
 
     out_dir = Path(out_dir)

@@ -2,7 +2,7 @@
 
 A stage loads its images once (:func:`load_image_bank`) into uint8 tensors ``(N, 1, S, S)`` with their
 0/1 masks; the DataLoader then only indexes memory and yields uint8 batches, and augmentation runs batched
-inside the training step (:mod:`xrad.data.transforms`). Decoding is done by a small thread pool (OpenCV
+inside the training step (:mod:`xrad.training.augment`). Decoding is done by a small thread pool (OpenCV
 releases the GIL) and memoised on disk, keyed by the files' paths, sizes and modification times, so a
 resumed run or a second stage does not decode again.
 

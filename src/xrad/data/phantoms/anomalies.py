@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from xrad.data.phantom_anatomy import Bone, Skeleton, Soft
-from xrad.data.phantom_render import (METAL, MU_CORTEX, MU_MEDULLA, MU_SOFT, Geometry, bone_paths, box,
+from xrad.data.phantoms.anatomy import Bone, Skeleton, Soft
+from xrad.data.phantoms.render import (METAL, MU_CORTEX, MU_MEDULLA, MU_SOFT, Geometry, bone_paths, box,
                                       carrier_coverage, compose, soft_path)
 
 ANOMALY_TYPES: tuple[str, ...] = ("plate", "screws", "fracture_gap", "displaced_fragment", "lesion",

@@ -6,7 +6,7 @@ activations weighted by the spatial mean of the score's gradient, ReLU'd, upsamp
 input size. A detector with a decoder overrides ``heatmap`` with its reconstruction error.
 
 Geometry: the model sees the image resized (major axis → S) and centre-padded to S×S
-(:func:`xrad.data.datasets.resize_image_and_mask`). That step is inverted exactly (:func:`to_original`).
+(:func:`xrad.training.banks.resize_image_and_mask`). That step is inverted exactly (:func:`to_original`).
 When the artefact preprocesses (carrier crop, rotation, resize/pad), :func:`xrad.preprocess.preprocess_image`
 records the homography from the original image to its output, and the map is warped back through it
 (zero outside the crop); so overlays from raw files are always drawn on the original image in its own pixel
@@ -100,7 +100,7 @@ def normalise(maps: Tensor | np.ndarray, masks: Tensor | np.ndarray | None = Non
 
 
 def to_original(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Invert the resize-and-pad of :func:`~xrad.data.datasets.resize_image_and_mask`: an S×S map → (H, W)."""
+    """Invert the resize-and-pad of :func:`~xrad.training.banks.resize_image_and_mask`: an S×S map → (H, W)."""
     import cv2
 
     size = heat.shape[-1]
@@ -155,10 +155,10 @@ def input_from_pixels(pixels: np.ndarray, size: int, params: Any = None,
     """Decoded [0, 1] pixels → the model's uint8 image and mask ``(1, S, S)``, the image they were resized
     from, and (with preprocessing) the 3×3 homography from the original image to that one (else None).
 
-    Mirrors :mod:`xrad.scoring`: with preprocessing parameters, :func:`xrad.preprocess.preprocess_image` and
+    Mirrors :mod:`xrad.inference.scoring`: with preprocessing parameters, :func:`xrad.preprocess.preprocess_image` and
     then the one resize; without, 8-bit rounding and the one resize (as the image bank does).
     """
-    from xrad.data.datasets import resize_image_and_mask
+    from xrad.training.banks import resize_image_and_mask
 
     transform = None
     if params is not None:
@@ -192,7 +192,7 @@ def explain_pixels(scorer: Any, pixels: np.ndarray, *, size: int, params: Any = 
 
     With ``heatmap=False`` only the score is computed (the map is all zeros).
     """
-    from xrad.data.transforms import prepare_eval
+    from xrad.training.augment import prepare_eval
 
     image, mask, base, transform = input_from_pixels(pixels, size, params, body_part)
     on_original = params is None or transform is not None
@@ -224,11 +224,11 @@ def _read_grey8(path: str) -> np.ndarray:
 
 
 def explain_row(scorer: Any, row: Any, *, size: int, params: Any = None) -> Explanation:
-    """Explain one manifest/scores row as :mod:`xrad.scoring` scores it: its ``cache_path`` (preprocessed
+    """Explain one manifest/scores row as :mod:`xrad.inference.scoring` scores it: its ``cache_path`` (preprocessed
     image and ``mask_path``) when present, else the original file (preprocessed with ``params`` if given)."""
-    from xrad.data.datasets import resize_image_and_mask
+    from xrad.training.banks import resize_image_and_mask
     from xrad.data.io import read_radiograph
-    from xrad.data.transforms import prepare_eval
+    from xrad.training.augment import prepare_eval
 
     cache = str(row.get("cache_path", "") or "")
     if not cache or cache == "nan":

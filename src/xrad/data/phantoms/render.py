@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xrad.data.phantom_anatomy import Bone, Skeleton
+from xrad.data.phantoms.anatomy import Bone, Skeleton
 
 MU_SOFT, MU_CORTEX, MU_MEDULLA, METAL = 2.0, 12.0, 3.5, 4.0  # attenuation per carrier unit; metal per px
 

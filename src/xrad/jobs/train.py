@@ -9,7 +9,7 @@ Run folder contract (read by the evaluation/report code)::
     run_dir/<stage>/metrics.csv         one row per epoch: epoch, train_loss, valid_auroc, n_spheres, lr
     run_dir/<stage>/logs/, tensorboard/ Lightning's CSV (and TensorBoard, when installed) logs
     run_dir/<stage>/done.json           written when the stage finished (a re-run skips it)
-    run_dir/artefact/                   model.safetensors + artefact.json (see xrad.artefact)
+    run_dir/artefact/                   model.safetensors + artefact.json (see xrad.inference.artefact)
     run_dir/scores_{valid,test}.csv     path, patient_id, study_id, body_part, label, split, score, sphere
     run_dir/embeddings_test.safetensors h, z, sphere, labels of the test images (for t-SNE)
     run_dir/summary.json                method, AUROCs, sphere history, timings, images per split
@@ -35,9 +35,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from xrad.artefact import package_versions, save_artefact
+from xrad.inference.artefact import package_versions, save_artefact
 from xrad.config import Config, comparable_config, config_to_dict, dump_config, load_config
-from xrad.data.datasets import ImageBank, load_image_bank
+from xrad.training.banks import ImageBank, load_image_bank
 from xrad.data.manifest import CORE_COLUMNS, read_manifest
 from xrad.errors import ConfigError, DataError
 from xrad.methods.registry import get_method
@@ -126,7 +126,7 @@ def _finalise(ctx: RunContext, method: Any, frame: pd.DataFrame, manifest: Path,
     """Artefact, test/valid scores (through the reloaded artefact), embeddings and summary."""
     from safetensors.torch import save
 
-    from xrad.scoring import load_scorer
+    from xrad.inference.scoring import load_scorer
     from xrad.utils.atomic import write_bytes
 
     cfg, run_dir = ctx.config, ctx.run_dir
@@ -137,7 +137,7 @@ def _finalise(ctx: RunContext, method: Any, frame: pd.DataFrame, manifest: Path,
         "method": cfg.method,
         "scorer": {"kind": scorer.kind, "args": args},
         "image_size": cfg.data.image_size,
-        "input": "uint8 image x 0/1 mask, float in [0, 1] (xrad.data.transforms.prepare_eval)",
+        "input": "uint8 image x 0/1 mask, float in [0, 1] (xrad.training.augment.prepare_eval)",
         "preprocessing": _preprocessing_params(frame),
         "config": config_to_dict(cfg),
         "training_data": _data_summary(frame, manifest),
