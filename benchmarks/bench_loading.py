@@ -32,12 +32,8 @@ import torchvision
 
 from xrad.config import ADAugment, ContrastiveAugment
 from xrad.training.banks import BankDataset, load_image_bank
-from xrad.training.augment import (
-    augment_ad,
-    batch_generator,
-    contrastive_views,
-    prepare_eval,
-)
+from xrad.training.augment import augment_ad, batch_generator, contrastive_views
+from xrad.data.model_input import prepare_eval
 
 
 def synthetic_cache(folder: Path, n: int, side: int, seed: int = 0) -> pd.DataFrame:

@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 
 from xrad.data.io import read_radiograph
-from xrad.training.augment import prepare_eval
-from xrad.inference.heatmaps import grad_cam, input_from_pixels, normalise, to_original
+from xrad.data.model_input import prepare_eval
+from xrad.inference.heatmaps import input_from_pixels, normalise, to_original
+from xrad.models.gradcam import grad_cam
 from xrad.inference.scoring import load_scorer
 
 parser = argparse.ArgumentParser()

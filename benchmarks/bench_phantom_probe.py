@@ -31,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 
 from xrad.training.banks import load_image_bank
 from xrad.data.manifest import read_manifest
-from xrad.training.augment import prepare_eval
+from xrad.data.model_input import prepare_eval
 from xrad.inference.scoring import load_scorer
 
 

@@ -31,8 +31,9 @@ from sklearn.metrics import roc_auc_score
 
 from xrad.config import ADAugment
 from xrad.training.banks import load_image_bank
-from xrad.training.augment import augment_ad, batch_generator, prepare_eval
-from xrad.methods.knn import knn_mean_distance
+from xrad.training.augment import augment_ad, batch_generator
+from xrad.data.model_input import prepare_eval
+from xrad.methods.knn.search import knn_mean_distance
 from xrad.models.batchnorm import recalibrate_batchnorm
 from xrad.models.resnet import ResNet18Backbone
 

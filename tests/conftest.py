@@ -100,7 +100,8 @@ def make_tiny_artefact(directory: Path, *, image_size: int = 64, kind: str = "sp
     import torch
 
     from xrad.inference.artefact import save_artefact
-    from xrad.methods.scorers import KnnScorer, SphereScorer
+    from xrad.methods.knn.scorer import KnnScorer
+    from xrad.methods.multisphere.scorer import SphereScorer
     from xrad.models.encoder import build_encoder
 
     generator = torch.Generator().manual_seed(seed)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from training_helpers import make_dataset
 
-from xrad.config import CONFIG_DIR, load_config
+from xrad.config import CONFIG_DIR
 from xrad.training.banks import load_image_bank
 from xrad.data.manifest import read_manifest
-from xrad.methods.registry import METHODS, get_method
+from xrad.methods.registry import DETECTORS, load_config
 from xrad.inference.scoring import load_scorer
 from xrad.jobs.train import run_training
 
@@ -49,14 +49,14 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(DETECTORS))
 def test_train_score_save_reload_gives_identical_scores(method: str, tiny_manifest: Path, tmp_path: Path) -> None:
     config, overrides = tiny_config(method)
     overrides += EXTRA[method](tmp_path) if method in EXTRA else []
     assert load_config(config, overrides).method == method
     summary = run_training(config, tiny_manifest, tmp_path / "run", progress=False, overrides=overrides)
     assert summary["method"] == method
-    assert set(get_method(method).stages) <= {p.name for p in (tmp_path / "run").iterdir() if p.is_dir()}
+    assert set(DETECTORS[method].stage_names) <= {p.name for p in (tmp_path / "run").iterdir() if p.is_dir()}
 
     written = pd.read_csv(tmp_path / "run" / "scores_test.csv")
     assert np.isfinite(written["score"]).all() and written["score"].nunique() > 1

@@ -51,7 +51,7 @@ def test_score_frame_reproduces_the_runs_test_scores(tiny_run: dict) -> None:
     # The scorer is a plain nn.Module: forward() gives the scores, which are distances to the nearest centre.
     scorer = load_scorer(tiny_run["run_dir"] / "artefact")
     from xrad.training.banks import load_image_bank
-    from xrad.training.augment import prepare_eval
+    from xrad.data.model_input import prepare_eval
 
     bank = load_image_bank(_test_rows(tiny_run), 32, workers=1, progress=False)
     with torch.no_grad():

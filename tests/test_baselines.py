@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from xrad.config import load_config
 from xrad.errors import ConfigError
-from xrad.methods.baseline_scorers import ClassifierScorer, ReconstructionScorer
-from xrad.methods.deep_sad_ae import IMAGENET, fold_input_normalisation
-from xrad.methods.supervised import labelled_rows
+from xrad.methods.autoencoder.scorer import ReconstructionScorer
+from xrad.methods.imagenet import stage as imagenet_stage
+from xrad.methods.imagenet.stage import fold_input_normalisation
+from xrad.methods.registry import load_config
+from xrad.methods.supervised.scorer import ClassifierScorer
+from xrad.methods.supervised.stage import labelled_rows
 from xrad.models.autoencoder import build_autoencoder
 from xrad.models.resnet import ResNet18Backbone, ResNet50Backbone
 from xrad.inference.scoring import load_scorer
@@ -120,25 +122,24 @@ def test_imagenet_initialisation_reads_a_local_torchvision_file(tmp_path: Path) 
     from torchvision.models import resnet18
 
     with pytest.raises(ConfigError, match="imagenet.weights is not set.*nothing is downloaded"):
-        IMAGENET.pretrain(_imagenet_ctx(tmp_path))
+        imagenet_stage.run(_imagenet_ctx(tmp_path), "pretrain")
     missing = tmp_path / "nowhere" / "resnet18.pth"
     with pytest.raises(ConfigError, match="nowhere.*no download"):
-        IMAGENET.pretrain(_imagenet_ctx(tmp_path, f"imagenet.weights={missing}"))
+        imagenet_stage.run(_imagenet_ctx(tmp_path, f"imagenet.weights={missing}"), "pretrain")
 
     torch.manual_seed(5)
     state = resnet18(weights=None).state_dict()
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
     ctx = _imagenet_ctx(tmp_path, f"imagenet.weights={path}", "imagenet.normalise=false")
-    IMAGENET.pretrain(ctx)
-    backbone = ctx.state["encoder"].backbone
+    backbone = imagenet_stage.run(ctx, "pretrain").encoder.backbone
     assert torch.equal(backbone.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     assert torch.allclose(backbone.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
     assert (tmp_path / "run" / "pretrain" / "encoder.safetensors").is_file()
     # With the default normalisation fold, conv1 carries 1/std.
     ctx = _imagenet_ctx(tmp_path / "b", f"imagenet.weights={path}")
-    IMAGENET.pretrain(ctx)
-    assert torch.allclose(ctx.state["encoder"].backbone.conv1.weight * 0.226,
+    folded = imagenet_stage.run(ctx, "pretrain").encoder.backbone
+    assert torch.allclose(folded.conv1.weight * 0.226,
                           state["conv1.weight"].sum(dim=1, keepdim=True), atol=1e-6)
 
 
@@ -159,7 +160,7 @@ def test_autoencoder_flags_and_localises_planted_squares(ae_run: dict, squares_s
     # The reconstruction-error heatmap peaks at the planted square (the brightest patch) of abnormal images.
     from xrad.training.banks import load_image_bank
     from xrad.data.manifest import read_manifest
-    from xrad.training.augment import prepare_eval
+    from xrad.data.model_input import prepare_eval
 
     frame = read_manifest(squares_split)
     abnormal = frame[(frame["split"] == "test") & (frame["label"] == 1)].reset_index(drop=True)

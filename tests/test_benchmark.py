@@ -14,14 +14,9 @@ import yaml
 from scipy import stats
 
 from xrad.errors import ConfigError
-from xrad.jobs.benchmark import (
-    RESULT_COLUMNS,
-    iter_cells,
-    load_benchmark_config,
-    merge_overrides,
-    resolve_method,
-    run_benchmark,
-)
+from xrad.config import merge_overrides
+from xrad.jobs.benchmark import RESULT_COLUMNS, run_benchmark
+from xrad.jobs.benchmark_grid import iter_cells, load_benchmark_config, resolve_method
 from xrad.evaluation.statistics import significance_code
 
 

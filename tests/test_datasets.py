@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import xrad.training.banks as datasets
-from xrad.training.banks import BankDataset, ImageBank, load_image_bank, resize_image_and_mask, seed_worker
+from xrad.training.banks import BankDataset, ImageBank, load_image_bank, seed_worker
+from xrad.data.model_input import resize_image_and_mask
 from xrad.errors import ImageReadError
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from xrad.training.banks import resize_image_and_mask
-from xrad.training.augment import prepare_eval
-from xrad.inference.heatmaps import cam_layer, explain_pixels, grad_cam, normalise, overlay, png_bytes, to_original
+from xrad.data.model_input import resize_image_and_mask
+from xrad.data.model_input import prepare_eval
+from xrad.inference.heatmaps import explain_pixels, normalise, overlay, png_bytes, to_original
+from xrad.models.gradcam import cam_layer, grad_cam
 from xrad.methods.base import Scorer
 from xrad.inference.scoring import load_scorer
 
@@ -104,7 +105,7 @@ def test_explain_pixels_matches_scoring(tiny_artefact) -> None:
 def test_knn_grad_cam_and_non_differentiable_fallback(tmp_path) -> None:
     from conftest import make_tiny_artefact
 
-    from xrad.inference.heatmaps import grad_cam
+    from xrad.models.gradcam import grad_cam
 
     scorer = load_scorer(make_tiny_artefact(tmp_path / "knn", kind="knn"))
     images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (2, 1, 64, 64), dtype=np.uint8))

@@ -15,7 +15,8 @@ import pytest
 import xrad.data.phantoms.generate
 import xrad.jobs.train
 from xrad.cli.main import main
-from xrad.config import dump_config, load_config
+from xrad.config import dump_config
+from xrad.methods.registry import load_config
 from xrad.errors import DataError
 from xrad.jobs.pipeline import RunOptions, run_pipeline
 

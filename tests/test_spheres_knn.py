@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from xrad.errors import DataError
-from xrad.methods.knn import knn_mean_distance
-from xrad.methods.spheres import (apply_min_abs, kmeans_centers, mean_center, prune_centers, prune_mask,
+from xrad.methods.knn.search import knn_mean_distance
+from xrad.methods.multisphere.centres import (apply_min_abs, kmeans_centers, mean_center, prune_centers, prune_mask,
                                   sphere_counts, sphere_radii)
 
 

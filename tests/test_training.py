@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from xrad.config import CONFIG_DIR, dump_config, load_config, milestone_epochs
+from xrad.config import CONFIG_DIR, dump_config, milestone_epochs
+from xrad.methods.registry import load_config
 from xrad.errors import ConfigError, DataError
 from xrad.jobs.train import run_training
 
@@ -121,12 +122,14 @@ def test_run_folder_contract(tiny_run: dict) -> None:
 
 
 def test_rerun_of_a_finished_run_trains_nothing(tiny_run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    from xrad.methods import self_taught
+    from xrad.methods.contrastive import stage as contrastive
+    from xrad.methods.multisphere import stage as multisphere
 
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished stage was trained again")
 
-    monkeypatch.setattr(self_taught.SelfTaught, "run_stage", fail)
+    monkeypatch.setattr(contrastive, "run", fail)
+    monkeypatch.setattr(multisphere, "run", fail)
     again = run_training("tiny", tiny_run["manifest"], tiny_run["run_dir"], progress=False)
     assert again["test_auroc"] == tiny_run["summary"]["test_auroc"]
 
@@ -210,7 +213,7 @@ def _normal_train_embeddings(tiny_run: dict) -> np.ndarray:
 
     from xrad.training.banks import load_image_bank
     from xrad.data.manifest import read_manifest
-    from xrad.training.augment import prepare_eval
+    from xrad.data.model_input import prepare_eval
     from xrad.models.encoder import build_encoder
 
     frame = read_manifest(tiny_run["manifest"])
@@ -237,7 +240,7 @@ def test_uni_modal_centre_is_the_mean_normal_embedding(tiny_run: dict, tmp_path:
 
 
 def test_kmeans_initialisation_is_reproducible_for_a_seed(tiny_run: dict, tmp_path: Path) -> None:
-    from xrad.methods.spheres import kmeans_centers
+    from xrad.methods.multisphere.centres import kmeans_centers
 
     def centres(name: str) -> np.ndarray:
         run_training("tiny", tiny_run["manifest"], tmp_path / name, progress=False,

@@ -10,18 +10,8 @@ import torch
 from scipy import ndimage
 
 from xrad.config import ADAugment, ContrastiveAugment
-from xrad.training.augment import (
-    adjust_brightness_contrast,
-    affine_matrices,
-    apply_affine,
-    augment_ad,
-    batch_generator,
-    contrastive_views,
-    gaussian_blur,
-    prepare_eval,
-    sample_crop_boxes,
-    to_float,
-)
+from xrad.training.augment import adjust_brightness_contrast, affine_matrices, apply_affine, augment_ad, batch_generator, contrastive_views, gaussian_blur, sample_crop_boxes
+from xrad.data.model_input import prepare_eval, to_float
 
 IDENTITY_AD = ADAugment(hflip=0.0, vflip=0.0, brightness=(1.0, 1.0), scale=(1.0, 1.0), rotation_deg=0.0)
 IDENTITY_CONTRASTIVE = ContrastiveAugment(hflip=0.0, scale=(1.0, 1.0), rotation_deg=0.0,

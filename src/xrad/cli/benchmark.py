@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train only these methods (comma-separated labels), e.g. to spread one grid over several "
         "processes sharing the output folder; the tables still collect every finished cell",
     )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of every method's config, e.g. --set finetune.epochs=5 "
+                             "(repeatable; applied after the YAML's `overrides:`)")
     parser.add_argument(
         "--split-seeds",
         default=None,
@@ -44,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     """Run the grid, write results.csv / table1.* / pairwise.csv, print Table 1."""
     from xrad.jobs.benchmark import load_benchmark_config, run_benchmark
 
+    from xrad.config import merge_overrides, parse_override
+
     config = load_benchmark_config(args.config, output=args.output)
+    if args.overrides:
+        config.overrides = merge_overrides(config.overrides, dict(parse_override(text) for text in args.overrides))
     print(
         f"benchmark: {len(config.methods)} method(s) × {len(config.training_seeds)} training seed(s) × "
         f"{len(config.split_seeds)} split seed(s) × {len(config.abnormal_ratios)} ratio(s) → {config.output}",

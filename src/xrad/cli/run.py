@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=d.patients, help="phantom patients to generate")
     parser.add_argument("--difficulty", type=float, default=d.difficulty,
                         help="phantom anomaly difficulty (contrast × 1/d, size × 1/√d): 0.5 easier, 2 harder")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the phantoms and of training")
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="seed of the phantoms (training uses the config's seed: change it with --set seed=N)")
     parser.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the train/valid/test split")
     parser.add_argument("--abnormal-ratio", type=float, default=d.abnormal_ratio,
                         help="fraction of abnormal units in train (all of them known anomalies)")
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-px", type=int, default=d.image_px,
                         help="size in px of the phantoms and of the preprocessed images (major axis)")
     parser.add_argument("--workers", type=int, default=d.workers, help="processes for generation and preprocessing")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of the detector config, e.g. --set seed=1 or --set finetune.epochs=5 "
+                             "(repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
     options = RunOptions(output=args.output, config=args.config, patients=args.patients,
                          difficulty=args.difficulty, seed=args.seed, split_seed=args.split_seed,
                          abnormal_ratio=args.abnormal_ratio, known_normal=args.known_normal,
-                         image_px=args.image_px, workers=args.workers)
+                         image_px=args.image_px, workers=args.workers, overrides=tuple(args.overrides))
     run_pipeline(options)
     return 0

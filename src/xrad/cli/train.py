@@ -9,17 +9,20 @@ from typing import Any
 
 from xrad.cli.options import int_at_least
 
-STAGE_CHOICES = ("all", "pretrain", "finetune")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``xrad train``."""
+    # Light imports (no torch): the registry rows and the packaged configs' names.
+    from xrad.config import packaged_configs
+    from xrad.methods.registry import DETECTORS, stage_names
+
+    stages = "; ".join(f"{d.name}: {', '.join(d.stage_names)}" for d in DETECTORS.values())
     parser.add_argument("--config", required=True,
-                        help="YAML config file, or the name of a packaged one (self_taught_cpu, self_taught_paper, "
-                             "uni_modal_cpu, knn_cpu, tiny)")
+                        help="YAML config file, or the name of a packaged one: " + ", ".join(packaged_configs()))
     parser.add_argument("--manifest", required=True, help="split manifest (from `xrad split`, optionally preprocessed)")
     parser.add_argument("-o", "--output", required=True, help="run folder; re-running the same command resumes it")
-    parser.add_argument("--stage", choices=STAGE_CHOICES, default="all", help="which stage(s) to run")
+    parser.add_argument("--stage", choices=("all", *stage_names()), default="all",
+                        help=f"which stage to run (the method's own stages: {stages})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set finetune.epochs=5 (repeatable)")
     trainer = parser.add_argument_group("devices (passed to lightning.Trainer; override the config's trainer section)")

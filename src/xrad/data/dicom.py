@@ -1,4 +1,4 @@
-"""DICOM decoding for :mod:`xrad.data.io`: pixel pipeline and header tags.
+"""DICOM decoding (called by :mod:`xrad.data.io`): pixel pipeline and header tags.
 
 The pixel pipeline follows the DICOM grayscale pipeline in the order the standard (and pydicom's docs)
 prescribe: stored values -> Modality LUT (RescaleSlope/Intercept or Modality LUT Sequence) -> VOI
@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-# io imports this module lazily (inside functions), so importing io here is not circular.
-from xrad.data.io import ImageMeta, Radiograph, _short, _to_grey
+from xrad.data.radiograph import ImageMeta, Radiograph, short_reason, to_grey
 from xrad.errors import ImageReadError
 from xrad.utils.hashing import pseudonymise
 
@@ -90,14 +89,14 @@ def _voi(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, float, float]:
 
 
 def decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
-    """Decode DICOM bytes (frame 0) into a :class:`~xrad.data.io.Radiograph`; see the module docstring."""
+    """Decode DICOM bytes (frame 0) into a :class:`~xrad.data.radiograph.Radiograph`; see the module docstring."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # pydicom raises many types on damaged headers
-        raise ImageReadError(name, f"damaged DICOM header ({_short(exc)}); re-export the file") from exc
+        raise ImageReadError(name, f"damaged DICOM header ({short_reason(exc)}); re-export the file") from exc
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise ImageReadError(name, "DICOM float pixel data is not supported; export integer pixel data")
     if "PixelData" not in ds:
@@ -130,13 +129,13 @@ def decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
     try:
         stored = pixel_array(ds, index=0)
     except Exception as exc:  # truncated/corrupt pixel data, decoder failures
-        raise ImageReadError(name, f"DICOM pixel data cannot be decoded ({_short(exc)}); the file is "
+        raise ImageReadError(name, f"DICOM pixel data cannot be decoded ({short_reason(exc)}); the file is "
                                    "truncated or damaged, re-export it") from exc
 
     bits_stored = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 8) or 8)
     if samples == 3:
         # pydicom converts YBR to RGB by default; colour DICOMs carry no VOI, so scale by stored bits.
-        pixels = _to_grey(stored, 2**bits_stored - 1)
+        pixels = to_grey(stored, 2**bits_stored - 1)
     else:
         values = apply_modality_lut(stored, ds)
         out, lo, hi = _voi(values, ds)
@@ -182,7 +181,7 @@ def read_dicom_tags(path: str | Path) -> dict[str, str]:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:
-        raise ImageReadError(path, f"not a readable DICOM file ({_short(exc)}); DICOM needs the 'DICM' "
+        raise ImageReadError(path, f"not a readable DICOM file ({short_reason(exc)}); DICOM needs the 'DICM' "
                                    "preamble") from exc
 
     def text(keyword: str) -> str:

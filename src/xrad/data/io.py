@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import io
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xrad.data.radiograph import ImageMeta, Radiograph, short_reason, to_grey
 from xrad.errors import ImageReadError
 from xrad.utils.atomic import write_bytes
 
@@ -41,27 +41,6 @@ DEFAULT_MAX_PIXELS: int = 60_000_000
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
 # Pillow's truncation switch is a module global: the retry flips it under this lock and restores it.
 _TRUNCATED_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class ImageMeta:
-    """What is known about a decoded image, as stored in the file."""
-
-    path: str  # file path or the upload name
-    format: str  # "png" | "jpeg" | "tiff" | "dicom" (by content)
-    bit_depth: int  # bits per sample as stored (8, 16, 12 for many DICOMs, 1 for bilevel)
-    photometric: str  # DICOM PhotometricInterpretation, or the Pillow mode as opened ("L", "RGB", "I;16")
-    pixel_spacing: tuple[float, float] | None  # mm (row, col) when the file states it
-    shape: tuple[int, int]  # (height, width)
-    truncated: bool  # decoded from an incomplete file
-
-
-@dataclass
-class Radiograph:
-    """Decoded pixels (float32 (H, W) in [0, 1], bone bright) and their metadata."""
-
-    pixels: np.ndarray
-    meta: ImageMeta
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -149,7 +128,7 @@ def _open(data: bytes, name: str, fmt: str, max_pixels: int) -> tuple[Any, str]:
         raise ImageReadError(name, f"damaged {fmt.upper()} header (the decoder cannot identify it); "
                                    "re-export the file") from exc
     except Exception as exc:  # SyntaxError, struct.error, EOFError on damaged headers
-        raise ImageReadError(name, f"damaged {fmt.upper()} header ({_short(exc)}); "
+        raise ImageReadError(name, f"damaged {fmt.upper()} header ({short_reason(exc)}); "
                                    "re-export the file") from exc
     width, height = image.size
     if width * height > max_pixels:
@@ -173,7 +152,7 @@ def _load(data: bytes, name: str, fmt: str, max_pixels: int) -> tuple[Any, str, 
         return image, opened_mode, False
     except Exception as exc:
         if not _is_truncation(exc):
-            raise ImageReadError(name, f"corrupt {fmt.upper()} data ({_short(exc)}); "
+            raise ImageReadError(name, f"corrupt {fmt.upper()} data ({short_reason(exc)}); "
                                        "re-export the file") from exc
     with _TRUNCATED_LOCK:
         previous = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -185,7 +164,7 @@ def _load(data: bytes, name: str, fmt: str, max_pixels: int) -> tuple[Any, str, 
             raise
         except Exception as exc:
             raise ImageReadError(name, f"truncated {fmt.upper()} file with no decodable pixels "
-                                       f"({_short(exc)}); re-download it") from exc
+                                       f"({short_reason(exc)}); re-download it") from exc
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
     return image, opened_mode, True
@@ -198,7 +177,7 @@ def _decode_pillow(data: bytes, name: str, fmt: str, max_pixels: int) -> Radiogr
     except ImageReadError:
         raise
     except Exception as exc:  # conversion failures on exotic modes
-        raise ImageReadError(name, f"unsupported {fmt.upper()} pixel format {image.mode} ({_short(exc)}); "
+        raise ImageReadError(name, f"unsupported {fmt.upper()} pixel format {image.mode} ({short_reason(exc)}); "
                                    "save it as 8/16-bit greyscale") from exc
     if truncated and (pixels.size == 0 or float(pixels.min()) == float(pixels.max())):
         # A truncated file that leaves a constant image decoded nothing useful.
@@ -233,20 +212,12 @@ def _to_unit_grey(image: Any, data: bytes, fmt: str, name: str) -> tuple[np.ndar
                                        "[0, 1] or save it as 16-bit integers")
         return arr, 32
     if mode in ("RGB", "RGBA", "RGBX", "RGBa"):
-        return _to_grey(np.asarray(image)[..., :3], 255), stored_bits or 8
+        return to_grey(np.asarray(image)[..., :3], 255), stored_bits or 8
     if mode in ("P", "PA"):
-        return _to_grey(np.asarray(image.convert("RGB")), 255), stored_bits or 8
+        return to_grey(np.asarray(image.convert("RGB")), 255), stored_bits or 8
     if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        return _to_grey(np.asarray(image.convert("RGB")), 255), stored_bits or 8
+        return to_grey(np.asarray(image.convert("RGB")), 255), stored_bits or 8
     raise ImageReadError(name, f"unsupported pixel format {mode}; save it as 8/16-bit greyscale")
-
-
-def _to_grey(arr: np.ndarray, scale: float) -> np.ndarray:
-    """Colour (H, W, 3) samples to one channel: exact copy when R == G == B, else Rec. 601 luminance."""
-    if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
-        return arr[..., 0].astype(np.float32) / np.float32(scale)
-    rgb = arr[..., :3].astype(np.float32)
-    return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)) / np.float32(scale)
 
 
 def _scale_int(arr: np.ndarray, bits: int) -> np.ndarray:
@@ -281,11 +252,6 @@ def _pil_spacing(image: Any, fmt: str) -> tuple[float, float] | None:
     if dpi_x <= 0 or dpi_y <= 0:
         return None
     return (round(25.4 / dpi_y, 6), round(25.4 / dpi_x, 6))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def write_png(path: str | Path, pixels: np.ndarray, bit_depth: int = 8, *, compress_level: int = 1) -> None:

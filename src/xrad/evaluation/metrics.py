@@ -20,7 +20,7 @@ _BLOCK = 128
 
 
 def _as_arrays(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels).astype(np.int64).ravel()
+    labels = np.asarray(labels, dtype=np.float64).ravel()  # float: NaN marks an unlabelled row
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if labels.shape != scores.shape:
         raise ValueError(f"labels ({labels.size}) and scores ({scores.size}) differ in length")
@@ -47,6 +47,11 @@ def _level_sums(
 def _blocked(fn, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None, **kwargs):
     """Apply ``fn(pos, neg, levels, **kwargs) -> (B,)`` in blocks of resamples; unwrap when unweighted."""
     labels, scores = _as_arrays(labels, scores)
+    # Rows without a 0/1 label (unlabelled: -1 or NaN) or without a finite score say nothing about ranking.
+    keep = ((labels == 0) | (labels == 1)) & np.isfinite(scores)
+    if not keep.all():
+        labels, scores = labels[keep], scores[keep]
+        weights = None if weights is None else np.atleast_2d(weights)[:, keep]
     if weights is None:
         return float(fn(*_level_sums(labels, scores, None), **kwargs)[0])
     weights = np.atleast_2d(weights)

@@ -2,7 +2,7 @@
 
 The graph takes exactly what :meth:`~xrad.methods.base.Scorer.score_batches` takes — ``image`` and
 ``mask``, uint8 ``(B, 1, S, S)`` (the resized and padded image, mask 1 on the body part) — and applies
-:func:`~xrad.training.augment.prepare_eval` inside the graph. Keeping the /255 and masking in the graph
+:func:`~xrad.data.model_input.prepare_eval` inside the graph. Keeping the /255 and masking in the graph
 removes the preprocessing ambiguity behind anomalib's export score mismatches (field guide §2.6). Outputs:
 ``score`` float32 ``(B,)`` and, for sphere detectors, ``sphere`` int64 ``(B,)``.
 

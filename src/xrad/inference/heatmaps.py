@@ -1,12 +1,11 @@
 """Heatmaps that explain a score, and overlays of them on the radiograph.
 
 Every :class:`~xrad.methods.base.Scorer` has ``heatmap(images) -> (B, 1, S, S)``. The default is Grad-CAM
-(Selvaraju et al. 2017) of the *anomaly score* on the backbone's last convolutional block: the block's
-activations weighted by the spatial mean of the score's gradient, ReLU'd, upsampled bilinearly to the
-input size. A detector with a decoder overrides ``heatmap`` with its reconstruction error.
+of the *anomaly score* on the backbone's last convolutional block (:mod:`xrad.models.gradcam`); a detector
+with a decoder overrides ``heatmap`` with its reconstruction error.
 
 Geometry: the model sees the image resized (major axis → S) and centre-padded to S×S
-(:func:`xrad.training.banks.resize_image_and_mask`). That step is inverted exactly (:func:`to_original`).
+(:func:`xrad.data.model_input.resize_image_and_mask`). That step is inverted exactly (:func:`to_original`).
 When the artefact preprocesses (carrier crop, rotation, resize/pad), :func:`xrad.preprocess.preprocess_image`
 records the homography from the original image to its output, and the map is warped back through it
 (zero outside the crop); so overlays from raw files are always drawn on the original image in its own pixel
@@ -28,64 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Explanation", "cam_layer", "explain_pixels", "explain_row", "grad_cam", "input_from_pixels",
-           "normalise", "overlay", "png_bytes", "to_original", "warp_to_source", "write_heatmaps"]
-
-
-def cam_layer(scorer: nn.Module, layer: str | nn.Module | None = None) -> nn.Module:
-    """The module whose output Grad-CAM weighs: ``layer`` (dotted name or module), else the last module
-    named ``layer4`` (ResNet's last block), else the last ``Conv2d``."""
-    if isinstance(layer, nn.Module):
-        return layer
-    modules = dict(scorer.named_modules())
-    if isinstance(layer, str):
-        if layer not in modules:
-            raise ValueError(f"no module {layer!r} in {type(scorer).__name__}")
-        return modules[layer]
-    named = [m for name, m in modules.items() if name.split(".")[-1] == "layer4"]
-    convs = [m for m in modules.values() if isinstance(m, nn.Conv2d)]
-    if named:
-        return named[-1]
-    if convs:
-        return convs[-1]
-    raise ValueError(f"{type(scorer).__name__} has no convolutional layer for Grad-CAM; override heatmap()")
-
-
-def grad_cam(scorer: nn.Module, images: Tensor, layer: str | nn.Module | None = None) -> Tensor:
-    """Grad-CAM of ``scorer.score(images)`` on ``layer``: non-negative maps ``(B, 1, H, W)`` (not normalised).
-
-    Each image's score depends on its own activations only (eval mode), so one backward pass of the
-    summed scores gives every image's gradients. When the score carries no gradient (e.g. computed under
-    ``torch.no_grad``), the map falls back to the channel-mean activation of ``layer``; when the ReLU'd map of
-    an image is empty (every location lowers the score to first order), its absolute value is used.
-    """
-    target = cam_layer(scorer, layer)
-    captured: dict[str, Tensor] = {}
-    handle = target.register_forward_hook(lambda _m, _i, out: captured.__setitem__("a", out))
-    try:
-        with torch.enable_grad():
-            # Gradients flow from the input, so frozen parameters (requires_grad=False) still work.
-            x = images.detach().clone().requires_grad_(True)
-            scores = scorer.score(x)[0]
-            act = captured["a"]
-            grads = None
-            if scores.requires_grad:
-                (grads,) = torch.autograd.grad(scores.sum(), act, allow_unused=True)
-    finally:
-        handle.remove()
-    if grads is None:
-        # The score is not differentiable (computed under no_grad, or independent of this layer): fall back
-        # to the channel-mean activation map, which still shows what the backbone responds to.
-        weights = torch.ones_like(act[:, :, :1, :1]) / act.shape[1]
-    else:
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-    raw = (weights * act).sum(dim=1, keepdim=True).detach()
-    cam = F.relu(raw)
-    # With a distance score every location can push the score down to first order (the map is all negative);
-    # plain Grad-CAM then shows nothing, so such images get the magnitude of each location's contribution.
-    empty = cam.flatten(1).amax(dim=1) <= 0
-    cam = torch.where(empty[:, None, None, None], raw.abs(), cam)
-    return F.interpolate(cam, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)
+__all__ = ["Explanation", "explain_pixels", "explain_row", "input_from_pixels", "normalise", "overlay", "png_bytes",
+           "to_original", "warp_to_source", "write_heatmaps"]
 
 
 def normalise(maps: Tensor | np.ndarray, masks: Tensor | np.ndarray | None = None) -> np.ndarray:
@@ -100,7 +43,7 @@ def normalise(maps: Tensor | np.ndarray, masks: Tensor | np.ndarray | None = Non
 
 
 def to_original(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Invert the resize-and-pad of :func:`~xrad.training.banks.resize_image_and_mask`: an S×S map → (H, W)."""
+    """Invert the resize-and-pad of :func:`~xrad.data.model_input.resize_image_and_mask`: an S×S map → (H, W)."""
     import cv2
 
     size = heat.shape[-1]
@@ -158,7 +101,7 @@ def input_from_pixels(pixels: np.ndarray, size: int, params: Any = None,
     Mirrors :mod:`xrad.inference.scoring`: with preprocessing parameters, :func:`xrad.preprocess.preprocess_image` and
     then the one resize; without, 8-bit rounding and the one resize (as the image bank does).
     """
-    from xrad.training.banks import resize_image_and_mask
+    from xrad.data.model_input import resize_image_and_mask
 
     transform = None
     if params is not None:
@@ -192,7 +135,7 @@ def explain_pixels(scorer: Any, pixels: np.ndarray, *, size: int, params: Any = 
 
     With ``heatmap=False`` only the score is computed (the map is all zeros).
     """
-    from xrad.training.augment import prepare_eval
+    from xrad.data.model_input import prepare_eval
 
     image, mask, base, transform = input_from_pixels(pixels, size, params, body_part)
     on_original = params is None or transform is not None
@@ -226,9 +169,9 @@ def _read_grey8(path: str) -> np.ndarray:
 def explain_row(scorer: Any, row: Any, *, size: int, params: Any = None) -> Explanation:
     """Explain one manifest/scores row as :mod:`xrad.inference.scoring` scores it: its ``cache_path`` (preprocessed
     image and ``mask_path``) when present, else the original file (preprocessed with ``params`` if given)."""
-    from xrad.training.banks import resize_image_and_mask
+    from xrad.data.model_input import resize_image_and_mask
     from xrad.data.io import read_radiograph
-    from xrad.training.augment import prepare_eval
+    from xrad.data.model_input import prepare_eval
 
     cache = str(row.get("cache_path", "") or "")
     if not cache or cache == "nan":

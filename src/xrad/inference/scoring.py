@@ -6,8 +6,8 @@
 - rows with ``cache_path`` (``xrad preprocess`` output) are decoded by the same bank loader as training;
 - other rows are read with :func:`xrad.data.io.read_radiograph` and, when the artefact records
   preprocessing parameters, preprocessed with :func:`xrad.preprocess.preprocess_image` first;
-- then the one resize (:func:`xrad.training.banks.resize_image_and_mask`) and the deterministic
-  :func:`xrad.training.augment.prepare_eval`.
+- then the one resize (:func:`xrad.data.model_input.resize_image_and_mask`) and the deterministic
+  :func:`xrad.data.model_input.prepare_eval`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _has_cache(frame: pd.DataFrame) -> np.ndarray:
 
 def _decode_preprocessed(row: pd.Series, size: int, params: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw image → preprocessing with the artefact's parameters → the one resize."""
-    from xrad.training.banks import resize_image_and_mask
+    from xrad.data.model_input import resize_image_and_mask
     from xrad.data.io import read_radiograph
     from xrad.preprocess import preprocess_image
 

@@ -17,9 +17,9 @@ Config (YAML)::
     output: runs/bench                             # relative paths are relative to this file's folder
 
 Each split (split seed × ratio) is made once and shared by every method and training seed, so methods are
-compared on identical data. Methods whose stage 1 is the same (same family in
-:data:`xrad.methods.registry.PRETRAIN_FAMILIES`, same seed, identical ``data``/``model``/``pretrain`` and, for
-autoencoders, ``ae`` sections) train it once per split: later cells load the first cell's finished stage 1
+compared on identical data. Methods whose stage 1 is the same (same shareable stage kind in their
+registry rows and identical values of what it ``reads``: :func:`xrad.methods.registry.shared_stage_key`)
+train it once per split: later cells load the first cell's finished stage 1
 through ``pretrain.encoder_from`` (recorded as ``pretrain_from`` in ``benchmark_cell.json``), so e.g. the kNN
 ablation scores the very encoder the self-taught detector was fine-tuned from, as in the paper. Each cell is a run folder ``output/cells/<method>__r<ratio>__split<s>__seed<t>``
 written by :func:`xrad.jobs.train.run_training`; a cell whose ``summary.json`` exists is skipped, so
@@ -39,21 +39,21 @@ layout) and ``pairwise.csv`` (Welch t-tests).
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from xrad.config import merge_overrides
 from xrad.errors import ConfigError, DataError
 from xrad.evaluation import metrics
+from xrad.evaluation.tables import pairwise_tests, table1, table1_markdown
+from xrad.jobs.benchmark_grid import BenchmarkConfig, Cell, iter_cells, load_benchmark_config, method_config
 from xrad.jobs.benchmark_records import (
     CELL_INPUTS,
     cell_record,
@@ -64,8 +64,9 @@ from xrad.jobs.benchmark_records import (
     split_record_path,
     split_settings,
 )
-from xrad.evaluation.tables import pairwise_tests, table1, table1_markdown
 from xrad.utils.atomic import write_csv, write_json, write_text
+
+__all__ = ["RESULT_COLUMNS", "cell_rows", "load_benchmark_config", "prepare_split", "run_benchmark", "write_tables"]
 
 RESULT_COLUMNS = (
     "method",
@@ -81,192 +82,17 @@ RESULT_COLUMNS = (
     "seconds",
     "cell",
 )
-_SPLIT_KEYS = ("known_normal", "known_abnormal", "group", "train_fraction")
-_TOP_KEYS = {
-    "methods",
-    "training_seeds",
-    "split_seeds",
-    "abnormal_ratios",
-    "data",
-    "overrides",
-    "trainer",
-    "output",
-}
-
-
-@dataclass
-class BenchmarkConfig:
-    """A parsed benchmark YAML (see the module docstring)."""
-
-    methods: dict[str, Path]  # label -> method config file
-    training_seeds: list[int]
-    split_seeds: list[int]
-    abnormal_ratios: list[float]
-    manifest: Path
-    output: Path
-    body_parts: tuple[str, ...] | None = None
-    split_options: dict[str, Any] = field(default_factory=dict)
-    overrides: dict[str, Any] = field(default_factory=dict)
-    trainer: dict[str, Any] = field(default_factory=dict)
-    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> its own overrides
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of the grid."""
-
-    method: str
-    abnormal_ratio: float
-    split_seed: int
-    training_seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}__r{self.abnormal_ratio:g}__split{self.split_seed}__seed{self.training_seed}"
-
-
-def resolve_method(name: str, base: Path) -> Path:
-    """A method is a config name shipped in ``xrad/configs`` or a YAML path (relative to ``base``)."""
-    candidate = Path(name)
-    for path in (candidate, base / candidate):
-        if path.suffix in (".yaml", ".yml") and path.is_file():
-            return path.resolve()
-    shipped = resources.files("xrad") / "configs" / f"{name}.yaml"
-    if shipped.is_file():
-        return Path(str(shipped))
-    raise ConfigError(
-        f"benchmark method {name!r}: no such config in xrad/configs nor file; "
-        f"use a config name (e.g. self_taught_cpu) or a path to a YAML file"
-    )
-
-
-def _list(raw: dict, key: str, kind: type, where: str) -> list:
-    value = raw.get(key)
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: '{key}' must be a non-empty list")
-    try:
-        return [kind(v) for v in value]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: '{key}' must hold {kind.__name__} values, got {value!r}") from None
-
-
-def load_benchmark_config(path: str | Path, output: str | Path | None = None) -> BenchmarkConfig:
-    """Read and validate a benchmark YAML; ``output`` overrides its ``output`` entry."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: benchmark config not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file; give a YAML config") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    where = str(path)
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}"
-        )
-    base = path.resolve().parent
-    data = raw.get("data") or {}
-    if not data.get("manifest"):
-        raise ConfigError(f"{where}: data.manifest is required (an indexed, preprocessed manifest CSV)")
-    bad = set(data) - {"manifest", "body_parts", *_SPLIT_KEYS}
-    if bad:
-        raise ConfigError(f"{where}: unknown data key(s) {', '.join(sorted(bad))}")
-    methods: dict[str, Path] = {}
-    method_overrides: dict[str, dict[str, Any]] = {}
-    entries = raw.get("methods")
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{where}: 'methods' must be a non-empty list")
-    for entry in entries:
-        name, extra = entry, {}
-        if isinstance(entry, dict) and len(entry) == 1:
-            name, extra = next(iter(entry.items()))
-            extra = extra or {}
-        if not isinstance(name, str) or not isinstance(extra, dict):
-            raise ConfigError(f"{where}: a 'methods' entry must be a config name/path or a one-key mapping "
-                              f"{{name: {{key: value}}}}, got {entry!r}")
-        label = Path(name).stem
-        if label in methods:
-            raise ConfigError(f"{where}: method {label!r} is listed twice; copy its YAML under another name")
-        methods[label] = resolve_method(name, base)
-        if extra:
-            method_overrides[label] = dict(extra)
-    out = output if output is not None else raw.get("output")
-    if not out:
-        raise ConfigError(f"{where}: 'output' is required (or pass -o DIR)")
-    body_parts = data.get("body_parts")
-    return BenchmarkConfig(
-        methods=methods,
-        method_overrides=method_overrides,
-        training_seeds=_list(raw, "training_seeds", int, where),
-        split_seeds=_list(raw, "split_seeds", int, where),
-        abnormal_ratios=_list(raw, "abnormal_ratios", float, where),
-        manifest=(base / data["manifest"]).resolve(),
-        output=Path(out) if output is not None else (base / out).resolve(),
-        body_parts=tuple(str(p).upper() for p in body_parts) if body_parts else None,
-        split_options={k: data[k] for k in _SPLIT_KEYS if k in data},
-        overrides=dict(raw.get("overrides") or {}),
-        trainer=dict(raw.get("trainer") or {}),
-    )
-
-
-def iter_cells(config: BenchmarkConfig) -> list[Cell]:
-    """All cells, ordered so that every method gets its first replicate before anyone gets a second."""
-    return [
-        Cell(m, r, s, t)
-        for r, s, t, m in itertools.product(
-            config.abnormal_ratios, config.split_seeds, config.training_seeds, config.methods
-        )
-    ]
-
-
-def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into a copy of ``base``; a key ``"a.b"`` means ``{"a": {"b": ...}}``."""
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        target, parts = out, str(key).split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        if isinstance(value, dict) and isinstance(target.get(parts[-1]), dict):
-            target[parts[-1]] = merge_overrides(target[parts[-1]], value)
-        else:
-            target[parts[-1]] = copy.deepcopy(value)
-    return out
-
-
-def method_config(config: BenchmarkConfig, cell: Cell) -> dict[str, Any]:
-    """The method's YAML as a dict, with the benchmark's overrides, then the method's own, then the cell's
-    training seed applied."""
-    import yaml
-
-    path = config.methods[cell.method]
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    merged = merge_overrides(loaded, config.overrides)
-    merged = merge_overrides(merged, config.method_overrides.get(cell.method, {}))
-    return merge_overrides(merged, {"seed": cell.training_seed})
 
 
 def pretrain_key(method_cfg: dict[str, Any], manifest: Path) -> tuple[str, str] | None:
-    """(family, key) identifying the stage 1 a cell would train, or None when it has no shareable stage 1."""
-    from xrad.config import config_to_dict, load_config
-    from xrad.methods.registry import PRETRAIN_FAMILIES, import_method_sections
+    """(stage-1 output file, key) identifying the stage 1 a cell would train, or None when it has no
+    shareable stage 1 (see :func:`xrad.methods.registry.shared_stage_key`)."""
+    from xrad.methods.registry import DETECTORS, load_config, shared_stage_key
 
-    family = PRETRAIN_FAMILIES.get(str(method_cfg.get("method")))
-    if family is None:
+    detector = DETECTORS.get(str(method_cfg.get("method")))
+    if detector is None or not detector.stages[0][1].shareable:  # nothing to share: no need to load it
         return None
-    import_method_sections(str(method_cfg["method"]))
-    resolved = config_to_dict(load_config(method_cfg))
-    if resolved["pretrain"].get("encoder_from"):
-        return None
-    sections = {name: resolved.get(name) for name in ("seed", "data", "model", "pretrain")}
-    if family[0] == "autoencoder":
-        sections["ae"] = resolved.get("ae")
-    sections["family"], sections["manifest"] = family[0], str(manifest)
-    return family[1], json.dumps(sections, sort_keys=True, default=str)
+    return shared_stage_key(load_config(method_cfg), manifest)
 
 
 def prepare_split(config: BenchmarkConfig, split_seed: int, ratio: float) -> Path:

@@ -22,7 +22,7 @@ from xrad.utils.atomic import write_json
 
 if TYPE_CHECKING:
     from xrad.data.splits import SplitConfig
-    from xrad.jobs.benchmark import BenchmarkConfig, Cell
+    from xrad.jobs.benchmark_grid import BenchmarkConfig, Cell
 
 CELL_INPUTS = "benchmark_inputs.json"  # in each cell folder: what the cell is trained from (see check_cell)
 

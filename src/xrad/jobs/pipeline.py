@@ -38,13 +38,13 @@ STEP_OPTIONS: dict[str, tuple[str, ...]] = {
     "index": (),
     "split": ("split_seed", "abnormal_ratio", "known_normal"),
     "preprocess": ("image_px",),
-    "train": ("config",),
+    "train": ("config", "overrides"),
 }
 
 
 def option_flag(name: str) -> str:
     """The command-line spelling of a :class:`RunOptions` field: ``abnormal_ratio`` → ``--abnormal-ratio``."""
-    return "--" + name.replace("_", "-")
+    return "--set" if name == "overrides" else "--" + name.replace("_", "-")
 
 
 def step_dependencies(step: str) -> set[str]:
@@ -67,12 +67,18 @@ class RunOptions:
     known_normal: float = 0.05
     image_px: int = 256
     workers: int = 2
+    overrides: tuple[str, ...] = ()  # --set KEY=VALUE for the detector config (the training seed: seed=N)
     trainer_overrides: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> dict[str, Any]:
-        """The options that determine the outputs (workers and trainer devices do not)."""
+        """The options that determine the outputs (workers and trainer devices do not). No overrides is
+        recorded as no key at all, so folders made before ``--set`` existed keep matching."""
         keep = {option for options in STEP_OPTIONS.values() for option in options}
-        return {k: v for k, v in asdict(self).items() if k in keep}
+        out = {k: v for k, v in asdict(self).items() if k in keep}
+        out["overrides"] = list(out["overrides"])
+        if not out["overrides"]:
+            del out["overrides"]
+        return out
 
 
 def _checked(flag: str, check: Callable[[], object]) -> None:
@@ -90,7 +96,7 @@ def validate_options(options: RunOptions) -> None:
     made. The checks are those of the steps themselves (the config loader, :meth:`SynthConfig.validate`,
     :meth:`SplitConfig.validate`, :class:`PreprocessParams`), so the two cannot drift apart.
     """
-    from xrad.config import load_config
+    from xrad.methods.registry import load_config
     from xrad.data.splits import SplitConfig
     from xrad.data.phantoms.generate import SynthConfig
     from xrad.preprocess import PreprocessParams
@@ -114,6 +120,7 @@ def validate_options(options: RunOptions) -> None:
              SplitConfig(seed=options.split_seed, abnormal_ratio=options.abnormal_ratio,
                          known_normal=options.known_normal).validate)
     _checked(option_flag("config"), lambda: load_config(options.config))
+    _checked("--set", lambda: load_config(options.config, options.overrides))
 
 
 class Pipeline:
@@ -141,12 +148,14 @@ class Pipeline:
                                 "or delete the folder") from None
             recorded = previous.get("options") or {}
             done = previous.get("done") or {}
-            # A key missing from an older record counts as changed: unknown is not the same.
-            changed = [k for k in fingerprint if k not in recorded or recorded[k] != fingerprint[k]]
+            # A key missing from an older record counts as changed: unknown is not the same. The one key that
+            # may be absent on purpose (no --set) is compared as absent on both sides.
+            keys = list(fingerprint) + [k for k in ("overrides",) if k in recorded and k not in fingerprint]
+            changed = [k for k in keys if k not in recorded or recorded[k] != fingerprint.get(k)]
             for step in STEP_OPTIONS:  # in running order, so the earliest invalidated step is named
                 hit = [k for k in changed if k in step_dependencies(step)]
                 if step in done and hit:
-                    what = ", ".join(f"{option_flag(k)} {fingerprint[k]} (was {recorded.get(k)})"
+                    what = ", ".join(f"{option_flag(k)} {fingerprint.get(k)} (was {recorded.get(k)})"
                                      for k in hit)
                     raise DataError(f"{self.root}: {what} would invalidate the finished step '{step}'; "
                                     "re-run with the recorded value, or choose another -o (or delete the "
@@ -235,7 +244,7 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print) -> dic
         return {k: summary[k] for k in keep}
 
     def train() -> dict[str, Any]:
-        summary = run_training(options.config, cache_dir / "manifest.csv", run_dir,
+        summary = run_training(options.config, cache_dir / "manifest.csv", run_dir, overrides=options.overrides,
                                trainer_overrides=options.trainer_overrides or None)
         keep = ("method", "valid_auroc", "test_auroc", "n_spheres")
         return {**{k: summary[k] for k in keep if k in summary}, "run_dir": str(run_dir),

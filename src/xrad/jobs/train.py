@@ -1,18 +1,6 @@
 """``run_training``: the one entry point of ``xrad train``, ``xrad run`` and ``xrad benchmark``.
 
-Run folder contract (read by the evaluation/report code)::
-
-    run_dir/config.yaml                 resolved config
-    run_dir/env.json                    package versions, seed, git commit, command line
-    run_dir/<stage>/checkpoints/        last.ckpt (+ the epoch it links to): resume points of an unfinished
-                                        stage, deleted once the stage is done (its weights are exported)
-    run_dir/<stage>/metrics.csv         one row per epoch: epoch, train_loss, valid_auroc, n_spheres, lr
-    run_dir/<stage>/logs/, tensorboard/ Lightning's CSV (and TensorBoard, when installed) logs
-    run_dir/<stage>/done.json           written when the stage finished (a re-run skips it)
-    run_dir/artefact/                   model.safetensors + artefact.json (see xrad.inference.artefact)
-    run_dir/scores_{valid,test}.csv     path, patient_id, study_id, body_part, label, split, score, sphere
-    run_dir/embeddings_test.safetensors h, z, sphere, labels of the test images (for t-SNE)
-    run_dir/summary.json                method, AUROCs, sphere history, timings, images per split
+The run folder's files are named by :class:`xrad.run_folder.RunFolder`.
 
 Re-running the same command resumes: finished stages are loaded, an unfinished one continues from its
 last checkpoint. Only global rank 0 writes files; under DDP the other ranks train and then return.
@@ -35,14 +23,15 @@ from typing import Any
 import pandas as pd
 import torch
 
-from xrad.inference.artefact import package_versions, save_artefact
-from xrad.config import Config, comparable_config, config_to_dict, dump_config, load_config
-from xrad.training.banks import ImageBank, load_image_bank
+from xrad.config import Config, comparable_config, config_to_dict, dump_config
 from xrad.data.manifest import CORE_COLUMNS, read_manifest
 from xrad.errors import ConfigError, DataError
-from xrad.methods.registry import get_method
+from xrad.evaluation.metrics import auroc
+from xrad.inference.artefact import package_versions, save_artefact
+from xrad.methods.registry import Detector, get_detector, load_config, stage_epochs
+from xrad.run_folder import RunFolder
+from xrad.training.banks import ImageBank, load_image_bank
 from xrad.training.context import RunContext, env_global_rank
-from xrad.training.module import auroc
 from xrad.utils.atomic import write_csv, write_json, write_text
 
 SCORE_COLUMNS = ("path", "patient_id", "study_id", "body_part", "label", "split", "score", "sphere")
@@ -61,10 +50,10 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _check_same_config(run_dir: Path, cfg: Config) -> None:
+def _check_same_config(folder: RunFolder, cfg: Config) -> None:
     import yaml
 
-    path = run_dir / "config.yaml"
+    path = folder.config
     if not path.is_file():
         return
     old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -122,47 +111,45 @@ def _score_split(scorer: Any, bank: ImageBank, batch_size: int, with_embeddings:
     return {"frame": frame[list(SCORE_COLUMNS)], "raw": out}
 
 
-def _finalise(ctx: RunContext, method: Any, frame: pd.DataFrame, manifest: Path, started: float) -> dict[str, Any]:
+def _finalise(ctx: RunContext, detector: Detector, final: Any, frame: pd.DataFrame, manifest: Path,
+              started: float) -> dict[str, Any]:
     """Artefact, test/valid scores (through the reloaded artefact), embeddings and summary."""
     from safetensors.torch import save
 
     from xrad.inference.scoring import load_scorer
     from xrad.utils.atomic import write_bytes
 
-    cfg, run_dir = ctx.config, ctx.run_dir
+    cfg, folder = ctx.config, ctx.folder
     t0 = time.perf_counter()
-    scorer = method.build_scorer(ctx)
+    scorer = final.scorer(cfg)
     tensors, args = scorer.artefact_state()
     meta: dict[str, Any] = {
         "method": cfg.method,
         "scorer": {"kind": scorer.kind, "args": args},
         "image_size": cfg.data.image_size,
-        "input": "uint8 image x 0/1 mask, float in [0, 1] (xrad.training.augment.prepare_eval)",
+        "input": "uint8 image x 0/1 mask, float in [0, 1] (xrad.data.model_input.prepare_eval)",
         "preprocessing": _preprocessing_params(frame),
         "config": config_to_dict(cfg),
         "training_data": _data_summary(frame, manifest),
+        **scorer.artefact_meta_fields(),
     }
-    if "centers" in tensors:
-        meta["centres"] = tensors["centers"].tolist()
-        meta["n_spheres"] = int(tensors["centers"].shape[0])
-    save_artefact(run_dir / "artefact", tensors, meta)
+    save_artefact(folder.artefact, tensors, meta)
     # Score through the artefact as it was written: what `xrad score` will reproduce.
-    scorer = load_scorer(run_dir / "artefact", device=ctx.device)
+    scorer = load_scorer(folder.artefact, device=ctx.device)
     results: dict[str, Any] = {}
     for split in ("valid", "test"):
         bank = ctx.banks[split]
         scored = _score_split(scorer, bank, cfg.data.eval_batch_size, with_embeddings=split == "test")
-        write_csv(run_dir / f"scores_{split}.csv", scored["frame"])
+        write_csv(folder.scores(split), scored["frame"])
         results[split] = auroc(bank.labels.numpy(), scored["raw"]["score"].numpy())
         if split == "test":
             raw = scored["raw"]
             embeddings = {k: raw[k] for k in ("h", "z") if k in raw}
             embeddings.update(sphere=raw["sphere"], labels=bank.labels.clone(), score=raw["score"])
-            write_bytes(run_dir / "embeddings_test.safetensors",
-                        save({k: v.contiguous() for k, v in embeddings.items()}))
+            write_bytes(folder.embeddings, save({k: v.contiguous() for k, v in embeddings.items()}))
     ctx.timings["scoring"] = time.perf_counter() - t0
-    finetune_rows = _read_metrics(ctx.stage_dir("finetune") / "metrics.csv")
-    history = [int(float(r["n_spheres"])) for r in finetune_rows if r.get("n_spheres")]
+    last_rows = _read_metrics(folder.stage_metrics(detector.stage_names[-1]))
+    history = [int(float(r["n_spheres"])) for r in last_rows if r.get("n_spheres")]
     summary = {
         "method": cfg.method,
         "seed": cfg.seed,
@@ -170,17 +157,17 @@ def _finalise(ctx: RunContext, method: Any, frame: pd.DataFrame, manifest: Path,
         "test_auroc": results["test"],
         "n_spheres": meta.get("n_spheres"),
         "n_spheres_history": history,
-        "valid_auroc_history": [float(r["valid_auroc"]) if r.get("valid_auroc") else None for r in finetune_rows],
+        "valid_auroc_history": [float(r["valid_auroc"]) if r.get("valid_auroc") else None for r in last_rows],
         "n_images": {s: len(ctx.banks[s]) for s in SPLITS},
         "timings_s": {**ctx.timings, "total_this_invocation": time.perf_counter() - started},
-        "artefact": str(run_dir / "artefact"),
+        "artefact": str(folder.artefact),
     }
-    write_json(run_dir / "summary.json", summary)
+    write_json(folder.summary, summary)
     return summary
 
 
-def _load_banks(cfg: Config, frame: pd.DataFrame, run_dir: Path, progress: bool) -> dict[str, ImageBank]:
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "bank_cache"
+def _load_banks(cfg: Config, frame: pd.DataFrame, folder: RunFolder, progress: bool) -> dict[str, ImageBank]:
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else folder.bank_cache
     banks = {}
     for split in SPLITS:
         banks[split] = load_image_bank(frame[frame["split"] == split], cfg.data.image_size,
@@ -208,59 +195,56 @@ def run_training(config: str | Path | dict[str, Any] | Config, manifest: str | P
 
     started = time.perf_counter()
     cfg = load_config(config, overrides)
-    method = get_method(cfg.method)
-    stages = tuple(method.stages) if stages is None else tuple(stages)
-    unknown = [s for s in stages if s not in method.stages]
+    detector = get_detector(cfg.method)
+    names = detector.stage_names
+    stages = names if stages is None else tuple(stages)
+    unknown = [s for s in stages if s not in names]
     if unknown:
-        raise ConfigError(f"stage(s) {unknown} unknown to method {cfg.method!r}; choose from {list(method.stages)}")
+        raise ConfigError(f"stage(s) {unknown} unknown to method {cfg.method!r}; choose from {list(names)}")
     manifest, run_dir = Path(manifest), Path(run_dir)
+    folder = RunFolder(run_dir)
     frame = read_manifest(manifest, require=CORE_COLUMNS + ("split",))
     rank0 = env_global_rank() == 0
-    _check_same_config(run_dir, cfg)
+    _check_same_config(folder, cfg)
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", dump_config(cfg))
-        write_json(run_dir / "env.json", {
+        write_text(folder.config, dump_config(cfg))
+        write_json(folder.env, {
             "versions": package_versions(), "seed": cfg.seed, "deterministic": cfg.deterministic,
             "git_commit": _git_commit(), "argv": sys.argv, "python": sys.version, "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    banks = _load_banks(cfg, frame, run_dir, progress and rank0)
+    banks = _load_banks(cfg, frame, folder, progress and rank0)
     ctx = RunContext(cfg, run_dir, banks, dict(trainer_overrides or {}), progress, global_rank=0 if rank0 else 1)
     ran_any = False
-    for index, stage in enumerate(method.stages):
-        done = ctx.stage_dir(stage) / "done.json"
+    result: Any = None  # the result of the last stage reached, handed to the next one
+    for index, (stage, spec) in enumerate(detector.stages):
+        done = folder.stage_done(stage)
         if done.is_file():
-            method.load_stage(stage, ctx)
+            result = spec.implementation().load(ctx, stage, result)
             ctx.timings[stage] = float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
             continue
         if stage not in stages:
-            if any(s in stages for s in method.stages[index + 1:]):
+            if any(s in stages for s in names[index + 1:]):
                 raise ConfigError(f"{run_dir}: stage {stage!r} is not finished; run `xrad train --stage {stage}` "
                                   "(or --stage all) first")
             break
         t0 = time.perf_counter()
-        method.run_stage(stage, ctx)
+        result = spec.implementation().run(ctx, stage, result)
         ctx.timings[stage] = time.perf_counter() - t0
         ran_any = True
         if ctx.is_global_zero:
-            write_json(done, {"stage": stage, "seconds": ctx.timings[stage], "epochs": _stage_epochs(cfg, stage)})
+            write_json(done, {"stage": stage, "seconds": ctx.timings[stage], "epochs": stage_epochs(cfg, stage)})
             # A finished stage is reloaded from its exported safetensors, never from a Lightning checkpoint;
             # the checkpoints (weights + optimiser state, ~3x the weights) would only fill the disk.
-            shutil.rmtree(ctx.stage_dir(stage) / "checkpoints", ignore_errors=True)
-    finished = [s for s in method.stages if (ctx.stage_dir(s) / "done.json").is_file()]
+            shutil.rmtree(folder.checkpoints(stage), ignore_errors=True)
+    finished = [s for s in names if folder.stage_done(s).is_file()]
     if not ctx.is_global_zero:
         return {}
-    if len(finished) < len(method.stages):
+    if len(finished) < len(names):
         return {"finished_stages": finished}
-    summary_path = run_dir / "summary.json"
-    if not ran_any and summary_path.is_file() and (run_dir / "artefact" / "artefact.json").is_file():
-        return json.loads(summary_path.read_text(encoding="utf-8"))
-    return _finalise(ctx, method, frame, manifest, started)
-
-
-def _stage_epochs(cfg: Config, stage: str) -> int | None:
-    section = getattr(cfg, stage, None)
-    return getattr(section, "epochs", None)
+    if not ran_any and folder.summary.is_file() and (folder.artefact / "artefact.json").is_file():
+        return json.loads(folder.summary.read_text(encoding="utf-8"))
+    return _finalise(ctx, detector, result, frame, manifest, started)

@@ -5,19 +5,23 @@ Two halves, as in anomalib (field guide §3a):
 - :class:`Scorer` — a plain ``torch.nn.Module`` that turns deterministic, masked float images
   ``(B, 1, S, S)`` into anomaly scores ``(B,)``. It is rebuilt from an artefact alone
   (:meth:`Scorer.from_artefact`), so scoring, the service and ONNX export never need Lightning.
-- :class:`Method` — the training side: named stages (``pretrain``, ``finetune`` ...), each run by the
-  method with the helpers of :class:`xrad.training.context.RunContext` (Lightning trainer, resume,
-  logging), then :meth:`Method.build_scorer` assembles the trained scorer.
+- :class:`Stage` — the training side: a detector is a sequence of named stages (``pretrain``, ``finetune``
+  ...) declared in its registry row; each stage module trains with the helpers of
+  :class:`xrad.training.context.RunContext` (Lightning trainer, resume, logging) and returns a typed result;
+  the last result assembles the trained scorer (:class:`FinalResult`).
 
-This module imports only torch: Lightning lives in ``xrad.training`` and in the methods' modules.
+This module imports only torch: Lightning lives in ``xrad.training`` and in the stage modules.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
+
+from xrad.models.encoder import Encoder
 
 if TYPE_CHECKING:  # pragma: no cover
     from xrad.training.context import RunContext
@@ -26,9 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
 class Scorer(nn.Module):
     """Framework-free scorer: ``forward(images) -> scores``; rebuilt from an artefact alone.
 
-    Subclasses set :attr:`kind` (its key in :data:`xrad.methods.registry.SCORERS`), implement
+    Subclasses set :attr:`kind` (the key of its :class:`~xrad.methods.registry.ScorerRef`), implement
     :meth:`score` and :meth:`embed`, and say how they are saved (:meth:`artefact_state`) and rebuilt
-    (:meth:`from_artefact`). Inputs are what :func:`xrad.training.augment.prepare_eval` returns.
+    (:meth:`from_artefact`). Inputs are what :func:`xrad.data.model_input.prepare_eval` returns.
     """
 
     kind: ClassVar[str] = ""
@@ -57,12 +61,16 @@ class Scorer(nn.Module):
     def heatmap(self, images: Tensor) -> Tensor:
         """Where the score comes from: non-negative maps ``(B, 1, S, S)`` for prepared ``images``.
 
-        Default: Grad-CAM of the score on the last convolutional block (:func:`xrad.inference.heatmaps.grad_cam`).
+        Default: Grad-CAM of the score on the last convolutional block (:func:`xrad.models.gradcam.grad_cam`).
         A detector with a decoder overrides this with its per-pixel reconstruction error.
         """
-        from xrad.inference.heatmaps import grad_cam
+        from xrad.models.gradcam import grad_cam
 
         return grad_cam(self, images)
+
+    def artefact_meta_fields(self) -> dict[str, Any]:
+        """Readable extras for ``artefact.json`` (e.g. the centres); none by default."""
+        return {}
 
     @torch.no_grad()
     def score_batches(self, images: Tensor, masks: Tensor, batch_size: int = 64,
@@ -72,7 +80,7 @@ class Scorer(nn.Module):
         Returns ``score`` (N,) float64, ``sphere`` (N,) int64 (−1 where not meaningful) and, with
         ``with_embeddings``, the :meth:`embed` outputs (float32, on the CPU).
         """
-        from xrad.training.augment import prepare_eval
+        from xrad.data.model_input import prepare_eval
 
         self.eval()
         device = next(iter(self.parameters()), torch.empty(0)).device
@@ -91,21 +99,43 @@ class Scorer(nn.Module):
         return out
 
 
-class Method(Protocol):
-    """A detector's training side. ``METHOD`` in each method module is an instance of this."""
+class ProvidesEncoder(Protocol):
+    """A stage result that carries an :class:`~xrad.models.encoder.Encoder` for the next stage."""
 
-    name: str
-    stages: tuple[str, ...]  # in order; ``xrad train --stage`` picks among them
-
-    def run_stage(self, stage: str, ctx: RunContext) -> None:
-        """Train ``stage`` (resuming from its last checkpoint), put its result in ``ctx.state`` and save
-        it under ``ctx.stage_dir(stage)`` (global rank 0 only) so a later run can :meth:`load_stage` it."""
+    @property
+    def encoder(self) -> Encoder:
+        """The trained encoder (eval mode, on the CPU)."""
         ...
 
-    def load_stage(self, stage: str, ctx: RunContext) -> None:
-        """Load a finished stage's saved result into ``ctx.state`` (the stage is then skipped)."""
+
+@dataclass
+class EncoderResult:
+    """A stage 1 that yields an encoder only (contrastive pre-training, ImageNet initialisation)."""
+
+    encoder: Encoder
+
+
+class FinalResult(Protocol):
+    """The result of a detector's last stage: it assembles the trained :class:`Scorer`."""
+
+    def scorer(self, config: Any) -> Scorer:
+        """The framework-free scorer of the trained detector."""
         ...
 
-    def build_scorer(self, ctx: RunContext) -> Scorer:
-        """Assemble the trained :class:`Scorer` from ``ctx.state`` after the last stage."""
+
+class Stage(Protocol):
+    """A detector stage: the module named by a :class:`~xrad.methods.registry.StageSpec` (Lightning side).
+
+    ``previous`` is the result of the stage before it (None for the first). ``run`` trains (resuming from
+    the stage's last checkpoint) and saves its output under ``ctx.stage_dir(stage)`` (global rank 0 only);
+    ``load`` rebuilds the same result from that output, so a finished stage is never trained again.
+    Results are typed dataclasses of the stage module; a last stage's result is a :class:`FinalResult`.
+    """
+
+    def run(self, ctx: RunContext, stage: str, previous: Any) -> Any:
+        """Train the stage and return its result."""
+        ...
+
+    def load(self, ctx: RunContext, stage: str, previous: Any) -> Any:
+        """Load the finished stage's saved result."""
         ...

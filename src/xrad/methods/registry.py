@@ -1,81 +1,209 @@
-"""Name → module tables for detectors and their scorers, resolved lazily (no heavy imports here).
+"""Every detector xrad ships, one row each: its stages, its config sections, its scorer.
 
-Adding a detector (issue 6) is one module that defines ``METHOD`` (a :class:`xrad.methods.base.Method`)
-plus one YAML config, and one line in :data:`METHODS`. A scorer class that rebuilds the trained
-detector from its artefact is registered in :data:`SCORERS`; its module must not import Lightning,
-because ``xrad score`` and the service load it without the training stack.
+A detector is a sequence of named stages; each stage is declared once as a :class:`StageSpec` (the module
+that trains it, the file it leaves, the config sections that decide its output, its own config sections)
+and reused by the detectors that share it — the self-taught detector and the kNN ablation both start with
+:data:`CONTRASTIVE`. Everything else is derived from the rows: the config sections a YAML may hold
+(:func:`load_config`), the scorer class an artefact names (:func:`get_scorer_class`), the stages
+``xrad train --stage`` offers (:func:`stage_names`) and which stage 1 two benchmark cells can share
+(:func:`shared_stage_key`).
+
+Adding a detector: its module (stage + scorer + config section), its YAML, one row in :data:`DETECTORS`
+(and a :class:`StageSpec` for a new kind of stage). ``tests/test_all_methods.py`` then trains, scores,
+saves and reloads it.
+
+This module is light on purpose — dataclasses and strings only, no torch — so ``xrad --help`` and config
+loading stay fast; stage and scorer modules are imported when used (:meth:`StageSpec.implementation`,
+:func:`get_scorer_class`). Scorer modules never import Lightning: ``xrad score`` and the service load them
+without the training stack.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from xrad.config import Config, build_config, config_to_dict, read_config_source
+from xrad.config.loader import apply_overrides
+from xrad.config.sections import Check
 from xrad.errors import ConfigError
+from xrad.methods.autoencoder.config import AEConfig, image_size_checks
+from xrad.methods.imagenet.config import ImageNetConfig
+from xrad.methods.supervised.config import SupervisedConfig
 
-# method name -> module defining METHOD, or "module:ATTR" when one module defines several methods
-# (training side; may import Lightning)
-METHODS: dict[str, str] = {
-    "self_taught": "xrad.methods.self_taught",
-    "knn": "xrad.methods.knn_embedding",
-    "autoencoder": "xrad.methods.autoencoder",
-    "deep_sad_ae": "xrad.methods.deep_sad_ae:METHOD",
-    "knn_ae": "xrad.methods.deep_sad_ae:KNN_AE",
-    "deep_sad_imagenet": "xrad.methods.deep_sad_ae:IMAGENET",
-    "supervised": "xrad.methods.supervised",
-}
-
-# method name -> (family, file its stage 1 writes under pretrain/): methods of one family train the same stage 1
-# from the same config sections, so a benchmark can train it once per (split, seed) and hand the finished
-# run folder to the others as ``pretrain.encoder_from`` (the paper's kNN ablation reuses the contrastive encoder).
-PRETRAIN_FAMILIES: dict[str, tuple[str, str]] = {
-    "self_taught": ("contrastive", "encoder.safetensors"),
-    "knn": ("contrastive", "encoder.safetensors"),
-    "autoencoder": ("autoencoder", "autoencoder.safetensors"),
-    "deep_sad_ae": ("autoencoder", "autoencoder.safetensors"),
-    "knn_ae": ("autoencoder", "autoencoder.safetensors"),
-}
-
-# scorer kind (stored in artefact.json) -> "module:Class" (framework-free torch.nn.Module)
-SCORERS: dict[str, str] = {
-    "sphere": "xrad.methods.scorers:SphereScorer",
-    "knn": "xrad.methods.scorers:KnnScorer",
-    "reconstruction": "xrad.methods.baseline_scorers:ReconstructionScorer",
-    "classifier": "xrad.methods.baseline_scorers:ClassifierScorer",
-}
+_SHARED_READS = ("seed", "data", "model", "pretrain")
 
 
-def get_method(name: str) -> Any:
-    """Import and return the ``METHOD`` object of detector ``name``."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    module_name, _, attr = METHODS[name].partition(":")
-    return getattr(importlib.import_module(module_name), attr or "METHOD")
+@dataclass(frozen=True)
+class ScorerRef:
+    """A scorer class by name: ``kind`` (stored in ``artefact.json``) and ``module:Class`` (torch only)."""
+
+    kind: str
+    path: str
 
 
-def import_method_sections(name: str) -> None:
-    """Import a method's optional ``config_sections`` module so its config sections are registered.
+@dataclass(frozen=True)
+class StageSpec:
+    """One kind of stage.
 
-    Convention: a method that needs its own section defines it (and calls
-    :func:`xrad.config.register_section`) in a Lightning-free module named by ``METHOD_SECTIONS``
-    below; unknown names are left for validation to report.
+    ``module`` implements :class:`~xrad.methods.base.Stage` (``run``/``load``; Lightning side). ``output``
+    is the file it leaves under ``<run>/<stage>/`` — what ``pretrain.encoder_from`` points another run at.
+    ``reads`` are the config keys that decide that output: two runs whose ``reads`` agree (on the same
+    split) train the same stage, so a benchmark trains a ``shareable`` stage once. ``schedule`` is the section
+    holding its epochs; ``sections`` its own config sections; ``checks`` rules across sections.
     """
-    module = METHOD_SECTIONS.get(name)
-    if module:
-        importlib.import_module(module)
+
+    kind: str
+    module: str
+    output: str
+    reads: tuple[str, ...] = _SHARED_READS
+    schedule: str | None = None
+    shareable: bool = False
+    sections: Mapping[str, type] = field(default_factory=dict)
+    checks: Callable[[Config], Iterable[Check]] | None = None
+
+    def implementation(self) -> Any:
+        """The stage module (imports Lightning)."""
+        return importlib.import_module(self.module)
 
 
-# method name -> module registering extra config sections
-METHOD_SECTIONS: dict[str, str] = {
-    name: "xrad.methods.baseline_sections"
-    for name in ("autoencoder", "deep_sad_ae", "knn_ae", "deep_sad_imagenet", "supervised")
-}
+@dataclass(frozen=True)
+class Detector:
+    """One registry row: a detector's name, its stages in order and its scorer."""
+
+    name: str
+    stages: tuple[tuple[str, StageSpec], ...]
+    scorer: ScorerRef
+    summary: str
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The stage names in training order."""
+        return tuple(name for name, _ in self.stages)
+
+    @property
+    def sections(self) -> dict[str, type]:
+        """The config sections of its stages (beyond the shared ones)."""
+        out: dict[str, type] = {}
+        for _, spec in self.stages:
+            out.update(spec.sections)
+        return out
+
+    def checks(self, config: Config) -> list[Check]:
+        """Its stages' rules across sections."""
+        return [check for _, spec in self.stages if spec.checks for check in spec.checks(config)]
+
+
+# ------------------------------------------------------------------------------------------- stages
+CONTRASTIVE = StageSpec("contrastive", "xrad.methods.contrastive.stage", "encoder.safetensors",
+                        schedule="pretrain", shareable=True)
+AUTOENCODER = StageSpec("autoencoder", "xrad.methods.autoencoder.stage", "autoencoder.safetensors",
+                        reads=(*_SHARED_READS, "ae"), schedule="pretrain", shareable=True,
+                        sections={"ae": AEConfig}, checks=image_size_checks)
+IMAGENET = StageSpec("imagenet", "xrad.methods.imagenet.stage", "encoder.safetensors",
+                     reads=("seed", "model", "imagenet"), sections={"imagenet": ImageNetConfig})
+MULTISPHERE = StageSpec("multisphere", "xrad.methods.multisphere.stage", "model.safetensors", schedule="finetune")
+KNN_MEMORY = StageSpec("knn_memory", "xrad.methods.knn.stage", "memory.safetensors")
+SUPERVISED = StageSpec("supervised", "xrad.methods.supervised.stage", "model.safetensors",
+                       schedule="supervised", sections={"supervised": SupervisedConfig})
+
+SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
+KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
+RECONSTRUCTION = ScorerRef("reconstruction", "xrad.methods.autoencoder.scorer:ReconstructionScorer")
+CLASSIFIER = ScorerRef("classifier", "xrad.methods.supervised.scorer:ClassifierScorer")
+
+# ---------------------------------------------------------------------------------------- detectors
+DETECTORS: dict[str, Detector] = {d.name: d for d in (
+    Detector("self_taught", (("pretrain", CONTRASTIVE), ("finetune", MULTISPHERE)), SPHERE,
+             "contrastive pre-training + multi-sphere semi-supervised Deep SAD (n_spheres 1: uni-modal)"),
+    Detector("knn", (("pretrain", CONTRASTIVE), ("finetune", KNN_MEMORY)), KNN,
+             "mean distance to the k nearest normal train embeddings of the contrastive encoder"),
+    Detector("autoencoder", (("pretrain", AUTOENCODER),), RECONSTRUCTION,
+             "masked-MSE convolutional autoencoder, reconstruction-error score"),
+    Detector("deep_sad_ae", (("pretrain", AUTOENCODER), ("finetune", MULTISPHERE)), SPHERE,
+             "Deep SAD (one or several spheres) on autoencoder pre-training (Ruff et al.)"),
+    Detector("knn_ae", (("pretrain", AUTOENCODER), ("finetune", KNN_MEMORY)), KNN,
+             "kNN on the autoencoder's embeddings"),
+    Detector("deep_sad_imagenet", (("pretrain", IMAGENET), ("finetune", MULTISPHERE)), SPHERE,
+             "multi-sphere Deep SAD from ImageNet weights in a local torchvision file"),
+    Detector("supervised", (("train", SUPERVISED),), CLASSIFIER,
+             "supervised ResNet-50, class-balanced BCE on the labelled train images"),
+)}
+
+
+def get_detector(name: str) -> Detector:
+    """The row of detector ``name``; one-line :class:`ConfigError` listing the known ones otherwise."""
+    if name not in DETECTORS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {sorted(DETECTORS)}")
+    return DETECTORS[name]
+
+
+def stage_names() -> list[str]:
+    """Every stage name some detector has, in first-seen order (``xrad train --stage`` choices)."""
+    names: list[str] = []
+    for detector in DETECTORS.values():
+        names.extend(n for n in detector.stage_names if n not in names)
+    return names
+
+
+def scorer_refs() -> dict[str, ScorerRef]:
+    """Scorer kind → reference, from the rows."""
+    return {d.scorer.kind: d.scorer for d in DETECTORS.values()}
 
 
 def get_scorer_class(kind: str) -> type:
     """Resolve a scorer kind from an artefact to its class (imports only torch-level modules)."""
-    if kind not in SCORERS:
-        raise ConfigError(f"artefact scorer {kind!r} is unknown to this xrad version (known: {sorted(SCORERS)}); "
+    refs = scorer_refs()
+    if kind not in refs:
+        raise ConfigError(f"artefact scorer {kind!r} is unknown to this xrad version (known: {sorted(refs)}); "
                           "upgrade xrad or re-train")
-    module_name, class_name = SCORERS[kind].split(":")
+    module_name, class_name = refs[kind].path.split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_config(source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[str] = ()) -> Config:
+    """Load a detector's config (YAML path, packaged name, mapping or Config, plus ``--set`` overrides),
+    with the sections of its ``method``, every check run at load time."""
+    overrides = list(overrides)
+    if isinstance(source, Config) and not overrides:
+        return source
+    data, where = read_config_source(source)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        where = f"{where} (with --set overrides)"
+    method = data.get("method", Config.method)
+    if not isinstance(method, str) or method not in DETECTORS:
+        raise ConfigError(f"{where}: method must be one of {sorted(DETECTORS)}, got {method!r}")
+    detector = DETECTORS[method]
+    cfg = build_config(data, detector.sections, where)
+    for key, ok, message in detector.checks(cfg):
+        if not ok:
+            raise ConfigError(f"{where}: {key} {message}")
+    return cfg
+
+
+def shared_stage_key(config: Config, manifest: Path) -> tuple[str, str] | None:
+    """(output file, key) of the shareable stage 1 a config would train, or None when it has none.
+
+    Two cells with the same key train the same stage 1 (same stage kind, the same values of what it
+    ``reads``, the same split manifest), so the later one loads the first one's output instead.
+    """
+    name, spec = get_detector(config.method).stages[0]
+    if not spec.shareable or name != "pretrain" or config.pretrain.encoder_from:
+        return None
+    resolved = config_to_dict(config)
+    sections: dict[str, Any] = {key: resolved.get(key) for key in spec.reads}
+    sections["family"], sections["manifest"] = spec.kind, str(manifest)
+    return spec.output, json.dumps(sections, sort_keys=True, default=str)
+
+
+def stage_epochs(config: Config, stage: str) -> int | None:
+    """The epochs of ``stage`` of the config's detector (from its schedule section), if it has one."""
+    spec = dict(get_detector(config.method).stages).get(stage)
+    if spec is None or spec.schedule is None:
+        return None
+    return getattr(config.section(spec.schedule), "epochs", None)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xrad.config import ADAugment, ContrastiveAugment
+from xrad.data.model_input import check_batch, mask_float, to_float
 
 # Blur kernels are cut at this many standard deviations (skimage's default truncate is 4; 3 keeps > 99.7 %).
 _BLUR_TRUNCATE = 3.0
@@ -37,28 +38,6 @@ _CROP_TRIES = 10
 
 
 # --------------------------------------------------------------------------------------------- basics
-
-
-def to_float(images: Tensor) -> Tensor:
-    """Convert a uint8 batch ``(B, 1, S, S)`` to float32 in [0, 1] (float input is returned as float32)."""
-    if images.dtype == torch.uint8:
-        return images.to(torch.float32).div_(255.0)
-    return images.to(torch.float32)
-
-
-def _mask_float(masks: Tensor) -> Tensor:
-    """Masks as float32 0/1 (accepts uint8 0/1, bool, or float)."""
-    return (masks > 0).to(torch.float32) if masks.dtype != torch.float32 else masks
-
-
-def prepare_eval(images: Tensor, masks: Tensor) -> Tensor:
-    """Deterministic evaluation input: float [0, 1] image times its mask. Draws no random numbers.
-
-    Used for validation, test, scoring and every statistic computed on data (k-means initialisation,
-    sphere radii), so those never see augmented images (the authors' evaluation did).
-    """
-    _check_batch(images, masks)
-    return to_float(images) * _mask_float(masks)
 
 
 def batch_generator(seed: int, epoch: int, batch_index: int,
@@ -72,13 +51,6 @@ def batch_generator(seed: int, epoch: int, batch_index: int,
     generator = torch.Generator(device=device)
     generator.manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
     return generator
-
-
-def _check_batch(images: Tensor, masks: Tensor) -> None:
-    if images.dim() != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
-        raise ValueError(f"expected a square one-channel batch (B, 1, S, S), got {tuple(images.shape)}")
-    if masks.shape != images.shape:
-        raise ValueError(f"mask batch {tuple(masks.shape)} does not match image batch {tuple(images.shape)}")
 
 
 def _check_generator(generator: torch.Generator, images: Tensor) -> None:
@@ -222,7 +194,7 @@ def augment_ad(images: Tensor, masks: Tensor, config: ADAugment, generator: torc
 
     Returns float32 ``(B, 1, S, S)`` in [0, 1], zero outside the (warped) mask.
     """
-    _check_batch(images, masks)
+    check_batch(images, masks)
     _check_generator(generator, images)
     n, device = images.shape[0], images.device
     hflip = _bernoulli(n, config.hflip, generator, device)
@@ -230,7 +202,7 @@ def augment_ad(images: Tensor, masks: Tensor, config: ADAugment, generator: torc
     brightness = _uniform(n, *config.brightness, generator, device)
     scale = _uniform(n, *config.scale, generator, device)
     angle = _uniform(n, -config.rotation_deg, config.rotation_deg, generator, device)
-    warped, warped_mask = apply_affine(to_float(images), _mask_float(masks),
+    warped, warped_mask = apply_affine(to_float(images), mask_float(masks),
                                        affine_matrices(hflip, vflip, scale, angle))
     return (warped * brightness.view(-1, 1, 1, 1)).clamp_(0.0, 1.0) * warped_mask
 
@@ -248,7 +220,7 @@ def _contrastive(images: Tensor, masks: Tensor, config: ContrastiveAugment,
     blur = _bernoulli(n, config.blur_p, generator, device)
     sigma = _uniform(n, *config.blur_sigma, generator, device) * (images.shape[-1] / config.blur_reference_px)
     no_vflip = torch.zeros(n, dtype=torch.bool, device=device)
-    warped, warped_mask = apply_affine(to_float(images), _mask_float(masks),
+    warped, warped_mask = apply_affine(to_float(images), mask_float(masks),
                                        affine_matrices(hflip, no_vflip, scale, angle, crop))
     ones = torch.ones(n, device=device)
     out = adjust_brightness_contrast(warped, warped_mask, torch.where(jitter, brightness, ones),
@@ -264,7 +236,7 @@ def contrastive_views(images: Tensor, masks: Tensor, config: ContrastiveAugment,
 
     Both views are produced in one pass over the doubled batch (one ``grid_sample``, one blur).
     """
-    _check_batch(images, masks)
+    check_batch(images, masks)
     _check_generator(generator, images)
     both = _contrastive(torch.cat([images, images]), torch.cat([masks, masks]), config, generator)
     return both[: images.shape[0]], both[images.shape[0]:]

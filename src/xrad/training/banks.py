@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from xrad.data.model_input import resize_image_and_mask
 from xrad.errors import DataError, ImageReadError
 from xrad.utils.atomic import atomic_open
 
@@ -48,34 +49,6 @@ class ImageBank:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
-
-
-def resize_image_and_mask(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[Tensor, Tensor]:
-    """Resize the major axis to ``size`` and centre-pad to a square: THE resize of training and scoring.
-
-    ``image`` is uint8 ``(H, W)``; ``mask`` is ``(H, W)`` with nonzero = body part, or None (all ones).
-    The image uses area interpolation (anti-aliased when shrinking), the mask nearest neighbour (stays
-    binary). Padding is 0 in both. Returns uint8 ``(1, size, size)`` tensors.
-    """
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2-D greyscale image, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    height, width = image.shape
-    binary = np.ones_like(image) if mask is None else (np.asarray(mask) > 0).astype(np.uint8)
-    if binary.shape != image.shape:
-        raise ValueError(f"mask shape {binary.shape} does not match image shape {image.shape}")
-    factor = size / max(height, width)
-    new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
-    if (new_h, new_w) != (height, width):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        binary = cv2.resize(binary, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    out_image = np.zeros((1, size, size), dtype=np.uint8)
-    out_mask = np.zeros((1, size, size), dtype=np.uint8)
-    out_image[0, top:top + new_h, left:left + new_w] = image
-    out_mask[0, top:top + new_h, left:left + new_w] = binary
-    return torch.from_numpy(out_image), torch.from_numpy(out_mask)
 
 
 def _read_png(path: str, what: str) -> np.ndarray:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from xrad.config import Config
-from xrad.training.banks import ImageBank
 from xrad.errors import DataError
+from xrad.run_folder import RunFolder
+from xrad.training.banks import ImageBank
 
 
 def env_global_rank() -> int:
@@ -35,14 +36,13 @@ def env_global_rank() -> int:
 
 @dataclass
 class RunContext:
-    """State shared by the stages of one run."""
+    """What the stages of one run share: config, image banks, folders, devices and the resumable fit."""
 
     config: Config
     run_dir: Path
     banks: dict[str, ImageBank]  # "train", "valid", "test" (valid/test may be empty)
     trainer_overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
-    state: dict[str, Any] = field(default_factory=dict)  # stage results in memory (e.g. "encoder")
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     global_rank: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -52,9 +52,26 @@ class RunContext:
         """Whether this process writes the run's files."""
         return self.global_rank == 0
 
+    @property
+    def folder(self) -> RunFolder:
+        """The run folder's file names."""
+        return RunFolder(self.run_dir)
+
     def stage_dir(self, stage: str) -> Path:
         """``run_dir/<stage>``."""
-        return self.run_dir / stage
+        return self.folder.stage(stage)
+
+    def metrics_path(self, stage: str) -> Path:
+        """Where ``stage`` writes its per-epoch metrics."""
+        return self.folder.stage_metrics(stage)
+
+    def normal_train_rows(self) -> list[int]:
+        """Train rows with semi-label ≠ −1 (unlabelled + known normal): the "normal" data of k-means and kNN."""
+        semi = self.banks["train"].semi_labels
+        rows = (semi != -1).nonzero().flatten().tolist()
+        if not rows:
+            raise DataError("the train split has no unlabelled or known-normal image; check the split manifest")
+        return rows
 
     def trainer_kwargs(self, stage: str) -> dict[str, Any]:
         """Keyword arguments of ``lightning.Trainer`` for ``stage`` (without callbacks/loggers)."""
@@ -80,7 +97,7 @@ class RunContext:
         from lightning.pytorch.loggers import CSVLogger
 
         stage_dir = self.stage_dir(stage)
-        ckpt_dir = stage_dir / "checkpoints"
+        ckpt_dir = self.folder.checkpoints(stage)
         checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                                      every_n_epochs=1, save_top_k=1, save_last="link", save_on_train_epoch_end=True,
                                      enable_version_counter=False)

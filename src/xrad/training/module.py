@@ -1,5 +1,5 @@
 """Lightning glue shared by the methods' LightningModules: optimiser/schedule, seeded augmentation
-streams, epoch-level metrics (``<stage>/metrics.csv``) and validation AUROC.
+streams and epoch-level metrics (``<stage>/metrics.csv``).
 
 A stage module subclasses :class:`StageModule`, implements ``training_step`` (calling
 :meth:`StageModule.record_loss`) and optionally :meth:`StageModule.epoch_end` (pruning, validation).
@@ -14,30 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from xrad.config import Config, milestone_epochs
 from xrad.training.banks import BankDataset
-from xrad.training.augment import batch_generator, prepare_eval
+from xrad.training.augment import batch_generator
+from xrad.data.model_input import prepare_eval
 from xrad.models import batchnorm
 from xrad.utils.atomic import write_text
 
 METRIC_COLUMNS = ("epoch", "train_loss", "valid_auroc", "n_spheres", "lr")
-
-
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC with abnormal (1) positive over rows labelled 0/1; NaN when a class is missing."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64)
-    keep = (labels == 0) | (labels == 1)
-    keep &= np.isfinite(scores)
-    if keep.sum() == 0 or len(np.unique(labels[keep])) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels[keep], scores[keep]))
 
 
 def write_metrics_row(path: Path, row: dict[str, Any]) -> None:

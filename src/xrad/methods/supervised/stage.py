@@ -9,25 +9,36 @@ optional local torchvision ResNet-50 weights).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from xrad.training.augment import augment_ad, prepare_eval
+from xrad.config import Config
+from xrad.data.model_input import prepare_eval
 from xrad.errors import DataError
-from xrad.methods.baseline_scorers import ClassifierScorer
-from xrad.methods.baseline_sections import SupervisedConfig, check_supervised
-from xrad.methods.self_taught import load_tensors, save_tensors
+from xrad.evaluation.metrics import auroc
+from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
+from xrad.methods.supervised.config import SupervisedConfig
+from xrad.methods.supervised.scorer import ClassifierScorer
 from xrad.models.resnet import ResNet50Backbone
+from xrad.training.augment import augment_ad
 from xrad.training.context import RunContext
 from xrad.training.loaders import train_loader
-from xrad.training.module import StageModule, auroc
+from xrad.training.module import StageModule
 
-MODEL_FILE = "model.safetensors"
 
-__all__ = ["METHOD", "Supervised", "SupervisedModule", "labelled_rows", "new_classifier"]
+@dataclass
+class ClassifierResult:
+    """The trained classifier, which is its own scorer."""
+
+    classifier: ClassifierScorer
+
+    def scorer(self, config: Config) -> ClassifierScorer:
+        """The classifier."""
+        return self.classifier
 
 
 def labelled_rows(semi_labels: Tensor) -> tuple[list[int], Tensor]:
@@ -51,7 +62,7 @@ def new_classifier(ctx: RunContext) -> ClassifierScorer:
 class SupervisedModule(StageModule):
     """Class-balanced BCE on augmented labelled images; validation AUROC of the logits each epoch."""
 
-    def __init__(self, classifier: ClassifierScorer, config: Any, metrics_path: Path | None, ctx: RunContext,
+    def __init__(self, classifier: ClassifierScorer, config: Config, metrics_path: Path | None, ctx: RunContext,
                  pos_weight: float) -> None:
         section = config.section("supervised")
         super().__init__(config, section, metrics_path)
@@ -80,11 +91,10 @@ class SupervisedModule(StageModule):
         return {"valid_auroc": auroc(valid.labels.numpy(), logits.numpy())}
 
 
-def run_train(ctx: RunContext) -> None:
-    """Train the classifier on the labelled train rows → ``state['classifier']``."""
+def run(ctx: RunContext, stage: str, previous: Any = None) -> ClassifierResult:
+    """Train the classifier on the labelled train rows."""
     cfg = ctx.config
     section: SupervisedConfig = cfg.section("supervised")
-    check_supervised(section)
     rows, targets = labelled_rows(ctx.banks["train"].semi_labels)
     n_pos, n_neg = int(targets.sum()), int(len(targets) - targets.sum())
     if n_pos == 0 or n_neg == 0:
@@ -92,35 +102,18 @@ def run_train(ctx: RunContext) -> None:
                         "baseline needs both (make the split with --known-normal > 0 and --known-abnormal > 0)")
     classifier = new_classifier(ctx)
     if section.epochs > 0:
-        module = SupervisedModule(classifier, cfg, ctx.stage_dir("train") / "metrics.csv", ctx, n_neg / n_pos)
+        module = SupervisedModule(classifier, cfg, ctx.metrics_path(stage), ctx, n_neg / n_pos)
         loader = train_loader(ctx.banks["train"], rows, section.batch_size, cfg.seed, cfg.data.workers,
                               where="labelled rows (semi-label ≠ 0) of the train split")
-        ctx.fit("train", module, loader, section.epochs)
+        ctx.fit(stage, module, loader, section.epochs)
     classifier = classifier.cpu().eval()
-    ctx.state["classifier"] = classifier
     if ctx.is_global_zero:
         tensors, _ = classifier.artefact_state()
-        save_tensors(ctx.stage_dir("train") / MODEL_FILE, tensors)
+        save_tensors(ctx.stage_dir(stage) / MODEL_FILE, tensors)
+    return ClassifierResult(classifier)
 
 
-class Supervised:
-    """``METHOD`` of the supervised ResNet-50 baseline."""
-
-    name = "supervised"
-    stages = ("train",)
-
-    def run_stage(self, stage: str, ctx: RunContext) -> None:
-        """Train the classifier."""
-        run_train(ctx)
-
-    def load_stage(self, stage: str, ctx: RunContext) -> None:
-        """Load the finished classifier."""
-        tensors = load_tensors(ctx.stage_dir("train") / MODEL_FILE)
-        ctx.state["classifier"] = ClassifierScorer.from_artefact(tensors, {"in_channels": 1}).eval()
-
-    def build_scorer(self, ctx: RunContext) -> ClassifierScorer:
-        """The trained classifier is its own scorer."""
-        return ctx.state["classifier"]
-
-
-METHOD = Supervised()
+def load(ctx: RunContext, stage: str, previous: Any = None) -> ClassifierResult:
+    """The finished classifier."""
+    tensors = load_tensors(ctx.stage_dir(stage) / MODEL_FILE)
+    return ClassifierResult(ClassifierScorer.from_artefact(tensors, {"in_channels": 1}).eval())

@@ -1,13 +1,7 @@
-"""Framework-free scorers of the Table 1 baselines (torch only; no Lightning).
+"""Framework-free scorer of the convolutional autoencoder (torch only; no Lightning): masked reconstruction
+error (MSE, L1 or the mean of the top-k pixel errors); its heatmap is the per-pixel error map.
 
-- :class:`ReconstructionScorer` — the convolutional autoencoder: masked reconstruction error (MSE, L1 or the
-  mean of the top-k pixel errors); its :meth:`~ReconstructionScorer.heatmap` is the per-pixel error map.
-- :class:`ClassifierScorer` — the supervised ResNet-50: the predicted probability of "abnormal".
-
-The Deep SAD and kNN baselines reuse :class:`~xrad.methods.scorers.SphereScorer` and
-:class:`~xrad.methods.scorers.KnnScorer`.
-
-Masks: a scorer sees what :func:`~xrad.training.augment.prepare_eval` returns — image × body-part mask — and
+Masks: a scorer sees what :func:`~xrad.data.model_input.prepare_eval` returns — image × body-part mask — and
 nothing else (that keeps ``forward(images)`` a single-input graph for ONNX and the service). The mask is
 therefore recovered as the support of the input, ``images > 0``; training uses the same definition, so a
 body-part pixel of intensity exactly 0 is ignored in both (it carries no reconstruction target anyway).
@@ -23,9 +17,8 @@ from torch import Tensor, nn
 from xrad.losses import masked_error_map, reconstruction_scores
 from xrad.methods.base import Scorer
 from xrad.models.autoencoder import Autoencoder, build_autoencoder
-from xrad.models.resnet import ResNet50Backbone
 
-__all__ = ["ClassifierScorer", "ReconstructionScorer", "autoencoder_args", "autoencoder_from", "input_support"]
+__all__ = ["ReconstructionScorer", "autoencoder_args", "autoencoder_from", "input_support"]
 
 _AE = "ae."
 
@@ -102,41 +95,3 @@ class ReconstructionScorer(Scorer):
         """Rebuild from an artefact's tensors and scorer arguments."""
         state = {k[len(_AE):]: v for k, v in tensors.items() if k.startswith(_AE)}
         return cls(autoencoder_from(state, args), args["score_kind"], args["top_k_fraction"])
-
-
-class ClassifierScorer(Scorer):
-    """Supervised classifier: ResNet-50 features → one logit; the score is P(abnormal) = sigmoid(logit)."""
-
-    kind: ClassVar[str] = "classifier"
-
-    def __init__(self, backbone: ResNet50Backbone, head: nn.Linear) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def logits(self, images: Tensor) -> Tensor:
-        """Abnormality logits (B,)."""
-        return self.head(self.backbone(images)).squeeze(1)
-
-    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """P(abnormal) (B,); the sigmoid runs in float64 so confident predictions do not all tie at 1.0."""
-        return torch.sigmoid(self.logits(images).double()), None
-
-    def embed(self, images: Tensor) -> dict[str, Tensor]:
-        """The pooled ResNet-50 features h (B, 2048)."""
-        return {"h": self.backbone(images)}
-
-    def artefact_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """Backbone (``backbone.*``) and head (``head.*``) weights."""
-        tensors = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
-        tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-        return tensors, {"in_channels": int(self.backbone.in_channels), "arch": "resnet50"}
-
-    @classmethod
-    def from_artefact(cls, tensors: dict[str, Tensor], args: dict[str, Any]) -> ClassifierScorer:
-        """Rebuild from an artefact's tensors and scorer arguments."""
-        backbone = ResNet50Backbone(in_channels=int(args.get("in_channels", 1)))
-        backbone.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}, strict=True)
-        head = nn.Linear(backbone.out_dim, 1)
-        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, strict=True)
-        return cls(backbone, head)

@@ -1,0 +1,76 @@
+"""The model's input: THE resize of training and scoring, and the deterministic float input.
+
+Every path that feeds a network goes through these two functions — the training banks, evaluation, scoring,
+heatmaps, the service and ONNX export — so a trained detector always sees its inputs prepared alike:
+
+- :func:`resize_image_and_mask`: uint8 image (and body mask) → major axis resized to S, centre-padded to
+  S×S, uint8 ``(1, S, S)``;
+- :func:`prepare_eval`: uint8 batch ``(B, 1, S, S)`` × 0/1 mask → float32 in [0, 1], drawing no random
+  numbers (augmentation, in :mod:`xrad.training.augment`, is the only other way in).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["prepare_eval", "resize_image_and_mask", "to_float"]
+
+
+def resize_image_and_mask(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[Tensor, Tensor]:
+    """Resize the major axis to ``size`` and centre-pad to a square: THE resize of training and scoring.
+
+    ``image`` is uint8 ``(H, W)``; ``mask`` is ``(H, W)`` with nonzero = body part, or None (all ones).
+    The image uses area interpolation (anti-aliased when shrinking), the mask nearest neighbour (stays
+    binary). Padding is 0 in both. Returns uint8 ``(1, size, size)`` tensors.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D greyscale image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    height, width = image.shape
+    binary = np.ones_like(image) if mask is None else (np.asarray(mask) > 0).astype(np.uint8)
+    if binary.shape != image.shape:
+        raise ValueError(f"mask shape {binary.shape} does not match image shape {image.shape}")
+    factor = size / max(height, width)
+    new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
+    if (new_h, new_w) != (height, width):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        binary = cv2.resize(binary, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out_image = np.zeros((1, size, size), dtype=np.uint8)
+    out_mask = np.zeros((1, size, size), dtype=np.uint8)
+    out_image[0, top:top + new_h, left:left + new_w] = image
+    out_mask[0, top:top + new_h, left:left + new_w] = binary
+    return torch.from_numpy(out_image), torch.from_numpy(out_mask)
+
+
+def to_float(images: Tensor) -> Tensor:
+    """Convert a uint8 batch ``(B, 1, S, S)`` to float32 in [0, 1] (float input is returned as float32)."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255.0)
+    return images.to(torch.float32)
+
+
+def mask_float(masks: Tensor) -> Tensor:
+    """Masks as float32 0/1 (accepts uint8 0/1, bool, or float)."""
+    return (masks > 0).to(torch.float32) if masks.dtype != torch.float32 else masks
+
+
+def prepare_eval(images: Tensor, masks: Tensor) -> Tensor:
+    """Deterministic evaluation input: float [0, 1] image times its mask. Draws no random numbers.
+
+    Used for validation, test, scoring and every statistic computed on data (k-means initialisation,
+    sphere radii), so those never see augmented images (the authors' evaluation did).
+    """
+    check_batch(images, masks)
+    return to_float(images) * mask_float(masks)
+
+
+def check_batch(images: Tensor, masks: Tensor) -> None:
+    if images.dim() != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"expected a square one-channel batch (B, 1, S, S), got {tuple(images.shape)}")
+    if masks.shape != images.shape:
+        raise ValueError(f"mask batch {tuple(masks.shape)} does not match image batch {tuple(images.shape)}")

@@ -1,0 +1,50 @@
+"""The ``ae`` config section (Lightning-free: the registry reads it without the training stack)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from xrad.config.sections import ADAugment, Check, Config
+
+
+def _no_augment() -> ADAugment:
+    return ADAugment(enabled=False)
+
+
+@dataclass
+class AEConfig:
+    """The convolutional autoencoder (shared ResNet-18 encoder + mirrored decoder, Davletshina et al.).
+
+    Its training schedule is the ``pretrain`` section (paper: 100 epochs, batch 16, Adam 1e-4, ×0.1 at
+    70/90). ``score`` is the image score of the ``autoencoder`` detector: ``mse`` (masked mean squared
+    error), ``l1`` (masked mean absolute error) or ``topk`` (mean of the ``top_k_fraction`` largest masked
+    squared pixel errors).
+    """
+
+    decode_from: str = "z"  # z: the 128-d head output is the bottleneck (Ruff et al.); h: the 512-d features
+    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 64, 32])
+    score: str = "mse"
+    top_k_fraction: float = 0.05
+    # Ruff et al. pre-train the AE on every training image; a reconstruction *detector* should not learn to
+    # reconstruct the anomalies it is told about, so known abnormal rows (semi-label −1) are left out by default.
+    exclude_known_abnormal: bool = True
+    # The reconstruction target is the augmented image itself, so augmentation only widens what "normal" is.
+    augment: ADAugment = field(default_factory=_no_augment)
+
+    def checks(self) -> Iterable[Check]:
+        from xrad.losses import RECONSTRUCTION_KINDS  # torch: imported when a config is checked, not listed
+
+        return [("decode_from", self.decode_from in ("z", "h"), f"must be 'z' or 'h', got {self.decode_from!r}"),
+                ("score", self.score in RECONSTRUCTION_KINDS,
+                 f"must be one of {RECONSTRUCTION_KINDS}, got {self.score!r}"),
+                ("top_k_fraction", 0.0 < self.top_k_fraction <= 1.0, f"must be in (0, 1], got {self.top_k_fraction}"),
+                ("decoder_channels", len(self.decoder_channels) == 5 and min(self.decoder_channels) >= 1,
+                 f"must list 5 positive widths, got {self.decoder_channels}")]
+
+
+def image_size_checks(config: Config) -> Iterable[Check]:
+    """The decoder upsamples by 2 five times: the network input must be a multiple of 32."""
+    return [("data.image_size", config.data.image_size % 32 == 0,
+             f"{config.data.image_size} must be a multiple of 32 for the autoencoder's decoder "
+             "(e.g. --set data.image_size=64)")]

@@ -1,0 +1,187 @@
+"""Stage 2 of the self-taught detector (and of the Deep SAD baselines): multi-sphere semi-supervised Deep SAD
+"MAD" (Eq. 2, Algorithm 1); ``finetune.n_spheres: 1`` is the uni-modal variant (Deep SAD with a mean centre).
+
+Choices that differ from the authors' code (reference-spec §3–§5), and why:
+
+- The whole encoder (backbone and head) is transferred from stage 1; the authors re-initialised the head,
+  which discards the 128-d space that stage 1 organised and in which k-means places the centres
+  (``finetune.transfer_head: false`` restores their behaviour).
+- k-means runs on deterministic (:func:`~xrad.data.model_input.prepare_eval`) embeddings of the training
+  images with semi-label ≠ −1, in eval mode; validation and test are never augmented.
+- Centres, the active-sphere mask and an "initialised" flag are buffers, so checkpoints carry them and a
+  resumed run continues with the same spheres. Counting uses ``bincount``; under DDP the per-rank counts
+  are summed before pruning so all ranks prune the same spheres.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from xrad.config import Config
+from xrad.data.model_input import prepare_eval
+from xrad.errors import ConfigError
+from xrad.evaluation.metrics import auroc
+from xrad.losses import multisphere_deep_sad, nearest_center
+from xrad.methods.base import ProvidesEncoder
+from xrad.methods.contrastive.stage import new_encoder
+from xrad.methods.multisphere.centres import kmeans_centers, mean_center, prune_mask, sphere_counts
+from xrad.methods.multisphere.scorer import SphereScorer
+from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
+from xrad.models.encoder import Encoder
+from xrad.models.heads import MLPHead
+from xrad.training.augment import augment_ad
+from xrad.training.context import RunContext
+from xrad.training.loaders import train_loader
+from xrad.training.module import StageModule
+
+
+@dataclass
+class SpheresResult:
+    """The fine-tuned encoder, every centre and which of them survived pruning."""
+
+    encoder: Encoder
+    centers: Tensor  # (K, D), all initial centres
+    active: Tensor  # (K,) bool
+
+    def scorer(self, config: Config) -> SphereScorer:
+        """The encoder + the surviving centres."""
+        return SphereScorer(self.encoder, self.centers[self.active.bool()])
+
+
+class MADModule(StageModule):
+    """Multi-sphere semi-supervised Deep SAD with per-epoch pruning of weak spheres."""
+
+    def __init__(self, encoder: Encoder, config: Config, metrics_path: Path | None, ctx: RunContext) -> None:
+        super().__init__(config, config.finetune, metrics_path)
+        self.encoder = encoder
+        self.ctx = ctx
+        k, dim = config.finetune.n_spheres, config.model.head_dims[-1]
+        self.register_buffer("centers", torch.zeros(k, dim))
+        self.register_buffer("active", torch.ones(k, dtype=torch.bool))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        self.augment = config.finetune.augment
+        # Not a buffer: DDP re-broadcasts buffers from rank 0 at every forward, which would erase the
+        # other ranks' counts. Reset at each epoch start, so checkpoints (taken at epoch ends) need none.
+        self._counts = torch.zeros(k, dtype=torch.long)
+
+    # -- centres -----------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if not bool(self.initialised):
+            self.init_centers()
+
+    @torch.no_grad()
+    def init_centers(self) -> None:
+        """k-means (or the mean, for one sphere) of deterministic normal train embeddings; rank 0 computes,
+        everyone receives the same centres."""
+        fin = self.section
+        centers = torch.zeros_like(self.centers)
+        n_found = torch.zeros((), dtype=torch.long)
+        trainer = self._trainer  # None when called outside fit (finetune.epochs = 0)
+        if trainer is None or trainer.is_global_zero:
+            bank = self.ctx.banks["train"]
+            idx = torch.tensor(self.ctx.normal_train_rows())
+            z = self.eval_outputs(bank.images[idx], bank.masks[idx], lambda x: self.encoder(x)[1],
+                                  self.config.data.eval_batch_size).numpy()
+            if fin.n_spheres == 1:
+                found = mean_center(z, min_abs=fin.center_min_abs)
+            else:
+                found = kmeans_centers(z, fin.n_spheres, seed=self.config.seed, min_abs=fin.center_min_abs)
+            centers[: len(found)] = torch.from_numpy(found).to(centers)
+            n_found = torch.tensor(len(found))
+        if trainer is not None and trainer.world_size > 1:
+            centers = trainer.strategy.broadcast(centers.cpu(), src=0).to(self.device)
+            n_found = trainer.strategy.broadcast(n_found, src=0)
+        self.centers.copy_(centers)
+        self.active.copy_(torch.arange(len(self.active), device=self.active.device) < int(n_found))
+        self.initialised.fill_(True)
+
+    def active_centers(self) -> tuple[Tensor, Tensor]:
+        """(indices of the surviving centres, their coordinates)."""
+        index = self.active.nonzero().flatten()
+        return index, self.centers[index]
+
+    # -- training ----------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._counts = torch.zeros(len(self.active), dtype=torch.long)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        images, masks, semi = batch["image"], batch["mask"], batch["semi_label"]
+        if self.section.augment.enabled:
+            x = augment_ad(images, masks, self.augment, self.augment_generator(batch_idx))
+        else:
+            x = prepare_eval(images, masks)
+        _, z = self.encoder(x)
+        index, centers = self.active_centers()
+        loss = multisphere_deep_sad(z, centers, semi, eta=self.section.eta, eps=self.section.eps)
+        with torch.no_grad():  # Algorithm 1 line 16: normal samples per centre, from this epoch's passes
+            _, nearest = nearest_center(z.detach(), centers)
+            normal = semi != -1
+            # bincount on the CPU: CUDA's bincount refuses to run under deterministic mode.
+            self._counts += sphere_counts(index[nearest[normal]].cpu(), len(self.active))
+        self.record_loss(loss, x.shape[0])
+        return loss
+
+    def epoch_end(self) -> dict[str, float]:
+        """Prune (after the warm-up), then validation AUROC with the surviving spheres."""
+        counts = self.trainer.strategy.reduce(self._counts.to(self.device), reduce_op="sum")
+        if self.current_epoch >= self.section.prune_warmup:
+            index, _ = self.active_centers()
+            keep = prune_mask(counts[index], self.section.gamma)
+            self.active[index[~keep.to(index.device)]] = False
+        metrics = {"n_spheres": float(self.active.sum())}
+        valid = self.ctx.banks.get("valid")
+        if valid is not None and len(valid) and self.trainer.is_global_zero:
+            scores = self.eval_outputs(valid.images, valid.masks, self.score, self.config.data.eval_batch_size)
+            metrics["valid_auroc"] = auroc(valid.labels.numpy(), scores.numpy())
+        return metrics
+
+    def score(self, x: Tensor) -> Tensor:
+        """Distance to the nearest surviving centre."""
+        _, z = self.encoder(x)
+        sq, _ = nearest_center(z, self.active_centers()[1])
+        return sq.clamp_min(0).sqrt()
+
+
+def _stage2_encoder(config: Config, encoder: Encoder) -> Encoder:
+    encoder = copy.deepcopy(encoder)
+    if not config.finetune.transfer_head:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            encoder.head = MLPHead(config.model.head_dims, bias=config.model.head_bias)
+    return encoder
+
+
+def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> SpheresResult:
+    """MAD fine-tuning of the previous stage's encoder."""
+    cfg = ctx.config
+    if previous is None:
+        raise ConfigError(f"the {stage} stage needs a finished pretrain stage in this run folder; "
+                          "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from")
+    module = MADModule(_stage2_encoder(cfg, previous.encoder), cfg, ctx.metrics_path(stage), ctx)
+    bank = ctx.banks["train"]
+    if cfg.finetune.epochs > 0:
+        loader = train_loader(bank, list(range(len(bank))), cfg.finetune.batch_size, cfg.seed, cfg.data.workers)
+        ctx.fit(stage, module, loader, cfg.finetune.epochs)
+    else:
+        module.init_centers()
+    module = module.cpu().eval()
+    result = SpheresResult(module.encoder, module.centers.clone(), module.active.clone())
+    if ctx.is_global_zero:
+        tensors = {f"encoder.{k}": v for k, v in module.encoder.state_dict().items()}
+        tensors.update(centers=module.centers, active=module.active.to(torch.uint8))
+        save_tensors(ctx.stage_dir(stage) / MODEL_FILE, tensors)
+    return result
+
+
+def load(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> SpheresResult:
+    """The finished stage's encoder and centres."""
+    tensors = load_tensors(ctx.stage_dir(stage) / MODEL_FILE)
+    encoder = new_encoder(ctx.config)
+    encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True)
+    return SpheresResult(encoder.eval(), tensors["centers"], tensors["active"].bool())
