@@ -32,7 +32,7 @@ def test_artefact_folder_is_safetensors_plus_json(tiny_run: dict) -> None:
     assert meta["preprocessing"] is None  # the tiny data has no params.json beside its cache files
     assert meta["training_data"]["images"] == {"train": 32, "valid": 16, "test": 16}
     tensors, loaded_meta = load_artefact(folder)
-    assert loaded_meta == meta
+    assert loaded_meta.to_json() == meta
     np.testing.assert_allclose(tensors["centers"].numpy(), np.array(meta["centres"]), rtol=1e-6)
     # safetensors layout (8-byte little-endian header length + JSON header), not a torch.save zip/pickle.
     blob = (folder / "model.safetensors").read_bytes()
@@ -99,7 +99,7 @@ def test_save_load_round_trip_and_corruption_is_detected(tmp_path: Path) -> None
     save_artefact(tmp_path / "art", tensors, {"method": "x", "image_size": 8})
     loaded, meta = load_artefact(tmp_path / "art")
     assert torch.equal(loaded["a"], tensors["a"]) and torch.equal(loaded["b"], tensors["b"])
-    assert meta["method"] == "x" and meta["format"] == "xrad-artefact/1" and "torch" in meta["versions"]
+    assert meta.method == "x" and meta.format == "xrad-artefact/1" and "torch" in meta.versions
     weights = tmp_path / "art" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(DataError, match="checksum"):

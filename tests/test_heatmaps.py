@@ -92,7 +92,7 @@ def test_explain_pixels_matches_scoring(tiny_artefact) -> None:
     scorer = load_scorer(tiny_artefact)
     rng = np.random.default_rng(1)
     pixels = rng.random((80, 50)).astype(np.float32)
-    result = explain_pixels(scorer, pixels, size=64)
+    result = explain_pixels(scorer, pixels)
     assert result.on_original and result.heat.shape == (80, 50) and result.base.shape == (80, 50)
     assert 0.0 <= result.heat.min() and result.heat.max() <= 1.0
     image, mask = resize_image_and_mask(np.round(pixels * 255).astype(np.uint8), None, 64)
@@ -137,7 +137,7 @@ def test_heatmaps_of_cached_rows_match_scoring(tiny_run: dict, tmp_path) -> None
     assert frame["cache_path"].str.len().gt(0).all()  # the preprocessed-cache branch
     scorer = load_scorer(tiny_run["run_dir"] / "artefact")
     scored = score_frame(scorer, frame, workers=1)
-    explanation = explain_row(scorer, frame.iloc[0], size=32)
+    explanation = explain_row(scorer, frame.iloc[0])
     assert not explanation.on_original and explanation.heat.shape == (40, 40)
     assert explanation.score == pytest.approx(float(scored["score"][0]), abs=1e-5)
     paths = write_heatmaps(scorer, scored, tmp_path / "heat")
@@ -179,8 +179,7 @@ def test_preprocessed_artefact_maps_heatmaps_back_to_the_original(tiny_artefact,
     from xrad.data.io import write_png
 
     write_png(tmp_path / "a.png", pixels)
-    params = PreprocessParams.from_dict(meta["preprocessing"])
-    result = explain_pixels(scorer, pixels, size=64, params=params)
+    result = explain_pixels(scorer, pixels)
     assert result.on_original and result.heat.shape == (120, 90) and result.base.shape == (120, 90)
     assert result.heat.max() > 0 and np.isfinite(result.heat).all()
     expected = score_frame(scorer, pd.DataFrame({"path": [str(tmp_path / "a.png")]}), workers=1)["score"][0]

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = load_scorer(args.artefact)
     scored = score_frame(scorer, frame, batch_size=args.batch_size, workers=args.workers,
                          on_error="raise" if args.strict else "skip", progress=True)
-    point = scorer.artefact_meta.get("operating_point")
+    point = scorer.artefact_meta.operating_point
     if point:  # score >= the calibrated image threshold (unreadable rows: False)
         scored["flagged"] = flag(scored["score"], point)
     if args.heatmaps is not None:

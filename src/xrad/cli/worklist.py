@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
                         "write one with `xrad score`") from None
     point = None
     if args.artefact is not None:
-        from xrad.inference.artefact import read_artefact_meta
+        from xrad.inference.artefact import read_meta
 
-        point = read_artefact_meta(args.artefact).get("operating_point")
+        point = read_meta(args.artefact).operating_point
     result = build_worklist(frame, args.output, aggregation=args.aggregation, threshold=args.threshold,
                             operating_point=point, top=args.top, thumb_size=args.thumb_size, title=args.title)
     flagged = f", {result['n_flagged']} flagged" if result["threshold"] is not None else ""

@@ -173,14 +173,9 @@ def level_tables(frame: pd.DataFrame, point: dict[str, Any] | None, aggregation:
 
 def store_operating_point(artefact_dir: str | Path, point: dict[str, Any]) -> Path:
     """Write ``point`` into the artefact's ``artefact.json`` (atomically; the weights are untouched)."""
-    from xrad.inference.artefact import META, read_artefact_meta
-    from xrad.utils.atomic import write_json
+    from xrad.inference.artefact import update_artefact_meta
 
-    meta = read_artefact_meta(artefact_dir)
-    meta["operating_point"] = point
-    path = Path(artefact_dir) / META
-    write_json(path, meta)
-    return path
+    return update_artefact_meta(artefact_dir, operating_point=point)
 
 
 def describe(point: dict[str, Any]) -> str:

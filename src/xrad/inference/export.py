@@ -6,9 +6,11 @@ The graph takes exactly what :meth:`~xrad.methods.base.Scorer.score_batches` tak
 removes the preprocessing ambiguity behind anomalib's export score mismatches (field guide §2.6). Outputs:
 ``score`` float32 ``(B,)`` and, for sphere detectors, ``sphere`` int64 ``(B,)``.
 
-Decoding, preprocessing and the resize stay outside (as in :mod:`xrad.inference.scoring`); the model's
-``metadata_props`` record ``image_size``, the preprocessing parameters, the operating point and the
-artefact checksum, so a deployment has what it needs to reproduce ``xrad score``.
+Decoding, preprocessing and the resize stay outside: a deployment reproduces
+:func:`xrad.inference.input.prepare_input`, the one input path of ``xrad score``, heatmaps and the service.
+The model's ``metadata_props`` record what that needs — the artefact's input spec
+(:meth:`~xrad.inference.artefact.ArtefactMeta.input_spec`: ``image_size`` and the preprocessing parameters
+scoring applies), the operating point and the artefact checksum.
 
 Parity: after export, a seeded batch of images is scored by onnxruntime and by torch; the export is
 refused (nothing is written) when the largest absolute score difference exceeds ``tolerance``.
@@ -79,12 +81,14 @@ def export_onnx(artefact_dir: str | Path, output: str | Path, *, opset: int = OP
     into place. Returns ``{path, image_size, max_abs_diff, n_checked, outputs, opset, max_batch}``."""
     import onnx
 
+    from xrad.inference.artefact import meta_of
     from xrad.inference.scoring import load_scorer
     from xrad.utils.atomic import write_bytes
 
     scorer = load_scorer(artefact_dir).cpu().eval()
-    meta = scorer.artefact_meta
-    size = int(meta["image_size"])
+    meta = meta_of(scorer)
+    spec = meta.input_spec()
+    size = spec.image_size
     graph = OnnxScorer(scorer).eval()
     images, masks = parity_batch(size, n_check, seed)
     # The traced graph unrolls Python loops: kNN's query chunking becomes one chunk, so a batch may not
@@ -106,11 +110,12 @@ def export_onnx(artefact_dir: str | Path, output: str | Path, *, opset: int = OP
                               output_names=outputs, opset_version=opset, dynamo=False,
                               dynamic_axes={name: {0: "batch"} for name in ["image", "mask", *outputs]})
         model = onnx.load(str(tmp))
-        props = {"xrad.image_size": str(size), "xrad.method": str(meta.get("method")),
+        preprocessing = None if spec.preprocessing is None else spec.preprocessing.to_dict()
+        props = {"xrad.image_size": str(size), "xrad.method": str(meta.method),
                  "xrad.input": "image, mask: uint8 (B, 1, S, S) after xrad's resize-and-pad; mask 1 = body part",
-                 "xrad.preprocessing": json.dumps(meta.get("preprocessing")),
-                 "xrad.operating_point": json.dumps(meta.get("operating_point")),
-                 "xrad.artefact_sha256": str(meta.get("sha256")),
+                 "xrad.preprocessing": json.dumps(preprocessing, sort_keys=True),  # as artefact.json stores it
+                 "xrad.operating_point": json.dumps(meta.operating_point),
+                 "xrad.artefact_sha256": str(meta.sha256),
                  "xrad.max_batch": str(max_batch or "unlimited")}
         for key, value in props.items():
             entry = model.metadata_props.add()

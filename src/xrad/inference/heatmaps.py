@@ -4,6 +4,10 @@ Every :class:`~xrad.methods.base.Scorer` has ``heatmap(images) -> (B, 1, S, S)``
 of the *anomaly score* on the backbone's last convolutional block (:mod:`xrad.models.gradcam`); a detector
 with a decoder overrides ``heatmap`` with its reconstruction error.
 
+Input: a map is computed on exactly the input scoring uses, :func:`xrad.inference.input.prepare_input`
+(same pixel limit, truncated-file rule, preprocessing and resize), so the score beside an overlay is the
+score ``xrad score`` and the service report for that image; this module only maps the result back.
+
 Geometry: the model sees the image resized (major axis → S) and centre-padded to S×S
 (:func:`xrad.data.model_input.resize_image_and_mask`). That step is inverted exactly (:func:`to_original`).
 When the artefact preprocesses (carrier crop, rotation, resize/pad), :func:`xrad.preprocess.preprocess_image`
@@ -20,14 +24,17 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["Explanation", "explain_pixels", "explain_row", "input_from_pixels", "normalise", "overlay", "png_bytes",
+if TYPE_CHECKING:  # pragma: no cover
+    from xrad.data.io import Radiograph
+    from xrad.inference.input import ModelInput
+
+__all__ = ["Explanation", "explain_input", "explain_pixels", "explain_row", "normalise", "overlay", "png_bytes",
            "to_original", "warp_to_source", "write_heatmaps"]
 
 
@@ -93,31 +100,6 @@ class Explanation:
         return png_bytes(overlay(self.base, self.heat, alpha))
 
 
-def input_from_pixels(pixels: np.ndarray, size: int, params: Any = None,
-                      body_part: str | None = None) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray | None]:
-    """Decoded [0, 1] pixels → the model's uint8 image and mask ``(1, S, S)``, the image they were resized
-    from, and (with preprocessing) the 3×3 homography from the original image to that one (else None).
-
-    Mirrors :mod:`xrad.inference.scoring`: with preprocessing parameters, :func:`xrad.preprocess.preprocess_image` and
-    then the one resize; without, 8-bit rounding and the one resize (as the image bank does).
-    """
-    from xrad.data.model_input import resize_image_and_mask
-
-    transform = None
-    if params is not None:
-        from xrad.preprocess import preprocess_image
-
-        result = preprocess_image(pixels, params, body_part=body_part)
-        base, mask = np.asarray(result.image, dtype=np.uint8), np.asarray(result.mask)
-        if result.meta.get("transform") is not None:
-            transform = np.asarray(result.meta["transform"], dtype=np.float64)
-    else:
-        base = np.clip(np.round(np.asarray(pixels, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-        mask = None
-    image, model_mask = resize_image_and_mask(base, mask, size)
-    return image, model_mask, base, transform
-
-
 def warp_to_source(heat: np.ndarray, transform: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Warp a map on the preprocessed image back to the original ``shape`` through ``transform``
     (original → preprocessed homography); zero where the original lies outside the crop."""
@@ -129,66 +111,51 @@ def warp_to_source(heat: np.ndarray, transform: np.ndarray, shape: tuple[int, in
                                borderValue=0)
 
 
-def explain_pixels(scorer: Any, pixels: np.ndarray, *, size: int, params: Any = None,
-                   body_part: str | None = None, heatmap: bool = True) -> Explanation:
-    """Score one decoded image and explain it (the service's and ``xrad score --heatmaps``' path).
+def explain_input(scorer: Any, model_input: ModelInput, *, heatmap: bool = True) -> Explanation:
+    """Score one prepared input (:func:`xrad.inference.input.prepare_input`) and explain it.
 
-    With ``heatmap=False`` only the score is computed (the map is all zeros).
+    The map is drawn on the original image when the input was made from one (through the preprocessing
+    homography when there is one), else on the image the input was resized from (cached rows). With
+    ``heatmap=False`` only the score is computed (the map is all zeros).
     """
     from xrad.data.model_input import prepare_eval
 
-    image, mask, base, transform = input_from_pixels(pixels, size, params, body_part)
-    on_original = params is None or transform is not None
-    if transform is not None:  # draw on the original image; the map is warped back below
-        base_pre, base = base, np.clip(np.round(np.asarray(pixels, np.float32) * 255.0), 0, 255).astype(np.uint8)
     scorer.eval()
     device = next(iter(scorer.parameters()), torch.empty(0)).device
-    x = prepare_eval(image[None].to(device), mask[None].to(device))
+    x = prepare_eval(model_input.image[None].to(device), model_input.mask[None].to(device))
     with torch.no_grad():
         score, sphere = scorer.score(x)
-    if not heatmap:
-        return Explanation(score=float(score[0]), sphere=int(sphere[0]) if sphere is not None else -1,
-                           heat=np.zeros(base.shape, np.float32), base=base, on_original=on_original)
-    heat = normalise(scorer.heatmap(x), mask[None])[0, 0]
-    if transform is not None:
-        heat = warp_to_source(to_original(heat, base_pre.shape), transform, base.shape)
+    base = model_input.original if model_input.original is not None else model_input.base
+    if heatmap:
+        heat = to_original(normalise(scorer.heatmap(x), model_input.mask[None])[0, 0], model_input.base.shape)
+        if model_input.transform is not None and model_input.original is not None:
+            heat = warp_to_source(heat, model_input.transform, model_input.original.shape)
     else:
-        heat = to_original(heat, base.shape)
+        heat = np.zeros(base.shape, np.float32)
     return Explanation(score=float(score[0]), sphere=int(sphere[0]) if sphere is not None else -1,
-                       heat=heat, base=base, on_original=on_original)
+                       heat=heat, base=base, on_original=model_input.on_original)
 
 
-def _read_grey8(path: str) -> np.ndarray:
-    """A preprocessed cache PNG (8-bit) as a 2-D uint8 array."""
-    from PIL import Image
+def explain_pixels(scorer: Any, pixels: np.ndarray | Radiograph, *, body_part: str | None = None,
+                   heatmap: bool = True, allow_truncated: bool = False) -> Explanation:
+    """Score and explain one decoded image (the service's path): :func:`~xrad.inference.input.prepare_input`
+    with the artefact's input spec, then :func:`explain_input`. A :class:`~xrad.data.io.Radiograph` of a
+    truncated file is refused unless ``allow_truncated``."""
+    from xrad.inference.artefact import meta_of
+    from xrad.inference.input import prepare_input
 
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+    model_input = prepare_input(pixels, meta_of(scorer).input_spec(), body_part=body_part,
+                                allow_truncated=allow_truncated)
+    return explain_input(scorer, model_input, heatmap=heatmap)
 
 
-def explain_row(scorer: Any, row: Any, *, size: int, params: Any = None) -> Explanation:
-    """Explain one manifest/scores row as :mod:`xrad.inference.scoring` scores it: its ``cache_path`` (preprocessed
-    image and ``mask_path``) when present, else the original file (preprocessed with ``params`` if given)."""
-    from xrad.data.model_input import resize_image_and_mask
-    from xrad.data.io import read_radiograph
-    from xrad.data.model_input import prepare_eval
+def explain_row(scorer: Any, row: Any, *, heatmap: bool = True) -> Explanation:
+    """Explain one manifest/scores row as :mod:`xrad.inference.scoring` scores it: its ``cache_path``
+    (preprocessed image and ``mask_path``) when present, else the original file."""
+    from xrad.inference.artefact import meta_of
+    from xrad.inference.input import prepare_row
 
-    cache = str(row.get("cache_path", "") or "")
-    if not cache or cache == "nan":
-        pixels = read_radiograph(str(row["path"])).pixels
-        body_part = str(row.get("body_part", "") or "") or None
-        return explain_pixels(scorer, pixels, size=size, params=params, body_part=body_part)
-    base = _read_grey8(cache)
-    mask_path = str(row.get("mask_path", "") or "")
-    mask = _read_grey8(mask_path) if mask_path and mask_path != "nan" else None
-    image, model_mask = resize_image_and_mask(base, mask, size)
-    device = next(iter(scorer.parameters()), torch.empty(0)).device
-    x = prepare_eval(image[None].to(device), model_mask[None].to(device))
-    with torch.no_grad():
-        score, sphere = scorer.score(x)
-    heat = to_original(normalise(scorer.heatmap(x), model_mask[None])[0, 0], base.shape)
-    return Explanation(score=float(score[0]), sphere=int(sphere[0]) if sphere is not None else -1,
-                       heat=heat, base=base, on_original=False)
+    return explain_input(scorer, prepare_row(row, meta_of(scorer).input_spec()), heatmap=heatmap)
 
 
 def write_heatmaps(scorer: Any, frame: Any, out_dir: Any, *, progress: bool = False) -> list[str]:
@@ -201,13 +168,6 @@ def write_heatmaps(scorer: Any, frame: Any, out_dir: Any, *, progress: bool = Fa
     from xrad.errors import XradError
     from xrad.utils.atomic import write_bytes
 
-    meta = getattr(scorer, "artefact_meta", {})
-    size = int(meta["image_size"])
-    params = None
-    if meta.get("preprocessing") is not None:
-        from xrad.preprocess import PreprocessParams
-
-        params = PreprocessParams.from_dict(meta["preprocessing"])
     out_dir = Path(out_dir)
     paths = []
     for i, (_, row) in enumerate(tqdm(frame.iterrows(), total=len(frame), desc="heatmaps", disable=not progress)):
@@ -215,7 +175,7 @@ def write_heatmaps(scorer: Any, frame: Any, out_dir: Any, *, progress: bool = Fa
             paths.append("")
             continue
         try:
-            explanation = explain_row(scorer, row, size=size, params=params)
+            explanation = explain_row(scorer, row)
         except XradError:
             paths.append("")
             continue

@@ -1,37 +1,37 @@
 """Framework-free scoring with a trained artefact: no Lightning, no pickle.
 
-:func:`load_scorer` rebuilds the detector's :class:`~xrad.methods.base.Scorer` from an artefact folder;
-:func:`score_frame` scores the rows of a manifest-like table exactly as training evaluated them:
+:func:`load_scorer` rebuilds the detector's :class:`~xrad.methods.base.Scorer` from an artefact folder
+(``scorer.artefact_meta`` is its :class:`~xrad.inference.artefact.ArtefactMeta`); :func:`score_frame`
+scores the rows of a manifest-like table exactly as training evaluated them. Every row goes through the
+rules of :mod:`xrad.inference.input` (pixel limit, truncated files refused, the artefact's preprocessing,
+the one resize):
 
-- rows with ``cache_path`` (``xrad preprocess`` output) are decoded by the same bank loader as training;
-- other rows are read with :func:`xrad.data.io.read_radiograph` and, when the artefact records
-  preprocessing parameters, preprocessed with :func:`xrad.preprocess.preprocess_image` first;
-- then the one resize (:func:`xrad.data.model_input.resize_image_and_mask`) and the deterministic
-  :func:`xrad.data.model_input.prepare_eval`.
+- rows with ``cache_path`` (``xrad preprocess`` output) are decoded in bulk by the training banks' loader
+  (:func:`xrad.training.banks.load_image_bank`), after :func:`~xrad.inference.input.check_cached`;
+- other rows are prepared one by one by :func:`~xrad.inference.input.prepare_row`, in ``workers`` threads;
+- then the deterministic :func:`xrad.data.model_input.prepare_eval` (inside ``Scorer.score_batches``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from xrad.inference.artefact import load_artefact
-from xrad.errors import ImageReadError, XradError
+from xrad.errors import XradError
+from xrad.inference.artefact import InputSpec, load_artefact, meta_of
 from xrad.methods.base import Scorer
 from xrad.methods.registry import get_scorer_class
 
 
 def load_scorer(artefact_dir: str | Path, device: str | torch.device = "cpu") -> Scorer:
     """Rebuild the scorer of an artefact folder (eval mode, on ``device``); ``scorer.artefact_meta`` holds
-    the artefact's metadata."""
+    the artefact's :class:`~xrad.inference.artefact.ArtefactMeta`."""
     tensors, meta = load_artefact(artefact_dir)
-    scorer_info = meta.get("scorer") or {}
-    cls = get_scorer_class(str(scorer_info.get("kind")))
-    scorer = cls.from_artefact(tensors, scorer_info.get("args", {}))
+    cls = get_scorer_class(str(meta.scorer_kind))
+    scorer = cls.from_artefact(tensors, meta.scorer_args if meta.scorer_args is not None else {})
     scorer.artefact_meta = meta
     return scorer.to(device).eval()
 
@@ -42,35 +42,38 @@ def _has_cache(frame: pd.DataFrame) -> np.ndarray:
     return frame["cache_path"].fillna("").astype(str).str.len().to_numpy() > 0
 
 
-def _decode_preprocessed(row: pd.Series, size: int, params: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw image → preprocessing with the artefact's parameters → the one resize."""
-    from xrad.data.model_input import resize_image_and_mask
-    from xrad.data.io import read_radiograph
-    from xrad.preprocess import preprocess_image
-
-    radiograph = read_radiograph(row["path"])
-    if radiograph.meta.truncated:  # a partial image would get a confident but meaningless score
-        raise ImageReadError(row["path"], f"truncated {radiograph.meta.format.upper()} file (only part of it "
-                                          "decodes); re-export or re-download it")
-    pixels = radiograph.pixels
-    body_part = str(row.get("body_part", "") or "") or None
-    result = preprocess_image(pixels, params, body_part=body_part)
-    return resize_image_and_mask(np.asarray(result.image, dtype=np.uint8), np.asarray(result.mask), size)
-
-
-def _decode(frame: pd.DataFrame, size: int, params: Any, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode(frame: pd.DataFrame, spec: InputSpec, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode rows to uint8 (N,1,S,S) images and masks, as training did."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xrad.inference.input import CachedImage, check_cached, prepare_row, row_source
     from xrad.training.banks import load_image_bank
 
+    size = spec.image_size
     cached = _has_cache(frame)
     images = torch.zeros((len(frame), 1, size, size), dtype=torch.uint8)
     masks = torch.zeros_like(images)
-    via_bank = np.flatnonzero(cached | (params is None))
+    via_bank = np.flatnonzero(cached)
     if len(via_bank):
-        bank = load_image_bank(frame.iloc[via_bank], size, workers=workers, progress=False)
+        rows = frame.iloc[via_bank]
+        for row in rows.to_dict("records"):  # the bank decodes without a pixel limit: check the headers first
+            source = row_source(row)
+            if isinstance(source, CachedImage):
+                check_cached(source)
+        bank = load_image_bank(rows, size, workers=workers, progress=False)
         images[via_bank], masks[via_bank] = bank.images, bank.masks
-    for i in np.flatnonzero(~cached & (params is not None)):
-        images[i], masks[i] = _decode_preprocessed(frame.iloc[i], size, params)
+
+    def one(i: int) -> None:
+        model_input = prepare_row(frame.iloc[i], spec)
+        images[i], masks[i] = model_input.image, model_input.mask
+
+    raw = np.flatnonzero(~cached).tolist()
+    if workers <= 1 or len(raw) < 2:
+        for i in raw:
+            one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, raw))  # re-raises the first row's error
     return images, masks
 
 
@@ -86,13 +89,8 @@ def score_frame(artefact: str | Path | Scorer, frame: pd.DataFrame, batch_size: 
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip'")
     scorer = artefact if isinstance(artefact, Scorer) else load_scorer(artefact)
-    meta = getattr(scorer, "artefact_meta", {})
-    size = int(meta["image_size"])
-    params = None
-    if meta.get("preprocessing") is not None:
-        from xrad.preprocess import PreprocessParams
-
-        params = PreprocessParams.from_dict(meta["preprocessing"])
+    meta = meta_of(scorer)
+    spec = meta.input_spec()
     out = frame.reset_index(drop=True).copy()
     n = len(out)
     scores = np.full(n, np.nan)
@@ -104,7 +102,7 @@ def score_frame(artefact: str | Path | Scorer, frame: pd.DataFrame, batch_size: 
         for start in range(0, n, chunk_size):
             rows = list(range(start, min(n, start + chunk_size)))
             try:
-                images, masks = _decode(out.iloc[rows], size, params, workers)
+                images, masks = _decode(out.iloc[rows], spec, workers)
                 ok = rows
             except XradError:
                 if on_error == "raise":
@@ -112,7 +110,7 @@ def score_frame(artefact: str | Path | Scorer, frame: pd.DataFrame, batch_size: 
                 ok, parts = [], []
                 for i in rows:  # isolate the unreadable rows
                     try:
-                        parts.append(_decode(out.iloc[[i]], size, params, 1))
+                        parts.append(_decode(out.iloc[[i]], spec, 1))
                         ok.append(i)
                     except XradError as exc:
                         errors[i] = str(exc).splitlines()[0]
@@ -126,7 +124,7 @@ def score_frame(artefact: str | Path | Scorer, frame: pd.DataFrame, batch_size: 
             spheres[ok] = result["sphere"].numpy()
             bar.update(len(rows))
     out["score"] = scores
-    if meta.get("scorer", {}).get("kind") == "sphere" or (spheres >= 0).any():
+    if meta.scorer_kind == "sphere" or (spheres >= 0).any():
         out["sphere"] = spheres
     if on_error == "skip":
         out["error"] = errors

@@ -27,7 +27,7 @@ from xrad.config import Config, comparable_config, config_to_dict, dump_config
 from xrad.data.manifest import CORE_COLUMNS, read_manifest
 from xrad.errors import ConfigError, DataError
 from xrad.evaluation.metrics import auroc
-from xrad.inference.artefact import package_versions, save_artefact
+from xrad.inference.artefact import ArtefactMeta, package_versions, save_artefact
 from xrad.methods.registry import Detector, get_detector, load_config, stage_epochs
 from xrad.run_folder import RunFolder
 from xrad.training.banks import ImageBank, load_image_bank
@@ -123,16 +123,17 @@ def _finalise(ctx: RunContext, detector: Detector, final: Any, frame: pd.DataFra
     t0 = time.perf_counter()
     scorer = final.scorer(cfg)
     tensors, args = scorer.artefact_state()
-    meta: dict[str, Any] = {
-        "method": cfg.method,
-        "scorer": {"kind": scorer.kind, "args": args},
-        "image_size": cfg.data.image_size,
-        "input": "uint8 image x 0/1 mask, float in [0, 1] (xrad.data.model_input.prepare_eval)",
-        "preprocessing": _preprocessing_params(frame),
-        "config": config_to_dict(cfg),
-        "training_data": _data_summary(frame, manifest),
-        **scorer.artefact_meta_fields(),
-    }
+    meta = ArtefactMeta(
+        method=cfg.method,
+        scorer_kind=scorer.kind,
+        scorer_args=args,
+        image_size=cfg.data.image_size,
+        input="uint8 image x 0/1 mask, float in [0, 1] (xrad.data.model_input.prepare_eval)",
+        preprocessing=_preprocessing_params(frame),
+        config=config_to_dict(cfg),
+        training_data=_data_summary(frame, manifest),
+        extra=scorer.artefact_meta_fields(),
+    )
     save_artefact(folder.artefact, tensors, meta)
     # Score through the artefact as it was written: what `xrad score` will reproduce.
     scorer = load_scorer(folder.artefact, device=ctx.device)
@@ -155,7 +156,7 @@ def _finalise(ctx: RunContext, detector: Detector, final: Any, frame: pd.DataFra
         "seed": cfg.seed,
         "valid_auroc": results["valid"],
         "test_auroc": results["test"],
-        "n_spheres": meta.get("n_spheres"),
+        "n_spheres": meta.extra.get("n_spheres"),
         "n_spheres_history": history,
         "valid_auroc_history": [float(r["valid_auroc"]) if r.get("valid_auroc") else None for r in last_rows],
         "n_images": {s: len(ctx.banks[s]) for s in SPLITS},

@@ -12,8 +12,12 @@ Upload handling (why each step):
   filename or the client's Content-Type (415 for anything but PNG, JPEG, TIFF, DICOM).
 - Decoding uses the same I/O layer as everything else (:func:`xrad.data.io.decode_radiograph`); its
   one-line :class:`~xrad.errors.ImageReadError` reason is returned with 422. A truncated file is refused
-  too (422), as ``xrad score`` refuses it on raw files (an ``error`` row): a score computed from a partial
-  image would be a misleading answer (``xrad preprocess`` keeps such files, flagged ``truncated=1``). ``allow_truncated=True`` accepts it (flagged in the reply).
+  too (422) by the rule every entry point applies (:func:`xrad.inference.input.check_complete`; ``xrad
+  score`` gives it an ``error`` row): a score computed from a partial image would be a misleading answer
+  (``xrad preprocess`` keeps such files, flagged ``truncated=1``). ``allow_truncated=True`` accepts it
+  (flagged in the reply).
+- The artefact's predict function prepares the image with :func:`xrad.inference.input.prepare_input`, the
+  input path of ``xrad score``, so an upload scores exactly as the same file scored from disk.
 - The client's filename is never used (it may carry a patient name) and DICOM tags are never logged or
   echoed: the reply holds the score, the flag, the operating point, image size/format and the heatmap.
 """
@@ -34,6 +38,8 @@ from fastapi.responses import HTMLResponse
 
 from xrad.data.io import Radiograph, decode_radiograph, sniff_format
 from xrad.errors import ImageReadError
+from xrad.inference.artefact import ArtefactMeta, meta_of
+from xrad.inference.input import check_complete
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "Predict", "app_from_artefact", "artefact_predictor", "create_app"]
 
@@ -107,10 +113,10 @@ def _decode(data: bytes, allow_truncated: bool) -> Radiograph:
         radiograph = decode_radiograph(data, _UPLOAD_NAME)
     except ImageReadError as exc:
         raise HTTPException(422, f"cannot decode the image: {exc.reason}") from None
-    if radiograph.meta.truncated and not allow_truncated:
-        raise HTTPException(422, f"the {radiograph.meta.format.upper()} file is truncated (only part of it "
-                                 "decodes); re-export or re-download it")
-    return radiograph
+    try:  # before any predict callable sees it, so the rule holds for every back-end
+        return check_complete(radiograph, allow_truncated)
+    except ImageReadError as exc:
+        raise HTTPException(422, f"cannot score the image: {exc.reason}") from None
 
 
 def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operating_point: dict[str, Any] | None = None,
@@ -171,25 +177,23 @@ def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operatin
     return app
 
 
-def artefact_predictor(artefact_dir: str | Path, device: str = "cpu") -> tuple[Predict, dict[str, Any]]:
-    """A :data:`Predict` over an artefact folder, and the artefact's metadata."""
+def artefact_predictor(artefact_dir: str | Path, device: str = "cpu", *,
+                       allow_truncated: bool = False) -> tuple[Predict, ArtefactMeta]:
+    """A :data:`Predict` over an artefact folder, and the artefact's metadata. Images are prepared by
+    :func:`xrad.inference.input.prepare_input` (through :func:`~xrad.inference.heatmaps.explain_pixels`);
+    a truncated radiograph is refused there unless ``allow_truncated``."""
     from xrad.inference.heatmaps import explain_pixels
     from xrad.inference.scoring import load_scorer
 
     scorer = load_scorer(artefact_dir, device=device)
-    meta = scorer.artefact_meta
-    size = int(meta["image_size"])
-    params = None
-    if meta.get("preprocessing") is not None:
-        from xrad.preprocess import PreprocessParams
-
-        params = PreprocessParams.from_dict(meta["preprocessing"])
+    meta = meta_of(scorer)
+    meta.input_spec()  # an unusable image size or preprocessing is refused at start-up, not per upload
     lock = threading.Lock()  # one image at a time: 2 cores are already used by torch's own threads
 
     def predict(radiograph: Radiograph, want_heatmap: bool, body_part: str | None) -> dict[str, Any]:
         with lock:
-            result = explain_pixels(scorer, radiograph.pixels, size=size, params=params, body_part=body_part,
-                                    heatmap=want_heatmap)
+            result = explain_pixels(scorer, radiograph, body_part=body_part, heatmap=want_heatmap,
+                                    allow_truncated=allow_truncated)
         return {"score": result.score, "sphere": result.sphere if result.sphere >= 0 else None,
                 "heatmap_png": result.overlay_png() if want_heatmap else None,
                 "heatmap_on": "original" if result.on_original else "preprocessed"}
@@ -200,8 +204,8 @@ def artefact_predictor(artefact_dir: str | Path, device: str = "cpu") -> tuple[P
 def app_from_artefact(artefact_dir: str | Path, *, device: str = "cpu",
                       max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, allow_truncated: bool = False) -> FastAPI:
     """The service for one artefact folder (its operating point decides ``flagged``)."""
-    predict, meta = artefact_predictor(artefact_dir, device)
-    info = {"method": meta.get("method"), "scorer": (meta.get("scorer") or {}).get("kind"),
-            "image_size": meta.get("image_size"), "artefact_sha256": meta.get("sha256")}
-    return create_app(predict, info=info, operating_point=meta.get("operating_point"),
+    predict, meta = artefact_predictor(artefact_dir, device, allow_truncated=allow_truncated)
+    info = {"method": meta.method, "scorer": meta.scorer_kind, "image_size": meta.image_size,
+            "artefact_sha256": meta.sha256}
+    return create_app(predict, info=info, operating_point=meta.operating_point,
                       max_upload_bytes=max_upload_bytes, allow_truncated=allow_truncated)

@@ -1,0 +1,181 @@
+"""THE input path of a trained detector: one image (decoded pixels, a raw file, or a cached preprocessed PNG
+with its mask) → the uint8 image and mask ``(1, S, S)`` its scorer takes.
+
+Scoring (:mod:`xrad.inference.scoring`), heatmaps (:mod:`xrad.inference.heatmaps`), the service and ONNX
+export used to build this input each in their own way, and their rules drifted apart (a truncated raw file
+was refused only when the artefact preprocesses; cache PNGs had no pixel limit). Every entry point now goes
+through :func:`prepare_input`, which applies, for every artefact alike:
+
+1. the pixel limit (:data:`xrad.data.io.DEFAULT_MAX_PIXELS`), to raw files, decoded pixels and cache PNGs
+   (:func:`check_cached`, header only, before decoding);
+2. the truncated-file rule: a raw file of which only part decodes is refused with an
+   :class:`~xrad.errors.ImageReadError` naming it (:func:`check_complete`) — a score of a partial image
+   would be confident and meaningless. ``allow_truncated=True`` (the service's option) accepts it;
+3. preprocessing with the artefact's parameters (:class:`~xrad.inference.artefact.InputSpec`); cached rows
+   are preprocessed already; without parameters the image is rounded to 8 bits, as the training banks do;
+4. the one resize (:func:`xrad.data.model_input.resize_image_and_mask`).
+
+The result also carries what a heatmap needs to be drawn where the model looked: the image the input was
+resized from, the original→preprocessed homography and the 8-bit original (:class:`ModelInput`).
+Cached rows are decoded by the training banks' own PNG reader, so a row scores identically in bulk
+(:func:`xrad.training.banks.load_image_bank`) and alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from xrad.data.io import DEFAULT_MAX_PIXELS, Radiograph, read_radiograph
+from xrad.errors import DataError, ImageReadError
+from xrad.inference.artefact import InputSpec
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported where an input is built, not to check a file
+    from torch import Tensor
+
+__all__ = ["CachedImage", "ModelInput", "Source", "check_cached", "check_complete", "prepare_input", "prepare_row",
+           "row_source", "to_uint8"]
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """A row of ``xrad preprocess`` output: the preprocessed 8-bit PNG and its body mask ("" for none)."""
+
+    cache_path: str
+    mask_path: str = ""
+
+
+Source = str | Path | np.ndarray | Radiograph | CachedImage
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One image as the model sees it, and how to map a map on it back."""
+
+    image: Tensor  # uint8 (1, S, S)
+    mask: Tensor  # uint8 (1, S, S), 0/1
+    base: np.ndarray  # uint8 (h, w): the image ``image`` was resized from (preprocessed, cached or original)
+    transform: np.ndarray | None  # 3×3 original → ``base`` homography (preprocessing), else None
+    original: np.ndarray | None  # uint8 (H, W) decoded original when a map can be drawn on it, else None
+
+    @property
+    def on_original(self) -> bool:
+        """True when a heatmap can be mapped back to the original image (not for cached rows)."""
+        return self.original is not None
+
+
+def check_complete(radiograph: Radiograph, allow_truncated: bool = False) -> Radiograph:
+    """``radiograph``, unless it was decoded from a truncated file (then an :class:`ImageReadError` naming it)."""
+    if radiograph.meta.truncated and not allow_truncated:
+        raise ImageReadError(radiograph.meta.path, f"truncated {radiograph.meta.format.upper()} file (only part of "
+                                                   "it decodes); re-export or re-download it")
+    return radiograph
+
+
+def _check_pixels(name: str, width: int, height: int, max_pixels: int, fix: str) -> None:
+    if width * height > max_pixels:
+        raise ImageReadError(name, f"declares {width}x{height} = {width * height} pixels, above max_pixels="
+                                   f"{max_pixels} (decompression-bomb guard); {fix}")
+
+
+def check_cached(cached: CachedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse a cache PNG (or mask) whose header declares more than ``max_pixels``, before it is decoded.
+
+    Only the header is read. A file that cannot be opened is left to the decoder, whose message is the
+    better one (not found, not a PNG).
+    """
+    import warnings
+
+    from PIL import Image
+
+    for name in (cached.cache_path, cached.mask_path):
+        if not name:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(name) as image:
+                    width, height = image.size
+        except Image.DecompressionBombError:
+            raise ImageReadError(name, f"declares more than {max_pixels} pixels (decompression-bomb guard); "
+                                       "delete it and re-run `xrad preprocess`") from None
+        except Exception:  # noqa: BLE001, S112 - unreadable: the decoder reports it
+            continue
+        _check_pixels(name, width, height, max_pixels, "delete it and re-run `xrad preprocess`")
+
+
+def _text(row: Mapping[str, Any], key: str) -> str:
+    value = row.get(key, "")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def row_source(row: Mapping[str, Any]) -> str | CachedImage:
+    """What a manifest/scores row is scored from: its ``cache_path`` (and ``mask_path``) when present,
+    else its ``path``."""
+    cache = _text(row, "cache_path")
+    if cache:
+        return CachedImage(cache, _text(row, "mask_path"))
+    path = _text(row, "path")
+    if not path:
+        raise DataError("manifest row has an empty 'path' and no 'cache_path'; fix or drop that row")
+    return path
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """[0, 1] pixels → uint8 by rounding, as preprocessing and the training banks do."""
+    return np.clip(np.round(np.asarray(pixels, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def prepare_input(source: Source, spec: InputSpec, *, body_part: str | None = None, allow_truncated: bool = False,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> ModelInput:
+    """``source`` → the model input under the rules of the module docstring.
+
+    ``source`` is decoded [0, 1] pixels (the caller vouches that they are complete), a
+    :class:`~xrad.data.io.Radiograph` (its ``truncated`` flag is honoured), a raw image file, or a
+    :class:`CachedImage` (already preprocessed: only the resize is applied).
+    """
+    from xrad.data.model_input import resize_image_and_mask
+
+    if isinstance(source, CachedImage):
+        from xrad.training.banks import _read_png  # the banks' reader: a row scores alike in bulk and alone
+
+        check_cached(source, max_pixels)
+        base = _read_png(source.cache_path, "cached image")
+        mask = _read_png(source.mask_path, "mask") if source.mask_path else None
+        image, model_mask = resize_image_and_mask(base, mask, spec.image_size)
+        return ModelInput(image, model_mask, base, None, None)
+    if isinstance(source, (str, Path)):
+        source = read_radiograph(source, max_pixels=max_pixels)
+    if isinstance(source, Radiograph):
+        pixels = check_complete(source, allow_truncated).pixels
+        name = source.meta.path
+    else:
+        pixels, name = np.asarray(source), "<pixels>"
+    if pixels.ndim != 2:
+        raise ImageReadError(name, f"expected a 2-D greyscale image, got shape {pixels.shape}")
+    _check_pixels(name, pixels.shape[1], pixels.shape[0], max_pixels, "raise max_pixels if trusted")
+    original = to_uint8(pixels)
+    if spec.preprocessing is None:
+        image, model_mask = resize_image_and_mask(original, None, spec.image_size)
+        return ModelInput(image, model_mask, original, None, original)
+    from xrad.preprocess import preprocess_image
+
+    result = preprocess_image(pixels, spec.preprocessing, body_part=body_part)
+    base = np.asarray(result.image, dtype=np.uint8)
+    image, model_mask = resize_image_and_mask(base, np.asarray(result.mask), spec.image_size)
+    transform = result.meta.get("transform")
+    if transform is None:  # no way back to the original: the map is drawn on the preprocessed image
+        return ModelInput(image, model_mask, base, None, None)
+    return ModelInput(image, model_mask, base, np.asarray(transform, dtype=np.float64), original)
+
+
+def prepare_row(row: Mapping[str, Any], spec: InputSpec, **options: Any) -> ModelInput:
+    """:func:`prepare_input` of a manifest/scores row (:func:`row_source`; its ``body_part`` is passed on)."""
+    return prepare_input(row_source(row), spec, body_part=_text(row, "body_part") or None, **options)
