@@ -20,7 +20,7 @@ from xrad.methods.registry import load_config
 from xrad.errors import DataError
 from xrad.jobs.pipeline import RunOptions, run_pipeline
 
-TINY = {"config": "tiny", "patients": 12, "image_px": 64, "workers": 1}
+TINY = {"config": "tiny", "patients": 12, "cache_px": 64, "workers": 1}
 
 
 def _options(root: Path, **changes: Any) -> RunOptions:
@@ -44,7 +44,7 @@ BAD_OPTIONS = [
     (["--known-normal", "0.99"], "--known-normal", "lower it"),
     (["--patients", "0"], "--patients", "n_patients must be 1..99999"),
     (["--difficulty", "0"], "--difficulty", "difficulty must be > 0"),
-    (["--image-px", "8"], "--image-px", "size must be >= 32"),
+    (["--cache-px", "8"], "--cache-px", "size must be 32..4096 px, got 8"),
     (["--split-seed", "-1"], "--split-seed", "must be ≥ 0"),
 ]
 

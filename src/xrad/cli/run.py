@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--abnormal-ratio", type=float, default=d.abnormal_ratio,
                         help="fraction of abnormal units in train (all of them known anomalies)")
     parser.add_argument("--known-normal", type=float, default=d.known_normal, help="fraction of train units labelled normal")
-    parser.add_argument("--image-px", type=int, default=d.image_px,
-                        help="size in px of the phantoms and of the preprocessed images (major axis)")
+    parser.add_argument("--cache-px", type=int, default=d.cache_px,
+                        help="cache size: major axis in px of the phantoms and of the preprocessed images "
+                             "(the network input is the config's data.image_size)")
     parser.add_argument("--workers", type=int, default=d.workers, help="processes for generation and preprocessing")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value of the detector config, e.g. --set seed=1 or --set finetune.epochs=5 "
@@ -44,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
     options = RunOptions(output=args.output, config=args.config, patients=args.patients,
                          difficulty=args.difficulty, seed=args.seed, split_seed=args.split_seed,
                          abnormal_ratio=args.abnormal_ratio, known_normal=args.known_normal,
-                         image_px=args.image_px, workers=args.workers, overrides=tuple(args.overrides))
+                         cache_px=args.cache_px, workers=args.workers, overrides=tuple(args.overrides))
     run_pipeline(options)
     return 0

@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from xrad.config.sizes import input_size_problem
+
 Check = tuple[str, bool, str]  # (key relative to the section, rule holds, what the rule is)
 
-MIN_IMAGE_SIZE = 32  # ResNet-18 downsamples by 32: the network input must be at least that large
 
 
 def milestone_checks(milestones: list[float]) -> list[Check]:
@@ -28,7 +29,7 @@ class DataConfig:
     """How images are fed: size of the square network input, batch sizes, loader workers.
 
     ``image_size`` is the *network input* size (the bank resizes the cache to it); the size of the
-    preprocessed cache is ``xrad preprocess --size`` / ``xrad run --image-px``, which may be larger.
+    preprocessed cache is ``xrad preprocess --size`` / ``xrad run --cache-px`` (:mod:`xrad.config.sizes`).
     """
 
     image_size: int = 512
@@ -40,8 +41,7 @@ class DataConfig:
     cache_dir: str | None = None  # on-disk memo of decoded image banks (None: <run_dir>/bank_cache)
 
     def checks(self) -> Iterable[Check]:
-        return [("image_size", self.image_size >= MIN_IMAGE_SIZE,
-                 f"must be ≥ {MIN_IMAGE_SIZE} (ResNet-18 downsamples by 32)"),
+        return [("image_size", input_size_problem(self.image_size) is None, str(input_size_problem(self.image_size))),
                 ("eval_batch_size", self.eval_batch_size >= 1, "must be ≥ 1"),
                 ("workers", self.workers >= 0, "must be ≥ 0"),
                 ("decode_workers", self.decode_workers >= 1, "must be ≥ 1")]

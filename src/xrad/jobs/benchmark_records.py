@@ -10,8 +10,6 @@ Execution-only settings (the ``trainer`` section) are not compared.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from xrad.config import comparable_config
 from xrad.errors import ConfigError
 from xrad.utils.atomic import write_json
+from xrad.utils.hashing import sha256_file
 
 if TYPE_CHECKING:
     from xrad.data.splits import SplitConfig
@@ -48,26 +47,15 @@ def split_settings(config: BenchmarkConfig, split_seed: int, ratio: float) -> Sp
     return settings
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file; size and mtime are part of the cache key so an edited file is hashed again."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def split_record(config: BenchmarkConfig, split_seed: int, ratio: float) -> dict[str, Any]:
     """What a split is made from: every split setting (defaults included, so spelling out a default is no
     change) and the source manifest's content hash (its path is kept for people, not compared: a moved but
     identical manifest is the same data)."""
     settings = dataclasses.asdict(split_settings(config, split_seed, ratio))
-    stat = config.manifest.stat()
     return _plain({
         "split": settings,
         "manifest": str(config.manifest),
-        "manifest_sha256": _sha256(str(config.manifest), stat.st_size, stat.st_mtime_ns),
+        "manifest_sha256": sha256_file(config.manifest),
     })
 
 

@@ -34,10 +34,10 @@ from xrad.utils.atomic import write_json
 # overrides only change speed and devices, never outputs, so no step depends on them. The seed of
 # training comes from the detector config, so `seed` is the phantoms' only.
 STEP_OPTIONS: dict[str, tuple[str, ...]] = {
-    "synth": ("patients", "difficulty", "seed", "image_px"),
+    "synth": ("patients", "difficulty", "seed", "cache_px"),
     "index": (),
     "split": ("split_seed", "abnormal_ratio", "known_normal"),
-    "preprocess": ("image_px",),
+    "preprocess": ("cache_px",),
     "train": ("config", "overrides"),
 }
 
@@ -65,7 +65,7 @@ class RunOptions:
     split_seed: int = 0
     abnormal_ratio: float = 0.05
     known_normal: float = 0.05
-    image_px: int = 256
+    cache_px: int = 256
     workers: int = 2
     overrides: tuple[str, ...] = ()  # --set KEY=VALUE for the detector config (the training seed: seed=N)
     trainer_overrides: dict[str, Any] = field(default_factory=dict)
@@ -103,10 +103,10 @@ def validate_options(options: RunOptions) -> None:
 
     # One field at a time, the others at their (valid) defaults, so that the message names the option
     # that is wrong; the step's own validate() cannot say which field a failed check was about.
-    for name, synth_field in (("patients", "n_patients"), ("difficulty", "difficulty"), ("image_px", "size"),
+    for name, synth_field in (("patients", "n_patients"), ("difficulty", "difficulty"), ("cache_px", "size"),
                               ("workers", "workers")):
         _checked(option_flag(name), SynthConfig(**{synth_field: getattr(options, name)}).validate)
-    _checked(option_flag("image_px"), lambda: PreprocessParams(size=options.image_px))
+    _checked(option_flag("cache_px"), lambda: PreprocessParams(size=options.cache_px))
     for name in ("seed", "split_seed"):  # numpy refuses negative seeds, deep inside a step
         if getattr(options, name) < 0:
             raise ConfigError(f"{option_flag(name)}: must be ≥ 0, got {getattr(options, name)}")
@@ -146,7 +146,9 @@ class Pipeline:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 raise DataError(f"{self.state_path}: not a pipeline record (not JSON); choose another -o "
                                 "or delete the folder") from None
-            recorded = previous.get("options") or {}
+            recorded = dict(previous.get("options") or {})
+            if "image_px" in recorded:  # the cache size's name before xrad.config.sizes gave it one
+                recorded.setdefault("cache_px", recorded.pop("image_px"))
             done = previous.get("done") or {}
             # A key missing from an older record counts as changed: unknown is not the same. The one key that
             # may be absent on purpose (no --set) is compared as absent on both sides.
@@ -219,7 +221,7 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print) -> dic
 
     def synth() -> dict[str, Any]:
         truth = generate_phantoms(data_dir, SynthConfig(n_patients=options.patients, seed=options.seed,
-                                                        size=options.image_px, difficulty=options.difficulty,
+                                                        size=options.cache_px, difficulty=options.difficulty,
                                                         workers=options.workers))
         return {"images": int(len(truth)), "abnormal": int(truth["label"].sum()), "folder": str(data_dir)}
 
@@ -238,7 +240,7 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print) -> dic
                 "images": {s: int((frame["split"] == s).sum()) for s in ("train", "valid", "test")}}
 
     def preprocess() -> dict[str, Any]:
-        summary = build_cache(read_manifest(split_path), cache_dir, PreprocessParams(size=options.image_px),
+        summary = build_cache(read_manifest(split_path), cache_dir, PreprocessParams(size=options.cache_px),
                               workers=options.workers)
         keep = ("images", "failed", "inverted", "uncropped", "low_contrast", "manifest")
         return {k: summary[k] for k in keep}

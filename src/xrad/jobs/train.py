@@ -9,7 +9,6 @@ last checkpoint. Only global rank 0 writes files; under DDP the other ranks trai
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ from xrad.run_folder import RunFolder
 from xrad.training.banks import ImageBank, load_image_bank
 from xrad.training.context import RunContext, env_global_rank
 from xrad.utils.atomic import write_csv, write_json, write_text
+from xrad.utils.hashing import sha256_file
 
 SCORE_COLUMNS = ("path", "patient_id", "study_id", "body_part", "label", "split", "score", "sphere")
 SPLITS = ("train", "valid", "test")
@@ -81,7 +81,7 @@ def _data_summary(frame: pd.DataFrame, manifest: Path) -> dict[str, Any]:
     semi = train["semi_label"] if "semi_label" in train.columns else pd.Series(0, index=train.index)
     summary: dict[str, Any] = {
         "manifest": str(manifest.resolve()),
-        "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        "manifest_sha256": sha256_file(manifest),
         "images": {s: int((frame["split"] == s).sum()) for s in SPLITS},
         "train_semi_labels": {"known_normal": int((semi == 1).sum()), "unlabelled": int((semi == 0).sum()),
                               "known_abnormal": int((semi == -1).sum())},

@@ -42,6 +42,7 @@ import pandas as pd
 from xrad.data.phantoms.anatomy import PARTS, VIEW_KINDS, build_skeleton, sample_patient
 from xrad.data.phantoms.anomalies import ANOMALY_TYPES, render_view, sample_spec
 from xrad.data.phantoms.render import plan_geometry
+from xrad.config.sizes import cache_size_problem
 from xrad.errors import ConfigError
 from xrad.utils.atomic import write_csv, write_json
 
@@ -108,7 +109,7 @@ class SynthConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values the generator cannot honour."""
         checks = [(1 <= self.n_patients <= 99_999, "n_patients must be 1..99999 (5-digit patient ids)"),
-                  (self.size >= 32, "size must be >= 32 px"),
+                  (cache_size_problem(self.size) is None, f"size {cache_size_problem(self.size)}"),
                   (0 <= self.valid_fraction < 1, "valid_fraction must be in [0, 1)"),
                   (0 <= self.abnormal_study_rate <= 1, "abnormal_study_rate must be in [0, 1]"),
                   (self.difficulty > 0, "difficulty must be > 0"), (self.noise >= 0, "noise must be >= 0"),
