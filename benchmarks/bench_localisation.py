@@ -18,7 +18,8 @@ import torch
 
 from xrad.data.io import read_radiograph
 from xrad.data.model_input import prepare_eval
-from xrad.inference.heatmaps import input_from_pixels, normalise, to_original
+from xrad.inference.heatmaps import normalise, to_original
+from xrad.inference.input import prepare_input
 from xrad.models.gradcam import grad_cam
 from xrad.inference.scoring import load_scorer
 
@@ -42,7 +43,7 @@ frame = frame[frame["path"].map(lambda p: Path(p).name in boxes)]
 if args.limit:
     frame = frame.head(args.limit)
 scorer = load_scorer(args.artefact)
-size = int(scorer.artefact_meta["image_size"])
+spec = scorer.artefact_meta.input_spec()
 layers = args.layers.split(",")
 hits = {layer: [] for layer in layers}
 chance_img, chance_body, centre = [], [], []
@@ -61,7 +62,8 @@ for path in frame["path"]:
     chance_img.append(inside.mean())
     chance_body.append(inside[body].mean() if body.any() else inside.mean())
     centre.append(inside[h // 2, w // 2])
-    image, mask, base, _ = input_from_pixels(pixels, size)
+    prepared = prepare_input(pixels, spec)
+    image, mask, base = prepared.image, prepared.mask, prepared.base
     x = prepare_eval(image[None], mask[None])
     for layer in layers:
         heat = to_original(normalise(grad_cam(scorer, x, layer=layer), mask[None])[0, 0], base.shape)

@@ -75,7 +75,7 @@ def main() -> None:
     manifest = args.manifest or str(Path(args.phantoms).parent / "cache" / "manifest.csv")
     frame = read_manifest(manifest).reset_index(drop=True)
     scorer = load_scorer(run / "artefact")
-    size = int(scorer.artefact_meta["image_size"])
+    size = scorer.artefact_meta.input_spec().image_size
     bank = load_image_bank(frame, size, progress=False)
     images = prepare_eval(bank.images, bank.masks)
     with torch.no_grad():

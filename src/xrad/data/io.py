@@ -32,7 +32,7 @@ from xrad.data.radiograph import ImageMeta, Radiograph, short_reason, to_grey
 from xrad.errors import ImageReadError
 from xrad.utils.atomic import write_bytes
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageMeta", "Radiograph", "decode_radiograph", "read_dicom_tags",
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageMeta", "Radiograph", "decode_radiograph", "read_cache_png", "read_dicom_tags",
            "read_radiograph", "sniff_format", "write_png"]
 
 DEFAULT_MAX_PIXELS: int = 60_000_000
@@ -252,6 +252,27 @@ def _pil_spacing(image: Any, fmt: str) -> tuple[float, float] | None:
     if dpi_x <= 0 or dpi_y <= 0:
         return None
     return (round(25.4 / dpi_y, 6), round(25.4 / dpi_x, 6))
+
+
+def read_cache_png(path: str, what: str) -> np.ndarray:
+    """Read an 8-bit cache PNG (``xrad preprocess`` output: image or mask) as a 2-D uint8 array; colour files are
+    converted to grey, 16-bit ones scaled to 8 bits. The one reader of cached images (training banks, scoring)."""
+    import cv2
+
+    # Read the bytes ourselves: cv2.imread cannot open non-ASCII paths on Windows and only logs its failures.
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        reason = f"{what} file not found; re-run `xrad preprocess` to rebuild the cache"
+        raise ImageReadError(path, reason) from None
+    data = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+    if data is None:
+        raise ImageReadError(path, f"cannot decode {what} PNG; delete it and re-run `xrad preprocess`")
+    if data.ndim == 3:
+        data = cv2.cvtColor(data, cv2.COLOR_BGRA2GRAY if data.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    if data.dtype != np.uint8:  # e.g. a 16-bit PNG written by another tool: keep the top 8 bits' range
+        data = np.round(data.astype(np.float64) * (255.0 / np.iinfo(data.dtype).max)).astype(np.uint8)
+    return data
 
 
 def write_png(path: str | Path, pixels: np.ndarray, bit_depth: int = 8, *, compress_level: int = 1) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xrad.data.io import DEFAULT_MAX_PIXELS, Radiograph, read_radiograph
+from xrad.data.io import DEFAULT_MAX_PIXELS, Radiograph, read_cache_png, read_radiograph
 from xrad.errors import DataError, ImageReadError
 from xrad.inference.artefact import InputSpec
 
@@ -144,11 +144,10 @@ def prepare_input(source: Source, spec: InputSpec, *, body_part: str | None = No
     from xrad.data.model_input import resize_image_and_mask
 
     if isinstance(source, CachedImage):
-        from xrad.training.banks import _read_png  # the banks' reader: a row scores alike in bulk and alone
 
         check_cached(source, max_pixels)
-        base = _read_png(source.cache_path, "cached image")
-        mask = _read_png(source.mask_path, "mask") if source.mask_path else None
+        base = read_cache_png(source.cache_path, "cached image")
+        mask = read_cache_png(source.mask_path, "mask") if source.mask_path else None
         image, model_mask = resize_image_and_mask(base, mask, spec.image_size)
         return ModelInput(image, model_mask, base, None, None)
     if isinstance(source, (str, Path)):

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from xrad.data.io import read_cache_png
 from xrad.data.model_input import resize_image_and_mask
 from xrad.errors import DataError, ImageReadError
 from xrad.utils.atomic import atomic_open
@@ -51,29 +52,11 @@ class ImageBank:
         return int(self.images.shape[0])
 
 
-def _read_png(path: str, what: str) -> np.ndarray:
-    """Read an 8-bit cache PNG as a 2-D array (greyscale; colour files are converted)."""
-    # Read the bytes ourselves: cv2.imread cannot open non-ASCII paths on Windows and only logs its failures.
-    try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        reason = f"{what} file not found; re-run `xrad preprocess` to rebuild the cache"
-        raise ImageReadError(path, reason) from None
-    data = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
-    if data is None:
-        raise ImageReadError(path, f"cannot decode {what} PNG; delete it and re-run `xrad preprocess`")
-    if data.ndim == 3:
-        data = cv2.cvtColor(data, cv2.COLOR_BGRA2GRAY if data.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    if data.dtype != np.uint8:  # e.g. a 16-bit PNG written by another tool: keep the top 8 bits' range
-        data = np.round(data.astype(np.float64) * (255.0 / np.iinfo(data.dtype).max)).astype(np.uint8)
-    return data
-
-
 def _decode_row(path: str, cache_path: str, mask_path: str, size: int) -> tuple[Tensor, Tensor]:
     """Decode one manifest row to (image, mask) uint8 ``(1, size, size)``."""
     if cache_path:
-        image = _read_png(cache_path, "cached image")
-        mask = _read_png(mask_path, "mask") if mask_path else None
+        image = read_cache_png(cache_path, "cached image")
+        mask = read_cache_png(mask_path, "mask") if mask_path else None
         return resize_image_and_mask(image, mask, size)
     from xrad.data.io import read_radiograph  # the raw-file reader (DICOM, 16-bit PNG, JPEG ...)
 
