@@ -31,7 +31,7 @@ from torch import Tensor
 
 from xrad.data.io import read_cache_png
 from xrad.data.model_input import resize_image_and_mask
-from xrad.errors import DataError, ImageReadError
+from xrad.errors import DataError
 from xrad.utils.atomic import atomic_open
 
 # Bump when the decoding/resizing changes, so old memo files are not reused.
