@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xrad.errors import ConfigError
-from xrad.losses import (info_nce, masked_error_map, masked_mse, multisphere_deep_sad, nearest_center,
+from xrad.losses import (balanced_deep_sad, info_nce, masked_error_map, masked_mse, multisphere_deep_sad, nearest_center,
                          reconstruction_scores, supervised_contrastive)
 
 
@@ -136,6 +136,22 @@ def test_multisphere_deep_sad_matches_numpy(n_centers: int, eta: float) -> None:
     y = np.array([0, 1, -1] * 13 + [-1])
     got = multisphere_deep_sad(torch.tensor(z), torch.tensor(c), torch.tensor(y), eta=eta, eps=1e-6).item()
     assert got == pytest.approx(np_msdsad(z, c, y, eta, 1e-6), rel=1e-10)
+
+
+def np_balanced_deep_sad(z, c, y, eta, eps):
+    """The two-population form, written out: mean over ỹ ≥ 0 of the pull + η · mean over ỹ = −1 of the push."""
+    d2 = ((z[:, None, :] - c[None, :, :]) ** 2).sum(-1).min(1)
+    pull = [d if yi == 0 else eta * (d + eps) for d, yi in zip(d2, y) if yi >= 0]
+    push = [eta / (d + eps) for d, yi in zip(d2, y) if yi == -1]
+    return (np.mean(pull) if pull else 0.0) + (np.mean(push) if push else 0.0)
+
+
+@pytest.mark.parametrize("labels", [[0, 1, -1] * 13 + [-1], [0] * 40, [-1] * 40, [0] * 39 + [-1]])
+def test_balanced_deep_sad_matches_numpy(labels: list[int]) -> None:
+    rng = np.random.default_rng(len(set(labels)))
+    z, c, y = rng.normal(size=(40, 6)), rng.normal(size=(3, 6)), np.array(labels)
+    got = balanced_deep_sad(torch.tensor(z), torch.tensor(c), torch.tensor(y), eta=2.0, eps=1e-6).item()
+    assert got == pytest.approx(np_balanced_deep_sad(z, c, y, 2.0, 1e-6), rel=1e-10)
 
 
 def test_deep_sad_label_semantics() -> None:

@@ -92,9 +92,8 @@ def load(ctx: Any, stage: str, previous: Any) -> FittedScale:
 
 
 BRIGHTEST = StageSpec("brightest_fit", __name__, "scale.safetensors", sections={"brightest": BrightestPatchSection})
-ROW = Detector("brightest_patch", (("fit", BRIGHTEST),), ScorerRef(BrightestPatchScorer.kind,
-                                                                    f"{__name__}:BrightestPatchScorer"),
-               "throw-away: brightest patch")
+ROW = Detector("brightest_patch", (("fit", BRIGHTEST),),
+               (ScorerRef(BrightestPatchScorer.kind, f"{__name__}:BrightestPatchScorer"),), "throw-away: brightest patch")
 
 
 def test_a_new_detector_is_one_row(squares_split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -133,11 +132,12 @@ def test_rows_are_consistent() -> None:
     for name, detector in DETECTORS.items():
         assert detector.name == name and detector.stage_names and len(set(detector.stage_names)) == len(
             detector.stages)
-        cls = registry.get_scorer_class(detector.scorer.kind)
-        assert cls.kind == detector.scorer.kind, f"{name}: the scorer class declares another kind"
-    kinds = {}
+        for ref in detector.scorers:
+            assert registry.get_scorer_class(ref.kind).kind == ref.kind, f"{name}: {ref.path} declares another kind"
+    kinds: dict[str, str] = {}
     for detector in DETECTORS.values():  # one kind, one class
-        assert kinds.setdefault(detector.scorer.kind, detector.scorer.path) == detector.scorer.path
+        for ref in detector.scorers:
+            assert kinds.setdefault(ref.kind, ref.path) == ref.path
     with pytest.raises(ConfigError, match="unknown to this xrad version"):
         registry.get_scorer_class("martian")
 

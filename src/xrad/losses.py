@@ -12,7 +12,8 @@ from torch import Tensor
 
 from xrad.errors import ConfigError
 
-__all__ = ["info_nce", "supervised_contrastive", "nearest_center", "multisphere_deep_sad", "masked_mse",
+__all__ = ["info_nce", "supervised_contrastive", "nearest_center", "multisphere_deep_sad", "balanced_deep_sad",
+           "masked_mse",
            "masked_error_map", "reconstruction_scores", "RECONSTRUCTION_KINDS"]
 
 RECONSTRUCTION_KINDS = ("mse", "l1", "topk")
@@ -98,6 +99,24 @@ def multisphere_deep_sad(z: Tensor, centers: Tensor, semi_labels: Tensor, eta: f
     y = semi_labels.to(device=d2.device, dtype=d2.dtype)
     labelled = eta * torch.pow(d2 + eps, y)
     return torch.where(y == 0, d2, labelled).mean()
+
+
+def balanced_deep_sad(z: Tensor, centers: Tensor, semi_labels: Tensor, eta: float = 1.0,
+                      eps: float = 1e-6) -> Tensor:
+    """Multi-sphere Deep SAD with the two populations averaged separately (for patch cells).
+
+    With d² the squared distance of z to its nearest centre,
+    L = mean over ỹ ≥ 0 of (d² if ỹ = 0 else η·(d² + ε))  +  η · mean over ỹ = −1 of 1/(d² + ε). A patch
+    batch holds thousands of normal cells and a few dozen corrupted ones; averaged together (as
+    :func:`multisphere_deep_sad` does) the push on the anomalies would vanish. Either mean is 0 when its
+    population is empty.
+    """
+    d2, _ = nearest_center(z, centers)
+    y = semi_labels.to(device=d2.device, dtype=d2.dtype)
+    normal = torch.where(y == 0, d2, eta * (d2 + eps))[y >= 0]
+    abnormal = eta / (d2[y < 0] + eps)
+    zero = d2.sum() * 0.0  # keeps the graph (and the dtype) when a population is empty
+    return (normal.mean() if normal.numel() else zero) + (abnormal.mean() if abnormal.numel() else zero)
 
 
 def _check_kind(kind: str) -> None:

@@ -17,6 +17,9 @@ from xrad.config.sizes import input_size_problem
 
 Check = tuple[str, bool, str]  # (key relative to the section, rule holds, what the rule is)
 
+# The local corruptions of xrad.training.corruptions, by name (listed here so configs are checked without it).
+CORRUPTION_KINDS = ("bright_bar", "screws", "gap_across_bone", "step_across_bone", "cut_paste", "blur_scar")
+
 
 
 def milestone_checks(milestones: list[float]) -> list[Check]:
@@ -155,6 +158,14 @@ class FinetuneConfig:
     # pre-trained features to an arbitrary 128-d space and throws away what stage 1 learnt there.
     transfer_head: bool = True
     augment: ADAugment = field(default_factory=ADAugment)
+    # Where the spheres live: "image" (the paper: one pooled embedding per image) or "patch" (one embedding
+    # per feature-map cell, synthetic local corruptions of the normal images as known anomalies, score = mean
+    # of the top_k largest cell distances; xrad.methods.multisphere.patch_stage).
+    level: str = "image"
+    top_k: int = 1
+    corruptions: list[str] = field(default_factory=lambda: ["bright_bar", "screws", "gap_across_bone",
+                                                            "step_across_bone"])
+    cell_fraction: float = 0.05
 
     def checks(self) -> Iterable[Check]:
         return [("epochs", self.epochs >= 0, "must be ≥ 0"),
@@ -168,6 +179,11 @@ class FinetuneConfig:
                 ("eps", self.eps > 0, "must be > 0"),
                 ("prune_warmup", self.prune_warmup >= 0, "must be ≥ 0"),
                 ("center_min_abs", self.center_min_abs >= 0, "must be ≥ 0"),
+                ("level", self.level in ("image", "patch"), f"must be image or patch, got {self.level!r}"),
+                ("top_k", self.top_k >= 1, "must be ≥ 1"),
+                ("cell_fraction", 0 < self.cell_fraction < 1, "must be in (0, 1)"),
+                ("corruptions", bool(self.corruptions) and set(self.corruptions) <= set(CORRUPTION_KINDS),
+                 f"must list corruption kinds of {CORRUPTION_KINDS}"),
                 *milestone_checks(self.milestones)]
 
 

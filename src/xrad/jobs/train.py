@@ -51,13 +51,19 @@ def _git_commit() -> str | None:
 
 
 def _check_same_config(folder: RunFolder, cfg: Config) -> None:
+    """Refuse a run folder that holds a run with another config. The recorded config is read back through
+    today's loader, so keys added to xrad since (with their defaults) do not count as a change."""
     import yaml
 
     path = folder.config
     if not path.is_file():
         return
     old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if comparable_config(old) != comparable_config(yaml.safe_load(dump_config(cfg))):
+    try:
+        old = config_to_dict(load_config(old))
+    except ConfigError:
+        pass  # not loadable any more (a removed key...): compared as written, so it differs
+    if comparable_config(old) != comparable_config(config_to_dict(cfg)):
         raise ConfigError(f"{path}: this run folder holds a run with a different config; choose a new -o folder "
                           "(or delete the old run to start over)")
 

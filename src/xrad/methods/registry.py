@@ -34,6 +34,8 @@ from xrad.errors import ConfigError
 from xrad.methods.autoencoder.config import AEConfig, image_size_checks
 from xrad.methods.imagenet.config import ImageNetConfig
 from xrad.methods.supervised.config import SupervisedConfig
+from xrad.methods.synthetic.config import SyntheticConfig
+from xrad.methods.synthetic.config import image_size_checks as patch_size_checks
 
 _SHARED_READS = ("seed", "data", "model", "pretrain")
 
@@ -73,11 +75,11 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class Detector:
-    """One registry row: a detector's name, its stages in order and its scorer."""
+    """One registry row: a detector's name, its stages in order and the scorers it can produce."""
 
     name: str
     stages: tuple[tuple[str, StageSpec], ...]
-    scorer: ScorerRef
+    scorers: tuple[ScorerRef, ...]  # the scorers its artefacts may name (config options choose among them)
     summary: str
 
     @property
@@ -111,27 +113,34 @@ KNN_MEMORY = StageSpec("knn_memory", "xrad.methods.knn.stage", "memory.safetenso
 SUPERVISED = StageSpec("supervised", "xrad.methods.supervised.stage", "model.safetensors",
                        schedule="supervised", sections={"supervised": SupervisedConfig})
 
+SYNTHETIC = StageSpec("synthetic", "xrad.methods.synthetic.stage", "model.safetensors", schedule="synthetic",
+                      sections={"synthetic": SyntheticConfig}, checks=patch_size_checks)
+
 SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
 KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
 RECONSTRUCTION = ScorerRef("reconstruction", "xrad.methods.autoencoder.scorer:ReconstructionScorer")
 CLASSIFIER = ScorerRef("classifier", "xrad.methods.supervised.scorer:ClassifierScorer")
+PATCH_SPHERE = ScorerRef("patch_sphere", "xrad.methods.multisphere.patch_scorer:PatchSphereScorer")
+PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
 DETECTORS: dict[str, Detector] = {d.name: d for d in (
-    Detector("self_taught", (("pretrain", CONTRASTIVE), ("finetune", MULTISPHERE)), SPHERE,
+    Detector("self_taught", (("pretrain", CONTRASTIVE), ("finetune", MULTISPHERE)), (SPHERE, PATCH_SPHERE),
              "contrastive pre-training + multi-sphere semi-supervised Deep SAD (n_spheres 1: uni-modal)"),
-    Detector("knn", (("pretrain", CONTRASTIVE), ("finetune", KNN_MEMORY)), KNN,
+    Detector("knn", (("pretrain", CONTRASTIVE), ("finetune", KNN_MEMORY)), (KNN,),
              "mean distance to the k nearest normal train embeddings of the contrastive encoder"),
-    Detector("autoencoder", (("pretrain", AUTOENCODER),), RECONSTRUCTION,
+    Detector("autoencoder", (("pretrain", AUTOENCODER),), (RECONSTRUCTION,),
              "masked-MSE convolutional autoencoder, reconstruction-error score"),
-    Detector("deep_sad_ae", (("pretrain", AUTOENCODER), ("finetune", MULTISPHERE)), SPHERE,
+    Detector("deep_sad_ae", (("pretrain", AUTOENCODER), ("finetune", MULTISPHERE)), (SPHERE, PATCH_SPHERE),
              "Deep SAD (one or several spheres) on autoencoder pre-training (Ruff et al.)"),
-    Detector("knn_ae", (("pretrain", AUTOENCODER), ("finetune", KNN_MEMORY)), KNN,
+    Detector("knn_ae", (("pretrain", AUTOENCODER), ("finetune", KNN_MEMORY)), (KNN,),
              "kNN on the autoencoder's embeddings"),
-    Detector("deep_sad_imagenet", (("pretrain", IMAGENET), ("finetune", MULTISPHERE)), SPHERE,
+    Detector("deep_sad_imagenet", (("pretrain", IMAGENET), ("finetune", MULTISPHERE)), (SPHERE, PATCH_SPHERE),
              "multi-sphere Deep SAD from ImageNet weights in a local torchvision file"),
-    Detector("supervised", (("train", SUPERVISED),), CLASSIFIER,
+    Detector("supervised", (("train", SUPERVISED),), (CLASSIFIER,),
              "supervised ResNet-50, class-balanced BCE on the labelled train images"),
+    Detector("synthetic", (("train", SYNTHETIC),), (PATCH_CLASSIFIER,),
+             "xrad's own: a patch classifier trained to find local synthetic anomalies; patch-map score"),
 )}
 
 
@@ -152,7 +161,7 @@ def stage_names() -> list[str]:
 
 def scorer_refs() -> dict[str, ScorerRef]:
     """Scorer kind → reference, from the rows."""
-    return {d.scorer.kind: d.scorer for d in DETECTORS.values()}
+    return {ref.kind: ref for d in DETECTORS.values() for ref in d.scorers}
 
 
 def get_scorer_class(kind: str) -> type:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,6 +52,12 @@ def batch_generator(seed: int, epoch: int, batch_index: int,
     generator = torch.Generator(device=device)
     generator.manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
     return generator
+
+
+def batch_numpy_generator(seed: int, epoch: int, batch_index: int) -> np.random.Generator:
+    """The NumPy twin of :func:`batch_generator` (same hashing, its own stream)."""
+    digest = hashlib.sha256(f"xrad-numpy:{int(seed)}:{int(epoch)}:{int(batch_index)}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 def _check_generator(generator: torch.Generator, images: Tensor) -> None:
@@ -194,6 +201,13 @@ def augment_ad(images: Tensor, masks: Tensor, config: ADAugment, generator: torc
 
     Returns float32 ``(B, 1, S, S)`` in [0, 1], zero outside the (warped) mask.
     """
+    return augment_ad_with_masks(images, masks, config, generator)[0]
+
+
+def augment_ad_with_masks(images: Tensor, masks: Tensor, config: ADAugment,
+                          generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """:func:`augment_ad` that also returns the warped 0/1 masks (float32), for steps that plant
+    something inside the body after augmenting (:mod:`xrad.training.corruptions`)."""
     check_batch(images, masks)
     _check_generator(generator, images)
     n, device = images.shape[0], images.device
@@ -204,7 +218,7 @@ def augment_ad(images: Tensor, masks: Tensor, config: ADAugment, generator: torc
     angle = _uniform(n, -config.rotation_deg, config.rotation_deg, generator, device)
     warped, warped_mask = apply_affine(to_float(images), mask_float(masks),
                                        affine_matrices(hflip, vflip, scale, angle))
-    return (warped * brightness.view(-1, 1, 1, 1)).clamp_(0.0, 1.0) * warped_mask
+    return (warped * brightness.view(-1, 1, 1, 1)).clamp_(0.0, 1.0) * warped_mask, warped_mask
 
 
 def _contrastive(images: Tensor, masks: Tensor, config: ContrastiveAugment,

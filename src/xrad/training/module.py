@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from xrad.config import Config, milestone_epochs
 from xrad.training.banks import BankDataset
-from xrad.training.augment import batch_generator
+from xrad.training.augment import batch_generator, batch_numpy_generator
 from xrad.data.model_input import prepare_eval
 from xrad.models import batchnorm
 from xrad.utils.atomic import write_text
@@ -64,8 +65,15 @@ class StageModule(L.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        """Adam (weight decay = coupled L2, the λ of Eq. 2) and ×lr_gamma at the milestone epochs."""
+        """Adam (weight decay = coupled L2, the λ of Eq. 2) and ×lr_gamma at the milestone epochs; a section
+        with ``schedule: onecycle`` gets a one-cycle schedule instead (warm-up to ``lr``, then annealing), which
+        short from-scratch trainings converge better with."""
         optimizer = torch.optim.Adam(self.parameters(), lr=self.section.lr, weight_decay=self.section.weight_decay)
+        if getattr(self.section, "schedule", "step") == "onecycle":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.section.lr, total_steps=total,
+                                                        pct_start=0.15)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
         milestones = milestone_epochs(self.section.milestones, self.section.epochs)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=self.section.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
@@ -74,6 +82,11 @@ class StageModule(L.LightningModule):
         """The augmentation stream of this (seed, rank, epoch, batch): identical after a resume."""
         seed = self.config.seed * 1_000 + self.global_rank
         return batch_generator(seed, self.current_epoch, batch_idx, device=self.device)
+
+    def numpy_generator(self, batch_idx: int) -> np.random.Generator:
+        """A NumPy stream of this (seed, rank, epoch, batch), for draws made on the CPU (corruptions)."""
+        seed = self.config.seed * 1_000 + self.global_rank
+        return batch_numpy_generator(seed, self.current_epoch, batch_idx)
 
     # -- epoch bookkeeping -------------------------------------------------------------------------
     def record_loss(self, loss: Tensor, n: int) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -157,12 +158,16 @@ def _stage2_encoder(config: Config, encoder: Encoder) -> Encoder:
     return encoder
 
 
-def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> SpheresResult:
-    """MAD fine-tuning of the previous stage's encoder."""
+def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Any:
+    """MAD fine-tuning of the previous stage's encoder (of its cells with ``finetune.level: patch``)."""
     cfg = ctx.config
     if previous is None:
         raise ConfigError(f"the {stage} stage needs a finished pretrain stage in this run folder; "
                           "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from")
+    if cfg.finetune.level == "patch":
+        from xrad.methods.multisphere import patch_stage
+
+        return patch_stage.run(ctx, stage, previous)
     module = MADModule(_stage2_encoder(cfg, previous.encoder), cfg, ctx.metrics_path(stage), ctx)
     bank = ctx.banks["train"]
     if cfg.finetune.epochs > 0:
@@ -179,8 +184,12 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Sphere
     return result
 
 
-def load(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> SpheresResult:
+def load(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Any:
     """The finished stage's encoder and centres."""
+    if ctx.config.finetune.level == "patch":
+        from xrad.methods.multisphere import patch_stage
+
+        return patch_stage.load(ctx, stage, previous)
     tensors = load_tensors(ctx.stage_dir(stage) / MODEL_FILE)
     encoder = new_encoder(ctx.config)
     encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True)

@@ -1,0 +1,108 @@
+"""Training the synthetic-anomaly detector: every batch is augmented normal training images and the same
+images with one local corruption each; the patch classifier learns, cell by cell, which cells were changed.
+
+Only images with semi-label ≠ −1 are used (unlabelled and known normal): the corruptions are the anomalies.
+Corruptions are drawn from a NumPy generator seeded by (seed, rank, epoch, batch), like the augmentations,
+so a resumed run plants exactly the corruptions of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from xrad.config import Config
+from xrad.evaluation.metrics import auroc
+from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
+from xrad.methods.synthetic.config import SyntheticConfig
+from xrad.methods.synthetic.scorer import PatchClassifierScorer
+from xrad.models.patch import PatchClassifier
+from xrad.training.augment import augment_ad_with_masks
+from xrad.training.context import RunContext
+from xrad.training.corruptions import corrupt_batch
+from xrad.training.loaders import train_loader
+from xrad.training.module import StageModule
+
+
+@dataclass
+class PatchClassifierResult:
+    """The trained patch classifier."""
+
+    network: PatchClassifier
+
+    def scorer(self, config: Config) -> PatchClassifierScorer:
+        """The classifier with the configured image score."""
+        section: SyntheticConfig = config.section("synthetic")
+        return PatchClassifierScorer(self.network, section.score, section.top_k)
+
+
+def new_network(config: Config) -> PatchClassifier:
+    """A freshly initialised patch classifier; its weights depend on the run's seed only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return PatchClassifier(hidden=config.section("synthetic").head_channels)
+
+
+def cell_targets(changed: Tensor, cells: int, fraction: float) -> Tensor:
+    """``(B, cells, cells)`` 0/1: cells of which more than ``fraction`` of the pixels were changed."""
+    return (F.adaptive_avg_pool2d(changed, cells)[:, 0] > fraction).to(changed.dtype)
+
+
+class SyntheticModule(StageModule):
+    """Per-cell BCE on clean and corrupted views; validation AUROC of the configured image score."""
+
+    def __init__(self, network: PatchClassifier, config: Config, metrics_path: Path | None, ctx: RunContext) -> None:
+        section: SyntheticConfig = config.section("synthetic")
+        super().__init__(config, section, metrics_path)
+        self.network = network
+        self.ctx = ctx
+        self.scorer = PatchClassifierScorer(network, section.score, section.top_k)
+        self.register_buffer("pos_weight", torch.tensor(float(section.pos_weight)))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        clean, body = augment_ad_with_masks(batch["image"], batch["mask"], self.section.augment,
+                                            self.augment_generator(batch_idx))
+        corrupted, changed = corrupt_batch(clean, body, self.numpy_generator(batch_idx), tuple(self.section.kinds))
+        images = torch.cat([clean, corrupted])
+        logits = self.network(images)
+        targets = cell_targets(torch.cat([torch.zeros_like(changed), changed]), logits.shape[-1],
+                               self.section.cell_fraction)
+        loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight)
+        self.record_loss(loss, images.shape[0])
+        return loss
+
+    def epoch_end(self) -> dict[str, float]:
+        valid = self.ctx.banks.get("valid")
+        if valid is None or not len(valid) or not self.trainer.is_global_zero:
+            return {}
+        scores = self.eval_outputs(valid.images, valid.masks, lambda x: self.scorer.score(x)[0],
+                                   self.config.data.eval_batch_size)
+        return {"valid_auroc": auroc(valid.labels.numpy(), scores.numpy())}
+
+
+def run(ctx: RunContext, stage: str, previous: Any = None) -> PatchClassifierResult:
+    """Train the patch classifier on the normal training rows."""
+    cfg = ctx.config
+    section: SyntheticConfig = cfg.section("synthetic")
+    network = new_network(cfg)
+    if section.epochs > 0:
+        module = SyntheticModule(network, cfg, ctx.metrics_path(stage), ctx)
+        loader = train_loader(ctx.banks["train"], ctx.normal_train_rows(), section.batch_size, cfg.seed,
+                              cfg.data.workers, where="normal rows (semi-label ≠ −1) of the train split")
+        ctx.fit(stage, module, loader, section.epochs)
+    network = network.cpu().eval()
+    if ctx.is_global_zero:
+        save_tensors(ctx.stage_dir(stage) / MODEL_FILE, network.state_dict())
+    return PatchClassifierResult(network)
+
+
+def load(ctx: RunContext, stage: str, previous: Any = None) -> PatchClassifierResult:
+    """The finished patch classifier."""
+    network = new_network(ctx.config)
+    network.load_state_dict(load_tensors(ctx.stage_dir(stage) / MODEL_FILE), strict=True)
+    return PatchClassifierResult(network.eval())

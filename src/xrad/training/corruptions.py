@@ -1,0 +1,245 @@
+"""Local synthetic anomalies planted inside the body mask of normal training images.
+
+A detector that has only ever seen normal radiographs learns what varies in them — anatomy, pose,
+exposure — and ranks images by that, not by the small local defects that make an image abnormal. These
+corruptions show it examples of *local* defects so that it learns to look for them: bright metal (a plate
+with screw heads, single screws or wires), a dark gap across a bone, a step where one part of a bone is
+shifted against the other, a patch of the image pasted elsewhere, a blurred or low-contrast scar. Sizes are
+fractions of the image, so the same settings mean the same anatomy at 64, 128 or 256 px.
+
+Each function takes a float image in [0, 1] (zero outside the body) and its 0/1 mask, both ``(S, S)``
+NumPy arrays, and a NumPy generator, and returns the corrupted image and the 0/1 map of the pixels it
+changed. :func:`corrupt_batch` applies them to a batch; its randomness comes from the generator passed in
+(seeded per (seed, epoch, batch) by the caller), so a resumed run plants the same corruptions.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["KINDS", "corrupt", "corrupt_batch"]
+
+Corruption = tuple[np.ndarray, np.ndarray]
+
+
+def _body_point(mask: np.ndarray, image: np.ndarray, rng: np.random.Generator, bright: bool) -> tuple[int, int]:
+    """A random body pixel; with ``bright``, one of the brightest 40 % (bone rather than soft tissue)."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return mask.shape[0] // 2, mask.shape[1] // 2
+    if bright:
+        values = image[ys, xs]
+        keep = values >= np.quantile(values, 0.6)
+        ys, xs = ys[keep], xs[keep]
+    i = int(rng.integers(len(ys)))
+    return int(ys[i]), int(xs[i])
+
+
+def _box(shape: tuple[int, ...], cy: float, cx: float, length: float, width: float, angle: float) -> np.ndarray:
+    """An anti-aliased filled rotated rectangle (float 0..1)."""
+    out = np.zeros(shape[:2], np.float32)
+    corners = cv2.boxPoints(((float(cx), float(cy)), (float(length), float(width)), float(angle)))
+    cv2.fillConvexPoly(out, np.round(corners * 16).astype(np.int32), 1.0, lineType=cv2.LINE_AA, shift=4)
+    return out
+
+
+def _paint_metal(image: np.ndarray, region: np.ndarray, level: float) -> np.ndarray:
+    """Metal is brighter than anything it covers: raise the region to at least ``level``."""
+    return image * (1 - region) + np.maximum(image, level) * region
+
+
+def bright_bar(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
+    """A plate: a bright bar over bone, often with screw heads across it."""
+    size = image.shape[0]
+    cy, cx = _body_point(mask, image, rng, bright=True)
+    length, width = rng.uniform(0.08, 0.45) * size, rng.uniform(0.015, 0.05) * size
+    angle, level = rng.uniform(0, 180), rng.uniform(0.85, 1.0)
+    region = _box(image.shape, cy, cx, length, width, angle)
+    out = _paint_metal(image, region, level)
+    if rng.random() < 0.6:
+        direction = np.deg2rad(angle)
+        for _ in range(int(rng.integers(1, 5))):
+            t = rng.uniform(-0.5, 0.5) * length
+            head = _box(image.shape, cy + t * np.sin(direction), cx + t * np.cos(direction),
+                        width * rng.uniform(1.5, 3), width * 0.5, angle + 90)
+            out, region = _paint_metal(out, head, level), np.maximum(region, head)
+    return out, region
+
+
+def screws(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
+    """One to three thin bright screws or wires close together."""
+    size = image.shape[0]
+    cy, cx = _body_point(mask, image, rng, bright=True)
+    angle, level = rng.uniform(0, 180), rng.uniform(0.8, 1.0)
+    out, region = image.copy(), np.zeros_like(image)
+    for _ in range(int(rng.integers(1, 4))):
+        screw = _box(image.shape, cy + rng.normal(0, 0.04 * size), cx + rng.normal(0, 0.04 * size),
+                     rng.uniform(0.04, 0.14) * size, rng.uniform(0.008, 0.025) * size, angle + rng.normal(0, 10))
+        out, region = _paint_metal(out, screw, level), np.maximum(region, screw)
+    return out, region
+
+
+def _across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int, np.ndarray]:
+    """A point on a bright elongated structure (a bone) and the unit vector (x, y) across it.
+
+    The Hessian of the smoothed image has its most negative eigenvalue across a bright ridge; points are drawn
+    among the strongest 15 % of ridges in the body and the direction is that eigenvalue's eigenvector.
+    """
+    size = image.shape[0]
+    smooth = cv2.GaussianBlur(image.astype(np.float32), (0, 0), max(1.0, 0.02 * size))
+    dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
+    dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
+    dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3)
+    half_trace = (dxx + dyy) / 2
+    lowest = half_trace - np.sqrt(np.maximum(half_trace ** 2 - (dxx * dyy - dxy ** 2), 0))
+    ridge = np.where(mask > 0, -lowest, 0)
+    inside = ridge[mask > 0]
+    ys, xs = np.nonzero(ridge > np.quantile(inside, 0.85)) if inside.size else (np.array([]), np.array([]))
+    if len(ys) == 0:
+        cy, cx = _body_point(mask, image, rng, bright=True)
+    else:
+        i = int(rng.integers(len(ys)))
+        cy, cx = int(ys[i]), int(xs[i])
+    a, b, c, lam = dxx[cy, cx], dxy[cy, cx], dyy[cy, cx], lowest[cy, cx]
+    vector = np.array([b, lam - a]) if abs(b) > 1e-6 else (np.array([1.0, 0.0]) if a < c else np.array([0.0, 1.0]))
+    return cy, cx, vector / (np.linalg.norm(vector) + 1e-9)
+
+
+def _half_widths(image: np.ndarray, cy: int, cx: int, across: np.ndarray) -> tuple[int, int, float]:
+    """Distances from the point to the bone's edges along ±``across`` (where the smoothed intensity has
+    fallen half-way to its minimum), and the intensity just beyond those edges (the tissue around the bone)."""
+    size = image.shape[0]
+    smooth = cv2.GaussianBlur(image.astype(np.float32), (0, 0), max(1.0, 0.02 * size))
+    out, beyond = [], []
+    for sign in (1, -1):
+        profile = []
+        for t in range(int(0.25 * size)):
+            y, x = int(round(cy + sign * t * across[1])), int(round(cx + sign * t * across[0]))
+            if not (0 <= y < size and 0 <= x < size):
+                break
+            profile.append(smooth[y, x])
+        values = np.array(profile or [smooth[cy, cx]])
+        below = np.flatnonzero(values < (values[0] + values.min()) / 2)
+        edge = int(below[0]) if len(below) else len(values)
+        out.append(edge)
+        beyond.append(float(values[min(edge + 1, len(values) - 1)]))
+    return out[0], out[1], float(np.mean(beyond))
+
+
+def gap_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
+    """A fracture-like gap: a thin dark line across a bone, from cortex to cortex, at soft-tissue level."""
+    size = image.shape[0]
+    cy, cx, across = _across_bone(image, mask, rng)
+    forward, backward, around = _half_widths(image, cy, cx, across)
+    start = np.array([cx + (forward + 1) * across[0], cy + (forward + 1) * across[1]])
+    end = np.array([cx - (backward + 1) * across[0], cy - (backward + 1) * across[1]])
+    line = np.zeros_like(image, dtype=np.float32)
+    thickness = max(1, int(round(rng.uniform(0.006, 0.02) * size + 0.6)))
+    cv2.line(line, tuple(int(v) for v in np.round(start * 16)), tuple(int(v) for v in np.round(end * 16)), 1.0,
+             thickness=thickness, lineType=cv2.LINE_AA, shift=4)
+    line = cv2.GaussianBlur(line, (0, 0), 0.4)
+    # The bone is missing in the gap: what remains is the tissue around it.
+    out = image * (1 - line) + np.minimum(image, around * rng.uniform(0.85, 1.1)) * line
+    return out, ((line > 0.25) & (image - out > 0.02)).astype(np.float32)
+
+
+def step_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
+    """A displaced-fragment-like step: beyond a line across a bone, the image is shifted sideways, the shift
+    fading out with the distance from the break."""
+    size = image.shape[0]
+    cy, cx, across = _across_bone(image, mask, rng)
+    forward, backward, _ = _half_widths(image, cy, cx, across)
+    axis = np.array([-across[1], across[0]]) * rng.choice([-1, 1])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    beyond = (xx - cx) * axis[0] + (yy - cy) * axis[1] > 0
+    radius = rng.uniform(0.12, 0.3) * size
+    weight = (beyond * np.clip(1 - np.hypot(xx - cx, yy - cy) / radius, 0, 1) ** 0.5).astype(np.float32)
+    # Shifted by about a bone radius or more, as a displaced fragment (at least a pixel).
+    shift = max(1.0, rng.uniform(0.6, 1.6) * (forward + backward) / 2) * rng.choice([-1, 1])
+    map_x = (xx - shift * across[0] * weight).astype(np.float32)
+    map_y = (yy - shift * across[1] * weight).astype(np.float32)
+    moved = cv2.remap(image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    moved_mask = cv2.remap((mask > 0).astype(np.float32), map_x, map_y, cv2.INTER_NEAREST,
+                           borderMode=cv2.BORDER_CONSTANT)
+    # Where the shift would pull in air from outside the body, keep the original: a step, not a hole.
+    out = np.where(moved_mask > 0, moved, image) * (mask > 0)
+    return out, (np.abs(out - image) > 0.06).astype(np.float32)
+
+
+def cut_paste(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
+    """A patch of the image, possibly rotated or flipped, pasted elsewhere in the body (CutPaste)."""
+    size = image.shape[0]
+    height, width = (rng.uniform(0.06, 0.25, 2) * size).astype(int) + 2
+    sy, sx = _body_point(mask, image, rng, bright=rng.random() < 0.5)
+    sy, sx = int(np.clip(sy - height // 2, 0, size - height)), int(np.clip(sx - width // 2, 0, size - width))
+    patch = image[sy:sy + height, sx:sx + width].copy()
+    if rng.random() < 0.5:
+        patch = np.rot90(patch, int(rng.integers(1, 4))).copy()
+    if rng.random() < 0.5:
+        patch = patch[::-1].copy()
+    height, width = patch.shape
+    ty, tx = _body_point(mask, image, rng, bright=False)
+    ty, tx = int(np.clip(ty - height // 2, 0, size - height)), int(np.clip(tx - width // 2, 0, size - width))
+    out, region = image.copy(), np.zeros_like(image)
+    out[ty:ty + height, tx:tx + width] = patch * rng.uniform(0.8, 1.2)
+    region[ty:ty + height, tx:tx + width] = 1
+    out = np.clip(out, 0, 1)
+    return out, (region * (np.abs(out - image) > 0.03)).astype(np.float32)
+
+
+def blur_scar(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
+    """A round region blurred or with its contrast lowered (a lesion-like local texture change)."""
+    size = image.shape[0]
+    cy, cx = _body_point(mask, image, rng, bright=True)
+    radius = rng.uniform(0.04, 0.12) * size
+    yy, xx = np.mgrid[0:size, 0:size]
+    region = cv2.GaussianBlur((np.hypot(yy - cy, xx - cx) < radius).astype(np.float32), (0, 0), radius / 4)
+    if rng.random() < 0.5:
+        altered = cv2.GaussianBlur(image, (0, 0), rng.uniform(1, 3))
+    else:
+        centre = image[cy, cx]
+        altered = np.clip((image - centre) * rng.uniform(0.3, 0.7) + centre * rng.uniform(0.8, 1.2), 0, 1)
+    out = image * (1 - region) + altered * region
+    return out, ((region > 0.3) & (np.abs(out - image) > 0.02)).astype(np.float32)
+
+
+KINDS = {"bright_bar": bright_bar, "screws": screws, "gap_across_bone": gap_across_bone,
+         "step_across_bone": step_across_bone, "cut_paste": cut_paste, "blur_scar": blur_scar}
+
+
+def corrupt(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+            kinds: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, str]:
+    """Plant one corruption of a kind drawn uniformly from ``kinds``; returns (image, changed pixels, kind).
+
+    A draw that changes fewer than two body pixels (e.g. a step where there was no bone) is redrawn, up to
+    five times; the image stays zero outside the body.
+    """
+    inside = (mask > 0).astype(np.float32)
+    out, changed, kind = image, np.zeros_like(image), kinds[0]
+    for _ in range(5):
+        kind = kinds[int(rng.integers(len(kinds)))]
+        out, changed = KINDS[kind](image, mask, rng)
+        changed = changed * inside
+        if changed.sum() >= 2:
+            break
+    return (np.clip(out, 0, 1) * inside).astype(np.float32), changed.astype(np.float32), kind
+
+
+def corrupt_batch(images: Tensor, masks: Tensor, rng: np.random.Generator,
+                  kinds: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+    """Corrupt every image of a float batch ``(B, 1, S, S)`` (masks 0/1 of the same shape) once.
+
+    Returns the corrupted batch and the 0/1 maps of changed pixels, on the batch's device.
+    """
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"unknown corruption kind(s) {unknown}; choose from {sorted(KINDS)}")
+    source = images.detach().float().cpu().numpy()
+    body = masks.detach().float().cpu().numpy()
+    out, changed = np.empty_like(source), np.zeros_like(source)
+    for i in range(source.shape[0]):
+        out[i, 0], changed[i, 0], _ = corrupt(source[i, 0], body[i, 0], rng, tuple(kinds))
+    return torch.from_numpy(out).to(images.device), torch.from_numpy(changed).to(images.device)

@@ -1,0 +1,142 @@
+"""The synthetic-anomaly detector: corruptions stay inside the body and are reproducible, cell targets equal
+their definition, and a trained detector ranks planted local defects above clean images and points at them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xrad.training.corruptions import KINDS, corrupt, corrupt_batch
+
+
+def _limb(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A phantom-like limb: a soft-tissue band with a bright bone along it, zero outside the body."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    tilt = rng.uniform(-0.3, 0.3)
+    across = (xx - size / 2) - tilt * (yy - size / 2)
+    body = (np.abs(across) < size * 0.3).astype(np.float32)
+    bone = np.exp(-(across / (size * 0.07)) ** 8)
+    image = body * (0.35 + 0.45 * bone + rng.normal(0, 0.01, (size, size))).astype(np.float32)
+    return np.clip(image, 0, 1).astype(np.float32), body
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_each_corruption_changes_only_the_body_and_is_reproducible(kind: str) -> None:
+    image, body = _limb(seed=3)
+    first = corrupt(image, body, np.random.default_rng(5), (kind,))
+    again = corrupt(image, body, np.random.default_rng(5), (kind,))
+    out, changed, used = first
+    assert used == kind and np.array_equal(out, again[0]) and np.array_equal(changed, again[1])
+    assert changed.sum() >= 2, f"{kind} changed nothing"
+    assert (out[body == 0] == 0).all() and (changed[body == 0] == 0).all()
+    assert out.min() >= 0 and out.max() <= 1
+    moved = np.abs(out - image) > 1e-6
+    assert moved[changed > 0].mean() > 0.5  # what is marked changed did change
+
+
+def test_metal_brightens_and_a_gap_darkens_the_bone() -> None:
+    image, body = _limb(seed=1)
+    out, changed, _ = corrupt(image, body, np.random.default_rng(0), ("bright_bar",))
+    assert (out[changed > 0] >= image[changed > 0] - 1e-6).all() and out[changed > 0].mean() > 0.8
+    out, changed, _ = corrupt(image, body, np.random.default_rng(0), ("gap_across_bone",))
+    assert (out[changed > 0] < image[changed > 0]).all()
+
+
+def test_corrupt_batch_and_cell_targets() -> None:
+    from xrad.methods.synthetic.stage import cell_targets
+
+    pairs = [_limb(32, seed) for seed in range(4)]
+    images = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None]
+    masks = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None]
+    out, changed = corrupt_batch(images, masks, np.random.default_rng(0), ("bright_bar", "gap_across_bone"))
+    assert out.shape == images.shape and changed.shape == images.shape and (changed.sum(dim=(1, 2, 3)) > 0).all()
+    targets = cell_targets(changed, 4, 0.05)
+    expected = changed.numpy()[:, 0].reshape(4, 4, 8, 4, 8).mean(axis=(2, 4)) > 0.05
+    assert np.array_equal(targets.numpy().astype(bool), expected)
+    with pytest.raises(ValueError, match="unknown corruption kind"):
+        corrupt_batch(images, masks, np.random.default_rng(0), ("nope",))
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The synthetic detector trained briefly at 64 px on 80 phantom patients (the pipeline of xrad run)."""
+    from xrad.jobs.pipeline import RunOptions, run_pipeline
+
+    out = tmp_path_factory.mktemp("synthetic") / "run"
+    options = RunOptions(output=out, config="synthetic_cpu", patients=80, cache_px=128, workers=1,
+                         overrides=("data.image_size=64", "synthetic.epochs=25"))
+    done = run_pipeline(options, log=lambda line: None)
+    return {"root": out, "train": done["train"]}
+
+
+def _planted(kind: str, root: Path, n: int = 24) -> dict:
+    """Held-out normal test images at 64 px, clean and with ``kind`` planted, with the planted pixels."""
+    import pandas as pd
+
+    from xrad.data.model_input import prepare_eval
+    from xrad.training.banks import load_image_bank
+
+    frame = pd.read_csv(root / "cache" / "manifest.csv")
+    normals = frame[(frame["split"] == "test") & (frame["label"] == 0)].head(n)
+    bank = load_image_bank(normals, 64, workers=1, progress=False)
+    clean = prepare_eval(bank.images, bank.masks)
+    corrupted, changed = corrupt_batch(clean, (bank.masks > 0).float(), np.random.default_rng(11), (kind,))
+    return {"clean": clean, "corrupted": corrupted, "changed": changed}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bright_bar", "gap_across_bone"])
+def test_planted_bars_and_gaps_rank_above_normals_and_the_heatmap_points_at_them(synthetic_run: dict,
+                                                                                  kind: str) -> None:
+    from xrad.evaluation.metrics import auroc
+    from xrad.inference.scoring import load_scorer
+
+    scorer = load_scorer(synthetic_run["root"] / "detector" / "artefact")
+    data = _planted(kind, synthetic_run["root"])
+    with torch.no_grad():
+        clean = scorer.score(data["clean"])[0].numpy()
+        corrupted = scorer.score(data["corrupted"])[0].numpy()
+        maps = scorer.heatmap(data["corrupted"])[:, 0]
+    labels = np.r_[np.zeros(len(clean)), np.ones(len(corrupted))]
+    # At this test's 64 px and 25 epochs a one-pixel gap is harder than a bar (measured 0.90 vs ≥ 0.95);
+    # the full-size numbers are benchmarks/bench_detection.py's.
+    assert auroc(labels, np.r_[clean, corrupted]) >= (0.95 if kind == "bright_bar" else 0.85)
+    # The heatmap's maximum falls on (or within 4 px of) the planted defect in at least 70 % of the images.
+    near = torch.nn.functional.max_pool2d(data["changed"], 9, stride=1, padding=4)[:, 0] > 0
+    peaks = maps.flatten(1).argmax(dim=1)
+    hits = near.flatten(1)[torch.arange(len(peaks)), peaks].float().mean().item()
+    assert hits >= 0.7, f"heatmap maximum on the planted {kind} in {hits:.0%} of the images"
+
+
+def test_self_taught_patch_form_trains_scores_and_reloads(squares_split: Path, tmp_path: Path) -> None:
+    from xrad.inference.scoring import load_scorer
+    from xrad.jobs.train import run_training
+    from xrad.methods.multisphere.patch_scorer import PatchSphereScorer
+    from xrad.training.banks import load_image_bank
+
+    overrides = ["finetune.level=patch", "finetune.epochs=3", "finetune.lr=0.001", "finetune.top_k=2"]
+    summary = run_training("tiny", squares_split, tmp_path / "run", progress=False, overrides=overrides)
+    assert summary["test_auroc"] > 0.9  # the planted bright squares are local: the cell distances find them
+    scorer = load_scorer(tmp_path / "run" / "artefact")
+    assert isinstance(scorer, PatchSphereScorer) and scorer.top_k == 2 and summary["n_spheres"] >= 1
+    import pandas as pd
+
+    frame = pd.read_csv(squares_split)
+    bank = load_image_bank(frame[frame["split"] == "test"], 32, workers=1, progress=False)
+    scores = scorer.score_batches(bank.images, bank.masks)["score"].numpy()
+    written = pd.read_csv(tmp_path / "run" / "scores_test.csv")["score"].to_numpy()
+    np.testing.assert_allclose(scores, written, rtol=1e-6)
+    from xrad.data.model_input import prepare_eval
+
+    x = prepare_eval(bank.images[:4], bank.masks[:4])
+    maps = scorer.heatmap(x)
+    assert maps.shape == x.shape and (maps >= 0).all()
+    # The map is the cell distance map: its top cell is the image score when top_k is 1.
+    scorer.top_k = 1
+    with torch.no_grad():
+        cells = scorer.cell_distances(x)
+    np.testing.assert_allclose(cells.flatten(1).amax(dim=1).numpy(), scorer.score(x)[0].detach().numpy(), rtol=1e-6)
