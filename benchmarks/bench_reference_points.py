@@ -73,9 +73,9 @@ def small_cnn() -> torch.nn.Module:
 
 
 def supervised(bank, train_rows: np.ndarray, test_rows: np.ndarray, epochs: int, seed: int,
-               small: bool = False) -> list[tuple[int, float]]:
+               small: bool = False) -> tuple[list[tuple[int, float]], np.ndarray]:
     """Train ResNet-18 + linear (or :func:`small_cnn`) on every label of ``train_rows``; test AUROC every 5
-    epochs and at the end."""
+    epochs and at the end, and the final test scores."""
     torch.manual_seed(seed)
     net = small_cnn() if small else torch.nn.Sequential(ResNet18Backbone(1), torch.nn.Linear(512, 1))
     optimiser = torch.optim.Adam(net.parameters(), 2e-3 if small else 1e-3)
@@ -99,7 +99,7 @@ def supervised(bank, train_rows: np.ndarray, test_rows: np.ndarray, epochs: int,
             with torch.no_grad():
                 s = torch.cat([net(clean_test[i:i + 64]).squeeze(1) for i in range(0, len(clean_test), 64)])
             history.append((epoch + 1, roc_auc_score(labels[test_rows].numpy(), s.numpy())))
-    return history
+    return history, s.numpy()
 
 
 def main() -> None:
@@ -136,7 +136,7 @@ def main() -> None:
     labelled = np.flatnonzero(split != "test")
     for small, name in ((True, "small CNN (max pooling)"), (False, "ResNet-18")) if args.epochs > 0 else ():
         start = time.time()
-        for epoch, auroc in supervised(bank, labelled, test, args.epochs, args.seed, small=small):
+        for epoch, auroc in supervised(bank, labelled, test, args.epochs, args.seed, small=small)[0]:
             print(f"supervised {name}, every label of {len(labelled)} train+valid images, epoch {epoch}: "
                   f"test AUROC {auroc:.3f}")
         print(f"({time.time() - start:.0f} s)")

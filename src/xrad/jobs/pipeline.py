@@ -202,8 +202,14 @@ class Pipeline:
         return result
 
 
-def run_pipeline(options: RunOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the main job end to end and return the final summary (test AUROC and where things are)."""
+def run_pipeline(options: RunOptions, log: Callable[[str], None] = print, until: str | None = None) -> dict[str, Any]:
+    """Run the main job end to end and return the final summary (test AUROC and where things are).
+
+    ``until`` names the last step to run (e.g. ``"preprocess"``: the data of a run without training it); the
+    return value is then the recorded results of the steps done so far.
+    """
+    if until is not None and until not in STEP_OPTIONS:
+        raise ConfigError(f"until must be one of {list(STEP_OPTIONS)}, got {until!r}")
     # Imported here so that `xrad --help` stays instant.
     from xrad.data.indexing import index_source
     from xrad.data.manifest import read_manifest, write_manifest
@@ -252,11 +258,12 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print) -> dic
         return {**{k: summary[k] for k in keep if k in summary}, "run_dir": str(run_dir),
                 "artefact": str(run_dir / "artefact"), "scores": str(run_dir / "scores_test.csv")}
 
-    pipe.step("synth", synth, [data_dir])
-    pipe.step("index", index, [manifest_path])
-    pipe.step("split", split, [split_path])
-    pipe.step("preprocess", preprocess, [cache_dir])
-    result = pipe.step("train", train, [run_dir])
+    steps = {"synth": (synth, data_dir), "index": (index, manifest_path), "split": (split, split_path),
+             "preprocess": (preprocess, cache_dir), "train": (train, run_dir)}
+    for name, (func, outputs) in steps.items():
+        result = pipe.step(name, func, [outputs])
+        if name == until:
+            return dict(pipe.state["done"])
     log(f"test AUROC {result.get('test_auroc', float('nan')):.3f} (validation {result.get('valid_auroc', float('nan')):.3f}); "
         f"scores: {result['scores']}; artefact: {result['artefact']}")
     log(f"score new images with: xrad score {result['artefact']} IMAGE_OR_FOLDER -o scores.csv")
