@@ -87,3 +87,33 @@ def test_knn_query_in_memory_has_zero_nearest_distance() -> None:
     assert torch.allclose(knn_mean_distance(m[:3], m, k=1), torch.zeros(3), atol=1e-3)
     with pytest.raises(DataError):
         knn_mean_distance(m, m[:0], k=1)
+
+
+def test_nearest_distance_equals_brute_force_whatever_the_chunks() -> None:
+    from xrad.methods.knn.search import nearest_distance
+
+    g = torch.Generator().manual_seed(3)
+    queries, memory = torch.randn(37, 9, generator=g) * 3 + 1, torch.randn(101, 9, generator=g) * 3
+    brute = torch.cdist(queries.double(), memory.double()).amin(dim=1)
+    for query_chunk, memory_chunk in ((1, 1), (5, 7), (37, 101), (1000, 1000)):
+        got = nearest_distance(queries, memory, query_chunk=query_chunk, memory_chunk=memory_chunk)
+        torch.testing.assert_close(got.double(), brute, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(nearest_distance(memory[:4], memory), torch.zeros(4), atol=1e-3)  # members: distance 0
+
+
+def test_greedy_coreset_is_the_k_centre_greedy_selection() -> None:
+    from xrad.methods.knn.search import greedy_coreset
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 5, generator=g)  # 5 dims ≤ the projection size: the exact distances are used
+    chosen = greedy_coreset(x, 12, seed=4)
+    assert len(set(chosen.tolist())) == 12
+    # Brute force: each next index is the point farthest from the ones chosen before it.
+    for i in range(1, 12):
+        gap = torch.cdist(x, x[chosen[:i]]).amin(dim=1)
+        assert int(chosen[i]) == int(torch.argmax(gap))
+    assert torch.equal(greedy_coreset(x, 12, seed=4), chosen)  # seeded
+    assert torch.equal(greedy_coreset(x, 100, seed=0), torch.arange(60))  # n ≥ N: everything
+    # The coreset covers the set better than a random subset of the same size.
+    random_rows = torch.randperm(60, generator=torch.Generator().manual_seed(0))[:12]
+    assert torch.cdist(x, x[chosen]).amin(dim=1).max() < torch.cdist(x, x[random_rows]).amin(dim=1).max()

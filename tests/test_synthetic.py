@@ -140,3 +140,19 @@ def test_self_taught_patch_form_trains_scores_and_reloads(squares_split: Path, t
     with torch.no_grad():
         cells = scorer.cell_distances(x)
     np.testing.assert_allclose(cells.flatten(1).amax(dim=1).numpy(), scorer.score(x)[0].detach().numpy(), rtol=1e-6)
+
+
+def test_synthetic_detector_scored_patchcore_style(squares_split: Path, tmp_path: Path) -> None:
+    from xrad.inference.scoring import load_scorer
+    from xrad.jobs.train import run_training
+    from xrad.methods.knn.patch_scorer import PatchKnnScorer
+
+    overrides = ["synthetic.score=knn", "synthetic.top_k=2", "synthetic.memory_size=200", "synthetic.epochs=2"]
+    summary = run_training("tiny_synthetic", squares_split, tmp_path / "run", progress=False, overrides=overrides)
+    scorer = load_scorer(tmp_path / "run" / "artefact")
+    assert isinstance(scorer, PatchKnnScorer) and scorer.memory.shape == (200, 384)
+    assert summary["test_auroc"] > 0.8  # bright squares are far from every normal cell, even barely trained
+    memory = scorer.memory.clone()
+    again = run_training("tiny_synthetic", squares_split, tmp_path / "run", progress=False, overrides=overrides)
+    assert again["test_auroc"] == summary["test_auroc"]
+    assert torch.equal(load_scorer(tmp_path / "run" / "artefact").memory, memory)

@@ -121,6 +121,7 @@ KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
 RECONSTRUCTION = ScorerRef("reconstruction", "xrad.methods.autoencoder.scorer:ReconstructionScorer")
 CLASSIFIER = ScorerRef("classifier", "xrad.methods.supervised.scorer:ClassifierScorer")
 PATCH_SPHERE = ScorerRef("patch_sphere", "xrad.methods.multisphere.patch_scorer:PatchSphereScorer")
+PATCH_KNN = ScorerRef("patch_knn", "xrad.methods.knn.patch_scorer:PatchKnnScorer")
 PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
@@ -139,7 +140,7 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in (
              "multi-sphere Deep SAD from ImageNet weights in a local torchvision file"),
     Detector("supervised", (("train", SUPERVISED),), (CLASSIFIER,),
              "supervised ResNet-50, class-balanced BCE on the labelled train images"),
-    Detector("synthetic", (("train", SYNTHETIC),), (PATCH_CLASSIFIER,),
+    Detector("synthetic", (("train", SYNTHETIC),), (PATCH_CLASSIFIER, PATCH_KNN),
              "xrad's own: a patch classifier trained to find local synthetic anomalies; patch-map score"),
 )}
 

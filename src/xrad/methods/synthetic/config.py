@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from xrad.config.sections import CORRUPTION_KINDS, ADAugment, Check, Config, milestone_checks
-SCORES = ("max", "top_k")
+SCORES = ("max", "top_k", "knn")
 
 
 def _augment() -> ADAugment:
@@ -22,7 +22,10 @@ class SyntheticConfig:
     with one corruption of ``kinds`` each; a feature-map cell (8×8 input pixels) is a positive when more than
     ``cell_fraction`` of it was changed. Loss: binary cross-entropy per cell, positives weighted ``pos_weight``
     (they are rare). Score: the largest cell probability inside the body (``max``), or the mean of the
-    ``top_k`` largest (``top_k``). ``schedule: onecycle`` (warm-up then annealing) trains best from scratch.
+    ``top_k`` largest (``top_k``), or — ``knn``, PatchCore on the trained features — the mean of the ``top_k``
+    largest distances of the cells to a memory bank of normal training cells (``memory_size`` of them, chosen
+    by greedy coreset selection; features averaged over ``smooth``×``smooth`` cells). ``schedule: onecycle``
+    (warm-up then annealing) trains best from scratch.
     """
 
     epochs: int = 40
@@ -39,6 +42,8 @@ class SyntheticConfig:
     head_channels: int = 128
     score: str = "max"
     top_k: int = 4
+    memory_size: int = 10_000
+    smooth: int = 1
     augment: ADAugment = field(default_factory=_augment)
 
     def checks(self) -> Iterable[Check]:
@@ -55,6 +60,8 @@ class SyntheticConfig:
                 ("head_channels", self.head_channels >= 1, "must be ≥ 1"),
                 ("score", self.score in SCORES, f"must be one of {SCORES}, got {self.score!r}"),
                 ("top_k", self.top_k >= 1, "must be ≥ 1"),
+                ("memory_size", self.memory_size >= 1, "must be ≥ 1"),
+                ("smooth", self.smooth >= 1 and self.smooth % 2 == 1, "must be an odd number ≥ 1"),
                 *milestone_checks(self.milestones)]
 
 

@@ -18,6 +18,9 @@ from torch import Tensor
 
 from xrad.config import Config
 from xrad.evaluation.metrics import auroc
+from xrad.errors import DataError
+from xrad.methods.base import Scorer
+from xrad.methods.knn.patch_scorer import PatchKnnScorer, build_patch_memory
 from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
 from xrad.methods.synthetic.config import SyntheticConfig
 from xrad.methods.synthetic.scorer import PatchClassifierScorer
@@ -31,13 +34,18 @@ from xrad.training.module import StageModule
 
 @dataclass
 class PatchClassifierResult:
-    """The trained patch classifier."""
+    """The trained patch classifier (and, for ``score: knn``, the memory bank of normal training cells)."""
 
     network: PatchClassifier
+    memory: Tensor | None = None
 
-    def scorer(self, config: Config) -> PatchClassifierScorer:
-        """The classifier with the configured image score."""
+    def scorer(self, config: Config) -> Scorer:
+        """The classifier with the configured image score, or PatchCore on its backbone."""
         section: SyntheticConfig = config.section("synthetic")
+        if section.score == "knn":
+            if self.memory is None:
+                raise DataError("the synthetic detector's memory bank is missing; re-run its train stage")
+            return PatchKnnScorer(self.network.backbone, self.memory, section.top_k, section.smooth)
         return PatchClassifierScorer(self.network, section.score, section.top_k)
 
 
@@ -51,6 +59,9 @@ def new_network(config: Config) -> PatchClassifier:
 def cell_targets(changed: Tensor, cells: int, fraction: float) -> Tensor:
     """``(B, cells, cells)`` 0/1: cells of which more than ``fraction`` of the pixels were changed."""
     return (F.adaptive_avg_pool2d(changed, cells)[:, 0] > fraction).to(changed.dtype)
+
+
+MEMORY_FILE = "memory.safetensors"  # the PatchCore bank of score: knn
 
 
 class SyntheticModule(StageModule):
@@ -96,13 +107,22 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> PatchClassifierRes
                               cfg.data.workers, where="normal rows (semi-label ≠ −1) of the train split")
         ctx.fit(stage, module, loader, section.epochs)
     network = network.cpu().eval()
+    memory = None
+    if section.score == "knn":
+        bank, rows = ctx.banks["train"], ctx.normal_train_rows()
+        memory = build_patch_memory(network.backbone, bank.images[rows], bank.masks[rows], size=section.memory_size,
+                                    smooth=section.smooth, seed=cfg.seed, batch_size=cfg.data.eval_batch_size)
     if ctx.is_global_zero:
         save_tensors(ctx.stage_dir(stage) / MODEL_FILE, network.state_dict())
-    return PatchClassifierResult(network)
+        if memory is not None:
+            save_tensors(ctx.stage_dir(stage) / MEMORY_FILE, {"memory": memory})
+    return PatchClassifierResult(network, memory)
 
 
 def load(ctx: RunContext, stage: str, previous: Any = None) -> PatchClassifierResult:
     """The finished patch classifier."""
     network = new_network(ctx.config)
     network.load_state_dict(load_tensors(ctx.stage_dir(stage) / MODEL_FILE), strict=True)
-    return PatchClassifierResult(network.eval())
+    memory_path = ctx.stage_dir(stage) / MEMORY_FILE
+    memory = load_tensors(memory_path)["memory"] if memory_path.is_file() else None
+    return PatchClassifierResult(network.eval(), memory)
