@@ -327,3 +327,44 @@ def test_dicom_folder_says_which_files_it_left_out(tmp_path: Path) -> None:
         frame = index_dicom_folder(tmp_path / "dcm")
     assert not frame["path"].str.endswith("fake.dcm").any()
 
+
+
+def test_dicom_files_without_study_uid_are_studies_of_their_own_by_folder_path(tmp_path: Path) -> None:
+    """Two ``1.dcm`` in different sub-folders, neither with a StudyInstanceUID: two studies, not one."""
+    for sub in ("x", "y"):
+        _dicom(tmp_path / "dcm" / sub / "1.dcm", "PAT-1", "", "HAND", "PA")
+    frame = index_dicom_folder(tmp_path / "dcm")
+    assert sorted(frame["study_id"]) == ["image:x/1.dcm", "image:y/1.dcm"]
+
+
+def test_dicom_folder_leaves_out_unreadable_headers_and_never_opens_a_fifo(tmp_path: Path) -> None:
+    import os
+
+    _dicom(tmp_path / "dcm" / "one.dcm", "PAT-1", "1.2.3", "HAND", "PA")
+    good = (tmp_path / "dcm" / "one.dcm").read_bytes()
+    # 'DICM', then a group length of 3 bytes (no unsigned long): pydicom cannot parse the header.
+    (tmp_path / "dcm" / "cut.dcm").write_bytes(good[:132] + b"\x02\x00\x00\x00UL\x03\x00\x01\x02\x03" + good[144:])
+    os.mkfifo(tmp_path / "dcm" / "pipe.dcm")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = index_dicom_folder(tmp_path / "dcm")  # would block for ever opening the FIFO
+    assert [Path(p).name for p in frame["path"]] == ["one.dcm"]
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "1 DICOM file(s) left out because their header cannot be read, e.g. cut.dcm" in messages
+    assert "1 entry(ies) left out as not regular files, e.g. pipe.dcm (named pipe (FIFO))" in messages
+
+
+def test_empty_or_binary_labels_csv_is_a_one_line_error(tmp_path: Path) -> None:
+    _dicom(tmp_path / "dcm" / "one.dcm", "PAT-1", "1.2.3", "HAND", "PA")
+    for name, content in (("empty.csv", b""), ("binary.csv", bytes(range(256)) * 8)):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=rf"{name}: not a readable labels CSV") as info:
+            index_dicom_folder(tmp_path / "dcm", labels=tmp_path / name)
+        assert "\n" not in str(info.value)
+
+
+def test_csv_study_ids_stay_unique_when_names_differ_only_by_extension(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "a.jpg")  # a PNG in content: fine, the name is what matters here
+    (tmp_path / "t.csv").write_text("path,label\na.png,0\na.jpg,1\n")
+    assert sorted(index_csv(tmp_path / "t.csv")["study_id"]) == ["a.jpg", "a.png"]

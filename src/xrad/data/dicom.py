@@ -88,9 +88,19 @@ def _voi(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, float, float]:
     return np.asarray(arr, dtype=np.float64), lo, hi
 
 
+def _quiet_pydicom() -> Any:
+    """pydicom, with its validation of values read from files switched off: its warnings and log records quote
+    the offending value, which may be a patient's name or id — and xrad never logs DICOM identifiers."""
+    import pydicom
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    return pydicom
+
+
 def decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
     """Decode DICOM bytes (frame 0) into a :class:`~xrad.data.radiograph.Radiograph`; see the module docstring."""
-    import pydicom
+    pydicom = _quiet_pydicom()
     from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 
     try:
@@ -137,8 +147,12 @@ def decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
         # pydicom converts YBR to RGB by default; colour DICOMs carry no VOI, so scale by stored bits.
         pixels = to_grey(stored, 2**bits_stored - 1)
     else:
-        values = apply_modality_lut(stored, ds)
-        out, lo, hi = _voi(values, ds)
+        try:
+            values = apply_modality_lut(stored, ds)
+            out, lo, hi = _voi(values, ds)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:  # e.g. Window Width 0
+            raise ImageReadError(name, f"DICOM window/LUT cannot be applied ({short_reason(exc)}); fix "
+                                       "WindowCenter/WindowWidth or the LUT in the header") from exc
         if hi <= lo:
             raise ImageReadError(name, f"DICOM window/range is empty ({lo} .. {hi}); fix WindowWidth or "
                                        "BitsStored in the header")
@@ -172,15 +186,23 @@ def read_dicom_tags(path: str | Path) -> dict[str, str]:
     (BodyPartExamined, upper case), ``view`` (ViewPosition), ``laterality`` (ImageLaterality, else
     Laterality). Absent values are ``""``.
     """
-    import pydicom
+    from xrad.utils.files import open_regular, read_problem
 
+    pydicom = _quiet_pydicom()
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "is a directory, not a DICOM file" if path.is_dir()
-                             else "file not found; check the path")
+    head = b""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        handle = open_regular(path)  # never blocks on a FIFO
+    except OSError as exc:
+        raise ImageReadError(path, read_problem(path, exc)) from None
+    try:
+        with handle:
+            head = handle.read(132)
+            handle.seek(0)
+            ds = pydicom.dcmread(handle, stop_before_pixels=True)
     except Exception as exc:
+        if head[128:132] == b"DICM":
+            raise ImageReadError(path, f"damaged DICOM header ({short_reason(exc)}); re-export the file") from exc
         raise ImageReadError(path, f"not a readable DICOM file ({short_reason(exc)}); DICOM needs the 'DICM' "
                                    "preamble") from exc
 

@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from xrad.data.manifest import CACHE_COLUMNS, CORE_COLUMNS, SPLIT_COLUMNS, normalise_types
-from xrad.errors import ConfigError, DataError
+from xrad.errors import ConfigError, DataError, ImageReadError
+from xrad.utils.files import entry_kind, open_regular
 from xrad.utils.hashing import pseudonymise
 
 MURA_DIR = "MURA-v1.1"
@@ -248,11 +249,18 @@ def index_csv(
     if (raw_paths == "").any():
         raise DataError(f"{csv_path}: row {int((raw_paths == '').to_numpy().argmax()) + 2} has an empty path")
     paths = [Path(p) if Path(p).is_absolute() else base / p for p in raw_paths]
-    missing = [str(p) for p in paths if not p.is_file()]
+    kinds = [(p, entry_kind(p)) for p in paths]
+    missing = [str(p) for p, kind in kinds if kind == "missing"]
     if missing:
         raise DataError(
             f"{csv_path}: {len(missing)} image(s) not found, e.g. {missing[0]}; "
             f"fix the paths or pass --base-dir"
+        )
+    special = [(p, kind) for p, kind in kinds if kind != "file"]
+    if special:  # a FIFO would hang every later step, a folder or a broken link fail there: refuse them now
+        raise DataError(
+            f"{csv_path}: {len(special)} path(s) are not regular image files, e.g. {special[0][0]!s} "
+            f"({special[0][1]}); fix or drop those rows"
         )
     out = pd.DataFrame({"path": [str(p.resolve()) for p in paths]})
     if out["path"].duplicated().any():
@@ -276,6 +284,8 @@ def index_csv(
         stems = pd.Series([p.stem for p in paths])
         if stems.duplicated().any():
             stems = pd.Series([Path(os.path.relpath(p, base)).with_suffix("").as_posix() for p in paths])
+        if stems.duplicated().any():  # a.png and a.jpg side by side: two images, two studies
+            stems = pd.Series([Path(os.path.relpath(p, base)).as_posix() for p in paths])
         out["study_id"] = stems.to_numpy()
     out["body_part"] = table[body_part_column].str.strip().str.upper().to_numpy() if body_part_column else ""
     if view_column:
@@ -302,7 +312,7 @@ def index_csv(
 def is_dicom(path: Path) -> bool:
     """True when the file carries the DICOM preamble magic ``DICM`` at byte 128 (any extension)."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a FIFO, device or folder is not DICOM (and never blocks us)
             head = handle.read(132)
     except OSError:
         return False
@@ -321,13 +331,15 @@ def find_dicom_files(folder: Path) -> list[Path]:
 
 
 def index_dicom_folder(folder: str | Path, *, labels: str | Path | None = None,
-                       warn_left_out: bool = True) -> pd.DataFrame:
+                       warn_left_out: bool = True, keep_unreadable: bool = False) -> pd.DataFrame:
     """Index every DICOM file under ``folder``; identifiers are pseudonymised, never stored in clear.
 
     Patient, study, body part and view come from the headers (via :func:`xrad.data.dicom.read_dicom_tags`,
     which returns pseudonymised ids). ``labels`` optionally names a CSV with ``study_id`` (the clear
     StudyInstanceUID or its pseudonym) and ``label`` columns; otherwise labels are unknown. Files that are
     not DICOM are left out with a warning (``warn_left_out=False``: silently, for callers that read them).
+    A DICOM file whose header cannot be read is left out with a warning naming it, or, with
+    ``keep_unreadable`` (``xrad score``: its row then says why it was not scored), kept with empty tags.
     """
     from xrad.data.dicom import read_dicom_tags  # lazy: pydicom is only needed for DICOM sources
 
@@ -338,26 +350,59 @@ def index_dicom_folder(folder: str | Path, *, labels: str | Path | None = None,
     if not files:
         raise DataError(f"{folder}: no DICOM files found (none has 'DICM' at byte 128)")
     found = set(files)
-    left_out = [] if not warn_left_out else sorted(p for p in folder.rglob("*") if p.is_file() and p not in found
-                      and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    if left_out:  # said, not silent: a file named .dcm that is not DICOM is likely a damaged export
-        warnings.warn(f"{folder}: {len(left_out)} file(s) left out as not DICOM (no 'DICM' at byte 128), "
-                      f"e.g. {left_out[0].relative_to(folder)}", stacklevel=2)
-    rows = []
+    if warn_left_out:
+        _warn_left_out(folder, found)
+    rows, unreadable = [], []
     for path in files:
-        tags = read_dicom_tags(path)
+        try:
+            tags = read_dicom_tags(path)
+        except ImageReadError as exc:  # one damaged header must not stop the index: left out, and said
+            if not keep_unreadable:
+                unreadable.append(exc)
+                continue
+            tags = {}
         # read_dicom_tags already pseudonymised patient/study/series ids: nothing clear reaches the table.
         keys = ("patient_id", "study_id", "series_id", "view", "laterality")
         get = {k: str(tags.get(k) or "") for k in keys}
         rows.append(dict(path=str(path.resolve()), body_part=str(tags.get("body_part") or "").upper(),
-                         label=pd.NA, source="dicom", **get))
+                         label=pd.NA, source="dicom", _rel=path.relative_to(folder).as_posix(), **get))
+    if unreadable:
+        first = unreadable[0]
+        message = (f"{folder}: {len(unreadable)} DICOM file(s) left out because their header cannot be read, e.g. "
+                   f"{Path(first.path).relative_to(folder)} ({first.reason})")
+        if not rows:
+            raise DataError(message.replace("left out", "found") + "; none could be indexed")
+        warnings.warn(message, stacklevel=2)
     frame = pd.DataFrame.from_records(rows)
-    # A file without a StudyInstanceUID is its own study so study_id stays a grouping key.
+    # A file without a StudyInstanceUID is its own study so study_id stays a grouping key; it is named by its
+    # path inside the folder (its name alone would merge two 1.dcm of different sub-folders into one study).
     no_study = frame["study_id"] == ""
-    frame.loc[no_study, "study_id"] = [f"image:{Path(p).name}" for p in frame.loc[no_study, "path"]]
+    frame.loc[no_study, "study_id"] = ["image:" + rel for rel in frame.loc[no_study, "_rel"]]
+    frame = frame.drop(columns="_rel")
     if labels is not None:
         frame["label"] = _dicom_labels(Path(labels), frame["study_id"])
     return normalise_types(frame)
+
+
+def _warn_left_out(folder: Path, found: set[Path]) -> None:
+    """Say (not silently drop) what a DICOM folder holds besides DICOM files: a file named .dcm that is not
+    DICOM is likely a damaged export; a FIFO, socket or broken link is named as such (and never opened)."""
+    not_dicom, special = [], []
+    for dirpath, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(dirpath) / name
+            if name.startswith(".") or path in found:
+                continue
+            kind = entry_kind(path)
+            (not_dicom if kind == "file" else special).append((path, kind))
+    if not_dicom:
+        warnings.warn(f"{folder}: {len(not_dicom)} file(s) left out as not DICOM (no 'DICM' at byte 128), "
+                      f"e.g. {not_dicom[0][0].relative_to(folder)}", stacklevel=3)
+    if special:
+        path, kind = special[0]
+        warnings.warn(f"{folder}: {len(special)} entry(ies) left out as not regular files, e.g. "
+                      f"{path.relative_to(folder)!s} ({kind})", stacklevel=3)
 
 
 def _dicom_labels(labels_csv: Path, study_ids: pd.Series) -> pd.Series:
@@ -374,7 +419,11 @@ def index_label_table(labels_csv: Path) -> pd.DataFrame:
     """Read a two-column ``study_id,label`` CSV (labels parsed like everywhere else)."""
     if not labels_csv.is_file():
         raise DataError(f"{labels_csv}: labels CSV not found; check the path")
-    table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{labels_csv}: not a readable labels CSV ({str(exc).splitlines()[0]}); write a "
+                        "'study_id,label' header and one row per study") from None
     for column in ("study_id", "label"):
         _require(table, column, "a header row 'study_id,label'", labels_csv)
     table["label"] = [parse_label(v, f"{labels_csv} line {i + 2}") for i, v in enumerate(table["label"])]

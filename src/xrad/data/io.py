@@ -31,6 +31,7 @@ import numpy as np
 from xrad.data.radiograph import ImageMeta, Radiograph, short_reason, to_grey
 from xrad.errors import ImageReadError
 from xrad.utils.atomic import write_bytes
+from xrad.utils.files import read_problem, read_regular
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageMeta", "Radiograph", "decode_radiograph", "read_cache_png", "read_dicom_tags",
            "read_radiograph", "sniff_format", "write_png"]
@@ -59,17 +60,10 @@ def sniff_format(data: bytes) -> str | None:
 def read_radiograph(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Radiograph:
     """Read a PNG, JPEG, TIFF or DICOM radiograph from ``path`` (see the module docstring)."""
     path = Path(path)
-    if path.is_dir():
-        raise ImageReadError(path, "is a directory, not an image file; pass one file (index folders with "
-                                   "`xrad index`)")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ImageReadError(path, "file not found; check the path") from exc
-    except PermissionError as exc:
-        raise ImageReadError(path, "permission denied; make the file readable") from exc
+    try:  # only regular files, opened without blocking: a FIFO or a device never hangs the reader
+        data = read_regular(path)
     except OSError as exc:
-        raise ImageReadError(path, f"cannot read the file ({exc.strerror or exc})") from exc
+        raise ImageReadError(path, read_problem(path, exc)) from exc
     return decode_radiograph(data, str(path), max_pixels=max_pixels)
 
 
@@ -81,11 +75,19 @@ def decode_radiograph(data: bytes, name: str = "<upload>", *,
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageReadError(name, _unknown_reason(data))
-    if fmt == "dicom":
-        from xrad.data.dicom import decode_dicom
+    try:
+        if fmt == "dicom":
+            from xrad.data.dicom import decode_dicom
 
-        return decode_dicom(data, name, max_pixels)
-    return _decode_pillow(data, name, fmt, max_pixels)
+            return decode_dicom(data, name, max_pixels)
+        return _decode_pillow(data, name, fmt, max_pixels)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(name, f"{fmt.upper()} image is too large to decode in memory; lower its size") from None
+    except Exception as exc:  # noqa: BLE001 - the promise of this module: no decoder exception escapes
+        raise ImageReadError(name, f"{fmt.upper()} file cannot be decoded ({type(exc).__name__}: "
+                                   f"{short_reason(exc)}); re-export the file") from exc
 
 
 def read_dicom_tags(path: str | Path) -> dict[str, str]:
@@ -254,25 +256,65 @@ def _pil_spacing(image: Any, fmt: str) -> tuple[float, float] | None:
     return (round(25.4 / dpi_y, 6), round(25.4 / dpi_x, 6))
 
 
-def read_cache_png(path: str, what: str) -> np.ndarray:
+def read_cache_png(path: str, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an 8-bit cache PNG (``xrad preprocess`` output: image or mask) as a 2-D uint8 array; colour files are
-    converted to grey, 16-bit ones scaled to 8 bits. The one reader of cached images (training banks, scoring)."""
+    converted to grey, 16-bit ones scaled to 8 bits. The one reader of cached images (training banks, scoring).
+
+    A manifest's ``cache_path`` / ``mask_path`` may name any file, so the rules of :func:`read_radiograph` hold
+    here too: only regular files are opened, and the header's declared size is checked against ``max_pixels``
+    before anything is decoded.
+    """
     import cv2
 
     # Read the bytes ourselves: cv2.imread cannot open non-ASCII paths on Windows and only logs its failures.
     try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        reason = f"{what} file not found; re-run `xrad preprocess` to rebuild the cache"
+        data = read_regular(path)
+    except OSError as exc:
+        reason = read_problem(path, exc)
+        if isinstance(exc, FileNotFoundError) and not Path(path).is_symlink():
+            reason = f"{what} file not found; re-run `xrad preprocess` to rebuild the cache"
         raise ImageReadError(path, reason) from None
-    data = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
-    if data is None:
+    width, height = _declared_size(data, path, what)
+    if width * height > max_pixels:
+        raise ImageReadError(path, f"declares {width}x{height} = {width * height} pixels, above max_pixels="
+                                   f"{max_pixels} (decompression-bomb guard); delete it and re-run `xrad preprocess`")
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if decoded is None or decoded.ndim not in (2, 3) or decoded.size == 0:
         raise ImageReadError(path, f"cannot decode {what} PNG; delete it and re-run `xrad preprocess`")
-    if data.ndim == 3:
-        data = cv2.cvtColor(data, cv2.COLOR_BGRA2GRAY if data.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    if data.dtype != np.uint8:  # e.g. a 16-bit PNG written by another tool: keep the top 8 bits' range
-        data = np.round(data.astype(np.float64) * (255.0 / np.iinfo(data.dtype).max)).astype(np.uint8)
-    return data
+    if decoded.ndim == 3:
+        if decoded.shape[2] == 1:
+            decoded = decoded[..., 0]
+        else:
+            decoded = cv2.cvtColor(decoded, cv2.COLOR_BGRA2GRAY if decoded.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    if decoded.dtype != np.uint8:  # e.g. a 16-bit PNG written by another tool: keep the top 8 bits' range
+        if not np.issubdtype(decoded.dtype, np.integer):
+            raise ImageReadError(path, f"{what} holds {decoded.dtype} pixels, not 8/16-bit integers; delete it and "
+                                       "re-run `xrad preprocess`")
+        decoded = np.round(decoded.astype(np.float64) * (255.0 / np.iinfo(decoded.dtype).max)).astype(np.uint8)
+    return decoded
+
+
+def _declared_size(data: bytes, path: str, what: str) -> tuple[int, int]:
+    """(width, height) from a cache file's header, read without decoding (PNG, JPEG or TIFF)."""
+    import warnings
+
+    from PIL import Image
+
+    fmt = sniff_format(data) if data else None
+    if fmt not in _PIL_FORMATS:
+        reason = "is empty (0 bytes)" if not data else "is not a PNG"
+        raise ImageReadError(path, f"{what} {reason}; delete it and re-run `xrad preprocess`")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as image:
+                return image.size
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"{what} declares a size above Pillow's decompression-bomb limit; delete it and "
+                                   "re-run `xrad preprocess`") from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged header
+        raise ImageReadError(path, f"cannot decode {what} PNG (damaged header: {short_reason(exc)}); delete it and "
+                                   "re-run `xrad preprocess`") from exc
 
 
 def write_png(path: str | Path, pixels: np.ndarray, bit_depth: int = 8, *, compress_level: int = 1) -> None:

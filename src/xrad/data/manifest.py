@@ -77,6 +77,11 @@ def read_manifest(path: str | Path, require: tuple[str, ...] = CORE_COLUMNS) -> 
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a manifest CSV; index it with `xrad index {path} -o manifest.csv`")
     if not path.is_file():
+        from xrad.utils.files import entry_kind
+
+        kind = entry_kind(path)
+        if kind not in ("missing", "broken symbolic link"):  # a FIFO would block the CSV reader for ever
+            raise DataError(f"{path}: is a {kind}, not a manifest CSV; pass the manifest file")
         raise DataError(f"{path}: manifest not found; create one with `xrad index SOURCE -o {path}`")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -94,9 +99,14 @@ def read_manifest(path: str | Path, require: tuple[str, ...] = CORE_COLUMNS) -> 
     return frame
 
 
-def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
-    """Atomically write a manifest CSV (core columns first, then any others in their order)."""
+def manifest_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table :func:`write_manifest` writes: canonical types, core columns first, then any others in order."""
     frame = normalise_types(frame)
     ordered = [c for c in CORE_COLUMNS + SPLIT_COLUMNS + CACHE_COLUMNS if c in frame.columns]
     ordered += [c for c in frame.columns if c not in ordered]
-    write_csv(path, frame[ordered])
+    return frame[ordered]
+
+
+def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
+    """Atomically write a manifest CSV (core columns first, then any others in their order)."""
+    write_csv(path, manifest_table(frame))

@@ -33,8 +33,10 @@ def sha256_file(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
+    from xrad.utils.files import open_regular
+
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:  # a FIFO named like an image must not block the hash
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
