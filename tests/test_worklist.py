@@ -138,3 +138,48 @@ def test_unreadable_images_stay_on_the_worklist(tmp_path) -> None:
     written = pd.read_csv(tmp_path / "wl" / "worklist.csv")
     assert sorted(written["study_id"]) == ["a", "b", "c"] and written["unreadable"].sum() == 3
 
+
+
+def test_images_without_study_ids_are_never_merged_by_file_name(tmp_path) -> None:
+    """image1.png of two patients, no study ids: two studies (the worklist grouped them as one)."""
+    scores = pd.DataFrame({"path": ["/data/p1/image1.png", "/data/p2/image1.png", "/data/p2/image2.png"],
+                           "study_id": ["", "", ""], "score": [0.9, 0.1, 0.5]})
+    studies, images = worklist_table(scores, aggregation="max")
+    assert len(studies) == 3 and (studies["n_images"] == 1).all()
+    ids = set(studies["study_id"])
+    assert "image2" in ids and sum(i.startswith("image1~") for i in ids) == 2
+    # A stem that is some other row's real study id is not taken over either.
+    mixed = pd.DataFrame({"path": ["/a/s1.png", "/b/x.png"], "study_id": ["", "s1"], "score": [1.0, 2.0]})
+    assert len(worklist_table(mixed, aggregation="max")[0]) == 2
+
+
+def test_a_failed_rerun_keeps_the_previous_worklist_whole(tmp_path, monkeypatch) -> None:
+    from xrad.errors import OutputError
+
+    Image.fromarray(np.full((10, 10), 128, np.uint8)).save(tmp_path / "ok.png")
+    first = pd.DataFrame({"path": [str(tmp_path / "ok.png")], "study_id": ["first"], "score": [1.0]})
+    build_worklist(first, tmp_path / "wl")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "wl").iterdir() if p.is_file()}
+
+    import xrad.utils.atomic as atomic  # worklist imports write_text from here when it builds
+
+    def fail(path, text):  # index.html cannot be written: worklist.csv of the new run exists already
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic, "write_text", fail)
+    second = first.assign(study_id="second", score=2.0)
+    with pytest.raises(OSError):
+        build_worklist(second, tmp_path / "wl")
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in (tmp_path / "wl").iterdir() if p.is_file()}
+    assert after == before and b"first" in after["worklist.csv"]  # not the new CSV next to the old page
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staged folder left
+    build_worklist(second, tmp_path / "wl")  # a successful re-run replaces the set as a whole
+    assert b"second" in (tmp_path / "wl" / "worklist.csv").read_bytes()
+    assert "second" in (tmp_path / "wl" / "index.html").read_text()
+    # A folder holding anything else is refused, never replaced.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.docx").write_text("precious")
+    with pytest.raises(OutputError, match="holds files this output did not write"):
+        build_worklist(second, tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.docx").read_text() == "precious"

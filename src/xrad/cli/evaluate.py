@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         parse_threshold_rule,
         read_scores,
     )
-    from xrad.utils.atomic import write_json, write_text
+    from xrad.utils.atomic import FileSet
 
     frame = read_scores(args.scores)
     splits = sorted(s for s in frame["split"].unique() if s) if "split" in frame.columns else []
@@ -127,8 +127,9 @@ def run(args: argparse.Namespace) -> int:
             f"({threshold_info['n_valid']} labelled images)\n"
         ) + table
     output = args.output or args.scores.with_suffix(".evaluation.json")
-    write_json(output, result)
-    write_text(output.with_suffix(".txt"), table)
+    with FileSet() as files:  # the JSON and its table are published together
+        files.write_json(output, result)
+        files.write_text(output.with_suffix(".txt"), table)
     print(table, end="")
     print(f"wrote {output} and {output.with_suffix('.txt')}")
     return 0

@@ -69,9 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Split the manifest, write it and its summary atomically, print the summary."""
-    from xrad.data.manifest import read_manifest, write_manifest
+    from xrad.data.manifest import manifest_table, read_manifest
     from xrad.data.splits import SplitConfig, format_summary, make_split, split_summary
-    from xrad.utils.atomic import write_csv
+    from xrad.utils.atomic import FileSet
 
     given = getattr(args, "body_parts", "")
     parts = tuple(p.strip().upper() for p in given.split(",") if p.strip()) or None
@@ -86,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
     )
     frame = make_split(read_manifest(args.manifest), config, where=str(args.manifest))
     summary = split_summary(frame)
-    write_manifest(frame, args.output)
-    write_csv(summary_path(args.output), summary)
+    with FileSet() as files:  # the split and its summary are published together
+        files.write_csv(args.output, manifest_table(frame))
+        files.write_csv(summary_path(args.output), summary)
     print(format_summary(frame, summary))
     print(f"wrote {args.output} and {summary_path(args.output)}")
     return 0

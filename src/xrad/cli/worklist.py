@@ -26,8 +26,10 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from xrad.errors import DataError
-    from xrad.inference.worklist import build_worklist
+    from xrad.inference.worklist import build_worklist, worklist_folder_entry
+    from xrad.utils.atomic import check_replaceable
 
+    check_replaceable(args.output, worklist_folder_entry)  # before any work: never a user's other folder
     if not args.scores.is_file():
         raise DataError(f"{args.scores}: scores file not found; write one with `xrad score`")
     try:

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from xrad.errors import XradError
+from xrad.data.radiograph import short_reason
+from xrad.errors import ImageReadError
+from xrad.utils.hashing import short_hash
 
-__all__ = ["build_worklist", "worklist_table"]
+__all__ = ["build_worklist", "worklist_folder_entry", "worklist_table"]
 
 _MAX_IMAGES_PER_STUDY = 4
 
@@ -36,11 +41,9 @@ def worklist_table(scores: pd.DataFrame, *, aggregation: str = "max",
 
     images = scores.copy()
     if "study_id" not in images.columns or (images["study_id"].astype(str).str.strip() == "").any():
-        # No study ids: each image is its own study, named by its file.
-        fallback = images["path"].astype(str).map(lambda p: Path(p).stem) if "path" in images else \
-            pd.Series([f"image{i}" for i in range(len(images))], index=images.index)
-        ids = images["study_id"].astype(str).str.strip() if "study_id" in images else fallback
-        images["study_id"] = ids.where(ids != "", fallback)
+        ids = images["study_id"].astype(str).str.strip() if "study_id" in images else \
+            pd.Series("", index=images.index)
+        images["study_id"] = ids.where(ids != "", _own_study_ids(images, ids))
     failed = images.iloc[:0]
     if "error" in images.columns:
         unreadable = images["error"].fillna("").astype(str) != ""
@@ -54,6 +57,9 @@ def worklist_table(scores: pd.DataFrame, *, aggregation: str = "max",
     # and a study with no readable image at all is listed (unranked, no score) so a person reads it.
     counts = failed.groupby("study_id").size()
     studies["unreadable"] = studies["study_id"].map(counts).fillna(0).astype(int)
+    if "degenerate" in images.columns:  # decoded, scored, but the score means little (tiny, constant)
+        odd = images[images["degenerate"].fillna("").astype(str) != ""].groupby("study_id").size()
+        studies["degenerate"] = studies["study_id"].map(odd).fillna(0).astype(int)
     lost = counts[~counts.index.isin(studies["study_id"])]
     if len(lost):
         first = failed.drop_duplicates("study_id").set_index("study_id")
@@ -61,58 +67,128 @@ def worklist_table(scores: pd.DataFrame, *, aggregation: str = "max",
         for column in ("body_part", "label"):
             if column in studies.columns and column in first.columns:
                 extra[column] = first.loc[lost.index, column].to_numpy()
+        if "degenerate" in studies.columns:
+            extra["degenerate"] = 0
         extra["rank"] = pd.array([pd.NA] * len(extra), dtype="Int64")
         extra["flagged"] = pd.NA
         studies = pd.concat([studies, extra], ignore_index=True)[list(studies.columns)]
     return studies, images
 
 
-def _thumbnail(path: str, out_dir: Path, size: int, kind: str) -> str:
-    """Write a downscaled PNG of an image (or an overlay PNG) and return its path relative to ``out_dir``."""
+def _own_study_ids(images: pd.DataFrame, ids: pd.Series) -> pd.Series:
+    """Ids for images without a study id: each image is its own study, named by its file stem — or, where
+    two such images share a stem (``image1.png`` of two patients) or a stem is some study's id, by the stem
+    and a hash of the full path, so two images are never merged into one study by their names."""
+    if "path" not in images.columns:
+        return pd.Series([f"image{i}" for i in range(len(images))], index=images.index)
+    paths = images["path"].astype(str)
+    stems = paths.map(lambda p: Path(p).stem)
+    without = ids == ""
+    taken = set(ids[~without])
+    # Distinct paths with one stem collide; the same path twice stays one image's rows.
+    clash = stems[without].groupby(stems[without]).transform(lambda g: paths[g.index].nunique() > 1)
+    unique = stems.copy()
+    for index in stems.index[without]:
+        if bool(clash.get(index, False)) or stems[index] in taken:
+            unique[index] = f"{stems[index]}~{short_hash(paths[index], 8)}"
+    return unique
+
+
+def _thumbnail(path: str, out_dir: Path, size: int, kind: str, previous: Path | None = None) -> str:
+    """Write a downscaled PNG of an image (or an overlay PNG) and return its path relative to ``out_dir``.
+
+    ``previous`` is the thumbs folder of the worklist being replaced: a thumbnail already made there (same file,
+    same size and modification time) is linked rather than decoded again.
+    """
     import cv2
 
     from xrad.data.io import read_radiograph, write_png
 
-    name = hashlib.sha1(f"{kind}:{path}".encode()).hexdigest()[:16] + ".png"
+    try:
+        stat = os.stat(path)
+        stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        stamp = ""
+    name = hashlib.sha1(f"{kind}:{path}:{stamp}:{size}".encode()).hexdigest()[:16] + ".png"
     target = out_dir / "thumbs" / name
+    if not target.is_file() and previous is not None and (previous / name).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(previous / name, target)
+        except OSError:
+            shutil.copyfile(previous / name, target)
     if not target.is_file():
         if kind == "heatmap":
-            from PIL import Image
-
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                image.thumbnail((size, size))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                image.save(target, format="PNG")
+            write_png(target, _heatmap_pixels(path, size))
         else:
             pixels = read_radiograph(path).pixels
             factor = size / max(pixels.shape)
             if factor < 1:
                 pixels = cv2.resize(pixels, (max(1, round(pixels.shape[1] * factor)),
                                              max(1, round(pixels.shape[0] * factor))), interpolation=cv2.INTER_AREA)
-            write_png(target, pixels)
+            write_png(target, np.clip(pixels, 0.0, 1.0))
     return f"thumbs/{name}"
 
 
-def _images_html(rows: pd.DataFrame, out_dir: Path, size: int) -> tuple[str, str]:
+def _heatmap_pixels(path: str, size: int) -> np.ndarray:
+    """A heatmap overlay PNG (a scores file's ``heatmap`` column: any path) as uint8 RGB at most ``size`` px,
+    under the rules every reader follows: a regular file, a PNG, within the pixel limit."""
+    import warnings
+
+    from PIL import Image
+
+    from xrad.data.io import DEFAULT_MAX_PIXELS, sniff_format
+    from xrad.utils.files import read_problem, read_regular
+
+    try:
+        data = read_regular(path)
+    except OSError as exc:
+        raise ImageReadError(path, read_problem(path, exc)) from None
+    if sniff_format(data) != "png":
+        raise ImageReadError(path, "heatmap is not a PNG; re-run `xrad score --heatmaps`")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+                width, height = image.size
+                if width * height > DEFAULT_MAX_PIXELS:
+                    raise ImageReadError(path, f"heatmap declares {width}x{height} pixels, above max_pixels="
+                                               f"{DEFAULT_MAX_PIXELS} (decompression-bomb guard)")
+                image = image.convert("RGB")
+                image.thumbnail((size, size))
+                return np.asarray(image, dtype=np.uint8)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged heatmap must not stop the worklist
+        raise ImageReadError(path, f"heatmap cannot be decoded ({type(exc).__name__}: {short_reason(exc)})") from exc
+
+
+def _images_html(rows: pd.DataFrame, out_dir: Path, size: int, previous: Path | None) -> tuple[str, str]:
     thumbs, heats = [], []
     for _, row in rows.head(_MAX_IMAGES_PER_STUDY).iterrows():
         path = str(row.get("path", "") or "")
         if not path:
             continue
         try:
-            src = _thumbnail(path, out_dir, size, "image")
+            src = _thumbnail(path, out_dir, size, "image", previous)
             thumbs.append(f'<img class="thumb" src="{html.escape(src)}" alt="image" loading="lazy">')
-        except (XradError, OSError) as exc:
-            thumbs.append(f'<span class="bad">unreadable: {html.escape(str(exc).split(": ", 1)[-1])}</span>')
+        except Exception as exc:  # noqa: BLE001 - one image's thumbnail never stops the worklist
+            thumbs.append(f'<span class="bad">unreadable: {html.escape(_reason(exc))}</span>')
         heat = str(row.get("heatmap", "") or "")
-        if heat and Path(heat).is_file():
+        if heat and os.path.lexists(heat):
             try:
-                src = _thumbnail(heat, out_dir, size, "heatmap")
+                src = _thumbnail(heat, out_dir, size, "heatmap", previous)
                 heats.append(f'<img class="thumb" src="{html.escape(src)}" alt="heatmap" loading="lazy">')
-            except OSError:
+            except Exception:  # noqa: BLE001
                 heats.append('<span class="bad">heatmap unreadable</span>')
     return "".join(thumbs), "".join(heats)
+
+
+def _reason(exc: BaseException) -> str:
+    """The reason of a thumbnail failure, without the file name (the page must not show file names)."""
+    if isinstance(exc, ImageReadError):
+        return exc.reason
+    return f"{type(exc).__name__}: {short_reason(exc)}"
 
 
 _CSS = """
@@ -133,11 +209,35 @@ def build_worklist(scores: pd.DataFrame, out_dir: str | Path, *, aggregation: st
     """Write ``worklist.csv`` and ``index.html`` (with ``thumbs/``) into ``out_dir``.
 
     ``threshold`` overrides ``operating_point``. Returns ``{html, csv, n_studies, n_flagged, threshold}``.
+
+    The three outputs are one set: they are built in a temporary folder beside ``out_dir`` which then replaces
+    ``out_dir`` as a whole (:func:`xrad.utils.atomic.staged_folder`), so a failed re-run leaves the previous
+    worklist whole. A folder holding anything but a worklist's files is refused, never replaced.
     """
+    from xrad.utils.atomic import staged_folder
+
+    out_dir = Path(out_dir)
+    previous = out_dir / "thumbs" if (out_dir / "thumbs").is_dir() else None
+    with staged_folder(out_dir, owned=worklist_folder_entry) as staged:
+        result = _build(scores, staged, previous, aggregation=aggregation, threshold=threshold,
+                        operating_point=operating_point, top=top, thumb_size=thumb_size, title=title)
+    return {**result, "html": str(out_dir / "index.html"), "csv": str(out_dir / "worklist.csv")}
+
+
+_OUTPUTS = ("worklist.csv", "index.html", "thumbs")
+
+
+def worklist_folder_entry(entry: Path) -> bool:
+    """What a worklist folder may hold (its outputs, and temporaries of an interrupted older version)."""
+    return entry.name in _OUTPUTS or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+
+
+def _build(scores: pd.DataFrame, out_dir: Path, previous: Path | None, *, aggregation: str,
+           threshold: float | None, operating_point: dict[str, Any] | None, top: int, thumb_size: int,
+           title: str) -> dict[str, Any]:
     from xrad.inference.calibration import study_threshold
     from xrad.utils.atomic import write_csv, write_text
 
-    out_dir = Path(out_dir)
     note = ""
     if threshold is None:
         threshold, note = study_threshold(operating_point, aggregation)
@@ -158,13 +258,16 @@ def build_worklist(scores: pd.DataFrame, out_dir: str | Path, *, aggregation: st
             threshold_drawn = True
         thumbs, heats = ("", "")
         if i < top:
-            thumbs, heats = _images_html(by_study.get(study["study_id"], images.iloc[:0]), out_dir, thumb_size)
+            thumbs, heats = _images_html(by_study.get(study["study_id"], images.iloc[:0]), out_dir, thumb_size,
+                                         previous)
         flagged = study["flagged"]
         flag_text = "" if pd.isna(flagged) else ("FLAGGED" if bool(flagged) else "—")
         cells = [str(study["rank"]), thumbs, heats, html.escape(str(study["study_id"])),
                  html.escape(str(study.get("body_part", "") or "")), f"{study['score']:.4g}", flag_text,
                  str(study["n_images"]) + (f' <span class="bad">+{study["unreadable"]} unreadable</span>'
-                                           if study["unreadable"] else "")]
+                                           if study["unreadable"] else "")
+                 + (f' <span class="bad">{study["degenerate"]} degenerate (tiny/constant)</span>'
+                    if study.get("degenerate", 0) else "")]
         if has_label:
             cells.append("" if pd.isna(study["label"]) else str(int(study["label"])))
         row_class = "flagged" if flag_text == "FLAGGED" else ""
