@@ -41,8 +41,12 @@ def run(args: argparse.Namespace) -> int:
     parse_aggregation(args.aggregation)  # refused now, not after scoring
     if not args.manifest.is_file():
         raise DataError(f"{args.manifest}: not found; pass a split manifest or a scores CSV")
-    frame = pd.read_csv(args.manifest, dtype={"path": str, "patient_id": str, "study_id": str, "split": str},
-                        keep_default_na=False)
+    try:
+        frame = pd.read_csv(args.manifest, dtype={"path": str, "patient_id": str, "study_id": str, "split": str},
+                            keep_default_na=False)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{args.manifest}: not a readable CSV ({str(exc).splitlines()[0]}); pass a split manifest "
+                        "or a scores CSV") from None
     if args.split:
         if "split" not in frame.columns:
             raise DataError(f"{args.manifest}: no `split` column; make a split with `xrad split` "
@@ -54,7 +58,14 @@ def run(args: argparse.Namespace) -> int:
     if "score" not in frame.columns:
         from xrad.inference.scoring import score_frame
 
-        frame = score_frame(args.artefact, frame, batch_size=args.batch_size, workers=args.workers, progress=True)
+        frame = score_frame(args.artefact, frame, batch_size=args.batch_size, workers=args.workers, progress=True,
+                            on_error="skip")
+        failed = frame[frame["error"] != ""]
+        if len(failed):  # the threshold is chosen on the images that could be read; said, not silent
+            import sys
+
+            print(f"warning: {len(failed)} image(s) could not be read and are left out of the calibration, e.g. "
+                  f"{failed['error'].iloc[0]}", file=sys.stderr)
     point = calibrate(frame, specificity=args.specificity, sensitivity=args.sensitivity,
                       confidence=args.confidence, aggregation=args.aggregation, where=str(args.manifest))
     point["source"] = {"file": args.manifest.name, "split": args.split or "all"}

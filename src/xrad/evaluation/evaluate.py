@@ -43,24 +43,60 @@ def read_scores(path: str | Path) -> pd.DataFrame:
 
 
 def prepare_scores(frame: pd.DataFrame, where: str = "scores") -> pd.DataFrame:
-    """Check and normalise a scores table (numeric score, label as float 0/1/NaN, ids as strings)."""
+    """Check and normalise a scores table (finite numeric score, label as float 0/1/NaN, ids as strings).
+
+    Labels are read with the vocabulary of ``xrad index`` (:func:`xrad.data.indexing.parse_label`: 0/1,
+    true/false, normal/abnormal, yes/no, positive/negative; empty or unknown → unlabelled); anything else is
+    refused, never silently treated as unlabelled. Rows ``xrad score`` could not read (a non-empty ``error``)
+    are left out and counted in ``frame.attrs["unreadable"]``; any other row without a finite score is refused,
+    and so is an image listed twice (the same ``path`` twice in one ``split``).
+    """
+    from xrad.data.indexing import parse_label
+
     if "score" not in frame.columns:
         raise DataError(f"{where}: no 'score' column; expected the CSV written by `xrad score` or a run")
+    by_split = dict(frame.attrs.get("unreadable_by_split", {}))
     frame = frame.copy()
     for column in _ID_COLUMNS:
         if column in frame.columns:
             frame[column] = frame[column].fillna("").astype(str).str.strip()
-    score = pd.to_numeric(frame["score"].replace("", np.nan), errors="coerce")
+    if "error" in frame.columns:
+        failed = frame["error"].fillna("").astype(str).str.strip() != ""
+        splits = frame.loc[failed, "split"] if "split" in frame.columns else pd.Series("", index=frame.index[failed])
+        for split, count in splits.value_counts().items():
+            by_split[str(split)] = by_split.get(str(split), 0) + int(count)
+        frame = frame[~failed].copy()
+    raw = frame["score"]
+    score = pd.to_numeric(raw.replace("", np.nan), errors="coerce").astype(float)
     if score.isna().any():
-        raise DataError(f"{where}: {int(score.isna().sum())} row(s) have no numeric score; fix or drop them")
-    frame["score"] = score.astype(float)
-    label = frame["label"] if "label" in frame.columns else pd.Series(np.nan, index=frame.index)
-    label = pd.to_numeric(label.replace("", np.nan), errors="coerce").astype(float)
-    bad = label.dropna()
-    bad = bad[~bad.isin([0.0, 1.0])]
-    if len(bad):
-        raise DataError(f"{where}: label must be 1 (abnormal), 0 (normal) or empty, found {bad.iloc[0]!r}")
-    frame["label"] = label
+        first = raw[score.isna()].iloc[0]
+        raise DataError(f"{where}: {int(score.isna().sum())} row(s) have no numeric score (e.g. {first!r}); fix or "
+                        "drop them")
+    if not np.isfinite(score.to_numpy()).all():
+        bad = score[~np.isfinite(score.to_numpy())]
+        raise DataError(f"{where}: {len(bad)} row(s) have a non-finite score ({bad.iloc[0]}); a score must be a "
+                        "finite number — fix or drop them")
+    frame["score"] = score
+    if "label" in frame.columns:
+        spellings = frame["label"].astype(str)
+        mapping = {}
+        for value in spellings.unique():
+            parsed = parse_label(value, f"{where}: column 'label'")
+            mapping[value] = np.nan if parsed is pd.NA else float(parsed)
+        frame["label"] = spellings.map(mapping).astype(float)
+    else:
+        frame["label"] = np.nan
+    if "path" in frame.columns:
+        keys = ["path"] + (["split"] if "split" in frame.columns else [])
+        named = frame[frame["path"] != ""]
+        twice = named.duplicated(keys, keep=False)
+        if twice.any():
+            raise DataError(f"{where}: image {named.loc[twice, 'path'].iloc[0]} is listed {int(twice.sum())} times"
+                            f"{' in one split' if 'split' in keys else ''}; drop the duplicate rows")
+    # Counted per split, so a table filtered to one split later (`xrad evaluate` takes test) reports its own.
+    frame.attrs["unreadable_by_split"] = by_split
+    present = set(frame["split"]) if "split" in frame.columns else None
+    frame.attrs["unreadable"] = sum(n for split, n in by_split.items() if present is None or split in present)
     return frame
 
 
@@ -184,6 +220,7 @@ def evaluate_scores(
     if not 0.0 < confidence < 1.0:
         raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
     frame = prepare_scores(frame)
+    unreadable = int(frame.attrs.get("unreadable", 0))
     labelled = frame[frame["label"].notna()].reset_index(drop=True)
     if labelled.empty:
         raise DataError("scores: no labelled rows to evaluate (label is empty everywhere)")
@@ -210,6 +247,10 @@ def evaluate_scores(
         "threshold": threshold,
         "levels": {"image": _evaluate_table(labelled, codes, counts, **kwargs)},
     }
+    if unreadable:  # said, not silent: the metrics are of the images that could be read
+        result["n_unreadable"] = unreadable
+        result.setdefault("notes", []).append(f"{unreadable} image(s) could not be read when scored (their `error` "
+                                              "column) and are left out")
     if "split" in labelled.columns:
         result["splits"] = sorted(s for s in labelled["split"].unique() if s)
     unit_lookup = (
