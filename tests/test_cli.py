@@ -164,3 +164,48 @@ def test_a_config_that_is_not_text_is_named(tmp_path: Path, capsys: pytest.Captu
     assert f"{binary}: not a text file; give a YAML config" in capsys.readouterr().err
     assert main(["benchmark", str(binary)]) == 2
     assert f"{binary}: not a text file" in capsys.readouterr().err
+
+
+def _core_manifest(paths: list[str], splits: list[str] | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame({"path": paths, "patient_id": [f"p{i}" for i in range(len(paths))],
+                          "study_id": [f"s{i}" for i in range(len(paths))], "body_part": "HAND", "view": "",
+                          "label": 0, "source": "csv"})
+    if splits is not None:
+        frame["split"], frame["semi_label"] = splits, 0
+    return frame
+
+
+@pytest.mark.parametrize("verb", ["preprocess", "split"])
+def test_a_header_only_manifest_is_a_one_line_error(verb: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Was ``KeyError: 'failed'`` (preprocess) and an ``AttributeError`` (split)."""
+    _core_manifest([]).to_csv(tmp_path / "m.csv", index=False)
+    assert main([verb, str(tmp_path / "m.csv"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "m.csv: the manifest has no rows" in err and "Error:" not in err
+
+
+def test_train_refuses_one_image_in_two_splits_unless_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from xrad.errors import XradError
+
+    for name in ("a", "b"):
+        Image.fromarray(np.full((40, 40), 100 if name == "a" else 150, np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "copy.png").write_bytes((tmp_path / "a.png").read_bytes())
+    paths = [str(tmp_path / n) for n in ("a.png", "b.png", "copy.png")]
+    _core_manifest(paths, ["train", "valid", "test"]).to_csv(tmp_path / "m.csv", index=False)
+    argv = ["train", "--config", "tiny", "--manifest", str(tmp_path / "m.csv"), "-o", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "are the same image (same content)" in err and "--allow-leakage" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+    import xrad.jobs.train as train_job
+
+    def stop(*args, **kwargs):  # the check passed: stop before anything is trained
+        raise XradError("reached the image banks")
+
+    monkeypatch.setattr(train_job, "_load_banks", stop)
+    assert main(argv + ["--allow-leakage"]) == 2
+    assert "reached the image banks" in capsys.readouterr().err
+

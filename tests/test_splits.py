@@ -201,3 +201,36 @@ def test_a_split_with_an_empty_train_part_is_refused(toy_manifest: Path) -> None
         make_split(frame, SplitConfig(train_fraction=0.0), where="toy")
     with pytest.raises(DataError, match="leaves train empty"):  # 1 patient × 2 parts: too few for a train unit
         make_split(frame[frame["patient_id"] == "p1"], SplitConfig(train_fraction=0.3), where="toy")
+
+
+def test_a_header_only_manifest_is_a_one_line_error(tmp_path: Path, toy_manifest: Path) -> None:
+    header = toy_manifest.read_text().splitlines()[0] + "\n"
+    (tmp_path / "empty.csv").write_text(header)
+    with pytest.raises(DataError, match=r"empty.csv: the manifest has no rows"):  # was an AttributeError
+        make_split(read_manifest(tmp_path / "empty.csv"), where=str(tmp_path / "empty.csv"))
+
+
+def _image(path: Path, value: int) -> str:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(path)
+    return str(path)
+
+
+def test_image_leakage_by_path_and_by_content_is_refused(tmp_path: Path) -> None:
+    from xrad.data.splits import check_image_leakage
+
+    a, b, c = (_image(tmp_path / f"{n}.png", v) for n, v in (("a", 10), ("b", 20), ("c", 30)))
+    frame = pd.DataFrame({"path": [a, b, c], "split": ["train", "valid", "test"]})
+    check_image_leakage(frame)  # three different images: fine
+    with pytest.raises(DataError, match=r"image .*a.png is in test and train"):
+        check_image_leakage(pd.concat([frame, frame.iloc[[0]].assign(split="test")]), where="m.csv")
+    copy = tmp_path / "elsewhere" / "copy-of-b.png"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(b).read_bytes())  # the same image under another name
+    with pytest.raises(DataError, match=r"copy-of-b.png \(train\) and .*b.png \(valid\) are the same image") as info:
+        check_image_leakage(pd.concat([frame, pd.DataFrame({"path": [str(copy)], "split": ["train"]})]))
+    assert "\n" not in str(info.value)
+    # Duplicates inside one split are not a leak; nor are rows without a split.
+    check_image_leakage(pd.concat([frame, pd.DataFrame({"path": [str(copy), a], "split": ["valid", ""]})]))

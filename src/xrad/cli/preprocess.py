@@ -27,6 +27,11 @@ def run(args: argparse.Namespace) -> int:
     from xrad.preprocess.contact_sheet import contact_sheet
 
     frame = read_manifest(args.manifest)
+    if frame.empty:
+        from xrad.errors import DataError
+
+        raise DataError(f"{args.manifest}: the manifest has no rows (a header only); index some images with "
+                        "`xrad index`")
     if args.limit is not None:
         frame = frame.head(args.limit)
     params = PreprocessParams(size=args.size)

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trainer.add_argument("--strategy", help="auto, ddp, ddp_spawn, fsdp ...")
     trainer.add_argument("--precision", help="32-true, 16-mixed, bf16-mixed ...")
     trainer.add_argument("--num-nodes", type=int_at_least(1), help="number of nodes (multi-node DDP)")
+    parser.add_argument("--allow-leakage", action="store_true",
+                        help="train although one image (same path or same content) is in two splits")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     stages = None if args.stage == "all" else (args.stage,)  # None: every stage of the configured method
     started = time.perf_counter()
     summary = run_training(args.config, args.manifest, args.output, stages=stages, overrides=overrides,
-                           progress=not args.quiet)
+                           progress=not args.quiet, allow_leakage=args.allow_leakage)
     if not summary:  # a DDP rank other than 0
         return 0
     seconds = time.perf_counter() - started

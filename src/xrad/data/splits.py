@@ -146,6 +146,8 @@ def make_split(
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}; make it with `xrad index`")
     frame = normalise_types(frame)
+    if frame.empty:
+        raise DataError(f"{where}: the manifest has no rows (a header only); index some images with `xrad index`")
     if config.body_parts:
         wanted = {p.strip().upper() for p in config.body_parts}
         frame = frame[frame["body_part"].isin(wanted)]
@@ -269,6 +271,51 @@ def check_leakage(frame: pd.DataFrame) -> None:
             raise DataError(
                 f"split leakage: study {sorted(studies.index[studies > 1])[0]} is in several splits"
             )
+
+
+def check_image_leakage(frame: pd.DataFrame, where: str = "manifest") -> None:
+    """Raise :class:`DataError` when one image is in two splits: the same ``path``, or two paths with the same
+    content (SHA-256 of the files; only files of equal size are hashed, so this reads little).
+
+    A model scored on an image it was trained on (or chose its threshold on) reports a meaningless AUROC; a
+    split made by ``xrad split`` never does this, a hand-edited or concatenated manifest can.
+    """
+    if "split" not in frame.columns or "path" not in frame.columns:
+        return
+    rows = frame[(frame["split"].astype(str) != "") & (frame["path"].astype(str) != "")]
+    by_path = rows.groupby("path")["split"].nunique()
+    if (by_path > 1).any():
+        path = sorted(by_path.index[by_path > 1])[0]
+        found = sorted(rows.loc[rows["path"] == path, "split"].unique())
+        raise DataError(f"{where}: image {path} is in {' and '.join(found)} ({int((by_path > 1).sum())} image(s) in "
+                        "two splits); fix the split (or pass --allow-leakage if you mean it)")
+    _check_content_leakage(rows, where)
+
+
+def _check_content_leakage(rows: pd.DataFrame, where: str) -> None:
+    import os
+
+    from xrad.utils.hashing import sha256_file
+
+    sizes: dict[int, list[tuple[str, str]]] = {}
+    for path, split in zip(rows["path"].astype(str), rows["split"].astype(str), strict=True):
+        try:
+            sizes.setdefault(os.stat(path).st_size, []).append((path, split))
+        except OSError:
+            continue  # unreadable files are the loaders' to report
+    seen: dict[str, tuple[str, str]] = {}
+    for group in sizes.values():
+        if len({split for _, split in group}) < 2:
+            continue  # equal sizes within one split only: no leak possible
+        for path, split in group:
+            try:
+                digest = sha256_file(path)
+            except OSError:
+                continue
+            first = seen.setdefault(digest, (path, split))
+            if first[1] != split:
+                raise DataError(f"{where}: {path} ({split}) and {first[0]} ({first[1]}) are the same image (same "
+                                "content); remove one (or pass --allow-leakage if you mean it)")
 
 
 def split_summary(frame: pd.DataFrame) -> pd.DataFrame:

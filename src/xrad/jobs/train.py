@@ -24,6 +24,7 @@ import torch
 
 from xrad.config import Config, comparable_config, config_to_dict, dump_config
 from xrad.data.manifest import CORE_COLUMNS, read_manifest
+from xrad.data.splits import check_image_leakage
 from xrad.errors import ConfigError, DataError
 from xrad.evaluation.metrics import auroc
 from xrad.inference.artefact import ArtefactMeta, package_versions, save_artefact
@@ -187,13 +188,14 @@ def _load_banks(cfg: Config, frame: pd.DataFrame, folder: RunFolder, progress: b
 def run_training(config: str | Path | dict[str, Any] | Config, manifest: str | Path, run_dir: str | Path, *,
                  stages: tuple[str, ...] | list[str] | None = None,
                  trainer_overrides: dict[str, Any] | None = None, progress: bool = True,
-                 overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+                 overrides: tuple[str, ...] | list[str] = (), allow_leakage: bool = False) -> dict[str, Any]:
     """Train the configured detector on a split manifest into ``run_dir`` (resuming what is there).
 
     ``config`` is a YAML path, a packaged config name, a mapping or a :class:`Config`; ``overrides`` are
     ``section.key=value`` strings; ``trainer_overrides`` go straight to ``lightning.Trainer`` (e.g.
     ``{"accelerator": "cpu", "devices": 2, "strategy": "ddp"}``, or test callbacks). ``stages`` selects
     which of the method's stages to run (None: all of them); earlier stages must be finished already.
+    A manifest with one image in two splits (same path or same content) is refused unless ``allow_leakage``.
 
     Returns the run summary (also ``run_dir/summary.json``) once every stage is finished; otherwise
     ``{"finished_stages": [...]}``. On DDP ranks other than 0 it returns ``{}`` after training.
@@ -211,6 +213,8 @@ def run_training(config: str | Path | dict[str, Any] | Config, manifest: str | P
     manifest, run_dir = Path(manifest), Path(run_dir)
     folder = RunFolder(run_dir)
     frame = read_manifest(manifest, require=CORE_COLUMNS + ("split",))
+    if not allow_leakage:  # before anything is written or trained
+        check_image_leakage(frame, str(manifest))
     rank0 = env_global_rank() == 0
     _check_same_config(folder, cfg)
     if rank0:
