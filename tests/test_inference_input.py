@@ -201,3 +201,20 @@ def test_old_artefact_fixtures_round_trip_when_present() -> None:
     for path in files:
         data = json.loads(path.read_text(encoding="utf-8"))
         assert _round_trip(data) == data, path
+
+
+def test_a_preprocessing_or_resize_failure_is_the_images_one_line_error(tiny_artefact: Path, tmp_path: Path) -> None:
+    """OpenCV's own assertion (a 1-pixel-high image inside preprocessing) escaped as cv2.error and stopped a
+    batch; it is now an ImageReadError naming the file. Degenerate but usable images carry their reason."""
+    from conftest import make_tiny_artefact
+
+    from xrad.preprocess import PreprocessParams
+
+    Image.fromarray(np.full((1, 300), 90, np.uint8)).save(tmp_path / "row.png")
+    pre = make_tiny_artefact(tmp_path / "pre", preprocessing=PreprocessParams().to_dict())
+    with pytest.raises(ImageReadError, match=r"row.png: cannot be prepared for the model \(error: OpenCV") as info:
+        prepare_input(tmp_path / "row.png", read_meta(pre).input_spec())
+    assert "\n" not in str(info.value)
+    plain = prepare_input(tmp_path / "row.png", read_meta(tiny_artefact).input_spec())
+    assert plain.degenerate == "tiny image (300x1 px; a side under 32 px); constant image (every pixel 0.353)"
+    assert prepare_input(_radiograph_png(tmp_path / "ok.png"), read_meta(tiny_artefact).input_spec()).degenerate == ""

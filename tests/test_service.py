@@ -85,7 +85,8 @@ def test_good_png_scores_with_flag_and_heatmap(client) -> None:
     body = response.json()
     assert np.isfinite(body["score"]) and body["score"] >= 0 and body["flagged"] is True
     assert body["operating_point"]["threshold"] == -1.0 and "study" not in body["operating_point"]
-    assert body["image"] == {"format": "png", "width": 72, "height": 96, "bit_depth": 8, "truncated": False}
+    assert body["image"] == {"format": "png", "width": 72, "height": 96, "bit_depth": 8, "truncated": False,
+                             "degenerate": ""}
     assert body["heatmap_on"] == "original"
     png = base64.b64decode(body["heatmap_png"].split(",", 1)[1])
     assert Image.open(io.BytesIO(png)).size == (72, 96)  # the overlay is in the original geometry
@@ -174,6 +175,38 @@ def test_create_app_with_any_callable_and_no_operating_point() -> None:
     assert response.status_code == 200
     assert response.json()["flagged"] is None and response.json()["score"] == 1.5
     assert calls == [((10, 12), True, "HAND")]
+
+
+def test_an_image_the_model_cannot_be_fed_is_422_and_degenerate_ones_are_flagged(tiny_artefact, tmp_path) -> None:
+    """A 1-pixel-high image made OpenCV assert inside preprocessing: HTTP 500. Now 422 naming the problem; a
+    1x1 or all-black image that can be scored is answered with its degenerate reason."""
+    from conftest import make_tiny_artefact
+
+    from xrad.preprocess import PreprocessParams
+
+    pre = make_tiny_artefact(tmp_path / "pre", preprocessing=PreprocessParams().to_dict())
+    client = fastapi_testclient.TestClient(app_from_artefact(pre), raise_server_exceptions=False)
+    response = client.post("/score", content=png_bytes(shape=(1, 300)))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("cannot score the image: cannot be prepared for the model")
+    plain = fastapi_testclient.TestClient(app_from_artefact(tiny_artefact))
+    tiny = plain.post("/score", content=png_bytes(shape=(1, 1)))
+    assert tiny.status_code == 200 and tiny.json()["image"]["degenerate"].startswith("tiny image (1x1 px")
+    black = io.BytesIO()
+    Image.fromarray(np.zeros((60, 50), np.uint8)).save(black, format="PNG")
+    flat = plain.post("/score", content=black.getvalue())
+    assert flat.status_code == 200 and flat.json()["image"]["degenerate"] == "constant image (every pixel 0)"
+
+
+def test_a_dicom_with_window_width_0_is_422(client) -> None:
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(dicom_bytes()))
+    ds.WindowCenter, ds.WindowWidth = 100, 0
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    response = _upload(client, buffer.getvalue(), "ww0.dcm")
+    assert response.status_code == 422 and "window" in response.json()["detail"]  # was a pydicom ValueError: 500
 
 
 # ------------------------------------------------------------------------------------ browser end to end

@@ -16,7 +16,32 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["prepare_eval", "resize_image_and_mask", "to_float"]
+__all__ = ["MIN_SIDE", "degenerate_reason", "prepare_eval", "resize_image_and_mask", "to_float"]
+
+MIN_SIDE = 32
+"""An image with a side shorter than this (in pixels, as decoded) is flagged tiny: no radiograph is that small,
+and its resized model input is a smear whose score means nothing."""
+
+
+def degenerate_reason(pixels: np.ndarray, mask: np.ndarray | None = None) -> str:
+    """Why an image's score cannot be trusted although it decoded: "" when it is fine, else a short reason
+    ("tiny image (1x300 px, ...)", "constant image (every pixel 0)"; both joined by "; ").
+
+    ``mask`` (nonzero = body part) restricts the constancy test to the body part, as the model sees it (a
+    cached image is padded with zeros, so the padding must not make a blank image look varied).
+    """
+    pixels = np.asarray(pixels)
+    reasons = []
+    if pixels.ndim != 2 or min(pixels.shape) < MIN_SIDE:
+        shape = "x".join(str(v) for v in pixels.shape[::-1]) if pixels.ndim == 2 else str(pixels.shape)
+        reasons.append(f"tiny image ({shape} px; a side under {MIN_SIDE} px)")
+    values = pixels if mask is None else pixels[np.asarray(mask) > 0]
+    if values.size == 0:
+        reasons.append("empty body mask (nothing for the model to see)")
+    elif float(values.min()) == float(values.max()):
+        value = float(values.flat[0])
+        reasons.append(f"constant image (every pixel {value:.3g})")
+    return "; ".join(reasons)
 
 
 def resize_image_and_mask(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[Tensor, Tensor]:

@@ -23,12 +23,15 @@ for maps twice as fine and somewhat noisier.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+log = logging.getLogger("xrad.heatmaps")
 
 if TYPE_CHECKING:  # pragma: no cover
     from xrad.data.io import Radiograph
@@ -94,6 +97,7 @@ class Explanation:
     heat: np.ndarray  # float32 (h, w) in [0, 1], same shape as base
     base: np.ndarray  # uint8 (h, w)
     on_original: bool  # True: base is the decoded original image; False: the preprocessed image
+    degenerate: str = ""  # why the score cannot be trusted though the image decoded (tiny, constant), else ""
 
     def overlay_png(self, alpha: float = 0.45) -> bytes:
         """The overlay as PNG bytes."""
@@ -133,7 +137,7 @@ def explain_input(scorer: Any, model_input: ModelInput, *, heatmap: bool = True)
     else:
         heat = np.zeros(base.shape, np.float32)
     return Explanation(score=float(score[0]), sphere=int(sphere[0]) if sphere is not None else -1,
-                       heat=heat, base=base, on_original=model_input.on_original)
+                       heat=heat, base=base, on_original=model_input.on_original, degenerate=model_input.degenerate)
 
 
 def explain_pixels(scorer: Any, pixels: np.ndarray | Radiograph, *, body_part: str | None = None,
@@ -176,10 +180,13 @@ def write_heatmaps(scorer: Any, frame: Any, out_dir: Any, *, progress: bool = Fa
             continue
         try:
             explanation = explain_row(scorer, row)
-        except XradError:
+            png = explanation.overlay_png()
+        except Exception as exc:  # noqa: BLE001 - one image's map never stops the others (its row says why)
+            if not isinstance(exc, XradError):
+                log.warning("heatmap of row %d failed: %s", i, type(exc).__name__)
             paths.append("")
             continue
         target = out_dir / f"{i:06d}_{Path(str(row['path'])).stem}.png"
-        write_bytes(target, explanation.overlay_png())
+        write_bytes(target, png)
         paths.append(str(target.resolve()))
     return paths

@@ -62,6 +62,7 @@ class ModelInput:
     base: np.ndarray  # uint8 (h, w): the image ``image`` was resized from (preprocessed, cached or original)
     transform: np.ndarray | None  # 3×3 original → ``base`` homography (preprocessing), else None
     original: np.ndarray | None  # uint8 (H, W) decoded original when a map can be drawn on it, else None
+    degenerate: str = ""  # why the score cannot be trusted though the image decoded (tiny, constant), else ""
 
     @property
     def on_original(self) -> bool:
@@ -93,13 +94,15 @@ def check_cached(cached: CachedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> N
 
     from PIL import Image
 
+    from xrad.utils.files import open_regular
+
     for name in (cached.cache_path, cached.mask_path):
         if not name:
             continue
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), open_regular(name) as handle:  # never blocks on a FIFO
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(name) as image:
+                with Image.open(handle) as image:
                     width, height = image.size
         except Image.DecompressionBombError:
             raise ImageReadError(name, f"declares more than {max_pixels} pixels (decompression-bomb guard); "
@@ -141,15 +144,14 @@ def prepare_input(source: Source, spec: InputSpec, *, body_part: str | None = No
     :class:`~xrad.data.io.Radiograph` (its ``truncated`` flag is honoured), a raw image file, or a
     :class:`CachedImage` (already preprocessed: only the resize is applied).
     """
-    from xrad.data.model_input import resize_image_and_mask
-
     if isinstance(source, CachedImage):
-
         check_cached(source, max_pixels)
-        base = read_cache_png(source.cache_path, "cached image")
-        mask = read_cache_png(source.mask_path, "mask") if source.mask_path else None
-        image, model_mask = resize_image_and_mask(base, mask, spec.image_size)
-        return ModelInput(image, model_mask, base, None, None)
+        base = read_cache_png(source.cache_path, "cached image", max_pixels)
+        mask = read_cache_png(source.mask_path, "mask", max_pixels) if source.mask_path else None
+        if mask is not None and mask.shape != base.shape:
+            raise ImageReadError(source.mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} px but its image "
+                                                   f"{base.shape[1]}x{base.shape[0]}; re-run `xrad preprocess`")
+        return _guarded(source.cache_path, lambda: _from_cache(base, mask, spec))
     if isinstance(source, (str, Path)):
         source = read_radiograph(source, max_pixels=max_pixels)
     if isinstance(source, Radiograph):
@@ -160,10 +162,43 @@ def prepare_input(source: Source, spec: InputSpec, *, body_part: str | None = No
     if pixels.ndim != 2:
         raise ImageReadError(name, f"expected a 2-D greyscale image, got shape {pixels.shape}")
     _check_pixels(name, pixels.shape[1], pixels.shape[0], max_pixels, "raise max_pixels if trusted")
+    if pixels.size == 0:
+        raise ImageReadError(name, "image has no pixels; re-export it")
+    return _guarded(name, lambda: _from_pixels(pixels, spec, body_part))
+
+
+def _guarded(name: str, build: Any) -> ModelInput:
+    """``build()``, with any failure of preprocessing or the resize (OpenCV, scikit-image ... on an image they
+    cannot handle) turned into this image's one-line :class:`ImageReadError` instead of a foreign exception."""
+    from xrad.data.radiograph import short_reason
+    from xrad.errors import XradError
+
+    try:
+        return build()
+    except XradError:
+        raise
+    except MemoryError:
+        raise ImageReadError(name, "image is too large to prepare in memory; lower its size") from None
+    except Exception as exc:  # noqa: BLE001 - one image's failure is that image's, named
+        raise ImageReadError(name, f"cannot be prepared for the model ({type(exc).__name__}: "
+                                   f"{short_reason(exc)})") from exc
+
+
+def _from_cache(base: np.ndarray, mask: np.ndarray | None, spec: InputSpec) -> ModelInput:
+    from xrad.data.model_input import degenerate_reason, resize_image_and_mask
+
+    image, model_mask = resize_image_and_mask(base, mask, spec.image_size)
+    return ModelInput(image, model_mask, base, None, None, degenerate_reason(base, mask))
+
+
+def _from_pixels(pixels: np.ndarray, spec: InputSpec, body_part: str | None) -> ModelInput:
+    from xrad.data.model_input import degenerate_reason, resize_image_and_mask
+
+    degenerate = degenerate_reason(pixels)
     original = to_uint8(pixels)
     if spec.preprocessing is None:
         image, model_mask = resize_image_and_mask(original, None, spec.image_size)
-        return ModelInput(image, model_mask, original, None, original)
+        return ModelInput(image, model_mask, original, None, original, degenerate)
     from xrad.preprocess import preprocess_image
 
     result = preprocess_image(pixels, spec.preprocessing, body_part=body_part)
@@ -171,8 +206,8 @@ def prepare_input(source: Source, spec: InputSpec, *, body_part: str | None = No
     image, model_mask = resize_image_and_mask(base, np.asarray(result.mask), spec.image_size)
     transform = result.meta.get("transform")
     if transform is None:  # no way back to the original: the map is drawn on the preprocessed image
-        return ModelInput(image, model_mask, base, None, None)
-    return ModelInput(image, model_mask, base, np.asarray(transform, dtype=np.float64), original)
+        return ModelInput(image, model_mask, base, None, None, degenerate)
+    return ModelInput(image, model_mask, base, np.asarray(transform, dtype=np.float64), original, degenerate)
 
 
 def prepare_row(row: Mapping[str, Any], spec: InputSpec, **options: Any) -> ModelInput:

@@ -50,7 +50,8 @@ _UPLOAD_NAME = "<upload>"  # used in place of the client's filename in every mes
 STATIC = Path(__file__).with_name("static")
 log = logging.getLogger("xrad.service")
 
-# (decoded radiograph, want heatmap, body part or None) -> {"score", "sphere", "heatmap_png", "heatmap_on"}
+# (decoded radiograph, want heatmap, body part or None) -> {"score", "sphere", "heatmap_png", "heatmap_on",
+# "degenerate"}; an ImageReadError it raises (an image that cannot be prepared) is the client's: 422
 Predict = Callable[[Radiograph, bool, "str | None"], dict[str, Any]]
 
 
@@ -154,7 +155,10 @@ def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operatin
         started = time.perf_counter()
         data = await _upload_bytes(request, max_upload_bytes)
         radiograph = await run_in_threadpool(_decode, data, allow_truncated)
-        result = await run_in_threadpool(predict, radiograph, heatmap, body_part)
+        try:
+            result = await run_in_threadpool(predict, radiograph, heatmap, body_part)
+        except ImageReadError as exc:  # the image decoded but cannot be prepared for the model: the client's file
+            raise HTTPException(422, f"cannot score the image: {exc.reason}") from None
         value = float(result["score"])
         flagged = None if point is None else bool(value >= float(point["threshold"]))
         png = result.get("heatmap_png")
@@ -170,7 +174,8 @@ def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operatin
             "heatmap_png": None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
             "heatmap_on": result.get("heatmap_on"),
             "image": {"format": meta.format, "width": meta.shape[1], "height": meta.shape[0],
-                      "bit_depth": meta.bit_depth, "truncated": meta.truncated},
+                      "bit_depth": meta.bit_depth, "truncated": meta.truncated,
+                      "degenerate": str(result.get("degenerate") or "")},
             "method": info.get("method"),
         }
 
@@ -196,7 +201,7 @@ def artefact_predictor(artefact_dir: str | Path, device: str = "cpu", *,
                                     allow_truncated=allow_truncated)
         return {"score": result.score, "sphere": result.sphere if result.sphere >= 0 else None,
                 "heatmap_png": result.overlay_png() if want_heatmap else None,
-                "heatmap_on": "original" if result.on_original else "preprocessed"}
+                "heatmap_on": "original" if result.on_original else "preprocessed", "degenerate": result.degenerate}
 
     return predict, meta
 
