@@ -79,7 +79,7 @@ class RunContext:
         kwargs: dict[str, Any] = {
             "accelerator": t.accelerator, "devices": t.devices, "strategy": t.strategy, "precision": t.precision,
             "num_nodes": t.num_nodes, "log_every_n_steps": t.log_every_n_steps,
-            "deterministic": self.config.deterministic, "enable_progress_bar": self.progress,
+            "deterministic": self.config.deterministic, "enable_progress_bar": False,
             "enable_model_summary": False, "num_sanity_val_steps": 0, "limit_val_batches": 0,
             "default_root_dir": str(self.stage_dir(stage)),
         }
@@ -111,7 +111,12 @@ class RunContext:
         kwargs = self.trainer_kwargs(stage)
         kwargs.setdefault("max_epochs", epochs)
         extra_callbacks = list(kwargs.pop("callbacks", []))
-        trainer = L.Trainer(callbacks=[*extra_callbacks, checkpoint], logger=loggers, **kwargs)
+        from xrad.training.callbacks import StageProgress, quiet_lightning
+
+        if self.progress:
+            extra_callbacks.append(StageProgress(stage))
+        # Lightning warns when an epoch has fewer batches than the logging interval: log at least once an epoch.
+        kwargs["log_every_n_steps"] = max(1, min(int(kwargs.get("log_every_n_steps", 10)), len(loader)))
         last = ckpt_dir / "last.ckpt"
         ckpt_path = str(last) if last.exists() else None
         # torch checkpoints are zip archives whose index sits at the end: a file cut short by a crash or a
@@ -119,20 +124,23 @@ class RunContext:
         if ckpt_path is not None and not zipfile.is_zipfile(last):
             raise DataError(f"{last}: the {stage} stage's resume checkpoint is damaged (cut short?); delete "
                             f"{ckpt_dir} to restart the {stage} stage from its first epoch")
-        module.train()  # Lightning keeps the mode modules arrive in; a transferred encoder may be in eval mode
-        try:
-            trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
-        except SystemExit:
-            if trainer.interrupted:  # Lightning turned Ctrl-C into sys.exit(1): report it as an interruption
-                raise KeyboardInterrupt from None
-            raise
-        finally:
-            # Lightning ignores further Ctrl-C during its shutdown; give the handler back.
-            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-                try:
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
-                except ValueError:  # not the main thread
-                    pass
+        with quiet_lightning():
+            trainer = L.Trainer(callbacks=[*extra_callbacks, checkpoint], logger=loggers, **kwargs)
+            # Lightning keeps the mode modules arrive in; a transferred encoder may be in eval mode.
+            module.train()
+            try:
+                trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+            except SystemExit:
+                if trainer.interrupted:  # Lightning turned Ctrl-C into sys.exit(1): an interruption
+                    raise KeyboardInterrupt from None
+                raise
+            finally:
+                # Lightning ignores further Ctrl-C during its shutdown; give the handler back.
+                if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                    try:
+                        signal.signal(signal.SIGINT, signal.default_int_handler)
+                    except ValueError:  # not the main thread
+                        pass
         if trainer.interrupted:
             raise KeyboardInterrupt
         self.global_rank = trainer.global_rank

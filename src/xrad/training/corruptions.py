@@ -129,44 +129,69 @@ def _half_widths(image: np.ndarray, cy: int, cx: int, across: np.ndarray) -> tup
     return out[0], out[1], float(np.mean(beyond))
 
 
+def _bone_layer(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split the image into soft tissue (a grey opening wider than any bone) and the bone on top of it.
+
+    A radiograph adds bone attenuation on top of soft tissue; the white top-hat keeps what is narrower than the
+    structuring element — bones, not limbs — so ``soft + bone == image``. Removing part of ``bone`` leaves the
+    soft tissue that was behind it, as a fracture gap does; moving part of it moves a fragment.
+    """
+    size = image.shape[0]
+    radius = max(2, int(round(0.06 * size)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    soft = cv2.morphologyEx(image.astype(np.float32), cv2.MORPH_OPEN, kernel)
+    return soft, image.astype(np.float32) - soft
+
+
+def _bone_component(bone: np.ndarray, cy: int, cx: int) -> np.ndarray:
+    """The connected region of clearly-bone pixels around (cy, cx) (float 0/1)."""
+    level = float(bone[cy, cx])
+    if level <= 0.02:
+        return np.zeros_like(bone)
+    region = (bone > 0.4 * level).astype(np.uint8)
+    _, labels = cv2.connectedComponents(region, connectivity=8)
+    return (labels == labels[cy, cx]).astype(np.float32)
+
+
 def gap_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
-    """A fracture-like gap: a thin dark line across a bone, from cortex to cortex, at soft-tissue level."""
+    """A fracture-like gap: across one bone, a thin band where the bone is missing and only the soft tissue
+    behind it remains (the bone layer of :func:`_bone_layer` removed inside the band)."""
     size = image.shape[0]
     cy, cx, across = _across_bone(image, mask, rng)
-    forward, backward, around = _half_widths(image, cy, cx, across)
-    start = np.array([cx + (forward + 1) * across[0], cy + (forward + 1) * across[1]])
-    end = np.array([cx - (backward + 1) * across[0], cy - (backward + 1) * across[1]])
-    line = np.zeros_like(image, dtype=np.float32)
-    thickness = max(1, int(round(rng.uniform(0.006, 0.02) * size + 0.6)))
-    cv2.line(line, tuple(int(v) for v in np.round(start * 16)), tuple(int(v) for v in np.round(end * 16)), 1.0,
-             thickness=thickness, lineType=cv2.LINE_AA, shift=4)
-    line = cv2.GaussianBlur(line, (0, 0), 0.4)
-    # The bone is missing in the gap: what remains is the tissue around it.
-    out = image * (1 - line) + np.minimum(image, around * rng.uniform(0.85, 1.1)) * line
-    return out, ((line > 0.25) & (image - out > 0.02)).astype(np.float32)
+    soft, bone = _bone_layer(image)
+    this_bone = _bone_component(bone, cy, cx)
+    # An oblique band through the point: up to 30° off the perpendicular of the bone, like the phantoms'.
+    angle = np.deg2rad(rng.uniform(-30, 30))
+    direction = np.array([across[0] * np.cos(angle) - across[1] * np.sin(angle),
+                          across[0] * np.sin(angle) + across[1] * np.cos(angle)])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    along = (xx - cx) * direction[1] - (yy - cy) * direction[0]  # distance from the band's centre line
+    half = rng.uniform(0.004, 0.015) * size + 0.4
+    band = np.clip(0.5 + half - np.abs(along), 0.0, 1.0) * this_bone
+    depth = rng.uniform(0.75, 1.0)  # most of the bone's attenuation is missing in the gap
+    out = image - bone * band * depth
+    return out, ((band > 0.5) & (image - out > 0.02)).astype(np.float32)
 
 
 def step_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
-    """A displaced-fragment-like step: beyond a line across a bone, the image is shifted sideways, the shift
-    fading out with the distance from the break."""
+    """A displaced-fragment-like step: the part of one bone beyond a break is moved sideways (and slightly
+    turned) over the soft tissue — the bone layer of :func:`_bone_layer` moved, the soft tissue left in place."""
     size = image.shape[0]
     cy, cx, across = _across_bone(image, mask, rng)
     forward, backward, _ = _half_widths(image, cy, cx, across)
+    soft, bone = _bone_layer(image)
+    this_bone = _bone_component(bone, cy, cx)
     axis = np.array([-across[1], across[0]]) * rng.choice([-1, 1])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    beyond = (xx - cx) * axis[0] + (yy - cy) * axis[1] > 0
-    radius = rng.uniform(0.12, 0.3) * size
-    weight = (beyond * np.clip(1 - np.hypot(xx - cx, yy - cy) / radius, 0, 1) ** 0.5).astype(np.float32)
-    # Shifted by about a bone radius or more, as a displaced fragment (at least a pixel).
-    shift = max(1.0, rng.uniform(0.6, 1.6) * (forward + backward) / 2) * rng.choice([-1, 1])
-    map_x = (xx - shift * across[0] * weight).astype(np.float32)
-    map_y = (yy - shift * across[1] * weight).astype(np.float32)
-    moved = cv2.remap(image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    moved_mask = cv2.remap((mask > 0).astype(np.float32), map_x, map_y, cv2.INTER_NEAREST,
-                           borderMode=cv2.BORDER_CONSTANT)
-    # Where the shift would pull in air from outside the body, keep the original: a step, not a hole.
-    out = np.where(moved_mask > 0, moved, image) * (mask > 0)
-    return out, (np.abs(out - image) > 0.06).astype(np.float32)
+    beyond = ((xx - cx) * axis[0] + (yy - cy) * axis[1] > rng.uniform(0.3, 1.5)).astype(np.float32)
+    fragment = bone * this_bone * beyond
+    shift = max(1.0, rng.uniform(0.5, 1.2) * (forward + backward) / 2) * rng.choice([-1, 1])
+    turn = rng.uniform(-12, 12)
+    matrix = cv2.getRotationMatrix2D((float(cx), float(cy)), turn, 1.0)
+    matrix[:, 2] += shift * across
+    moved = cv2.warpAffine(fragment, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    out = np.clip(image - fragment + moved, 0, 1) * (mask > 0)
+    return out, (np.abs(out - image) > 0.04).astype(np.float32)
 
 
 def cut_paste(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:

@@ -283,7 +283,7 @@ def generate_phantoms(out_dir: str | Path, config: SynthConfig, progress: bool =
     Re-running into a folder generated with the identical configuration resumes (finished images are
     kept); a different configuration raises :class:`ConfigError` unless ``overwrite``.
     """
-    from tqdm import tqdm
+    from xrad.utils.progress import progress as progress_bar
 
     config.validate()
     out = Path(out_dir)
@@ -293,7 +293,7 @@ def generate_phantoms(out_dir: str | Path, config: SynthConfig, progress: bool =
     total = sum(n for u in units for _, n in u["studies"])
     tasks = [(config, u, str(out)) for u in units]
     rows: list[dict] = []
-    with tqdm(total=total, unit="img", desc="xrad synth", disable=not progress) as bar:
+    with progress_bar(total, "xrad synth", "img", enabled=progress) as bar:
         if config.workers == 1:
             results = map(_render_unit_star, tasks)
             pool = None
