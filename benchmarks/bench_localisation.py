@@ -70,7 +70,7 @@ for path in frame["path"]:
         r, c = np.unravel_index(int(heat.argmax()), heat.shape)
         hits[layer].append(bool(inside[r, c]))
 n = len(frame)
-print(f"{n} fractured images with boxes (splits {args.splits}), image size {size}, {time.time() - t0:.0f} s")
+print(f"{n} fractured images with boxes (splits {args.splits}), image size {spec.image_size}, {time.time() - t0:.0f} s")
 for layer in layers:
     k = int(np.sum(hits[layer]))
     from xrad.inference.calibration import clopper_pearson
