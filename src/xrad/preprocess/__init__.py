@@ -6,7 +6,10 @@ artefact, so training and scoring see identically prepared images.
 
 Order of operations, on a float image in [0, 1]:
 
-1. to uint8; white-background images (bright outer band) are inverted and flagged ``inverted``;
+1. to uint8; polarity: pixels from a DICOM (``photometric`` MONOCHROME1/2) are already in display
+   convention and are never re-guessed; otherwise an image is inverted (flag ``inverted``) only when all
+   cues of :func:`~xrad.preprocess.segment.inversion_evidence` say so (bright film margins set aside),
+   and flagged ``inversion_uncertain`` when a cue disagrees or there is no evidence (then it is left as is);
 2. carrier detection (:mod:`xrad.preprocess.carrier`); perspective-correct crop; a landscape crop is
    rotated 90° clockwise to portrait; no candidate → the whole image is kept as it is and flagged
    ``uncropped``;
@@ -28,9 +31,12 @@ import numpy as np
 
 from xrad.preprocess.carrier import crop_homography, detect_carrier
 from xrad.preprocess.params import PreprocessParams
-from xrad.preprocess.segment import is_inverted, is_low_contrast, segment_body, stretch_contrast
+from xrad.preprocess.segment import NO_EVIDENCE, inversion_evidence, is_low_contrast, segment_body, stretch_contrast
 
-__all__ = ["PreprocessParams", "PreprocessResult", "preprocess_image", "resize_pad_matrix"]
+__all__ = ["PreprocessParams", "PreprocessResult", "polarity_known", "preprocess_image", "resize_pad_matrix"]
+
+# PhotometricInterpretation values whose pixels xrad.data.dicom has already put in display convention.
+DISPLAY_CONVENTION = frozenset({"MONOCHROME1", "MONOCHROME2"})
 
 
 @dataclass
@@ -60,16 +66,28 @@ def _to_portrait(width: int, height: int) -> np.ndarray:
     return np.array([[0, -1, height], [1, 0, 0], [0, 0, 1]], dtype=np.float64)
 
 
+def polarity_known(photometric: str | None) -> bool:
+    """True when the reader already put the pixels in display convention (DICOM MONOCHROME1/2).
+
+    ``photometric`` is :attr:`xrad.data.radiograph.ImageMeta.photometric`: for DICOM the file's
+    PhotometricInterpretation (MONOCHROME1 is inverted at read time), for other formats the Pillow mode,
+    which says nothing about polarity.
+    """
+    return photometric is not None and photometric.strip().upper() in DISPLAY_CONVENTION
+
+
 def preprocess_image(pixels: np.ndarray, params: PreprocessParams | None = None,
-                     body_part: str | None = None) -> PreprocessResult:
+                     body_part: str | None = None, *, photometric: str | None = None) -> PreprocessResult:
     """Preprocess one radiograph (float (H, W) in [0, 1]) into a square uint8 image and 0/1 mask.
 
     ``body_part`` is accepted for interface stability; the current parameters are relative to the
-    image size and need no per-part values.
+    image size and need no per-part values. ``photometric`` is the reader's ``meta.photometric``: a
+    DICOM's pixels arrive in display convention, so their polarity is taken as read, not guessed.
     """
     params = params or PreprocessParams()
     gray = np.clip(np.round(np.asarray(pixels, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-    inverted = is_inverted(gray, params.border_fraction, params.inverted_border_median)
+    evidence = NO_EVIDENCE if polarity_known(photometric) else inversion_evidence(gray, params)
+    inverted = evidence.inverted
     if inverted:
         gray = 255 - gray
     carrier = detect_carrier(gray, params.carrier_min_area, params.carrier_max_cos)
@@ -99,6 +117,12 @@ def preprocess_image(pixels: np.ndarray, params: PreprocessParams | None = None,
     transform = fit @ to_crop
     meta = {
         "inverted": int(inverted),
+        "inversion_uncertain": int(evidence.uncertain),
+        "polarity_from": "dicom" if polarity_known(photometric) else "image",
+        "inversion_extrema": evidence.extrema,
+        "inversion_texture": evidence.texture,
+        "inversion_tissue": evidence.tissue,
+        "film_margin": evidence.film_margin,
         "uncropped": int(carrier.polygon is None),
         "low_contrast": int(low_contrast),
         "mask_fallback": int(fallback),

@@ -32,7 +32,7 @@ from xrad.errors import DataError, XradError
 from xrad.preprocess.params import PreprocessParams
 from xrad.utils.atomic import write_csv, write_json
 
-FLAG_COLUMNS = ("uncropped", "inverted", "low_contrast", "mask_fallback", "truncated")
+FLAG_COLUMNS = ("uncropped", "inverted", "inversion_uncertain", "low_contrast", "mask_fallback", "truncated")
 
 
 def cache_key(path: str) -> str:
@@ -53,7 +53,8 @@ def _process_one(task: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         radiograph = read_radiograph(path)
-        result = preprocess_image(radiograph.pixels, PreprocessParams.from_dict(params_dict), body_part or None)
+        result = preprocess_image(radiograph.pixels, PreprocessParams.from_dict(params_dict), body_part or None,
+                                  photometric=radiograph.meta.photometric)
         write_png(cache / "images" / f"{key}.png", result.image)
         write_png(cache / "masks" / f"{key}.png", result.mask)
         record.update(result.meta, truncated=int(radiograph.meta.truncated), failed="")

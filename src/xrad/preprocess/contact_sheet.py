@@ -25,11 +25,15 @@ def _fit(image: np.ndarray, size: int = TILE) -> np.ndarray:
     return tile
 
 
-def render_pair(pixels: np.ndarray, params: PreprocessParams, label: str = "") -> np.ndarray:
-    """Two tiles side by side: candidates on the source; result with mask overlay (BGR uint8)."""
+def render_pair(pixels: np.ndarray, params: PreprocessParams, label: str = "", *,
+                photometric: str | None = None) -> np.ndarray:
+    """Two tiles side by side: candidates on the source; result with mask overlay (BGR uint8).
+
+    ``photometric`` is passed on to :func:`xrad.preprocess.preprocess_image` (DICOM polarity is not guessed).
+    """
     from xrad.preprocess import preprocess_image
 
-    result = preprocess_image(pixels, params)
+    result = preprocess_image(pixels, params, photometric=photometric)
     source = np.clip(np.round(pixels * 255), 0, 255).astype(np.uint8)
     if result.meta["inverted"]:
         source = 255 - source  # candidates were found on the corrected image: show that one
@@ -44,7 +48,9 @@ def render_pair(pixels: np.ndarray, params: PreprocessParams, label: str = "") -
     overlay = right.copy()
     overlay[result.mask > 0] = (0.6 * overlay[result.mask > 0] + 0.4 * np.array([0, 200, 0])).astype(np.uint8)
     pair = np.concatenate([_fit(left), _fit(overlay)], axis=1)
-    flags = [k for k in ("inverted", "uncropped", "low_contrast", "mask_fallback") if result.meta[k]]
+    shown = {"inverted": "inverted", "inversion_uncertain": "inv?", "uncropped": "uncropped",
+             "low_contrast": "low_contrast", "mask_fallback": "mask_fallback"}
+    flags = [name for key, name in shown.items() if result.meta.get(key)]
     text = " ".join([label] + flags)[:48]
     cv2.putText(pair, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1, cv2.LINE_AA)
     return pair
@@ -61,10 +67,11 @@ def contact_sheet(frame: pd.DataFrame, params: PreprocessParams, out_path: str |
     tiles = []
     for _, row in rows.iterrows():
         try:
-            pixels = read_radiograph(row["path"]).pixels
+            radiograph = read_radiograph(row["path"])
         except XradError:
             continue
-        tiles.append(render_pair(pixels, params, Path(row["path"]).name))
+        tiles.append(render_pair(radiograph.pixels, params, Path(row["path"]).name,
+                                 photometric=radiograph.meta.photometric))
     if not tiles:
         tiles.append(np.zeros((TILE, 2 * TILE, 3), np.uint8))
     while len(tiles) % columns:

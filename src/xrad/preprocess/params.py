@@ -7,6 +7,9 @@ from typing import Any
 
 from xrad.errors import ConfigError
 
+# Keys of earlier versions that no longer mean anything; from_dict accepts and ignores them.
+RETIRED_KEYS = frozenset({"border_fraction", "inverted_border_median"})
+
 
 @dataclass(frozen=True)
 class PreprocessParams:
@@ -15,11 +18,16 @@ class PreprocessParams:
     Carrier detection: quadrilateral candidates must cover at least ``carrier_min_area`` of the image,
     be convex, and have corner angles with ``|cos| < carrier_max_cos`` (≈ 73°–107° at 0.3). The chosen
     candidate maximises the quality score documented in :mod:`xrad.preprocess.carrier`.
-    Inversion: an image is white-background when the median of its outer ``border_fraction`` band is
-    above ``inverted_border_median``. Intensity: the crop is stretched between its
-    ``contrast_low``/``contrast_high`` percentiles (1 % and 99.9 %: the paper's AutoContrast cuts 1 % at
-    both ends, which saturates the brightest 1 % of every image and so erases exactly what makes metal
-    implants stand out from bone; 99.9 % still ignores a burned-in marker's few pixels).
+    Inversion (:func:`xrad.preprocess.segment.inversion_evidence`, on a copy of at most ``inversion_px``):
+    bright plateaus touching the border whose surroundings are darker than ``inversion_margin_dark``
+    (normalised) are film margins and set aside; then the image is inverted only when the
+    bright-plateau/dark-basin cue (h-domes of ``inversion_dome_height`` × the 1–99 % range) exceeds
+    ``inversion_min_extrema``, the edge-texture cue ``inversion_min_texture`` and the tissue-edge cue
+    ``inversion_min_tissue``; pixels whose polarity is known (DICOM) are never re-guessed.
+    Intensity: the crop is stretched between its ``contrast_low``/``contrast_high`` percentiles (1 % and
+    99.9 %: the paper's AutoContrast cuts 1 % at both ends, which saturates the brightest 1 % of every
+    image and so erases exactly what makes metal implants stand out from bone; 99.9 % still ignores a
+    burned-in marker's few pixels).
     Segmentation: Yen threshold on the equalised crop with hysteresis low factors from ``hysteresis_grid``
     (searched once per image at ``search_px``), an opening of radius ``opening_fraction`` × major axis,
     the largest component, holes smaller than ``max_hole_fraction`` of it filled.
@@ -29,8 +37,12 @@ class PreprocessParams:
     size: int = 512
     carrier_min_area: float = 0.15
     carrier_max_cos: float = 0.3
-    border_fraction: float = 0.04
-    inverted_border_median: float = 0.5
+    inversion_px: int = 256
+    inversion_dome_height: float = 0.2
+    inversion_min_extrema: float = 0.2
+    inversion_min_texture: float = 0.08
+    inversion_min_tissue: float = 0.02
+    inversion_margin_dark: float = 0.3
     low_contrast_fraction: float = 0.05
     contrast_low: float = 1.0
     contrast_high: float = 99.9
@@ -46,6 +58,13 @@ class PreprocessParams:
             raise ConfigError(f"carrier_min_area must be in (0, 1), got {self.carrier_min_area}")
         if not 0.0 <= self.contrast_low < self.contrast_high <= 100.0:
             raise ConfigError("contrast percentiles must satisfy 0 <= low < high <= 100")
+        if self.inversion_px < 32:
+            raise ConfigError(f"inversion_px must be >= 32, got {self.inversion_px}")
+        if not 0.0 < self.inversion_dome_height < 1.0:
+            raise ConfigError(f"inversion_dome_height must be in (0, 1), got {self.inversion_dome_height}")
+        if not all(0.0 <= t < 1.0 for t in (self.inversion_min_extrema, self.inversion_min_texture,
+                                            self.inversion_min_tissue, self.inversion_margin_dark)):
+            raise ConfigError("inversion_min_extrema/_texture/_tissue and inversion_margin_dark must be in [0, 1)")
         if not self.hysteresis_grid or not all(0.0 < f <= 1.0 for f in self.hysteresis_grid):
             raise ConfigError("hysteresis_grid must hold factors in (0, 1]")
 
@@ -57,12 +76,17 @@ class PreprocessParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`, retired ones are dropped.
+
+        Files written before the inversion rule changed carry ``border_fraction`` and
+        ``inverted_border_median``: they parameterised the outer-band rule, which no longer exists, so
+        they load with today's rule (the old one inverted correctly exposed images with bright margins).
+        """
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        values = {k: v for k, v in data.items() if k not in RETIRED_KEYS}
+        unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown preprocessing parameter(s): {', '.join(unknown)}")
-        values = dict(data)
         if "hysteresis_grid" in values:
             values["hysteresis_grid"] = tuple(float(v) for v in values["hysteresis_grid"])
         return cls(**values)

@@ -1,4 +1,8 @@
-"""Body-part segmentation and intensity checks on a cropped, normal-polarity uint8 image.
+"""Polarity decision, body-part segmentation and intensity checks on a uint8 radiograph.
+
+Polarity (:func:`inversion_evidence`) is decided on the whole image before the carrier crop, from two cues
+inside the picture rather than from its outer band (bright unexposed film margins and tight crops made the
+outer band bright on correctly displayed images). Everything else works on a cropped, normal-polarity image.
 
 Segmentation (after Spahr et al., done once per image instead of nine times): histogram equalisation
 and the Yen threshold are computed once; hysteresis thresholding (high = Yen, low = f·Yen) is tried for
@@ -9,25 +13,160 @@ The result is strictly binary (0/1); when nothing usable is found the mask is al
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from scipy import ndimage
-from skimage import exposure, filters
+from skimage import exposure, filters, morphology
 
 from xrad.preprocess.params import PreprocessParams
 
 
-def is_inverted(gray: np.ndarray, border_fraction: float, threshold: float) -> bool:
-    """True for white-background images: the outer band of the image is bright.
+@dataclass(frozen=True)
+class InversionEvidence:
+    """The polarity cues of :func:`inversion_evidence`, each > 0 where the image looks inverted."""
 
-    Air and the unexposed surround are dark on a normal radiograph; on an inverted one they are bright.
-    The median of the outer band is robust to burned-in markers and to a plate reaching the border.
+    extrema: float         # (bright-plateau area − dark-basin area) / their sum, in [-1, 1]
+    texture: float         # texture on the dark minus the bright side of the strongest edges, over their sum
+    tissue: float          # the same over edges with texture on both sides (bone against soft tissue)
+    film_margin: float     # fraction of the analysed image set aside as bright film margin
+    inverted: bool         # all three cues clear their margins: invert
+    uncertain: bool        # not inverted, but a cue leans towards inversion (or there is no evidence)
+
+
+NO_EVIDENCE = InversionEvidence(0.0, 0.0, 0.0, 0.0, inverted=False, uncertain=False)
+
+# Fixed pixel scales of the cues on the ``inversion_px`` copy (256 px by default).
+EDGE_OFFSET = 4            # px from an edge to where each side's texture is read
+EDGE_PERCENTILE = 90.0     # the strongest 10 % of gradients are "edges"
+BOTH_TEXTURED = 0.25       # an edge is tissue-against-tissue when its flatter side has >= 25 % of the other's texture
+MARGIN_MIN_AREA = 0.02     # smallest film margin (fraction of the image)
+
+
+def _analysis_copy(gray: np.ndarray, px: int) -> np.ndarray:
+    """Float copy in [0, 1] with the major axis at most ``px`` (the cues' pixel scales are fixed there)."""
+    image = gray.astype(np.float32) / 255.0
+    scale = px / max(image.shape)
+    if scale < 1:
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image
+
+
+def _plateaus(image: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(normalised image, bright plateaus, dark basins); None for a flat image.
+
+    A pixel is on a bright plateau when it lies within ``height``/2 of the top of a regional maximum at
+    least ``height`` high (h-dome, as a fraction of the 1–99 % range), on a dark basin likewise.
     """
-    h, w = gray.shape
-    band = max(1, int(round(border_fraction * min(h, w))))
-    border = np.concatenate([gray[:band].ravel(), gray[-band:].ravel(), gray[:, :band].ravel(),
-                             gray[:, -band:].ravel()])
-    return float(np.median(border)) / 255.0 > threshold
+    low, high = np.percentile(image, [1, 99])
+    if high - low < 1e-3:
+        return None
+    v = cv2.GaussianBlur(np.clip((image - low) / (high - low), 0, 1).astype(np.float64), (0, 0), 1.0)
+    bright = v - morphology.reconstruction(v - height, v, method="dilation")
+    dark = morphology.reconstruction(v + height, v, method="erosion") - v
+    return v, bright > height / 2, dark > height / 2
+
+
+def _film_margins(v: np.ndarray, bright: np.ndarray, ring_dark: float) -> np.ndarray:
+    """Bright plateaus touching the image border whose immediate surroundings are dark: film margins.
+
+    Unexposed film and collimator shadows are the brightest, flattest part of a correctly displayed
+    image and border the dark air of the exposed field; the white air of an inverted image borders the
+    grey body instead. Only bright regions are set aside, never dark ones: what is removed is what would
+    otherwise read as white air, so this makes the rule more reluctant to invert, never less.
+    """
+    h, w = v.shape
+    out = np.zeros((h, w), bool)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(bright.astype(np.uint8), connectivity=8)
+    outer, inner = np.ones((11, 11), np.uint8), np.ones((5, 5), np.uint8)
+    for k in range(1, count):
+        x, y, bw, bh, area = stats[k]
+        if area < MARGIN_MIN_AREA * h * w or not (x == 0 or y == 0 or x + bw == w or y + bh == h):
+            continue
+        component = (labels == k).astype(np.uint8)
+        ring = (cv2.dilate(component, outer) > 0) & ~(cv2.dilate(component, inner) > 0)  # 3–5 px outside
+        if ring.sum() >= 10 and float(np.median(v[ring])) <= ring_dark:
+            out |= component > 0
+    return out
+
+
+def _extrema_cue(bright: np.ndarray, dark: np.ndarray, ignore: np.ndarray) -> float:
+    """Bright-plateau area minus dark-basin area over their sum, outside ``ignore``; 0 when neither exists.
+
+    In display convention the air of the exposed field is the large flat-bottomed basin around and
+    between the body parts, and bone gives narrow peaks; in an inverted image the air is the plateau.
+    """
+    b, d = float((bright & ~ignore).sum()), float((dark & ~ignore).sum())
+    return (b - d) / (b + d) if b + d > 0 else 0.0
+
+
+def _texture_cues(image: np.ndarray, ignore: np.ndarray) -> tuple[float, float]:
+    """(all strong edges, tissue-against-tissue edges): texture on the dark minus the bright side, normalised.
+
+    Bone (trabeculae, cortex) and the quantum noise behind dense tissue are textured, air is flat, and
+    bone is brighter than the soft tissue around it: in display convention the more textured side of an
+    edge is its bright side, so both cues are negative. The second keeps only edges with texture on both
+    sides (bone against soft tissue), which flat margins and clipped air cannot reach.
+    """
+    h, w = image.shape
+    border = EDGE_OFFSET + 3
+    if min(h, w) <= 2 * border + 2:
+        return 0.0, 0.0
+    smooth = cv2.GaussianBlur(image, (0, 0), 1.0)
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
+    magnitude = np.hypot(gx, gy)
+    # Finest-scale detail, then a 5×5 median: the step of the edge itself is a thin rim of detail on both
+    # of its sides, which the median drops, so what is compared is the texture of the two regions.
+    texture = cv2.medianBlur(np.abs(image - cv2.GaussianBlur(image, (0, 0), 0.8)).astype(np.float32), 5)
+    inner = np.zeros((h, w), bool)
+    inner[border:h - border, border:w - border] = True
+    ignore = cv2.dilate(ignore.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    usable = inner & ~ignore
+    if not usable.any():
+        return 0.0, 0.0
+    threshold = max(float(np.percentile(magnitude[usable], EDGE_PERCENTILE)), 1e-4)
+    ys, xs = np.nonzero(inner & (magnitude > threshold))
+    weight = magnitude[ys, xs]
+    ux, uy = gx[ys, xs] / np.maximum(weight, 1e-12), gy[ys, xs] / np.maximum(weight, 1e-12)  # dark → bright
+    yb, xb = np.round(ys + EDGE_OFFSET * uy).astype(int), np.round(xs + EDGE_OFFSET * ux).astype(int)
+    yd, xd = np.round(ys - EDGE_OFFSET * uy).astype(int), np.round(xs - EDGE_OFFSET * ux).astype(int)
+    keep = ~ignore[yb, xb] & ~ignore[yd, xd]  # an edge of a film margin says nothing about the body
+    bright, dark, weight = texture[yb, xb][keep], texture[yd, xd][keep], weight[keep]
+    if len(weight) == 0:
+        return 0.0, 0.0
+    edges = float(np.sum(weight * (dark - bright)) / max(float(np.sum(weight * (dark + bright))), 1e-12))
+    tissue_edges = np.minimum(dark, bright) >= BOTH_TEXTURED * np.maximum(dark, bright)
+    tissue = float(np.sum((dark - bright)[tissue_edges]) / max(float(np.sum((dark + bright)[tissue_edges])), 1e-12))
+    return edges, tissue
+
+
+def inversion_evidence(gray: np.ndarray, params: PreprocessParams) -> InversionEvidence:
+    """Decide whether a uint8 radiograph is inverted (white air, dark bone), conservatively.
+
+    Bright film margins (:func:`_film_margins`) are set aside first; then three cues must all point to
+    inversion: the air is the bright plateau (:func:`_extrema_cue`, ``inversion_min_extrema``), the
+    textured side of the strongest edges is the dark one and so is the bone side of edges between two
+    textured tissues (:func:`_texture_cues`, ``inversion_min_texture``, ``inversion_min_tissue``).
+    Inverting a correct image teaches a detector the defect, while inverted images are rare, so when a
+    cue disagrees the image is left as it is and flagged ``uncertain`` (as is an image with no evidence).
+    """
+    image = _analysis_copy(gray, params.inversion_px)
+    found = _plateaus(image, params.inversion_dome_height)
+    if found is None:
+        return InversionEvidence(0.0, 0.0, 0.0, 0.0, inverted=False, uncertain=True)
+    v, bright, dark = found
+    margin = _film_margins(v, bright, params.inversion_margin_dark)
+    extrema = _extrema_cue(bright, dark, margin)
+    texture, tissue = _texture_cues(image, margin)
+    inverted = (extrema > params.inversion_min_extrema and texture > params.inversion_min_texture
+                and tissue > params.inversion_min_tissue)
+    leaning = extrema > params.inversion_min_extrema or texture > params.inversion_min_texture
+    no_evidence = extrema == 0.0 and texture == 0.0
+    return InversionEvidence(round(extrema, 6), round(texture, 6), round(tissue, 6), round(float(margin.mean()), 6),
+                             inverted, (leaning or no_evidence) and not inverted)
 
 
 def stretch_contrast(gray: np.ndarray, low_pct: float, high_pct: float) -> np.ndarray:
