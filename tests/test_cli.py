@@ -209,3 +209,30 @@ def test_train_refuses_one_image_in_two_splits_unless_forced(tmp_path: Path, mon
     assert main(argv + ["--allow-leakage"]) == 2
     assert "reached the image banks" in capsys.readouterr().err
 
+
+def test_training_banks_leave_unreadable_images_out_and_list_them(tmp_path: Path) -> None:
+    """One bad file no longer stops training: it is left out of its bank and named in unreadable.csv."""
+    from xrad.config import load_config
+    from xrad.jobs.train import _load_banks
+    from xrad.run_folder import RunFolder
+
+    paths = []
+    for i in range(4):
+        pixels = np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    (tmp_path / "ww0.dcm").write_bytes(__import__("malformed_corpus").dicom_bytes(WindowCenter=5, WindowWidth=0))
+    paths.append(str(tmp_path / "ww0.dcm"))
+    frame = _core_manifest(paths, ["train", "train", "valid", "test", "train"])
+    folder = RunFolder(tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"1 image\(s\) could not be read and are left out .*ww0.dcm: DICOM window"):
+        banks = _load_banks(load_config("tiny"), frame, folder, progress=False)
+    assert [len(banks[s]) for s in ("train", "valid", "test")] == [2, 1, 1]
+    listed = pd.read_csv(folder.unreadable)
+    assert listed[["split", "path"]].values.tolist() == [["train", paths[-1]]] and "window" in listed["reason"][0]
+    # A degenerate (constant) image is kept but named in a warning.
+    frame = _core_manifest(paths[:4], ["train", "train", "valid", "test"])
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "0.png")
+    with pytest.warns(UserWarning, match=r"1 image\(s\) are degenerate .*0.png in train: constant image"):
+        banks = _load_banks(load_config("tiny"), frame, folder, progress=False)
+    assert len(banks["train"]) == 2 and not folder.unreadable.exists()

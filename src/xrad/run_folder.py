@@ -11,6 +11,7 @@ Written by :func:`xrad.jobs.train.run_training`, read by the benchmark, the repo
     run/<stage>/done.json            written when the stage finished (a re-run skips it)
     run/<stage>/<output>             the stage's weights (see the StageSpec of xrad.methods.registry)
     run/bank_cache/                  decoded image banks (memo; safe to delete)
+    run/unreadable.csv               split, path, reason of images left out because they could not be read
     run/artefact/                    model.safetensors + artefact.json (xrad.inference.artefact)
     run/scores_{valid,test}.csv      path, patient_id, study_id, body_part, label, split, score, sphere
     run/embeddings_test.safetensors  h, z, sphere, labels, score of the test images (for t-SNE)
@@ -57,6 +58,11 @@ class RunFolder:
     @property
     def bank_cache(self) -> Path:
         return self.root / "bank_cache"
+
+    @property
+    def unreadable(self) -> Path:
+        """The images the banks could not read (left out of training and scoring), one line each."""
+        return self.root / "unreadable.csv"
 
     def scores(self, split: str) -> Path:
         """``scores_<split>.csv`` (valid or test)."""

@@ -7,7 +7,7 @@ rules of :mod:`xrad.inference.input` (pixel limit, truncated files refused, the 
 the one resize):
 
 - rows with ``cache_path`` (``xrad preprocess`` output) are decoded in bulk by the training banks' loader
-  (:func:`xrad.training.banks.load_image_bank`), after :func:`~xrad.inference.input.check_cached`;
+  (:func:`xrad.training.banks.load_image_bank`, whose PNG reader applies the pixel limit to the header);
 - other rows are prepared one by one by :func:`~xrad.inference.input.prepare_row`, in ``workers`` threads;
 - then the deterministic :func:`xrad.data.model_input.prepare_eval` (inside ``Scorer.score_batches``).
 """
@@ -42,30 +42,42 @@ def _has_cache(frame: pd.DataFrame) -> np.ndarray:
     return frame["cache_path"].fillna("").astype(str).str.len().to_numpy() > 0
 
 
-def _decode(frame: pd.DataFrame, spec: InputSpec, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode rows to uint8 (N,1,S,S) images and masks, as training did."""
+def _decode(frame: pd.DataFrame, spec: InputSpec, workers: int,
+            strict: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """Decode rows to uint8 (N,1,S,S) images and masks, as training did; also each row's one-line error ("" when
+    it decoded; its image is then zeros) and degenerate reason. ``strict``: the first error raises instead."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from xrad.inference.input import CachedImage, check_cached, prepare_row, row_source
+    from xrad.inference.input import prepare_row
     from xrad.training.banks import load_image_bank
 
     size = spec.image_size
+    n = len(frame)
     cached = _has_cache(frame)
-    images = torch.zeros((len(frame), 1, size, size), dtype=torch.uint8)
+    images = torch.zeros((n, 1, size, size), dtype=torch.uint8)
     masks = torch.zeros_like(images)
+    errors, flags = [""] * n, [""] * n
     via_bank = np.flatnonzero(cached)
-    if len(via_bank):
-        rows = frame.iloc[via_bank]
-        for row in rows.to_dict("records"):  # the bank decodes without a pixel limit: check the headers first
-            source = row_source(row)
-            if isinstance(source, CachedImage):
-                check_cached(source)
-        bank = load_image_bank(rows, size, workers=workers, progress=False)
-        images[via_bank], masks[via_bank] = bank.images, bank.masks
+    if len(via_bank):  # the training banks' own loader (pixel limit and regular-file rule included)
+        bank = load_image_bank(frame.iloc[via_bank], size, workers=workers, progress=False,
+                               on_error="raise" if strict else "skip")
+        failed = dict(zip(bank.failures["row"].tolist(), bank.failures["reason"].tolist()))
+        kept = [int(via_bank[j]) for j in range(len(via_bank)) if j not in failed]
+        images[kept], masks[kept] = bank.images, bank.masks
+        for j, reason in failed.items():
+            errors[int(via_bank[j])] = reason
+        for i, flag in zip(kept, bank.degenerate):
+            flags[i] = flag
 
     def one(i: int) -> None:
-        model_input = prepare_row(frame.iloc[i], spec)
-        images[i], masks[i] = model_input.image, model_input.mask
+        try:
+            model_input = prepare_row(frame.iloc[i], spec)
+        except XradError as exc:
+            if strict:
+                raise
+            errors[i] = " ".join(str(exc).split())  # one line, naming the file
+            return
+        images[i], masks[i], flags[i] = model_input.image, model_input.mask, model_input.degenerate
 
     raw = np.flatnonzero(~cached).tolist()
     if workers <= 1 or len(raw) < 2:
@@ -73,8 +85,8 @@ def _decode(frame: pd.DataFrame, spec: InputSpec, workers: int) -> tuple[torch.T
             one(i)
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(one, raw))  # re-raises the first row's error
-    return images, masks
+            list(pool.map(one, raw))  # re-raises the first row's error (strict)
+    return images, masks, errors, flags
 
 
 def score_frame(artefact: str | Path | Scorer, frame: pd.DataFrame, batch_size: int = 64, *,
@@ -83,7 +95,9 @@ def score_frame(artefact: str | Path | Scorer, frame: pd.DataFrame, batch_size: 
     """Score every row of ``frame`` (needs ``path`` or ``cache_path``); returns a copy with ``score``
     (and ``sphere``, the nearest centre, for sphere detectors).
 
-    ``on_error="skip"`` gives unreadable rows a NaN score and a one-line ``error`` instead of raising.
+    ``on_error="skip"`` gives unreadable rows a NaN score and a one-line ``error`` naming the file instead of
+    raising; one bad file never stops the others. ``degenerate`` names images whose score cannot be trusted
+    though they decoded (tiny, constant: :func:`xrad.data.model_input.degenerate_reason`), "" for the others.
     Rows are decoded ``chunk_size`` at a time, so memory stays bounded for large tables.
     """
     if on_error not in ("raise", "skip"):
@@ -95,37 +109,27 @@ def score_frame(artefact: str | Path | Scorer, frame: pd.DataFrame, batch_size: 
     n = len(out)
     scores = np.full(n, np.nan)
     spheres = np.full(n, -1, dtype=np.int64)
-    errors = [""] * n
+    errors, flags = [""] * n, [""] * n
     from tqdm.auto import tqdm
 
     with tqdm(total=n, desc="scoring", unit="img", disable=not progress) as bar:
         for start in range(0, n, chunk_size):
             rows = list(range(start, min(n, start + chunk_size)))
-            try:
-                images, masks = _decode(out.iloc[rows], spec, workers)
-                ok = rows
-            except XradError:
-                if on_error == "raise":
-                    raise
-                ok, parts = [], []
-                for i in rows:  # isolate the unreadable rows
-                    try:
-                        parts.append(_decode(out.iloc[[i]], spec, 1))
-                        ok.append(i)
-                    except XradError as exc:
-                        errors[i] = str(exc).splitlines()[0]
-                if not parts:
-                    bar.update(len(rows))
-                    continue
-                images = torch.cat([p[0] for p in parts])
-                masks = torch.cat([p[1] for p in parts])
-            result = scorer.score_batches(images, masks, batch_size=batch_size)
-            scores[ok] = result["score"].numpy()
-            spheres[ok] = result["sphere"].numpy()
+            images, masks, chunk_errors, chunk_flags = _decode(out.iloc[rows], spec, workers, on_error == "raise")
+            ok = [j for j, error in enumerate(chunk_errors) if not error]
+            for j, i in enumerate(rows):
+                errors[i], flags[i] = chunk_errors[j], chunk_flags[j]
+            if ok:
+                index = torch.as_tensor(ok, dtype=torch.int64)
+                result = scorer.score_batches(images[index], masks[index], batch_size=batch_size)
+                rows_ok = [rows[j] for j in ok]
+                scores[rows_ok] = result["score"].numpy()
+                spheres[rows_ok] = result["sphere"].numpy()
             bar.update(len(rows))
     out["score"] = scores
     if meta.scorer_kind == "sphere" or (spheres >= 0).any():
         out["sphere"] = spheres
+    out["degenerate"] = flags
     if on_error == "skip":
         out["error"] = errors
     return out

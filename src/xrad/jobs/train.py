@@ -174,14 +174,35 @@ def _finalise(ctx: RunContext, detector: Detector, final: Any, frame: pd.DataFra
     return summary
 
 
-def _load_banks(cfg: Config, frame: pd.DataFrame, folder: RunFolder, progress: bool) -> dict[str, ImageBank]:
+def _load_banks(cfg: Config, frame: pd.DataFrame, folder: RunFolder, progress: bool,
+                write: bool = True) -> dict[str, ImageBank]:
+    """The three banks. An image that cannot be read is left out of its bank (never stopping the run) and
+    listed, with its one-line reason, in the run folder's ``unreadable.csv`` and a warning."""
+    import warnings
+
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else folder.bank_cache
     banks = {}
     for split in SPLITS:
         banks[split] = load_image_bank(frame[frame["split"] == split], cfg.data.image_size,
-                                       workers=cfg.data.decode_workers, cache_dir=cache_dir, progress=progress)
+                                       workers=cfg.data.decode_workers, cache_dir=cache_dir, progress=progress,
+                                       on_error="skip")
+    failures = pd.concat([banks[s].failures.drop(columns="row").assign(split=s) for s in SPLITS], ignore_index=True)
+    if write:
+        if len(failures):
+            write_csv(folder.unreadable, failures[["split", "path", "reason"]])
+        elif folder.unreadable.is_file():
+            folder.unreadable.unlink()
+    if len(failures):
+        warnings.warn(f"{len(failures)} image(s) could not be read and are left out (listed in {folder.unreadable}), "
+                      f"e.g. {failures['reason'].iloc[0]}", stacklevel=3)
+    odd = [(s, path, why) for s in SPLITS for path, why in zip(banks[s].frame.get("path", ""), banks[s].degenerate)
+           if why]
+    if odd:  # kept (a data set may hold a few), but said: their scores and gradients mean little
+        warnings.warn(f"{len(odd)} image(s) are degenerate (tiny or constant), e.g. {odd[0][1]} in {odd[0][0]}: "
+                      f"{odd[0][2]}", stacklevel=3)
     if len(banks["train"]) == 0:
-        raise DataError("the manifest has no train rows; make a split with `xrad split`")
+        raise DataError("the manifest has no readable train rows; make a split with `xrad split`"
+                        + (f" (see {folder.unreadable})" if len(failures) else ""))
     return banks
 
 
@@ -227,7 +248,7 @@ def run_training(config: str | Path | dict[str, Any] | Config, manifest: str | P
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    banks = _load_banks(cfg, frame, folder, progress and rank0)
+    banks = _load_banks(cfg, frame, folder, progress and rank0, write=rank0)
     ctx = RunContext(cfg, run_dir, banks, dict(trainer_overrides or {}), progress, global_rank=0 if rank0 else 1)
     ran_any = False
     result: Any = None  # the result of the last stage reached, handed to the next one
