@@ -387,7 +387,8 @@ def index_dicom_folder(folder: str | Path, *, labels: str | Path | None = None,
 def _warn_left_out(folder: Path, found: set[Path]) -> None:
     """Say (not silently drop) what a DICOM folder holds besides DICOM files: a file named .dcm that is not
     DICOM is likely a damaged export; a FIFO, socket or broken link is named as such (and never opened)."""
-    not_dicom, special = [], []
+    not_dicom: list[tuple[Path, str]] = []
+    special: list[tuple[Path, str]] = []
     for dirpath, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):

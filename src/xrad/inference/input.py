@@ -24,7 +24,7 @@ Cached rows are decoded by the training banks' own PNG reader, so a row scores i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,7 +167,7 @@ def prepare_input(source: Source, spec: InputSpec, *, body_part: str | None = No
     return _guarded(name, lambda: _from_pixels(pixels, spec, body_part))
 
 
-def _guarded(name: str, build: Any) -> ModelInput:
+def _guarded(name: str, build: Callable[[], ModelInput]) -> ModelInput:
     """``build()``, with any failure of preprocessing or the resize (OpenCV, scikit-image ... on an image they
     cannot handle) turned into this image's one-line :class:`ImageReadError` instead of a foreign exception."""
     from xrad.data.radiograph import short_reason

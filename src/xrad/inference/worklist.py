@@ -154,9 +154,9 @@ def _heatmap_pixels(path: str, size: int) -> np.ndarray:
                 if width * height > DEFAULT_MAX_PIXELS:
                     raise ImageReadError(path, f"heatmap declares {width}x{height} pixels, above max_pixels="
                                                f"{DEFAULT_MAX_PIXELS} (decompression-bomb guard)")
-                image = image.convert("RGB")
-                image.thumbnail((size, size))
-                return np.asarray(image, dtype=np.uint8)
+                rgb = image.convert("RGB")
+                rgb.thumbnail((size, size))
+                return np.asarray(rgb, dtype=np.uint8)
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged heatmap must not stop the worklist

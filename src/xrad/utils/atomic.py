@@ -134,7 +134,7 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     # Non-zero: EINVAL (a file system without exchange), ENOSYS ...: the caller falls back to two renames.
-    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+    return bool(renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0)
 
 
 def _publish(staged: Path, dest: Path) -> None:
