@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from xrad.config.sizes import cache_size_problem
 from xrad.errors import ConfigError
 
 # Keys of earlier versions that no longer mean anything; from_dict accepts and ignores them.
@@ -31,7 +32,7 @@ class PreprocessParams:
     Segmentation: Yen threshold on the equalised crop with hysteresis low factors from ``hysteresis_grid``
     (searched once per image at ``search_px``), an opening of radius ``opening_fraction`` × major axis,
     the largest component, holes smaller than ``max_hole_fraction`` of it filled.
-    Output: major axis resized to ``size`` and padded to a square.
+    Output: major axis resized to ``size`` (the cache size, :mod:`xrad.config.sizes`) and padded to a square.
     """
 
     size: int = 512
@@ -52,8 +53,8 @@ class PreprocessParams:
     max_hole_fraction: float = 0.02
 
     def __post_init__(self) -> None:
-        if not 16 <= self.size <= 4096:
-            raise ConfigError(f"preprocess size must be in 16..4096, got {self.size}")
+        if cache_size_problem(self.size):
+            raise ConfigError(f"preprocess size (the cache size) {cache_size_problem(self.size)}")
         if not 0.0 < self.carrier_min_area < 1.0:
             raise ConfigError(f"carrier_min_area must be in (0, 1), got {self.carrier_min_area}")
         if not 0.0 <= self.contrast_low < self.contrast_high <= 100.0:
