@@ -29,9 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-KINDS = ("plate", "screws", "fracture_gap", "displaced_fragment", "lesion", "cortical_bump")
-SHORT = {"plate": "plate", "screws": "screws", "fracture_gap": "gap", "displaced_fragment": "displ",
-         "lesion": "lesion", "cortical_bump": "bump"}
+from xrad.evaluation.by_kind import PHANTOM_KINDS as KINDS
+from xrad.evaluation.by_kind import SHORT_NAMES as SHORT
 
 
 def ground_truth(run: Path) -> pd.DataFrame:
@@ -48,15 +47,9 @@ def ground_truth(run: Path) -> pd.DataFrame:
 
 def per_kind(frame: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
     """Test AUROC overall and for each kind (normals vs that kind)."""
-    from xrad.evaluation.metrics import auroc
+    from xrad.evaluation.by_kind import auroc_by_kind
 
-    labels = frame["label"].to_numpy()
-    out = {"all": float(auroc(labels, scores))}
-    for kind in KINDS:
-        keep = ((frame["anomaly_type"] == kind) | (labels == 0)).to_numpy()
-        if (frame["anomaly_type"][keep] == kind).sum() >= 2:
-            out[kind] = float(auroc(labels[keep], scores[keep]))
-    return out
+    return auroc_by_kind(frame["label"], frame["anomaly_type"], scores)
 
 
 def _mask_in_cache(row: pd.Series, run: Path, size: int) -> np.ndarray | None:

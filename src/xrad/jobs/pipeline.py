@@ -202,6 +202,17 @@ class Pipeline:
         return result
 
 
+def _kind_summary(scores_path: Path, data_dir: Path) -> str:
+    """The test AUROC per anomaly kind of the phantoms (normals against each kind), as a small table."""
+    import pandas as pd
+
+    from xrad.evaluation.by_kind import auroc_by_kind, kind_table, phantom_kinds
+
+    frame = phantom_kinds(pd.read_csv(scores_path), data_dir)
+    values = auroc_by_kind(frame["label"], frame["anomaly_type"], frame["score"])
+    return "test AUROC per anomaly kind (normals against each kind):\n" + kind_table({"detector": values})
+
+
 def run_pipeline(options: RunOptions, log: Callable[[str], None] = print, until: str | None = None) -> dict[str, Any]:
     """Run the main job end to end and return the final summary (test AUROC and where things are).
 
@@ -266,5 +277,6 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print, until:
             return dict(pipe.state["done"])
     log(f"test AUROC {result.get('test_auroc', float('nan')):.3f} (validation {result.get('valid_auroc', float('nan')):.3f}); "
         f"scores: {result['scores']}; artefact: {result['artefact']}")
+    log(_kind_summary(Path(result["scores"]), data_dir))
     log(f"score new images with: xrad score {result['artefact']} IMAGE_OR_FOLDER -o scores.csv")
     return pipe.state["done"]
