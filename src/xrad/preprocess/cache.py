@@ -18,7 +18,6 @@ is recorded (its record says why) and never stops the run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -31,14 +30,15 @@ from xrad.data.manifest import write_manifest
 from xrad.errors import DataError, XradError
 from xrad.preprocess.params import PreprocessParams
 from xrad.utils.atomic import write_csv, write_json
+from xrad.utils.hashing import short_hash
+from xrad.utils.processes import die_with_parent
 
 FLAG_COLUMNS = ("uncropped", "inverted", "inversion_uncertain", "low_contrast", "mask_fallback", "truncated")
 
 
 def cache_key(path: str) -> str:
     """A stable, readable file key: the image stem plus a hash of its absolute path."""
-    digest = hashlib.sha1(path.encode("utf-8")).hexdigest()[:12]
-    return f"{Path(path).stem}_{digest}"
+    return f"{Path(path).stem}_{short_hash(path)}"
 
 
 def _process_one(task: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
@@ -110,7 +110,8 @@ def build_cache(frame: pd.DataFrame, cache_dir: str | Path, params: PreprocessPa
                 timings[done["key"]] = done["seconds"]
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # die_with_parent: a SIGKILLed run must not leave its workers waiting for work for ever.
+            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
                 for done in pool.map(_process_one, todo, chunksize=4):
                     timings[done["key"]] = done["seconds"]
                     bar.update(1)
