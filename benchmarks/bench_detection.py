@@ -38,8 +38,9 @@ def ground_truth(run: Path) -> pd.DataFrame:
     frame = pd.read_csv(run / "cache" / "manifest.csv")
     truth = pd.read_csv(run / "data" / "ground_truth.csv")
     truth["path"] = [str((run / "data" / p).resolve()) for p in truth["path"]]
-    truth["anomaly_mask_path"] = [str(run / "data" / p) if isinstance(p, str) and p else ""
-                                  for p in truth["anomaly_mask_path"]]
+    truth["anomaly_mask_path"] = [
+        str(run / "data" / p) if isinstance(p, str) and p else "" for p in truth["anomaly_mask_path"]
+    ]
     frame = frame.merge(truth[["path", "anomaly_type", "anomaly_mask_path"]], on="path", how="left")
     frame["anomaly_type"] = frame["anomaly_type"].fillna("normal").replace("", "normal")
     return frame
@@ -70,8 +71,12 @@ def _mask_in_cache(row: pd.Series, run: Path, size: int) -> np.ndarray | None:
     cached = cv2.imread(row["cache_path"], cv2.IMREAD_GRAYSCALE)
     if mask is None or cached is None or meta.get("transform") is None:
         return None
-    warped = cv2.warpPerspective((mask > 0).astype(np.uint8), np.asarray(meta["transform"], np.float64),
-                                 (cached.shape[1], cached.shape[0]), flags=cv2.INTER_NEAREST)
+    warped = cv2.warpPerspective(
+        (mask > 0).astype(np.uint8),
+        np.asarray(meta["transform"], np.float64),
+        (cached.shape[1], cached.shape[0]),
+        flags=cv2.INTER_NEAREST,
+    )
     _, resized = resize_image_and_mask(cached, warped, size)
     return resized[0].numpy() > 0
 
@@ -92,10 +97,12 @@ def localisation(artefact: Path, frame: pd.DataFrame, run: Path) -> dict[str, fl
         truth = _mask_in_cache(row, run, size)
         if truth is None or not truth.any():
             continue
-        x = prepare_eval(bank.images[i:i + 1], bank.masks[i:i + 1])
+        x = prepare_eval(bank.images[i : i + 1], bank.masks[i : i + 1])
         heat = scorer.heatmap(x)[0, 0].detach().numpy()
         body = bank.masks[i, 0].numpy() > 0
-        near = torch.nn.functional.max_pool2d(torch.from_numpy(truth[None].astype(np.float32)), 33, 1, 16)[0].numpy() > 0
+        near = (
+            torch.nn.functional.max_pool2d(torch.from_numpy(truth[None].astype(np.float32)), 33, 1, 16)[0].numpy() > 0
+        )
         peak = np.unravel_index(int(np.argmax(np.where(body, heat, -np.inf))), heat.shape)
         hits.append(bool(near[peak]))
         chance.append(float((near & body).sum() / max(body.sum(), 1)))
@@ -103,8 +110,12 @@ def localisation(artefact: Path, frame: pd.DataFrame, run: Path) -> dict[str, fl
         pixel_scores.append(heat[body])
     if not hits:
         return {}
-    return {"hit": float(np.mean(hits)), "chance": float(np.mean(chance)),
-            "pixel_auroc": float(auroc(np.concatenate(pixel_labels), np.concatenate(pixel_scores))), "n": len(hits)}
+    return {
+        "hit": float(np.mean(hits)),
+        "chance": float(np.mean(chance)),
+        "pixel_auroc": float(auroc(np.concatenate(pixel_labels), np.concatenate(pixel_scores))),
+        "n": len(hits),
+    }
 
 
 def train_cell(config: str, seed: int, manifest: Path, out: Path, extra: list[str]) -> Path:
@@ -173,15 +184,20 @@ def _row(name: str, values: list[dict[str, float]], extra: str = "") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/default"), help="an xrad run folder (phantoms)")
-    parser.add_argument("--make-run", action="store_true", help="make the run folder's data first (xrad run's "
-                        "phantoms, split and cache with its defaults), without training")
+    parser.add_argument(
+        "--make-run",
+        action="store_true",
+        help="make the run folder's data first (xrad run's "
+        "phantoms, split and cache with its defaults), without training",
+    )
     parser.add_argument("--configs", nargs="*", default=["synthetic_cpu"], help="detector configs to train")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every config")
     parser.add_argument("--floors", action="store_true", help="also the floors (pixel kNN, random patch kNN)")
     parser.add_argument("--floor-size", type=int, default=128, help="network input size of the floors")
-    parser.add_argument("--supervised-epochs", type=int, default=45,
-                        help="epochs of the supervised small-CNN reference (0: skip it)")
+    parser.add_argument(
+        "--supervised-epochs", type=int, default=45, help="epochs of the supervised small-CNN reference (0: skip it)"
+    )
     parser.add_argument("-o", "--output", type=Path, default=Path("runs/bench_detection"))
     args = parser.parse_args()
     if args.make_run:
@@ -205,13 +221,21 @@ def main() -> None:
             results.append(per_kind(merged, merged["score"].to_numpy()))
             locs.append(localisation(cell / "artefact", test, args.run))
             speeds.append(seconds_per_epoch(cell))
-            print(_row(f"{Path(config).stem} seed {seed}", [results[-1]],
-                       f"hit {locs[-1].get('hit', float('nan')):.2f} (chance {locs[-1].get('chance', float('nan')):.2f}), "
-                       f"pixel AUROC {locs[-1].get('pixel_auroc', float('nan')):.3f}, {speeds[-1]:.1f} s/epoch, "
-                       f"{time.perf_counter() - started:.0f} s"), flush=True)
-        loc = f"hit {np.mean([v.get('hit', np.nan) for v in locs]):.2f} (chance " \
-              f"{np.mean([v.get('chance', np.nan) for v in locs]):.2f}), pixel AUROC " \
-              f"{np.mean([v.get('pixel_auroc', np.nan) for v in locs]):.3f}, {np.nanmean(speeds):.1f} s/epoch"
+            print(
+                _row(
+                    f"{Path(config).stem} seed {seed}",
+                    [results[-1]],
+                    f"hit {locs[-1].get('hit', float('nan')):.2f} (chance {locs[-1].get('chance', float('nan')):.2f}), "
+                    f"pixel AUROC {locs[-1].get('pixel_auroc', float('nan')):.3f}, {speeds[-1]:.1f} s/epoch, "
+                    f"{time.perf_counter() - started:.0f} s",
+                ),
+                flush=True,
+            )
+        loc = (
+            f"hit {np.mean([v.get('hit', np.nan) for v in locs]):.2f} (chance "
+            f"{np.mean([v.get('chance', np.nan) for v in locs]):.2f}), pixel AUROC "
+            f"{np.mean([v.get('pixel_auroc', np.nan) for v in locs]):.3f}, {np.nanmean(speeds):.1f} s/epoch"
+        )
         lines.append(_row(f"{Path(config).stem} ({len(args.seeds)} seeds)", results, loc))
     if args.floors:
         for name, values in floors(frame, args.floor_size, args.seeds[0], args.supervised_epochs).items():

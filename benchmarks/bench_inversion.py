@@ -34,8 +34,16 @@ from xrad.preprocess.segment import inversion_evidence
 
 FRACATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fracatlas"
 # The first eight hand/shoulder images the old rule inverted (the detection issue, item 0).
-ISSUE_IMAGES = ("IMG0000514", "IMG0000760", "IMG0001139", "IMG0001557", "IMG0001558", "IMG0002110",
-                "IMG0002298", "IMG0002379")
+ISSUE_IMAGES = (
+    "IMG0000514",
+    "IMG0000760",
+    "IMG0001139",
+    "IMG0001557",
+    "IMG0001558",
+    "IMG0002110",
+    "IMG0002298",
+    "IMG0002379",
+)
 PER_SHEET = 24
 
 
@@ -43,8 +51,9 @@ def old_rule(gray: np.ndarray, border_fraction: float = 0.04, threshold: float =
     """The rule this benchmark replaces: the median of the outer band is bright."""
     h, w = gray.shape
     band = max(1, int(round(border_fraction * min(h, w))))
-    border = np.concatenate([gray[:band].ravel(), gray[-band:].ravel(), gray[:, :band].ravel(),
-                             gray[:, -band:].ravel()])
+    border = np.concatenate(
+        [gray[:band].ravel(), gray[-band:].ravel(), gray[:, :band].ravel(), gray[:, -band:].ravel()]
+    )
     return float(np.median(border)) / 255.0 > threshold
 
 
@@ -59,12 +68,19 @@ def measure(paths: list[Path], params: PreprocessParams, negatives: bool) -> pd.
     for path in paths:
         gray = to_gray(read_radiograph(path).pixels)
         evidence = inversion_evidence(gray, params)
-        row = {"name": path.stem, "old": int(old_rule(gray)), "new": int(evidence.inverted),
-               "uncertain": int(evidence.uncertain), "extrema": evidence.extrema, "texture": evidence.texture}
+        row = {
+            "name": path.stem,
+            "old": int(old_rule(gray)),
+            "new": int(evidence.inverted),
+            "uncertain": int(evidence.uncertain),
+            "extrema": evidence.extrema,
+            "texture": evidence.texture,
+        }
         if negatives:
             flipped = inversion_evidence(255 - gray, params)
-            row.update(old_neg=int(old_rule(255 - gray)), new_neg=int(flipped.inverted),
-                       uncertain_neg=int(flipped.uncertain))
+            row.update(
+                old_neg=int(old_rule(255 - gray)), new_neg=int(flipped.inverted), uncertain_neg=int(flipped.uncertain)
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -73,12 +89,17 @@ def write_sheets(paths: list[Path], params: PreprocessParams, out: Path, stem: s
     """Contact sheets of source (candidates) | preprocessed result, PER_SHEET pairs a page."""
     written = []
     for page, start in enumerate(range(0, len(paths), PER_SHEET)):
-        tiles = [render_pair(read_radiograph(p).pixels, params, p.stem if p.suffix == ".jpg" else
-                             f"{p.parent.parent.name[-5:]}/{p.parent.name[:6]}/{p.stem}")
-                 for p in paths[start:start + PER_SHEET]]
+        tiles = [
+            render_pair(
+                read_radiograph(p).pixels,
+                params,
+                p.stem if p.suffix == ".jpg" else f"{p.parent.parent.name[-5:]}/{p.parent.name[:6]}/{p.stem}",
+            )
+            for p in paths[start : start + PER_SHEET]
+        ]
         while len(tiles) % columns:
             tiles.append(np.zeros_like(tiles[0]))
-        grid = np.concatenate([np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)])
+        grid = np.concatenate([np.concatenate(tiles[i : i + columns], axis=1) for i in range(0, len(tiles), columns)])
         path = out / f"{stem}_{page + 1}.png" if len(paths) > PER_SHEET else out / f"{stem}.png"
         cv2.imwrite(str(path), grid)
         written.append(path)
@@ -98,9 +119,11 @@ def phantom_check(patients: int, params: PreprocessParams, out: Path) -> str:
         new = found["new"].to_numpy() == 1
         if new.any():
             write_sheets([p for p, n in zip(paths, new) if n], params, out, "phantoms_inverted")
-    return (f"phantoms ({patients} patients, seed 7, 256 px): {len(truth)} images, {inverted.sum()} inverted in "
-            f"the ground truth; corrected {int((new & inverted).sum())}, missed {int((~new & inverted).sum())}, "
-            f"other phantoms inverted {int((new & ~inverted).sum())}, uncertain {int(found['uncertain'].sum())}")
+    return (
+        f"phantoms ({patients} patients, seed 7, 256 px): {len(truth)} images, {inverted.sum()} inverted in "
+        f"the ground truth; corrected {int((new & inverted).sum())}, missed {int((~new & inverted).sum())}, "
+        f"other phantoms inverted {int((new & ~inverted).sum())}, uncertain {int(found['uncertain'].sum())}"
+    )
 
 
 def main() -> int:
@@ -126,22 +149,33 @@ def main() -> int:
         found.to_csv(args.csv, index=False)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     subset = found[found["body_part"].isin(parts)]
-    print(f"FracAtlas: {len(found)} images decided in {seconds:.0f} s ({1000 * seconds / len(found):.0f} ms/image"
-          f"{' incl. the negative' if not args.no_negatives else ''}); every inversion here is a wrong one")
-    print(f"{'images':<28}{'n':>6}{'old inverts':>13}{'new inverts':>13}{'uncertain':>11}"
-          + ("" if args.no_negatives else f"{'negatives fixed: old':>22}{'new':>6}{'new uncertain':>15}"))
+    print(
+        f"FracAtlas: {len(found)} images decided in {seconds:.0f} s ({1000 * seconds / len(found):.0f} ms/image"
+        f"{' incl. the negative' if not args.no_negatives else ''}); every inversion here is a wrong one"
+    )
+    print(
+        f"{'images':<28}{'n':>6}{'old inverts':>13}{'new inverts':>13}{'uncertain':>11}"
+        + ("" if args.no_negatives else f"{'negatives fixed: old':>22}{'new':>6}{'new uncertain':>15}")
+    )
     for title, frame in ((" + ".join(parts), subset), ("all", found)):
-        line = (f"{title:<28}{len(frame):>6}{int(frame['old'].sum()):>13}{int(frame['new'].sum()):>13}"
-                f"{int(frame['uncertain'].sum()):>11}")
+        line = (
+            f"{title:<28}{len(frame):>6}{int(frame['old'].sum()):>13}{int(frame['new'].sum()):>13}"
+            f"{int(frame['uncertain'].sum()):>11}"
+        )
         if not args.no_negatives:
-            line += (f"{int(frame['old_neg'].sum()):>22}{int(frame['new_neg'].sum()):>6}"
-                     f"{int(frame['uncertain_neg'].sum()):>15}")
+            line += (
+                f"{int(frame['old_neg'].sum()):>22}{int(frame['new_neg'].sum()):>6}"
+                f"{int(frame['uncertain_neg'].sum()):>15}"
+            )
         print(line)
     images = args.data / "images"
     sheets: list[Path] = []
-    for stem, names in (("new_inverted", found.loc[found["new"] == 1, "name"]), ("issue_images", ISSUE_IMAGES),
-                        ("uncertain", subset.loc[subset["uncertain"] == 1, "name"]),
-                        ("old_inverted", found.loc[found["old"] == 1, "name"])):
+    for stem, names in (
+        ("new_inverted", found.loc[found["new"] == 1, "name"]),
+        ("issue_images", ISSUE_IMAGES),
+        ("uncertain", subset.loc[subset["uncertain"] == 1, "name"]),
+        ("old_inverted", found.loc[found["old"] == 1, "name"]),
+    ):
         if len(names):
             sheets += write_sheets([images / f"{n}.jpg" for n in names], params, args.output, stem)
     new_names = found.loc[found["new"] == 1, "name"].tolist()

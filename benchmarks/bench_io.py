@@ -43,9 +43,11 @@ def main() -> int:
             megapixels += rad.pixels.size / 1e6
             truncated += rad.meta.truncated
         best = min(best, time.perf_counter() - start)
-    print(f"read_radiograph: {len(sample)} FracAtlas images ({megapixels:.1f} Mpx, {truncated} truncated) "
-          f"in {best:.3f} s = {len(sample) / best:.0f} images/s, {1000 * best / len(sample):.2f} ms/image "
-          f"(1 process, best of {args.repeats})")
+    print(
+        f"read_radiograph: {len(sample)} FracAtlas images ({megapixels:.1f} Mpx, {truncated} truncated) "
+        f"in {best:.3f} s = {len(sample) / best:.0f} images/s, {1000 * best / len(sample):.2f} ms/image "
+        f"(1 process, best of {args.repeats})"
+    )
     return 0
 
 

@@ -31,9 +31,9 @@ import torch
 import torchvision
 
 from xrad.config import ADAugment, ContrastiveAugment
-from xrad.training.banks import BankDataset, load_image_bank
-from xrad.training.augment import augment_ad, batch_generator, contrastive_views
 from xrad.data.model_input import prepare_eval
+from xrad.training.augment import augment_ad, batch_generator, contrastive_views
+from xrad.training.banks import BankDataset, load_image_bank
 
 
 def synthetic_cache(folder: Path, n: int, side: int, seed: int = 0) -> pd.DataFrame:
@@ -48,8 +48,14 @@ def synthetic_cache(folder: Path, n: int, side: int, seed: int = 0) -> pd.DataFr
         image = (255 * (noise - noise.min()) / (np.ptp(noise) + 1e-6) * mask).astype(np.uint8)
         cv2.imwrite(str(folder / f"{i:05d}.png"), image)
         cv2.imwrite(str(folder / f"{i:05d}_mask.png"), mask)
-        rows.append({"path": str(folder / f"{i:05d}.png"), "cache_path": str(folder / f"{i:05d}.png"),
-                     "mask_path": str(folder / f"{i:05d}_mask.png"), "label": 0})
+        rows.append(
+            {
+                "path": str(folder / f"{i:05d}.png"),
+                "cache_path": str(folder / f"{i:05d}.png"),
+                "mask_path": str(folder / f"{i:05d}_mask.png"),
+                "label": 0,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -75,7 +81,7 @@ def rate_preloaded(model, optimizer, data: torch.Tensor, batch: int, steps: int)
     start = time.perf_counter()
     for s in range(steps):
         i = (s * batch) % (len(data) - batch + 1)
-        step(model, optimizer, data[i:i + batch])
+        step(model, optimizer, data[i : i + batch])
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -132,8 +138,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="training steps per round and variant")
     parser.add_argument("--loader-workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fracatlas", type=Path, default=None,
-                        help="use real images instead of synthetic PNGs")
+    parser.add_argument("--fracatlas", type=Path, default=None, help="use real images instead of synthetic PNGs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -146,11 +151,18 @@ def main() -> None:
             start = time.perf_counter()
             bank = load_image_bank(frame, size, workers=2, progress=False)
             load_s = time.perf_counter() - start
-            print(f"\n== {size} px: bank of {len(bank)} images loaded in {load_s:.2f} s "
-                  f"({len(bank) / load_s:.0f} img/s, 2 threads)")
-            loader = torch.utils.data.DataLoader(BankDataset(bank), batch_size=args.batch, shuffle=True,
-                                                 drop_last=True, num_workers=args.loader_workers,
-                                                 generator=torch.Generator().manual_seed(0))
+            print(
+                f"\n== {size} px: bank of {len(bank)} images loaded in {load_s:.2f} s "
+                f"({len(bank) / load_s:.0f} img/s, 2 threads)"
+            )
+            loader = torch.utils.data.DataLoader(
+                BankDataset(bank),
+                batch_size=args.batch,
+                shuffle=True,
+                drop_last=True,
+                num_workers=args.loader_workers,
+                generator=torch.Generator().manual_seed(0),
+            )
             preloaded = prepare_eval(bank.images, bank.masks)
             for mode, per_step in (("ad", args.batch), ("contrastive", 2 * args.batch)):
                 model, optimizer = make_model()
@@ -165,12 +177,14 @@ def main() -> None:
                 a, b = statistics.median(plain), statistics.median(piped)
                 aug_ms = pipeline_only_ms(loader, mode)
                 step_ms = 1000 * per_step / a
-                print(f"{mode:12s} (a) preloaded {a:6.1f} img/s | (b) loader+augment {b:6.1f} img/s | "
-                      f"overhead {100 * (1 - b / a):+5.1f} % (rounds: a {[round(x) for x in plain]}, "
-                      f"b {[round(x) for x in piped]})\n{'':12s} time share of fetch+augment inside (b): "
-                      f"{100 * statistics.median(shares):4.1f} % | fetch+augment alone "
-                      f"{aug_ms:5.1f} ms/batch = "
-                      f"{100 * aug_ms / step_ms:4.1f} % of a step of (a)")
+                print(
+                    f"{mode:12s} (a) preloaded {a:6.1f} img/s | (b) loader+augment {b:6.1f} img/s | "
+                    f"overhead {100 * (1 - b / a):+5.1f} % (rounds: a {[round(x) for x in plain]}, "
+                    f"b {[round(x) for x in piped]})\n{'':12s} time share of fetch+augment inside (b): "
+                    f"{100 * statistics.median(shares):4.1f} % | fetch+augment alone "
+                    f"{aug_ms:5.1f} ms/batch = "
+                    f"{100 * aug_ms / step_ms:4.1f} % of a step of (a)"
+                )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """How often does the heatmap maximum of a fractured FracAtlas image fall inside an annotated fracture box?
 
-usage: .venv/bin/python benchmarks/bench_localisation.py ARTEFACT SPLIT_MANIFEST [--splits test,valid] [--layer encoder.backbone.layer3]
+usage: .venv/bin/python benchmarks/bench_localisation.py ARTEFACT SPLIT_MANIFEST [--splits test,valid]
+       [--layer encoder.backbone.layer3]
 Compares with chance: (a) a point uniform over the image, (b) uniform over the body (pixels above the
 image's Otsu threshold), (c) the image centre.
 """
@@ -14,19 +15,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from xrad.data.io import read_radiograph
 from xrad.data.model_input import prepare_eval
 from xrad.inference.heatmaps import normalise, to_original
 from xrad.inference.input import prepare_input
-from xrad.models.gradcam import grad_cam
 from xrad.inference.scoring import load_scorer
+from xrad.models.gradcam import grad_cam
 
 parser = argparse.ArgumentParser()
 parser.add_argument("artefact")
 parser.add_argument("manifest")
-parser.add_argument("--coco", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fracatlas" / "annotations" / "fractures_coco.json"))
+parser.add_argument(
+    "--coco",
+    default=str(
+        Path(__file__).resolve().parents[1].parent
+        / "shared"
+        / "data"
+        / "fracatlas"
+        / "annotations"
+        / "fractures_coco.json"
+    ),
+)
 parser.add_argument("--splits", default="test,valid")
 parser.add_argument("--layers", default="encoder.backbone.layer4,encoder.backbone.layer3")
 parser.add_argument("--limit", type=int, default=0)
@@ -53,7 +63,7 @@ for path in frame["path"]:
     h, w = pixels.shape
     inside = np.zeros((h, w), bool)
     for x, y, bw, bh in boxes[Path(path).name]:
-        inside[int(np.floor(y)):int(np.ceil(y + bh)), int(np.floor(x)):int(np.ceil(x + bw))] = True
+        inside[int(np.floor(y)) : int(np.ceil(y + bh)), int(np.floor(x)) : int(np.ceil(x + bw))] = True
     import cv2
 
     grey = np.round(pixels * 255).astype(np.uint8)

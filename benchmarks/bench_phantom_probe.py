@@ -29,10 +29,10 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from xrad.training.banks import load_image_bank
 from xrad.data.manifest import read_manifest
 from xrad.data.model_input import prepare_eval
 from xrad.inference.scoring import load_scorer
+from xrad.training.banks import load_image_bank
 
 
 def _key(paths: pd.Series) -> pd.Series:
@@ -69,8 +69,10 @@ def main() -> None:
             both = pd.concat([normal, group])
             per_kind[kind] = f"{roc_auc_score(both['label'], both['score']):.3f} (n={len(group)})"
         pair_auroc, pairs = within_unit_auroc(scores)
-        print(f"{split}: AUROC {roc_auc_score(scores['label'], scores['score']):.3f} | within-unit "
-              f"{pair_auroc:.3f} ({pairs} pairs) | per kind {json.dumps(per_kind)}")
+        print(
+            f"{split}: AUROC {roc_auc_score(scores['label'], scores['score']):.3f} | within-unit "
+            f"{pair_auroc:.3f} ({pairs} pairs) | per kind {json.dumps(per_kind)}"
+        )
 
     manifest = args.manifest or str(Path(args.phantoms).parent / "cache" / "manifest.csv")
     frame = read_manifest(manifest).reset_index(drop=True)
@@ -79,7 +81,7 @@ def main() -> None:
     bank = load_image_bank(frame, size, progress=False)
     images = prepare_eval(bank.images, bank.masks)
     with torch.no_grad():
-        h = torch.cat([scorer.embed(images[i:i + 128])["h"] for i in range(0, len(images), 128)]).numpy()
+        h = torch.cat([scorer.embed(images[i : i + 128])["h"] for i in range(0, len(images), 128)]).numpy()
     labels = bank.labels.numpy()
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
     predicted = cross_val_predict(probe, h, labels, cv=5, method="predict_proba")[:, 1]
@@ -91,11 +93,13 @@ def main() -> None:
     for row, index in enumerate(normal_test):
         ys, xs = np.nonzero(bank.masks[index, 0].numpy())
         cy, cx, half = int(ys.mean()), int(xs.mean()), max(2, size // 8)
-        barred[row, 0, cy - half:cy + half, cx - 1:cx + 2] = 1.0
+        barred[row, 0, cy - half : cy + half, cx - 1 : cx + 2] = 1.0
     with torch.no_grad():
         before, after = scorer.score(clean)[0].numpy(), scorer.score(barred)[0].numpy()
-    print(f"bright bar on {len(normal_test)} normal test images: score rises for {np.mean(after > before):.0%}, "
-          f"median ratio {np.median(after / np.maximum(before, 1e-12)):.3f}")
+    print(
+        f"bright bar on {len(normal_test)} normal test images: score rises for {np.mean(after > before):.0%}, "
+        f"median ratio {np.median(after / np.maximum(before, 1e-12)):.3f}"
+    )
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

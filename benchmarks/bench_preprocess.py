@@ -32,13 +32,16 @@ def main() -> int:
     sample = frame.sample(n=min(args.n, len(frame)), random_state=0)
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2):
-            summary = build_cache(sample, Path(tmp) / f"w{workers}", PreprocessParams(), workers=workers,
-                                  progress=False)
+            summary = build_cache(
+                sample, Path(tmp) / f"w{workers}", PreprocessParams(), workers=workers, progress=False
+            )
             print(f"workers={workers}: {summary['images_per_second']} images/s over {len(sample)} images")
         if args.all:
             summary = build_cache(frame, Path(tmp) / "all", PreprocessParams(), workers=2, progress=True)
-            print(f"all {summary['images']} images: {summary['images_per_second']} images/s, "
-                  f"failed {summary['failed']}, " + ", ".join(f"{f} {summary[f]}" for f in FLAG_COLUMNS))
+            print(
+                f"all {summary['images']} images: {summary['images_per_second']} images/s, "
+                f"failed {summary['failed']}, " + ", ".join(f"{f} {summary[f]}" for f in FLAG_COLUMNS)
+            )
     return 0
 
 

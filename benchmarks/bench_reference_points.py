@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from xrad.config import ADAugment
-from xrad.training.banks import load_image_bank
-from xrad.training.augment import augment_ad, batch_generator
 from xrad.data.model_input import prepare_eval
 from xrad.methods.knn.search import knn_mean_distance
 from xrad.models.batchnorm import recalibrate_batchnorm
 from xrad.models.resnet import ResNet18Backbone
+from xrad.training.augment import augment_ad, batch_generator
+from xrad.training.banks import load_image_bank
 
 
 def feature_maps(net: ResNet18Backbone, x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -43,7 +43,7 @@ def feature_maps(net: ResNet18Backbone, x: torch.Tensor) -> dict[int, torch.Tens
     out: dict[int, list[torch.Tensor]] = {2: [], 3: []}
     with torch.no_grad():
         for i in range(0, len(x), 64):
-            t = net.maxpool(net.relu(net.bn1(net.conv1(x[i:i + 64]))))
+            t = net.maxpool(net.relu(net.bn1(net.conv1(x[i : i + 64]))))
             l2 = net.layer2(net.layer1(t))
             out[2].append(F.avg_pool2d(l2, 3, 1, 1))
             out[3].append(F.avg_pool2d(net.layer3(l2), 3, 1, 1))
@@ -72,8 +72,9 @@ def small_cnn() -> torch.nn.Module:
     return torch.nn.Sequential(*layers, torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 1))
 
 
-def supervised(bank, train_rows: np.ndarray, test_rows: np.ndarray, epochs: int, seed: int,
-               small: bool = False) -> tuple[list[tuple[int, float]], np.ndarray]:
+def supervised(
+    bank, train_rows: np.ndarray, test_rows: np.ndarray, epochs: int, seed: int, small: bool = False
+) -> tuple[list[tuple[int, float]], np.ndarray]:
     """Train ResNet-18 + linear (or :func:`small_cnn`) on every label of ``train_rows``; test AUROC every 5
     epochs and at the end, and the final test scores."""
     torch.manual_seed(seed)
@@ -87,7 +88,7 @@ def supervised(bank, train_rows: np.ndarray, test_rows: np.ndarray, epochs: int,
         net.train()
         order = np.random.default_rng([seed, epoch]).permutation(train_rows)
         for b, i in enumerate(range(0, len(order), 32)):
-            rows = order[i:i + 32]
+            rows = order[i : i + 32]
             x = augment_ad(bank.images[rows], bank.masks[rows], ADAugment(), batch_generator(seed, epoch, b))
             loss = F.binary_cross_entropy_with_logits(net(x).squeeze(1), labels[rows])
             optimiser.zero_grad()
@@ -97,7 +98,7 @@ def supervised(bank, train_rows: np.ndarray, test_rows: np.ndarray, epochs: int,
             recalibrate_batchnorm(net, clean_train.split(64))
             net.eval()
             with torch.no_grad():
-                s = torch.cat([net(clean_test[i:i + 64]).squeeze(1) for i in range(0, len(clean_test), 64)])
+                s = torch.cat([net(clean_test[i : i + 64]).squeeze(1) for i in range(0, len(clean_test), 64)])
             history.append((epoch + 1, roc_auc_score(labels[test_rows].numpy(), s.numpy())))
     return history, s.numpy()
 
@@ -117,8 +118,10 @@ def main() -> None:
     normal_train = np.flatnonzero((split == "train") & (label == 0))
     test = np.flatnonzero(split == "test")
     y = label[test]
-    print(f"{args.manifest} at {args.size} px: {len(normal_train)} normal train images, test {len(test)} "
-          f"({int(y.sum())} abnormal)")
+    print(
+        f"{args.manifest} at {args.size} px: {len(normal_train)} normal train images, test {len(test)} "
+        f"({int(y.sum())} abnormal)"
+    )
 
     start = time.time()
     flat = x.flatten(1)
@@ -129,16 +132,20 @@ def main() -> None:
     net = ResNet18Backbone(1).eval()
     for layer, maps in feature_maps(net, x).items():
         s = patch_knn(maps, bank.masks, normal_train, test)
-        print(f"random patch kNN (layer {layer}, {maps.shape[-1]}x{maps.shape[-1]} map): test AUROC "
-              f"{roc_auc_score(y, s):.3f}")
+        print(
+            f"random patch kNN (layer {layer}, {maps.shape[-1]}x{maps.shape[-1]} map): test AUROC "
+            f"{roc_auc_score(y, s):.3f}"
+        )
     print(f"({time.time() - start:.0f} s)")
 
     labelled = np.flatnonzero(split != "test")
     for small, name in ((True, "small CNN (max pooling)"), (False, "ResNet-18")) if args.epochs > 0 else ():
         start = time.time()
         for epoch, auroc in supervised(bank, labelled, test, args.epochs, args.seed, small=small)[0]:
-            print(f"supervised {name}, every label of {len(labelled)} train+valid images, epoch {epoch}: "
-                  f"test AUROC {auroc:.3f}")
+            print(
+                f"supervised {name}, every label of {len(labelled)} train+valid images, epoch {epoch}: "
+                f"test AUROC {auroc:.3f}"
+            )
         print(f"({time.time() - start:.0f} s)")
 
 

@@ -40,7 +40,7 @@ def bench(size: int, batch: int, steps: int, channels_last: bool, seed: int = 0)
 
     def step() -> None:
         _, z = enc(x)
-        loss = info_nce(z[: batch // 2], z[batch // 2:])
+        loss = info_nce(z[: batch // 2], z[batch // 2 :])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -65,8 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch} (network inputs)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} (network inputs)")
     print(f"{'size':>5} {'layout':>14} {'train img/s':>12} {'infer img/s':>12}")
     for size in args.sizes:
         for cl in (False, True):

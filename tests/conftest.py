@@ -19,8 +19,9 @@ def fracatlas_dir() -> Path:
     return FRACATLAS
 
 
-def _fake_run_training(config, manifest, run_dir, *, stages=("pretrain", "finetune"), trainer_overrides=None,
-                       progress=True):
+def _fake_run_training(
+    config, manifest, run_dir, *, stages=("pretrain", "finetune"), trainer_overrides=None, progress=True
+):
     """Stand-in for xrad.jobs.train.run_training writing the run-folder contract from a split manifest.
 
     Scores are ``fake_shift · label + noise`` (seeded by config["seed"]), so methods with a larger
@@ -55,13 +56,20 @@ def _fake_run_training(config, manifest, run_dir, *, stages=("pretrain", "finetu
         part["score"] = shift * labels + rng.normal(size=len(part))
         part["sphere"] = rng.integers(0, 3, len(part))
         part[["path", "patient_id", "study_id", "body_part", "label", "split", "score", "sphere"]].to_csv(
-            run_dir / f"scores_{split}.csv", index=False)
+            run_dir / f"scores_{split}.csv", index=False
+        )
         summary[f"{split}_auroc"] = 0.5
         if split == "test":
             z = rng.normal(size=(len(part), 8)) + labels[:, None] * shift
-            save_file({"h": np.hstack([z, rng.normal(size=(len(part), 8))]).astype(np.float32),
-                       "z": z.astype(np.float32), "sphere": part["sphere"].to_numpy().astype(np.int64),
-                       "labels": labels.astype(np.int64)}, str(run_dir / "embeddings_test.safetensors"))
+            save_file(
+                {
+                    "h": np.hstack([z, rng.normal(size=(len(part), 8))]).astype(np.float32),
+                    "z": z.astype(np.float32),
+                    "sphere": part["sphere"].to_numpy().astype(np.int64),
+                    "labels": labels.astype(np.int64),
+                },
+                str(run_dir / "embeddings_test.safetensors"),
+            )
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return summary
 
@@ -82,16 +90,25 @@ def toy_manifest(tmp_path) -> Path:
         for part in ("HAND", "WRIST"):
             label = int((p + (part == "WRIST")) % 3 == 0)
             for k in range(2):
-                rows.append({"path": str(tmp_path / f"img/p{p}_{part}_{k}.png"), "patient_id": f"p{p}",
-                             "study_id": f"p{p}_{part}", "body_part": part, "view": "", "label": label,
-                             "source": "csv"})
+                rows.append(
+                    {
+                        "path": str(tmp_path / f"img/p{p}_{part}_{k}.png"),
+                        "patient_id": f"p{p}",
+                        "study_id": f"p{p}_{part}",
+                        "body_part": part,
+                        "view": "",
+                        "label": label,
+                        "source": "csv",
+                    }
+                )
     path = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
 
-def make_tiny_artefact(directory: Path, *, image_size: int = 64, kind: str = "sphere", seed: int = 0,
-                       preprocessing: dict | None = None) -> Path:
+def make_tiny_artefact(
+    directory: Path, *, image_size: int = 64, kind: str = "sphere", seed: int = 0, preprocessing: dict | None = None
+) -> Path:
     """An untrained but complete artefact (1-channel ResNet-18 + small head) in seconds, for scoring tests.
 
     BatchNorm running statistics are randomised so eval-mode numbers are not the trivial identity ones.
@@ -117,8 +134,13 @@ def make_tiny_artefact(directory: Path, *, image_size: int = 64, kind: str = "sp
     else:
         scorer = KnnScorer(encoder, torch.randn(20, 512, generator=generator), k=3)
     tensors, args = scorer.artefact_state()
-    meta = {"method": "tiny-untrained", "scorer": {"kind": scorer.kind, "args": args}, "image_size": image_size,
-            "preprocessing": preprocessing, "input": "uint8 image x 0/1 mask"}
+    meta = {
+        "method": "tiny-untrained",
+        "scorer": {"kind": scorer.kind, "args": args},
+        "image_size": image_size,
+        "preprocessing": preprocessing,
+        "input": "uint8 image x 0/1 mask",
+    }
     return save_artefact(directory, tensors, meta)
 
 

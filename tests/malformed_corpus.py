@@ -63,12 +63,12 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 
 def _png_declaring(width: int, height: int, body: bytes = b"\0" * 64) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(body))
-            + _chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(body)) + _chunk(b"IEND", b"")
 
 
-def dicom_bytes(stored: np.ndarray | None = None, *, transfer_syntax=None, pixel_data: bytes | None = None,
-                **tags) -> bytes:
+def dicom_bytes(
+    stored: np.ndarray | None = None, *, transfer_syntax=None, pixel_data: bytes | None = None, **tags
+) -> bytes:
     """A small single-frame MONOCHROME2 DICOM with a patient name and id (which must never be logged)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -137,7 +137,7 @@ def _float_tiff(values: np.ndarray) -> Callable[[Path], None]:
 
 
 def _png16(path: Path) -> None:
-    image = (_grey().astype(np.uint16) * 257)
+    image = _grey().astype(np.uint16) * 257
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "PNG")
     path.write_bytes(buffer.getvalue())
@@ -182,14 +182,13 @@ def _palette(path: Path) -> None:
 
 _ARRAY = _grey()
 _PNG = good_png
-_JPEG = lambda: _encode(_grey((160, 128)), "JPEG", quality=90)  # noqa: E731
+_JPEG = lambda: _encode(_grey((160, 128)), "JPEG", quality=90)
 
 CASES: tuple[Case, ...] = (
     # valid files, some awkward
     Case("good-png", "good.png", _bytes(_PNG), "ok"),
     Case("good-jpeg", "good.jpg", _bytes(_JPEG), "ok"),
-    Case("good-dicom", "good.dcm", _bytes(lambda: dicom_bytes(WindowCenter=2048, WindowWidth=4096)), "ok",
-         dicom=True),
+    Case("good-dicom", "good.dcm", _bytes(lambda: dicom_bytes(WindowCenter=2048, WindowWidth=4096)), "ok", dicom=True),
     Case("png-16-bit", "sixteen.png", _png16, "ok"),
     Case("rgba-png", "rgba.png", _rgba, "ok"),
     Case("palette-png", "palette.png", _palette, "ok"),
@@ -198,8 +197,13 @@ CASES: tuple[Case, ...] = (
     Case("float-tiff", "float.tif", _float_tiff(_ARRAY / 255.0), "ok"),
     Case("tiff-16-bit", "sixteen.tif", _pil(_ARRAY.astype(np.uint16) * 16, "TIFF"), "ok"),
     Case("png-named-jpg", "png-really.jpg", _bytes(_PNG), "ok"),
-    Case("dicom-without-extension", "IM0001", _bytes(lambda: dicom_bytes(WindowCenter=2048, WindowWidth=4096)),
-         "ok", dicom=True),
+    Case(
+        "dicom-without-extension",
+        "IM0001",
+        _bytes(lambda: dicom_bytes(WindowCenter=2048, WindowWidth=4096)),
+        "ok",
+        dicom=True,
+    ),
     Case("unicode-name", "röntgen_画像_ü.png", _bytes(_PNG), "ok"),
     Case("newline-name", "two\nlines.png", _bytes(_PNG), "ok"),
     # degenerate but decodable: scored, flagged
@@ -207,8 +211,9 @@ CASES: tuple[Case, ...] = (
     Case("one-by-n", "row.png", _pil(_grey((1, 300)), "PNG"), "ok", degenerate="tiny"),
     Case("n-by-one", "column.png", _pil(_grey((300, 1)), "PNG"), "ok", degenerate="tiny"),
     Case("all-black", "black.png", _pil(np.zeros((96, 80), np.uint8), "PNG"), "ok", degenerate="constant"),
-    Case("all-white-16-bit", "white16.png", _pil(np.full((96, 80), 65535, np.uint16), "PNG"), "ok",
-         degenerate="constant"),
+    Case(
+        "all-white-16-bit", "white16.png", _pil(np.full((96, 80), 65535, np.uint16), "PNG"), "ok", degenerate="constant"
+    ),
     # damaged
     Case("zero-bytes", "empty.png", _bytes(b""), "empty", upload=422),
     Case("truncated-png", "cut.png", _truncated(_PNG, 0.6), "partial", upload=422),
@@ -216,22 +221,35 @@ CASES: tuple[Case, ...] = (
     Case("truncated-jpeg", "cut.jpg", _truncated(_JPEG, 0.5), "partial", upload=422),
     Case("jpeg-stub", "stub.jpg", _bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"), "JPEG", upload=422),
     Case("truncated-dicom-pixels", "cut.dcm", _truncated(dicom_bytes, 0.7), "pixel data", upload=422, dicom=True),
-    Case("truncated-dicom-header", "cuthead.dcm", _truncated(dicom_bytes, 0.06), "pixel data", upload=422,
-         dicom=True),
-    Case("dicom-damaged-header", "badhead.dcm", _bytes(lambda: _damaged_header_dicom()), "DICOM header",
-         upload=422),
-    Case("decompression-bomb-png", "bomb.png", _bytes(lambda: _png_declaring(100_000, 100_000)), "bomb",
-         upload=422),
-    Case("bomb-dicom", "bomb.dcm", _bytes(lambda: dicom_bytes(Rows=60000, Columns=60000)), "max_pixels",
-         upload=422, dicom=True),
-    Case("float-tiff-out-of-range", "hot.tif", _float_tiff(np.array([[0.0, 3.5], [1.0, -2.0]])), "[0, 1]",
-         upload=422),
-    Case("dicom-without-pixel-data", "nopix.dcm", _bytes(_no_pixel_dicom), "no pixel data", upload=422,
-         dicom=True),
-    Case("dicom-compressed-without-decoder", "htj2k.dcm",
-         _bytes(lambda: _htj2k_dicom()), "decoder", upload=422, dicom=True),
-    Case("dicom-window-width-0", "ww0.dcm", _bytes(lambda: dicom_bytes(WindowCenter=100, WindowWidth=0)),
-         "window", upload=422, dicom=True),
+    Case("truncated-dicom-header", "cuthead.dcm", _truncated(dicom_bytes, 0.06), "pixel data", upload=422, dicom=True),
+    Case("dicom-damaged-header", "badhead.dcm", _bytes(lambda: _damaged_header_dicom()), "DICOM header", upload=422),
+    Case("decompression-bomb-png", "bomb.png", _bytes(lambda: _png_declaring(100_000, 100_000)), "bomb", upload=422),
+    Case(
+        "bomb-dicom",
+        "bomb.dcm",
+        _bytes(lambda: dicom_bytes(Rows=60000, Columns=60000)),
+        "max_pixels",
+        upload=422,
+        dicom=True,
+    ),
+    Case("float-tiff-out-of-range", "hot.tif", _float_tiff(np.array([[0.0, 3.5], [1.0, -2.0]])), "[0, 1]", upload=422),
+    Case("dicom-without-pixel-data", "nopix.dcm", _bytes(_no_pixel_dicom), "no pixel data", upload=422, dicom=True),
+    Case(
+        "dicom-compressed-without-decoder",
+        "htj2k.dcm",
+        _bytes(lambda: _htj2k_dicom()),
+        "decoder",
+        upload=422,
+        dicom=True,
+    ),
+    Case(
+        "dicom-window-width-0",
+        "ww0.dcm",
+        _bytes(lambda: dicom_bytes(WindowCenter=100, WindowWidth=0)),
+        "window",
+        upload=422,
+        dicom=True,
+    ),
     Case("text-named-png", "notes.png", _bytes(b"patient list\nnothing to see\n"), "text", upload=415),
     Case("html-named-dcm", "page.dcm", _bytes(b"<!DOCTYPE html><html>404</html>"), "HTML", upload=415),
     Case("random-bytes", "noise.png", _bytes(np.random.default_rng(3).bytes(2048)), "unrecognised", upload=415),

@@ -2,7 +2,8 @@
 and get identical scores. Methods are discovered from the registry, so a new method is covered automatically.
 
 Tiny settings: ``configs/tiny_<method>.yaml`` when it exists (one epoch), else ``configs/tiny.yaml`` with
-``method=<name>`` and each stage cut to one epoch (4 steps). A method that needs an external file gets it from :data:`EXTRA`.
+``method=<name>`` and each stage cut to one epoch (4 steps). A method that needs an external file gets it
+from :data:`EXTRA`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import torch
 from training_helpers import make_dataset
 
 from xrad.config import CONFIG_DIR
-from xrad.training.banks import load_image_bank
 from xrad.data.manifest import read_manifest
-from xrad.methods.registry import DETECTORS, load_config
 from xrad.inference.scoring import load_scorer
 from xrad.jobs.train import run_training
+from xrad.methods.registry import DETECTORS, load_config
+from xrad.training.banks import load_image_bank
 
 
 def _imagenet_weights(tmp: Path) -> list[str]:
@@ -71,6 +72,7 @@ def test_train_score_save_reload_gives_identical_scores(method: str, tiny_manife
     # The run scored its test split through the same artefact: the CSV holds the same numbers.
     np.testing.assert_allclose(written["score"].to_numpy(), first["score"].numpy(), rtol=1e-6, atol=1e-9)
 
-    maps = load_scorer(tmp_path / "run" / "artefact").heatmap(torch.rand(2, 1, bank.images.shape[-1],
-                                                                         bank.images.shape[-1]))
+    maps = load_scorer(tmp_path / "run" / "artefact").heatmap(
+        torch.rand(2, 1, bank.images.shape[-1], bank.images.shape[-1])
+    )
     assert maps.shape == (2, 1, bank.images.shape[-1], bank.images.shape[-1]) and bool((maps >= 0).all())

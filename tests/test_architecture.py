@@ -19,16 +19,22 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # nothing more). The order is the data flow of the brief: data, preprocessing, models and losses, the Lightning
 # pieces, the detectors, using a trained detector, the jobs, and the interfaces on top.
 LAYERS: tuple[tuple[str, int], ...] = (
-    ("xrad.errors", 0), ("xrad.utils", 0),
-    ("xrad.config", 1), ("xrad.run_folder", 1),
+    ("xrad.errors", 0),
+    ("xrad.utils", 0),
+    ("xrad.config", 1),
+    ("xrad.run_folder", 1),
     ("xrad.data", 2),
-    ("xrad.preprocess", 3), ("xrad.evaluation", 3),
-    ("xrad.models", 4), ("xrad.losses", 4),
+    ("xrad.preprocess", 3),
+    ("xrad.evaluation", 3),
+    ("xrad.models", 4),
+    ("xrad.losses", 4),
     ("xrad.training", 5),
     ("xrad.methods", 6),
     ("xrad.inference", 7),
     ("xrad.jobs", 8),
-    ("xrad.service", 9), ("xrad.cli", 9), ("xrad.api", 9),
+    ("xrad.service", 9),
+    ("xrad.cli", 9),
+    ("xrad.api", 9),
     ("xrad", 0),  # the package itself: its version only (xrad/__init__.py)
 )
 _MODULE_STRING = re.compile(r"(xrad(?:\.\w+)+)(?::\w+)?")
@@ -117,8 +123,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_every_module_has_a_layer_and_imports_only_go_down() -> None:
     graph = import_graph()
-    upward = sorted(f"{a} (layer {layer(a)}) -> {b} (layer {layer(b)})"
-                    for a, targets in graph.items() for b in targets if layer(b) > layer(a))
+    upward = sorted(
+        f"{a} (layer {layer(a)}) -> {b} (layer {layer(b)})"
+        for a, targets in graph.items()
+        for b in targets
+        if layer(b) > layer(a)
+    )
     assert upward == []
 
 
@@ -149,7 +159,9 @@ def test_the_registry_and_the_cli_parsers_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from xrad.cli.main import build_parser; import xrad.methods.registry; build_parser(); "
-            "print('torch' in sys.modules, 'lightning' in sys.modules)")
+    code = (
+        "import sys; from xrad.cli.main import build_parser; import xrad.methods.registry; build_parser(); "
+        "print('torch' in sys.modules, 'lightning' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from xrad.inference.artefact import load_artefact, save_artefact
 from xrad.errors import DataError, ImageReadError
+from xrad.inference.artefact import load_artefact, save_artefact
 
 
 def _test_rows(tiny_run: dict) -> pd.DataFrame:
@@ -25,8 +25,19 @@ def test_artefact_folder_is_safetensors_plus_json(tiny_run: dict) -> None:
     folder = tiny_run["run_dir"] / "artefact"
     assert sorted(p.name for p in folder.iterdir()) == ["artefact.json", "model.safetensors"]
     meta = json.loads((folder / "artefact.json").read_text())
-    for key in ("method", "scorer", "image_size", "preprocessing", "config", "versions", "training_data",
-                "xrad_version", "centres", "sha256", "format"):
+    for key in (
+        "method",
+        "scorer",
+        "image_size",
+        "preprocessing",
+        "config",
+        "versions",
+        "training_data",
+        "xrad_version",
+        "centres",
+        "sha256",
+        "format",
+    ):
         assert key in meta, key
     assert meta["method"] == "self_taught" and meta["image_size"] == 32 and meta["scorer"]["kind"] == "sphere"
     assert meta["preprocessing"] is None  # the tiny data has no params.json beside its cache files
@@ -36,7 +47,7 @@ def test_artefact_folder_is_safetensors_plus_json(tiny_run: dict) -> None:
     np.testing.assert_allclose(tensors["centers"].numpy(), np.array(meta["centres"]), rtol=1e-6)
     # safetensors layout (8-byte little-endian header length + JSON header), not a torch.save zip/pickle.
     blob = (folder / "model.safetensors").read_bytes()
-    header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
     assert "centers" in header and not blob.startswith(b"PK") and not blob.startswith(b"\x80")
 
 
@@ -50,8 +61,8 @@ def test_score_frame_reproduces_the_runs_test_scores(tiny_run: dict) -> None:
     assert (scored["sphere"] == reference["sphere"]).all()
     # The scorer is a plain nn.Module: forward() gives the scores, which are distances to the nearest centre.
     scorer = load_scorer(tiny_run["run_dir"] / "artefact")
-    from xrad.training.banks import load_image_bank
     from xrad.data.model_input import prepare_eval
+    from xrad.training.banks import load_image_bank
 
     bank = load_image_bank(_test_rows(tiny_run), 32, workers=1, progress=False)
     with torch.no_grad():
@@ -112,8 +123,11 @@ def test_unknown_scorer_kind_is_a_clear_error(tmp_path: Path) -> None:
     from xrad.errors import ConfigError
     from xrad.inference.scoring import load_scorer
 
-    save_artefact(tmp_path / "art", {"a": torch.zeros(1)}, {"method": "x", "image_size": 8,
-                                                             "scorer": {"kind": "martian", "args": {}}})
+    save_artefact(
+        tmp_path / "art",
+        {"a": torch.zeros(1)},
+        {"method": "x", "image_size": 8, "scorer": {"kind": "martian", "args": {}}},
+    )
     with pytest.raises(ConfigError, match="martian"):
         load_scorer(tmp_path / "art")
 
@@ -122,9 +136,9 @@ def test_raw_images_are_preprocessed_like_the_cache(tiny_run: dict, tmp_path: Pa
     """An artefact that records preprocessing parameters scores a raw image exactly as its cached version."""
     import shutil
 
+    from xrad.inference.scoring import score_frame
     from xrad.preprocess.cache import build_cache
     from xrad.preprocess.params import PreprocessParams
-    from xrad.inference.scoring import score_frame
 
     params = PreprocessParams(size=64)
     rows = _test_rows(tiny_run).head(6).drop(columns=["cache_path", "mask_path"])

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from xrad.errors import ConfigError
+from xrad.inference.scoring import load_scorer
+from xrad.jobs.train import run_training
 from xrad.methods.autoencoder.scorer import ReconstructionScorer
 from xrad.methods.imagenet import stage as imagenet_stage
 from xrad.methods.imagenet.stage import fold_input_normalisation
@@ -19,8 +21,6 @@ from xrad.methods.supervised.scorer import ClassifierScorer
 from xrad.methods.supervised.stage import labelled_rows
 from xrad.models.autoencoder import build_autoencoder
 from xrad.models.resnet import ResNet18Backbone, ResNet50Backbone
-from xrad.inference.scoring import load_scorer
-from xrad.jobs.train import run_training
 from xrad.training.context import RunContext
 
 
@@ -30,7 +30,7 @@ def _masked_batch(seed: int, n: int = 3, size: int = 32) -> torch.Tensor:
     x = torch.rand(n, 1, size, size, generator=g) * 0.9 + 0.05
     mask = torch.zeros_like(x)
     for i in range(n):
-        mask[i, :, 2 + i:size - 4, 3:size - 2 - i] = 1
+        mask[i, :, 2 + i : size - 4, 3 : size - 2 - i] = 1
     return x * mask
 
 
@@ -139,8 +139,7 @@ def test_imagenet_initialisation_reads_a_local_torchvision_file(tmp_path: Path) 
     # With the default normalisation fold, conv1 carries 1/std.
     ctx = _imagenet_ctx(tmp_path / "b", f"imagenet.weights={path}")
     folded = imagenet_stage.run(ctx, "pretrain").encoder.backbone
-    assert torch.allclose(folded.conv1.weight * 0.226,
-                          state["conv1.weight"].sum(dim=1, keepdim=True), atol=1e-6)
+    assert torch.allclose(folded.conv1.weight * 0.226, state["conv1.weight"].sum(dim=1, keepdim=True), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------- behaviour
@@ -148,9 +147,13 @@ def test_imagenet_initialisation_reads_a_local_torchvision_file(tmp_path: Path) 
 def ae_run(squares_split: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The autoencoder detector trained a few epochs at 32 px; its folder feeds the Deep SAD and kNN tests."""
     run_dir = tmp_path_factory.mktemp("ae") / "run"
-    summary = run_training("tiny", squares_split, run_dir, progress=False,
-                           overrides=["method=autoencoder", "pretrain.epochs=3", "pretrain.lr=0.001",
-                                      "model.head_bias=false"])
+    summary = run_training(
+        "tiny",
+        squares_split,
+        run_dir,
+        progress=False,
+        overrides=["method=autoencoder", "pretrain.epochs=3", "pretrain.lr=0.001", "model.head_bias=false"],
+    )
     return {"run_dir": run_dir, "summary": summary}
 
 
@@ -158,9 +161,9 @@ def ae_run(squares_split: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def test_autoencoder_flags_and_localises_planted_squares(ae_run: dict, squares_split: Path) -> None:
     assert ae_run["summary"]["test_auroc"] >= 0.85
     # The reconstruction-error heatmap peaks at the planted square (the brightest patch) of abnormal images.
-    from xrad.training.banks import load_image_bank
     from xrad.data.manifest import read_manifest
     from xrad.data.model_input import prepare_eval
+    from xrad.training.banks import load_image_bank
 
     frame = read_manifest(squares_split)
     abnormal = frame[(frame["split"] == "test") & (frame["label"] == 1)].reset_index(drop=True)
@@ -179,21 +182,39 @@ def test_autoencoder_flags_and_localises_planted_squares(ae_run: dict, squares_s
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n_spheres", [1, 4])
-def test_deep_sad_on_the_autoencoder_separates_planted_squares(ae_run: dict, squares_split: Path, tmp_path: Path,
-                                                               n_spheres: int) -> None:
-    summary = run_training("tiny", squares_split, tmp_path / "run", progress=False,
-                           overrides=["method=deep_sad_ae", f"pretrain.encoder_from={ae_run['run_dir']}",
-                                      f"finetune.n_spheres={n_spheres}", "finetune.epochs=6", "finetune.lr=0.001",
-                                      "finetune.gamma=0.05", "model.head_bias=false"])
+def test_deep_sad_on_the_autoencoder_separates_planted_squares(
+    ae_run: dict, squares_split: Path, tmp_path: Path, n_spheres: int
+) -> None:
+    summary = run_training(
+        "tiny",
+        squares_split,
+        tmp_path / "run",
+        progress=False,
+        overrides=[
+            "method=deep_sad_ae",
+            f"pretrain.encoder_from={ae_run['run_dir']}",
+            f"finetune.n_spheres={n_spheres}",
+            "finetune.epochs=6",
+            "finetune.lr=0.001",
+            "finetune.gamma=0.05",
+            "model.head_bias=false",
+        ],
+    )
     assert summary["n_spheres"] <= n_spheres
     assert summary["test_auroc"] >= 0.75
 
 
 @pytest.mark.slow
-def test_knn_on_autoencoder_features_separates_planted_squares(ae_run: dict, squares_split: Path, tmp_path: Path) -> None:
-    summary = run_training("tiny", squares_split, tmp_path / "run", progress=False,
-                           overrides=["method=knn_ae", f"pretrain.encoder_from={ae_run['run_dir']}", "knn.k=5",
-                                      "model.head_bias=false"])
+def test_knn_on_autoencoder_features_separates_planted_squares(
+    ae_run: dict, squares_split: Path, tmp_path: Path
+) -> None:
+    summary = run_training(
+        "tiny",
+        squares_split,
+        tmp_path / "run",
+        progress=False,
+        overrides=["method=knn_ae", f"pretrain.encoder_from={ae_run['run_dir']}", "knn.k=5", "model.head_bias=false"],
+    )
     frame = pd.read_csv(squares_split)
     normal_train = int(((frame["split"] == "train") & (frame["semi_label"] != -1)).sum())
     from safetensors.torch import load_file
@@ -210,7 +231,16 @@ def test_supervised_resnet50_learns_the_planted_squares(squares_split: Path, tmp
     frame.loc[train, "semi_label"] = np.where(frame.loc[train, "label"] == 1, -1, 1)
     manifest = tmp_path / "labelled.csv"
     frame.to_csv(manifest, index=False)
-    summary = run_training("tiny_supervised", manifest, tmp_path / "run", progress=False,
-                           overrides=["supervised.epochs=8", "supervised.batch_size=8", "supervised.lr=0.001",
-                                      "supervised.augment.enabled=false"])
+    summary = run_training(
+        "tiny_supervised",
+        manifest,
+        tmp_path / "run",
+        progress=False,
+        overrides=[
+            "supervised.epochs=8",
+            "supervised.batch_size=8",
+            "supervised.lr=0.001",
+            "supervised.augment.enabled=false",
+        ],
+    )
     assert summary["test_auroc"] >= 0.75

@@ -13,11 +13,11 @@ import pytest
 import yaml
 from scipy import stats
 
-from xrad.errors import ConfigError
 from xrad.config import merge_overrides
+from xrad.errors import ConfigError
+from xrad.evaluation.statistics import significance_code
 from xrad.jobs.benchmark import RESULT_COLUMNS, run_benchmark
 from xrad.jobs.benchmark_grid import iter_cells, load_benchmark_config, resolve_method
-from xrad.evaluation.statistics import significance_code
 
 
 @pytest.fixture()
@@ -90,8 +90,7 @@ def test_cli_benchmark_uses_run_training(bench_config, fake_run_training, monkey
     calls = []
     import xrad.jobs.train
 
-    monkeypatch.setattr(xrad.jobs.train, "run_training",
-                        lambda *a, **k: calls.append(1) or fake_run_training(*a, **k))
+    monkeypatch.setattr(xrad.jobs.train, "run_training", lambda *a, **k: calls.append(1) or fake_run_training(*a, **k))
     assert main(["benchmark", str(bench_config), "-o", str(tmp_path / "cli_out")]) == 0
     assert len(calls) == 8 and (tmp_path / "cli_out" / "table1.md").is_file()
     assert "| weak |" in capsys.readouterr().out
@@ -103,8 +102,11 @@ def test_methods_of_one_family_share_stage_one(tmp_path, toy_manifest, fake_run_
     (tmp_path / "short.yaml").write_text("method: self_taught\npretrain: {epochs: 3}\n")
     config = {
         "methods": ["self_taught_cpu", "knn_cpu", "uni_modal_cpu", "ae_cpu", "knn_ae_cpu", "short.yaml"],
-        "training_seeds": [0, 1], "split_seeds": [0], "abnormal_ratios": [0.05],
-        "data": {"manifest": toy_manifest.name}, "output": "bench",
+        "training_seeds": [0, 1],
+        "split_seeds": [0],
+        "abnormal_ratios": [0.05],
+        "data": {"manifest": toy_manifest.name},
+        "output": "bench",
     }
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
     calls = {}
@@ -118,7 +120,7 @@ def test_methods_of_one_family_share_stage_one(tmp_path, toy_manifest, fake_run_
 
     bench = load_benchmark_config(tmp_path / "bench.yaml")
     run_benchmark(bench, train=train)
-    cell = lambda m, s: f"{m}__r0.05__split0__seed{s}"  # noqa: E731
+    cell = lambda m, s: f"{m}__r0.05__split0__seed{s}"
     for seed in (0, 1):
         source = str(bench.output / "cells" / cell("self_taught_cpu", seed))
         assert calls[cell("self_taught_cpu", seed)] is None
@@ -135,8 +137,12 @@ def test_per_method_overrides_and_only(tmp_path, toy_manifest, fake_run_training
     (tmp_path / "weak.yaml").write_text("method: weak\nfake_shift: 0.2\nfinetune: {epochs: 9}\n")
     config = {
         "methods": [{"good.yaml": {"finetune.epochs": 4}}, "weak.yaml"],
-        "training_seeds": [0, 1], "split_seeds": [0, 1], "abnormal_ratios": [0.05],
-        "overrides": {"finetune.epochs": 2}, "data": {"manifest": toy_manifest.name}, "output": "bench",
+        "training_seeds": [0, 1],
+        "split_seeds": [0, 1],
+        "abnormal_ratios": [0.05],
+        "overrides": {"finetune.epochs": 2},
+        "data": {"manifest": toy_manifest.name},
+        "output": "bench",
     }
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
     bench = load_benchmark_config(tmp_path / "bench.yaml")
@@ -175,8 +181,7 @@ def _rewrite(path: Path, **changes) -> None:
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **changes}))
 
 
-def test_changed_settings_after_a_finished_grid_are_refused(bench_config, fake_run_training, capsys,
-                                                             tmp_path):
+def test_changed_settings_after_a_finished_grid_are_refused(bench_config, fake_run_training, capsys, tmp_path):
     """Benchmark overrides, a method's own overrides and data.manifest are part of what a cell was trained
     from: once the grid is done, changing any of them is refused, naming the cell (or split) and the key."""
     from xrad.cli.main import main
@@ -186,7 +191,7 @@ def test_changed_settings_after_a_finished_grid_are_refused(bench_config, fake_r
     out = load_benchmark_config(bench_config).output
     table = (out / "table1.md").read_text()
     calls = []
-    train = lambda *a, **k: calls.append(a) or fake_run_training(*a, **k)  # noqa: E731
+    train = lambda *a, **k: calls.append(a) or fake_run_training(*a, **k)
     first = "good__r0.05__split0__seed0"  # the first cell of the grid that is checked
 
     _rewrite(bench_config, overrides={"finetune.epochs": 1})
@@ -234,18 +239,17 @@ def test_changed_split_option_with_an_existing_split_is_refused(bench_config, fa
     assert not (config.output / "cells" / "good__r0.05__split0__seed0" / "summary.json").exists()
 
 
-def test_unchanged_rerun_and_execution_settings_reuse_finished_cells(bench_config, fake_run_training,
-                                                                    monkeypatch, capsys):
+def test_unchanged_rerun_and_execution_settings_reuse_finished_cells(
+    bench_config, fake_run_training, monkeypatch, capsys
+):
     """Re-running the same YAML, or one that only changes how cells run (trainer/devices, here and in the
     method configs, --only, --split-seeds), skips every finished cell with identical results."""
-    import xrad.jobs.train  # noqa: F401 - loaded before xrad.training is replaced by the stand-in below
+    import xrad.jobs.train
     from xrad.cli.main import main
 
     calls = []
-    import xrad.jobs.train
 
-    monkeypatch.setattr(xrad.jobs.train, "run_training",
-                        lambda *a, **k: calls.append(1) or fake_run_training(*a, **k))
+    monkeypatch.setattr(xrad.jobs.train, "run_training", lambda *a, **k: calls.append(1) or fake_run_training(*a, **k))
     assert main(["benchmark", str(bench_config)]) == 0 and len(calls) == 8
     out = load_benchmark_config(bench_config).output
     results, table = (out / "results.csv").read_bytes(), (out / "table1.md").read_text()
@@ -256,8 +260,10 @@ def test_unchanged_rerun_and_execution_settings_reuse_finished_cells(bench_confi
     inputs = json.loads((out / "cells" / "weak__r0.05__split1__seed0" / "benchmark_inputs.json").read_text())
     assert inputs["config"]["finetune"] == {"epochs": 2} and inputs["split"] == split
 
-    devices = {"trainer": {"devices": 2, "accelerator": "cpu"},  # the benchmark's and, through an override,
-               "overrides": {"finetune.epochs": 2, "trainer.devices": 2}}  # the method configs' trainer
+    devices = {
+        "trainer": {"devices": 2, "accelerator": "cpu"},  # the benchmark's and, through an override,
+        "overrides": {"finetune.epochs": 2, "trainer.devices": 2},
+    }  # the method configs' trainer
     selection = ["--only", "weak", "--split-seeds", "1", "--progress"]
     for extra, changes in [([], {}), (selection, {}), ([], devices)]:
         if changes:
@@ -270,8 +276,14 @@ def test_unchanged_rerun_and_execution_settings_reuse_finished_cells(bench_confi
 def test_shared_stage_one_and_older_outputs_pass_the_checks(tmp_path, toy_manifest, fake_run_training):
     """A cell's record leaves out which identical stage 1 it loaded (that depends on the order cells ran in),
     and outputs from before records existed are adopted, then tied like new ones."""
-    config = {"methods": ["self_taught_cpu", "knn_cpu"], "training_seeds": [0, 1], "split_seeds": [0],
-              "abnormal_ratios": [0.05], "data": {"manifest": toy_manifest.name}, "output": "bench"}
+    config = {
+        "methods": ["self_taught_cpu", "knn_cpu"],
+        "training_seeds": [0, 1],
+        "split_seeds": [0],
+        "abnormal_ratios": [0.05],
+        "data": {"manifest": toy_manifest.name},
+        "output": "bench",
+    }
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
     encoder_from = {}
 
@@ -351,9 +363,7 @@ def test_tiny_real_benchmark_end_to_end(tmp_path):
     from xrad.data.phantoms.generate import SynthConfig, generate_phantoms
     from xrad.evaluation.report import render_report
 
-    generate_phantoms(
-        tmp_path / "data", SynthConfig(n_patients=24, seed=0, size=64, workers=1), progress=False
-    )
+    generate_phantoms(tmp_path / "data", SynthConfig(n_patients=24, seed=0, size=64, workers=1), progress=False)
     write_manifest(index_source(tmp_path / "data"), tmp_path / "manifest.csv")
     tiny = yaml.safe_load((resolve_method("tiny", tmp_path)).read_text())
     tiny["finetune"]["n_spheres"] = 1

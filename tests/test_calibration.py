@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from xrad.inference.calibration import calibrate, clopper_pearson, describe, flag, store_operating_point, threshold_for
 from xrad.errors import DataError
+from xrad.inference.calibration import calibrate, clopper_pearson, describe, flag, store_operating_point, threshold_for
 
 
 def test_clopper_pearson_closed_forms() -> None:
@@ -81,8 +81,11 @@ def test_sensitivity_threshold_flags_the_target_share() -> None:
 
 def test_study_level_point_and_flags(tmp_path) -> None:
     rng = np.random.default_rng(3)
-    rows = [{"study_id": f"s{i}", "score": rng.normal() + 3 * (i % 5 == 0), "label": int(i % 5 == 0)}
-            for i in range(200) for _ in range(3)]
+    rows = [
+        {"study_id": f"s{i}", "score": rng.normal() + 3 * (i % 5 == 0), "label": int(i % 5 == 0)}
+        for i in range(200)
+        for _ in range(3)
+    ]
     point = calibrate(pd.DataFrame(rows), specificity=0.9, aggregation="max")
     study = point["study"]
     assert study["aggregation"] == "max" and study["n"] == 160 and study["achieved"] >= 0.9

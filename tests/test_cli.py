@@ -33,9 +33,12 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "option", "reason"), BAD_VALUES, ids=[" ".join(a[:1] + a[-2:]) for a, _, _ in BAD_VALUES])
-def test_bad_numbers_are_refused_when_parsed(argv: list[str], option: str, reason: str,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "option", "reason"), BAD_VALUES, ids=[" ".join(a[:1] + a[-2:]) for a, _, _ in BAD_VALUES]
+)
+def test_bad_numbers_are_refused_when_parsed(
+    argv: list[str], option: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
@@ -62,7 +65,8 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path: Path, capsys: pytest.C
 
 
 def test_unexpected_errors_are_one_line_unless_the_traceback_is_asked_for(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import xrad.cli.evaluate
 
     def broken(args: object) -> int:
@@ -80,7 +84,8 @@ def test_unexpected_errors_are_one_line_unless_the_traceback_is_asked_for(
 
 
 def test_score_refuses_truncated_files_and_fails_when_nothing_is_readable(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from xrad.preprocess import PreprocessParams
 
     artefact = make_tiny_artefact(tmp_path / "artefact", preprocessing=PreprocessParams().to_dict())
@@ -94,8 +99,9 @@ def test_score_refuses_truncated_files_and_fails_when_nothing_is_readable(
     (folder / "cut.png").write_bytes(data[: len(data) // 2])
 
     assert main(["score", str(artefact), str(folder), "-o", str(tmp_path / "s.csv"), "--workers", "1"]) == 0
-    scores = pd.read_csv(tmp_path / "s.csv", keep_default_na=False).set_index(Path(p).name for p in
-                                                                                pd.read_csv(tmp_path / "s.csv")["path"])
+    scores = pd.read_csv(tmp_path / "s.csv", keep_default_na=False).set_index(
+        Path(p).name for p in pd.read_csv(tmp_path / "s.csv")["path"]
+    )
     assert "truncated PNG" in scores.loc["cut.png", "error"] and scores.loc["cut.png", "score"] == ""
     assert scores.loc["whole.png", "error"] == "" and np.isfinite(float(scores.loc["whole.png", "score"]))
     capsys.readouterr()
@@ -106,22 +112,43 @@ def test_score_refuses_truncated_files_and_fails_when_nothing_is_readable(
     assert "none of the 1 image(s) could be read" in err and (tmp_path / "t.csv").is_file()
 
 
-def test_score_refuses_a_bad_aggregation_before_scoring(tmp_path: Path, tiny_artefact: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["score", str(tiny_artefact), str(tmp_path / "missing"), "-o", str(tmp_path / "s.csv"),
-                 "--aggregation", "median"]) == 2
+def test_score_refuses_a_bad_aggregation_before_scoring(
+    tmp_path: Path, tiny_artefact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "score",
+                str(tiny_artefact),
+                str(tmp_path / "missing"),
+                "-o",
+                str(tmp_path / "s.csv"),
+                "--aggregation",
+                "median",
+            ]
+        )
+        == 2
+    )
     assert "unknown aggregation 'median'" in capsys.readouterr().err  # not "not found": checked first
 
 
-def test_preprocess_fails_when_no_image_could_be_processed(tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_preprocess_fails_when_no_image_could_be_processed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     paths = []
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"\x89PNG not really" + bytes(range(40)))
         paths.append(str(tmp_path / name))
     manifest = tmp_path / "manifest.csv"
-    pd.DataFrame({"path": paths, "patient_id": ["p1", "p2"], "study_id": ["s1", "s2"], "body_part": "HAND",
-                  "view": "", "label": 0, "source": "csv"}).to_csv(manifest, index=False)
+    pd.DataFrame(
+        {
+            "path": paths,
+            "patient_id": ["p1", "p2"],
+            "study_id": ["s1", "s2"],
+            "body_part": "HAND",
+            "view": "",
+            "label": 0,
+            "source": "csv",
+        }
+    ).to_csv(manifest, index=False)
     assert main(["preprocess", str(manifest), "-o", str(tmp_path / "cache"), "--workers", "1"]) == 2
     captured = capsys.readouterr()
     assert "0 in the cache" in captured.out and "2 failed" in captured.out
@@ -150,8 +177,9 @@ def test_a_folder_given_as_manifest_is_named_as_such(tmp_path: Path, capsys: pyt
 
 
 @pytest.mark.parametrize("rule", ["bogus", "specificity:2", "sensitivity:x", "youden:0.5"])
-def test_a_bad_threshold_rule_is_refused_without_validation_rows(rule: str, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_threshold_rule_is_refused_without_validation_rows(
+    rule: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     scores = _scores_csv(tmp_path / "scores.csv")  # no split column: the rule would never be used
     assert main(["evaluate", str(scores), "--threshold-rule", rule, "--n-bootstrap", "0"]) == 2
     assert f"unknown threshold rule {rule!r}" in capsys.readouterr().err
@@ -160,24 +188,35 @@ def test_a_bad_threshold_rule_is_refused_without_validation_rows(rule: str, tmp_
 def test_a_config_that_is_not_text_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     binary = tmp_path / "x.png"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xde\xad\xbe\xef")
-    assert main(["train", "--config", str(binary), "--manifest", str(tmp_path / "m.csv"), "-o", str(tmp_path / "r")]) == 2
+    assert (
+        main(["train", "--config", str(binary), "--manifest", str(tmp_path / "m.csv"), "-o", str(tmp_path / "r")]) == 2
+    )
     assert f"{binary}: not a text file; give a YAML config" in capsys.readouterr().err
     assert main(["benchmark", str(binary)]) == 2
     assert f"{binary}: not a text file" in capsys.readouterr().err
 
 
 def _core_manifest(paths: list[str], splits: list[str] | None = None) -> pd.DataFrame:
-    frame = pd.DataFrame({"path": paths, "patient_id": [f"p{i}" for i in range(len(paths))],
-                          "study_id": [f"s{i}" for i in range(len(paths))], "body_part": "HAND", "view": "",
-                          "label": 0, "source": "csv"})
+    frame = pd.DataFrame(
+        {
+            "path": paths,
+            "patient_id": [f"p{i}" for i in range(len(paths))],
+            "study_id": [f"s{i}" for i in range(len(paths))],
+            "body_part": "HAND",
+            "view": "",
+            "label": 0,
+            "source": "csv",
+        }
+    )
     if splits is not None:
         frame["split"], frame["semi_label"] = splits, 0
     return frame
 
 
 @pytest.mark.parametrize("verb", ["preprocess", "split"])
-def test_a_header_only_manifest_is_a_one_line_error(verb: str, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_header_only_manifest_is_a_one_line_error(
+    verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Was ``KeyError: 'failed'`` (preprocess) and an ``AttributeError`` (split)."""
     _core_manifest([]).to_csv(tmp_path / "m.csv", index=False)
     assert main([verb, str(tmp_path / "m.csv"), "-o", str(tmp_path / "out")]) == 2
@@ -185,8 +224,9 @@ def test_a_header_only_manifest_is_a_one_line_error(verb: str, tmp_path: Path,
     assert err.count("\n") == 1 and "m.csv: the manifest has no rows" in err and "Error:" not in err
 
 
-def test_train_refuses_one_image_in_two_splits_unless_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_refuses_one_image_in_two_splits_unless_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from xrad.errors import XradError
 
     for name in ("a", "b"):

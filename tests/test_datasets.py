@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import xrad.training.banks as datasets
-from xrad.training.banks import BankDataset, ImageBank, load_image_bank, seed_worker
 from xrad.data.model_input import resize_image_and_mask
 from xrad.errors import ImageReadError
+from xrad.training.banks import BankDataset, ImageBank, load_image_bank, seed_worker
 
 
 def write_cache(folder: Path, n: int, side: int = 40) -> pd.DataFrame:
@@ -28,8 +28,7 @@ def write_cache(folder: Path, n: int, side: int = 40) -> pd.DataFrame:
         cache, mask_path = folder / f"img{i}.png", folder / f"img{i}_mask.png"
         cv2.imwrite(str(cache), image)
         cv2.imwrite(str(mask_path), mask)
-        rows.append({"path": str(folder / f"orig{i}.jpg"), "cache_path": str(cache),
-                     "mask_path": str(mask_path)})
+        rows.append({"path": str(folder / f"orig{i}.jpg"), "cache_path": str(cache), "mask_path": str(mask_path)})
     frame = pd.DataFrame(rows)
     frame["label"] = pd.array([1, 0, None, 1, 0][:n] + [0] * max(0, n - 5), dtype="Int64")
     frame["semi_label"] = pd.array([-1, 1, 0, None, 0][:n] + [0] * max(0, n - 5), dtype="Int64")
@@ -154,20 +153,31 @@ class _NumpyDraws(torch.utils.data.Dataset):
         return 4
 
     def __getitem__(self, item: int) -> torch.Tensor:
-        return torch.tensor(np.random.randint(0, 2**31))  # noqa: NPY002 - the global state under test
+        return torch.tensor(np.random.randint(0, 2**31))
 
 
 def test_seed_worker_gives_each_worker_its_own_numpy_stream() -> None:
-    loader = torch.utils.data.DataLoader(_NumpyDraws(), batch_size=1, num_workers=2,
-                                         worker_init_fn=seed_worker,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        _NumpyDraws(),
+        batch_size=1,
+        num_workers=2,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(0),
+    )
     draws = [int(x) for x in loader]
     # Worker 0 serves items 0 and 2, worker 1 items 1 and 3: the same position in the two workers'
     # streams must differ.
     assert draws[0] != draws[1] and draws[2] != draws[3]
-    again = [int(x) for x in torch.utils.data.DataLoader(_NumpyDraws(), batch_size=1, num_workers=2,
-                                                         worker_init_fn=seed_worker,
-                                                         generator=torch.Generator().manual_seed(0))]
+    again = [
+        int(x)
+        for x in torch.utils.data.DataLoader(
+            _NumpyDraws(),
+            batch_size=1,
+            num_workers=2,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(0),
+        )
+    ]
     assert draws == again  # reproducible from the loader's generator
 
 

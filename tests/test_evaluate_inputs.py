@@ -17,8 +17,9 @@ from xrad.evaluation.evaluate import evaluate_scores, prepare_scores, read_score
 def _scores(n: int = 40, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 2
-    return pd.DataFrame({"path": [f"/x/{i}.png" for i in range(n)], "label": labels,
-                         "score": labels + rng.normal(0, 0.8, n)})
+    return pd.DataFrame(
+        {"path": [f"/x/{i}.png" for i in range(n)], "label": labels, "score": labels + rng.normal(0, 0.8, n)}
+    )
 
 
 def test_label_spellings_are_those_of_index() -> None:
@@ -77,8 +78,9 @@ def test_evaluate_reads_score_output_with_unreadable_rows(tmp_path: Path, capsys
 
 
 def test_unreadable_rows_are_counted_in_their_own_split() -> None:
-    frame = pd.concat([_scores().assign(split="test"), _scores(seed=1).assign(split="valid",
-                                                                           path=lambda f: f["path"] + "v")])
+    frame = pd.concat(
+        [_scores().assign(split="test"), _scores(seed=1).assign(split="valid", path=lambda f: f["path"] + "v")]
+    )
     frame = frame.reset_index(drop=True).assign(error="")
     frame.loc[[0, 1], "error"] = "test image unreadable"
     frame.loc[45, "error"] = "valid image unreadable"

@@ -12,12 +12,12 @@ import torch
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from conftest import make_tiny_artefact
+from conftest import make_tiny_artefact  # noqa: E402 - after the importorskips
 
-from xrad.inference.calibration import store_operating_point, threshold_for
-from xrad.cli.main import main
-from xrad.inference.export import export_onnx, onnx_scores, parity_batch
-from xrad.inference.scoring import load_scorer
+from xrad.cli.main import main  # noqa: E402
+from xrad.inference.calibration import store_operating_point, threshold_for  # noqa: E402
+from xrad.inference.export import export_onnx, onnx_scores, parity_batch  # noqa: E402
+from xrad.inference.scoring import load_scorer  # noqa: E402
 
 
 def _images(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,8 +70,8 @@ def test_export_refuses_a_mismatch(tiny_artefact, tmp_path) -> None:
 def test_trained_tiny_artefact_onnx_matches_the_runs_test_scores(tiny_run: dict, tmp_path) -> None:
     import pandas as pd
 
-    from xrad.training.banks import load_image_bank
     from xrad.data.manifest import read_manifest
+    from xrad.training.banks import load_image_bank
 
     out = tmp_path / "tiny.onnx"
     report = export_onnx(tiny_run["run_dir"] / "artefact", out)

@@ -9,12 +9,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from xrad.data.model_input import resize_image_and_mask
-from xrad.data.model_input import prepare_eval
+from xrad.data.model_input import prepare_eval, resize_image_and_mask
 from xrad.inference.heatmaps import explain_pixels, normalise, overlay, png_bytes, to_original
-from xrad.models.gradcam import cam_layer, grad_cam
-from xrad.methods.base import Scorer
 from xrad.inference.scoring import load_scorer
+from xrad.methods.base import Scorer
+from xrad.models.gradcam import cam_layer, grad_cam
 
 
 class BlobScorer(Scorer):
@@ -65,7 +64,7 @@ def test_to_original_inverts_resize_and_pad(shape) -> None:
     height, width = shape
     image = np.zeros(shape, dtype=np.uint8)
     r, c = int(height * 0.3), int(width * 0.7)
-    image[max(0, r - 3):r + 3, max(0, c - 3):c + 3] = 255
+    image[max(0, r - 3) : r + 3, max(0, c - 3) : c + 3] = 255
     resized, mask = resize_image_and_mask(image, None, 64)
     back = to_original(resized[0].numpy().astype(np.float32) / 255.0, shape)
     assert back.shape == shape
@@ -94,7 +93,7 @@ def test_explain_pixels_matches_scoring(tiny_artefact) -> None:
     pixels = rng.random((80, 50)).astype(np.float32)
     result = explain_pixels(scorer, pixels)
     assert result.on_original and result.heat.shape == (80, 50) and result.base.shape == (80, 50)
-    assert 0.0 <= result.heat.min() and result.heat.max() <= 1.0
+    assert result.heat.min() >= 0.0 and result.heat.max() <= 1.0
     image, mask = resize_image_and_mask(np.round(pixels * 255).astype(np.uint8), None, 64)
     expected = scorer.score_batches(image[None], mask[None])["score"][0].item()
     assert result.score == pytest.approx(expected, rel=1e-5)
@@ -164,8 +163,8 @@ def test_preprocessed_artefact_maps_heatmaps_back_to_the_original(tiny_artefact,
     import pandas as pd
     from PIL import Image
 
-    from xrad.preprocess import PreprocessParams
     from xrad.inference.scoring import score_frame
+    from xrad.preprocess import PreprocessParams
 
     artefact = tmp_path / "artefact"
     shutil.copytree(tiny_artefact, artefact)

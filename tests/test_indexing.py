@@ -62,9 +62,7 @@ def _build_mura(base: Path, with_csvs: bool = True) -> pd.DataFrame:
             (base / "MURA-v1.1" / f"{split}_image_paths.csv").write_text("\n".join(part["rel"]) + "\n")
             studies = part.drop_duplicates("study_dir")
             (base / "MURA-v1.1" / f"{split}_labeled_studies.csv").write_text(
-                "".join(
-                    f"{d}/,{lab}\n" for d, lab in zip(studies["study_dir"], studies["label"], strict=True)
-                )
+                "".join(f"{d}/,{lab}\n" for d, lab in zip(studies["study_dir"], studies["label"], strict=True))
             )
     return truth
 
@@ -211,10 +209,7 @@ def test_csv_with_other_column_names(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert frame["patient_id"].tolist() == ["p0", "p0", "p1", "p1", "p2", "p2"]
     assert frame["study_id"].tolist()[:2] == ["p0/s0", "p0/s0"] and (frame["body_part"] == "HAND").all()
     assert "extra" in frame.columns and (frame["source"] == "csv").all()
-    assert (
-        "extra"
-        not in index_csv(table, path_column="file", label_column="y", base_dir=tmp_path / "imgs").columns
-    )
+    assert "extra" not in index_csv(table, path_column="file", label_column="y", base_dir=tmp_path / "imgs").columns
     # Relative paths resolve against the CSV's folder by default, whatever the working directory.
     (tmp_path / "imgs" / "plain.csv").write_text("path,label\na0.png,1\na1.png,0\n")
     monkeypatch.chdir("/")
@@ -272,9 +267,7 @@ def test_dicom_folder_never_writes_identifiers_in_clear(tmp_path: Path) -> None:
     _dicom(folder / "a" / "noextension", "PAT-4711-SECRET", studies[0], "HAND", "LL")
     _dicom(folder / "b" / "three.bin", "PAT-0815-SECRET", studies[1], "SHOULDER", "AP")
     (folder / "notes.txt").write_text("not a dicom")
-    (tmp_path / "labels.csv").write_text(
-        f"study_id,label\n{studies[0]},abnormal\n{pseudonymise(studies[1])},0\n"
-    )
+    (tmp_path / "labels.csv").write_text(f"study_id,label\n{studies[0]},abnormal\n{pseudonymise(studies[1])},0\n")
     assert detect_source(folder) == "dicom"
     frame = index_source(folder, labels=tmp_path / "labels.csv")
     assert len(frame) == 3 and set(frame["source"]) == {"dicom"}
@@ -310,12 +303,7 @@ def test_cli_index_writes_manifest_and_summary(tmp_path: Path, capsys: pytest.Ca
     table.write_text("img,lab,body_part\ni.png,0,hand\n")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert (
-            _cli(
-                [str(table), "-o", str(tmp_path / "t_m.csv"), "--path-column", "img", "--label-column", "lab"]
-            )
-            == 0
-        )
+        assert _cli([str(table), "-o", str(tmp_path / "t_m.csv"), "--path-column", "img", "--label-column", "lab"]) == 0
     assert "no patient ids" in capsys.readouterr().out
 
 
@@ -326,7 +314,6 @@ def test_dicom_folder_says_which_files_it_left_out(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=r"1 file\(s\) left out as not DICOM.*fake\.dcm"):
         frame = index_dicom_folder(tmp_path / "dcm")
     assert not frame["path"].str.endswith("fake.dcm").any()
-
 
 
 def test_dicom_files_without_study_uid_are_studies_of_their_own_by_folder_path(tmp_path: Path) -> None:

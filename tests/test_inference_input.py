@@ -74,7 +74,8 @@ def test_same_image_gives_the_identical_score_through_every_entry_point(artefact
 
 @pytest.mark.parametrize("kind", ["jpeg", "png"])
 def test_truncated_file_is_refused_by_every_entry_point_without_preprocessing(
-        kind: str, tiny_artefact: Path, tmp_path: Path) -> None:
+    kind: str, tiny_artefact: Path, tmp_path: Path
+) -> None:
     fastapi_testclient = pytest.importorskip("fastapi.testclient")
     from xrad.cli.main import main
     from xrad.service.app import app_from_artefact, artefact_predictor
@@ -150,8 +151,9 @@ def _round_trip(data: dict) -> dict:
     return ArtefactMeta.from_json(data, "test").to_json()
 
 
-def test_artefact_meta_round_trip_of_real_artefact_json_is_identical(tiny_run: dict, tiny_artefact: Path,
-                                                                     tmp_path: Path) -> None:
+def test_artefact_meta_round_trip_of_real_artefact_json_is_identical(
+    tiny_run: dict, tiny_artefact: Path, tmp_path: Path
+) -> None:
     from xrad.inference.calibration import store_operating_point, threshold_for
 
     trained = json.loads((tiny_run["run_dir"] / "artefact" / "artefact.json").read_text())
@@ -172,20 +174,34 @@ def test_artefact_meta_round_trip_of_real_artefact_json_is_identical(tiny_run: d
     assert _round_trip(stored) == stored and read_meta(calibrated).operating_point == stored["operating_point"]
 
     # Hand-made artefact.json files keep exactly their keys.
-    for data in ({"format": FORMAT}, {"format": FORMAT, "method": "x", "scorer": None},
-                 {"format": FORMAT, "scorer": {"kind": "sphere"}, "extra_key": [1, 2]}):
+    for data in (
+        {"format": FORMAT},
+        {"format": FORMAT, "method": "x", "scorer": None},
+        {"format": FORMAT, "scorer": {"kind": "sphere"}, "extra_key": [1, 2]},
+    ):
         assert _round_trip(data) == data
 
 
 def test_artefact_meta_written_by_code_has_todays_keys(tmp_path: Path) -> None:
     import torch
 
-    meta = ArtefactMeta(method="x", scorer_kind="sphere", scorer_args={"a": 1}, image_size=8, input="uint8",
-                        extra={"n_spheres": 2})
+    meta = ArtefactMeta(
+        method="x", scorer_kind="sphere", scorer_args={"a": 1}, image_size=8, input="uint8", extra={"n_spheres": 2}
+    )
     save_artefact(tmp_path / "art", {"t": torch.zeros(1)}, meta)
     written = json.loads((tmp_path / "art" / "artefact.json").read_text())
-    assert set(written) == {"method", "scorer", "image_size", "input", "preprocessing", "n_spheres", "format",
-                            "xrad_version", "sha256", "versions"}
+    assert set(written) == {
+        "method",
+        "scorer",
+        "image_size",
+        "input",
+        "preprocessing",
+        "n_spheres",
+        "format",
+        "xrad_version",
+        "sha256",
+        "versions",
+    }
     assert written["scorer"] == {"kind": "sphere", "args": {"a": 1}} and written["preprocessing"] is None
     spec = read_meta(tmp_path / "art").input_spec()
     assert spec.image_size == 8 and spec.preprocessing is None

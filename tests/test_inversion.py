@@ -17,8 +17,16 @@ from xrad.preprocess.cache import build_cache
 from xrad.preprocess.segment import inversion_evidence
 
 PARAMS = PreprocessParams(size=256)
-ISSUE_IMAGES = ("IMG0000514", "IMG0000760", "IMG0001139", "IMG0001557", "IMG0001558", "IMG0002110",
-                "IMG0002298", "IMG0002379")
+ISSUE_IMAGES = (
+    "IMG0000514",
+    "IMG0000760",
+    "IMG0001139",
+    "IMG0001557",
+    "IMG0001558",
+    "IMG0002110",
+    "IMG0002298",
+    "IMG0002379",
+)
 
 
 def _gray(pixels: np.ndarray) -> np.ndarray:
@@ -28,8 +36,9 @@ def _gray(pixels: np.ndarray) -> np.ndarray:
 def _old_rule(gray: np.ndarray) -> bool:
     """The replaced rule (median of the outer 4 % band above 0.5): the defect these tests pin down."""
     band = max(1, int(round(0.04 * min(gray.shape))))
-    border = np.concatenate([gray[:band].ravel(), gray[-band:].ravel(), gray[:, :band].ravel(),
-                             gray[:, -band:].ravel()])
+    border = np.concatenate(
+        [gray[:band].ravel(), gray[-band:].ravel(), gray[:, :band].ravel(), gray[:, -band:].ravel()]
+    )
     return float(np.median(border)) > 127.5
 
 
@@ -46,8 +55,9 @@ def displayed(phantoms: Path) -> list[tuple[pd.Series, np.ndarray]]:
 
 def test_phantoms_inverted_exactly_as_the_ground_truth_says(phantoms: Path) -> None:
     truth = pd.read_csv(phantoms / "ground_truth.csv", keep_default_na=False)
-    found = np.array([inversion_evidence(_gray(read_radiograph(phantoms / p).pixels), PARAMS).inverted
-                      for p in truth["path"]])
+    found = np.array(
+        [inversion_evidence(_gray(read_radiograph(phantoms / p).pixels), PARAMS).inverted for p in truth["path"]]
+    )
     expected = truth["inverted"].astype(int).to_numpy() == 1
     assert expected.sum() >= 5, "the fixture should contain inverted phantoms"
     assert np.array_equal(found, expected)
@@ -76,8 +86,10 @@ def _tight_crop(pixels: np.ndarray, body: np.ndarray) -> np.ndarray:
 
 
 def test_tight_crop_of_a_correct_image_is_not_inverted(phantoms: Path, displayed) -> None:
-    crops = [_gray(_tight_crop(pixels, read_radiograph(phantoms / row["body_mask_path"]).pixels > 0))
-             for row, pixels in displayed]
+    crops = [
+        _gray(_tight_crop(pixels, read_radiograph(phantoms / row["body_mask_path"]).pixels > 0))
+        for row, pixels in displayed
+    ]
     assert sum(_old_rule(c) for c in crops) >= len(crops) // 3, "bone and tissue make the border bright"
     assert [inversion_evidence(c, PARAMS).inverted for c in crops].count(True) == 0
 
@@ -134,8 +146,9 @@ def test_cache_passes_dicom_polarity_on(white_background, tmp_path: Path) -> Non
     _write_dicom(tmp_path / "mono1.dcm", np.round((1.0 - looks_inverted) * 4095), "MONOCHROME1")
     np.testing.assert_allclose(read_radiograph(tmp_path / "mono1.dcm").pixels, looks_inverted, atol=1e-3)
     Image.fromarray(_gray(looks_inverted)).save(tmp_path / "same.png")
-    frame = pd.DataFrame({"path": [str(tmp_path / n) for n in ("mono2.dcm", "mono1.dcm", "same.png")],
-                          "body_part": ["FOREARM"] * 3})
+    frame = pd.DataFrame(
+        {"path": [str(tmp_path / n) for n in ("mono2.dcm", "mono1.dcm", "same.png")], "body_part": ["FOREARM"] * 3}
+    )
     summary = build_cache(frame, tmp_path / "cache", PARAMS, workers=1, progress=False)
     assert summary["failed"] == 0
     meta = pd.read_csv(tmp_path / "cache" / "metadata.csv")

@@ -19,8 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
 
-from xrad.data.io import (ImageMeta, Radiograph, decode_radiograph, read_dicom_tags, read_radiograph,
-                          write_png)
+from xrad.data.io import ImageMeta, Radiograph, decode_radiograph, read_dicom_tags, read_radiograph, write_png
 from xrad.errors import ImageReadError
 from xrad.utils.hashing import pseudonymise
 
@@ -28,6 +27,7 @@ RNG_SEED = 1234
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def save_pil(path: Path, array: np.ndarray, fmt: str, **kwargs: Any) -> Path:
     Image.fromarray(array).save(path, format=fmt, **kwargs)
@@ -38,8 +38,15 @@ def grey8(shape: tuple[int, int] = (48, 64), seed: int = RNG_SEED) -> np.ndarray
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
-def make_dicom(stored: np.ndarray, path: Path | None = None, *, photometric: str = "MONOCHROME2",
-               bits_stored: int = 12, signed: bool = False, **tags: Any) -> bytes:
+def make_dicom(
+    stored: np.ndarray,
+    path: Path | None = None,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    signed: bool = False,
+    **tags: Any,
+) -> bytes:
     """A minimal, valid single-sample DICOM (Explicit VR Little Endian) holding ``stored``."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -76,6 +83,7 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------- PNG / TIFF / JPEG
+
 
 def test_png16_scaled_by_65535_not_clamped(tmp_path: Path) -> None:
     arr = np.array([[0, 1000, 40000], [65535, 256, 255]], dtype=np.uint16)
@@ -176,6 +184,7 @@ def test_decode_bytes_equals_read_path(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- DICOM
 
+
 def _dicom(tmp_path: Path, name: str, stored: np.ndarray, **kwargs: Any) -> Radiograph:
     make_dicom(stored, tmp_path / name, **kwargs)
     return read_radiograph(tmp_path / name)
@@ -211,8 +220,7 @@ def test_dicom_window_center_width(tmp_path: Path) -> None:
 
 def test_dicom_rescale_slope_intercept_applied_before_window(tmp_path: Path) -> None:
     stored = stored12()
-    rad = _dicom(tmp_path, "r.dcm", stored, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=2000,
-                 WindowWidth=3000)
+    rad = _dicom(tmp_path, "r.dcm", stored, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=2000, WindowWidth=3000)
     np.testing.assert_allclose(rad.pixels, linear_window(stored * 2.0 - 1000, 2000, 3000), atol=1e-6)
     plain = _dicom(tmp_path, "p.dcm", stored, WindowCenter=2000, WindowWidth=3000)
     assert not np.allclose(rad.pixels, plain.pixels)
@@ -232,8 +240,14 @@ def test_dicom_voi_lut_sequence_preferred_over_window(tmp_path: Path) -> None:
     expected = lut[np.clip(stored.astype(int) - first, 0, n - 1)] / 65535.0
     with_lut = _dicom(tmp_path, "l.dcm", stored, VOILUTSequence=Sequence([_voi_lut_item(first, lut)]))
     np.testing.assert_allclose(with_lut.pixels, expected, atol=1e-6)
-    both = _dicom(tmp_path, "lw.dcm", stored, VOILUTSequence=Sequence([_voi_lut_item(first, lut)]),
-                  WindowCenter=100, WindowWidth=50)
+    both = _dicom(
+        tmp_path,
+        "lw.dcm",
+        stored,
+        VOILUTSequence=Sequence([_voi_lut_item(first, lut)]),
+        WindowCenter=100,
+        WindowWidth=50,
+    )
     np.testing.assert_allclose(both.pixels, expected, atol=1e-6)
 
 
@@ -243,8 +257,14 @@ def test_dicom_rescale_then_voi_lut_indexes_by_rescaled_value(tmp_path: Path) ->
     lut = (np.linspace(0, 1, n) ** 0.5 * 65535).astype(np.uint16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "VOI LUT on a float input array" warning from pydicom
-        rad = _dicom(tmp_path, "rl.dcm", stored, RescaleSlope=1, RescaleIntercept=-300,
-                     VOILUTSequence=Sequence([_voi_lut_item(first, lut)]))
+        rad = _dicom(
+            tmp_path,
+            "rl.dcm",
+            stored,
+            RescaleSlope=1,
+            RescaleIntercept=-300,
+            VOILUTSequence=Sequence([_voi_lut_item(first, lut)]),
+        )
     expected = lut[np.clip(stored.astype(int) - 300 - first, 0, n - 1)] / 65535.0
     np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
 
@@ -283,8 +303,9 @@ def test_dicom_pixel_spacing_and_first_frame(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:Invalid value for VR CS")
 def test_read_dicom_tags_pseudonymises_identifiers(tmp_path: Path) -> None:
     clear = {"PatientID": "PAT-0042-DOE", "StudyInstanceUID": "1.2.3.4.5", "SeriesInstanceUID": "1.2.3.4.5.6"}
-    make_dicom(stored12(), tmp_path / "t.dcm", BodyPartExamined="hand ", ViewPosition="PA",
-               ImageLaterality="L", **clear)
+    make_dicom(
+        stored12(), tmp_path / "t.dcm", BodyPartExamined="hand ", ViewPosition="PA", ImageLaterality="L", **clear
+    )
     tags = read_dicom_tags(tmp_path / "t.dcm")
     assert set(tags) == {"patient_id", "study_id", "series_id", "body_part", "view", "laterality"}
     assert tags["patient_id"] == pseudonymise("PAT-0042-DOE") != ""
@@ -300,6 +321,7 @@ def test_read_dicom_tags_pseudonymises_identifiers(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- malformed files
 
+
 def _png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(grey8((64, 64))).save(buffer, "PNG")
@@ -308,15 +330,19 @@ def _png_bytes() -> bytes:
 
 def _corrupt_idat(data: bytes) -> bytes:
     start = data.index(b"IDAT")
-    length = struct.unpack(">I", data[start - 4:start])[0]
+    length = struct.unpack(">I", data[start - 4 : start])[0]
     noise = np.random.default_rng(1).integers(0, 256, length, dtype=np.uint8).tobytes()
-    return data[: start + 4] + noise + data[start + 4 + length:]
+    return data[: start + 4] + noise + data[start + 4 + length :]
 
 
 def _bomb_png() -> bytes:
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def _no_pixel_dicom() -> bytes:
@@ -368,8 +394,7 @@ MALFORMED: dict[str, tuple[str, Any, dict[str, Any], str]] = {
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's note on the TIFF stub, before it fails
 @pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_file_raises_image_read_error(case: str, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_file_raises_image_read_error(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name, content, kwargs, words = MALFORMED[case]
     path = tmp_path / name
     if content == "dir":
@@ -401,6 +426,7 @@ def test_rle_no_plugin_message_names_transfer_syntax(tmp_path: Path, monkeypatch
 
 # ---------------------------------------------------------------- write_png
 
+
 def test_write_png_round_trips(tmp_path: Path) -> None:
     values = np.random.default_rng(9).random((20, 30)).astype(np.float32)
     write_png(tmp_path / "f8.png", values)
@@ -418,8 +444,7 @@ def test_write_png_round_trips(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")), mask.astype(np.uint8))  # 0/1
     # atomic writes leave no temporary files behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f16.png", "f8.png", "mask.png", "u16.png"]
-    bad_inputs = (np.full((2, 2), 1.5), np.full((2, 2), np.nan), np.zeros((2, 2), np.int64),
-                  np.zeros((2, 2, 2)))
+    bad_inputs = (np.full((2, 2), 1.5), np.full((2, 2), np.nan), np.zeros((2, 2), np.int64), np.zeros((2, 2, 2)))
     for bad in bad_inputs:
         with pytest.raises(ValueError):
             write_png(tmp_path / "bad.png", bad)
@@ -442,7 +467,7 @@ def test_fracatlas_59_truncated_files_flagged(fracatlas_dir: Path) -> None:
     flagged = []
     for path in tail:
         rad = read_radiograph(path)
-        assert rad.pixels.ndim == 2 and 0.0 <= rad.pixels.min() and rad.pixels.max() <= 1.0
+        assert rad.pixels.ndim == 2 and rad.pixels.min() >= 0.0 and rad.pixels.max() <= 1.0
         assert rad.pixels.shape == (labels.at[path.name, "height"], labels.at[path.name, "width"])
         if rad.meta.truncated:
             flagged.append(path.name)

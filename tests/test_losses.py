@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from xrad.errors import ConfigError
-from xrad.losses import (balanced_deep_sad, info_nce, masked_error_map, masked_mse, multisphere_deep_sad, nearest_center,
-                         reconstruction_scores, supervised_contrastive)
+from xrad.losses import (
+    balanced_deep_sad,
+    info_nce,
+    masked_error_map,
+    masked_mse,
+    multisphere_deep_sad,
+    nearest_center,
+    reconstruction_scores,
+    supervised_contrastive,
+)
 
 
 # ---------------------------------------------------------------- NumPy references
@@ -201,8 +209,7 @@ def test_reconstruction_scores_match_numpy() -> None:
         vals = np.sort(sq[i][mask[i] > 0])[::-1]
         k = max(1, int(np.ceil(frac * mask[i].sum())))
         want.append(vals[:k].mean() if len(vals) else 0.0)
-    np.testing.assert_allclose(reconstruction_scores(*tr, kind="topk", top_k_fraction=frac).numpy(), want,
-                               rtol=1e-12)
+    np.testing.assert_allclose(reconstruction_scores(*tr, kind="topk", top_k_fraction=frac).numpy(), want, rtol=1e-12)
     emap = masked_error_map(*tr, kind="l1")
     assert emap.shape == (3, 1, 8, 10)
     np.testing.assert_allclose(emap.numpy(), ab * mask, rtol=1e-12)

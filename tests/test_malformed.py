@@ -38,7 +38,8 @@ REGULAR = [case for case in CASES if case.upload is not None]  # cases whose byt
 @contextlib.contextmanager
 def time_limit(seconds: float = LIMIT_S) -> Iterator[None]:
     """Fail (TimeoutError in the main thread) if the block takes longer than ``seconds``: a hang is a failure."""
-    def expire(signum, frame):  # noqa: ANN001
+
+    def expire(signum, frame):
         raise TimeoutError(f"still running after {seconds:.0f} s: an entry point hangs")
 
     previous = signal.signal(signal.SIGALRM, expire)
@@ -62,9 +63,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def manifest_of(paths: dict[str, Path], kinds: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({"path": [str(paths[k]) for k in kinds], "patient_id": [f"p{i}" for i in range(len(kinds))],
-                         "study_id": [f"s{i}" for i in range(len(kinds))], "body_part": "HAND", "view": "",
-                         "label": 0, "source": "csv"})
+    return pd.DataFrame(
+        {
+            "path": [str(paths[k]) for k in kinds],
+            "patient_id": [f"p{i}" for i in range(len(kinds))],
+            "study_id": [f"s{i}" for i in range(len(kinds))],
+            "body_part": "HAND",
+            "view": "",
+            "label": 0,
+            "source": "csv",
+        }
+    )
 
 
 def expected_failure(case: Case) -> str | None:
@@ -113,7 +122,8 @@ def test_index_csv_of_every_case(case: Case, corpus: dict[str, Path], tmp_path: 
     table = tmp_path / "table.csv"
     (tmp_path / "companion.png").write_bytes(good_png())
     pd.DataFrame({"path": [str(tmp_path / "companion.png"), str(corpus[case.kind])], "label": [0, 1]}).to_csv(
-        table, index=False)
+        table, index=False
+    )
     with time_limit(10):
         if case.upload is not None:
             frame = index_csv(table)
@@ -125,8 +135,9 @@ def test_index_csv_of_every_case(case: Case, corpus: dict[str, Path], tmp_path: 
             assert str(corpus[case.kind]) in str(info.value)
 
 
-def test_index_dicom_folder_with_every_case(corpus: dict[str, Path], tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_index_dicom_folder_with_every_case(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A DICOM folder holding every kind: DICOM files with a readable header are indexed, the rest left out with
     warnings naming an example; the FIFO is never opened (no hang); patient fields are never stored or printed."""
     from xrad.data.indexing import index_dicom_folder
@@ -207,15 +218,25 @@ def test_training_bank_cache_paths_obey_the_reader_rules(corpus: dict[str, Path]
     with time_limit():
         bank = load_image_bank(frame, 32, workers=2, progress=False, on_error="skip")
     failures = bank.failures.set_index("path")
-    for kind in ("fifo", "symlink-loop", "directory-named-png", "zero-bytes", "decompression-bomb-png",
-                 "text-named-png", "good-dicom", "dangling-symlink"):
+    for kind in (
+        "fifo",
+        "symlink-loop",
+        "directory-named-png",
+        "zero-bytes",
+        "decompression-bomb-png",
+        "text-named-png",
+        "good-dicom",
+        "dangling-symlink",
+    ):
         assert str(corpus[kind]) in failures.index, kind
         one_line_naming(failures.loc[str(corpus[kind]), "reason"], corpus[kind])
     assert str(corpus["good-png"]) in set(bank.frame["path"])
     # A good image whose mask is a bomb (or a FIFO) fails as a row too.
     masks = manifest_of(corpus, ["good-png", "good-png"]).assign(
-        path=["a", "b"], cache_path=str(corpus["good-png"]),
-        mask_path=[str(corpus["decompression-bomb-png"]), str(corpus["fifo"])])
+        path=["a", "b"],
+        cache_path=str(corpus["good-png"]),
+        mask_path=[str(corpus["decompression-bomb-png"]), str(corpus["fifo"])],
+    )
     with time_limit():
         bank = load_image_bank(masks, 32, workers=1, progress=False, on_error="skip")
     assert len(bank) == 0 and len(bank.failures) == 2
@@ -254,8 +275,9 @@ def test_score_frame_gives_every_case_its_outcome(corpus: dict[str, Path], tiny_
             one_line_naming(row["error"], corpus[case.kind])
 
 
-def test_score_cli_on_a_folder_scores_every_good_image(corpus: dict[str, Path], tiny_artefact: Path,
-                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_score_cli_on_a_folder_scores_every_good_image(
+    corpus: dict[str, Path], tiny_artefact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Good images mixed with every bad kind in one folder: each good image gets the score it gets alone."""
     folder = corpus["good-png"].parent
     good = tmp_path / "good"
@@ -285,8 +307,9 @@ def test_score_cli_on_a_folder_scores_every_good_image(corpus: dict[str, Path], 
             assert words.lower() in by_name[case.name]["error"].lower(), case.kind
 
 
-def test_score_with_a_preprocessing_artefact_turns_opencv_failures_into_rows(corpus: dict[str, Path],
-                                                                            tmp_path: Path) -> None:
+def test_score_with_a_preprocessing_artefact_turns_opencv_failures_into_rows(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
     """A 1-pixel-high image made OpenCV assert inside preprocessing and stopped the batch: now a row."""
     from conftest import make_tiny_artefact
 
@@ -307,8 +330,7 @@ def test_score_with_a_preprocessing_artefact_turns_opencv_failures_into_rows(cor
 
 
 # ------------------------------------------------------------------------------------------------ worklist
-def test_worklist_of_the_corpus_lists_every_image(corpus: dict[str, Path], tiny_artefact: Path,
-                                                  tmp_path: Path) -> None:
+def test_worklist_of_the_corpus_lists_every_image(corpus: dict[str, Path], tiny_artefact: Path, tmp_path: Path) -> None:
     from xrad.inference.scoring import score_frame
 
     kinds = [c.kind for c in CASES]
@@ -336,8 +358,14 @@ def test_worklist_thumbnails_survive_any_file(corpus: dict[str, Path], tmp_path:
     bomb = tmp_path / "heat.png"
     bomb.write_bytes(_png_declaring(20_000, 20_000))
     kinds = [c.kind for c in CASES]
-    scores = pd.DataFrame({"path": [str(corpus[k]) for k in kinds], "score": np.linspace(1, 0, len(kinds)),
-                           "study_id": kinds, "heatmap": [str(bomb)] * (len(kinds) - 1) + [str(corpus["fifo"])]})
+    scores = pd.DataFrame(
+        {
+            "path": [str(corpus[k]) for k in kinds],
+            "score": np.linspace(1, 0, len(kinds)),
+            "study_id": kinds,
+            "heatmap": [str(bomb)] * (len(kinds) - 1) + [str(corpus["fifo"])],
+        }
+    )
     with time_limit():
         result = build_worklist(scores, tmp_path / "wl", top=len(kinds))
     page = (tmp_path / "wl" / "index.html").read_text(encoding="utf-8")
@@ -357,8 +385,9 @@ def service(tiny_artefact: Path):
 
 
 @pytest.mark.parametrize("case", REGULAR, ids=[c.kind for c in REGULAR])
-def test_service_answers_every_case(case: Case, corpus: dict[str, Path], service,
-                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_service_answers_every_case(
+    case: Case, corpus: dict[str, Path], service, caplog: pytest.LogCaptureFixture
+) -> None:
     data = corpus[case.kind].read_bytes()
     with time_limit(30), caplog.at_level(logging.DEBUG):
         response = service.post("/score", files={"file": (case.name, data, "application/octet-stream")})
@@ -366,7 +395,9 @@ def test_service_answers_every_case(case: Case, corpus: dict[str, Path], service
     body = response.json()
     if case.upload == 200:
         assert np.isfinite(body["score"])
-        assert (case.degenerate in body["image"]["degenerate"]) if case.degenerate else body["image"]["degenerate"] == ""
+        assert (
+            (case.degenerate in body["image"]["degenerate"]) if case.degenerate else body["image"]["degenerate"] == ""
+        )
     else:
         assert "\n" not in body["detail"] and "Traceback" not in body["detail"]
     text = response.text + caplog.text
@@ -395,8 +426,10 @@ def test_service_preprocessing_failure_is_422_not_500(corpus: dict[str, Path], t
 def _seed_files() -> list[bytes]:
     from PIL import Image
 
-    out = [good_png((24, 20)), dicom_bytes(np.arange(480, dtype=np.uint16).reshape(24, 20), WindowCenter=200,
-                                           WindowWidth=400)]
+    out = [
+        good_png((24, 20)),
+        dicom_bytes(np.arange(480, dtype=np.uint16).reshape(24, 20), WindowCenter=200, WindowWidth=400),
+    ]
     for fmt in ("JPEG", "TIFF"):
         buffer = io.BytesIO()
         Image.fromarray(np.arange(480, dtype=np.uint8).reshape(24, 20)).save(buffer, fmt)
@@ -434,16 +467,19 @@ def _check_decoded_or_refused(data: bytes) -> None:
     assert np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True,
-          database=None)
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None
+)
 @given(mutated())
 def test_fuzz_decoder_on_damaged_files(data: bytes) -> None:
     _check_decoded_or_refused(data)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
-@given(st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"\0" * 128 + b"DICM", b""]),
-       st.binary(max_size=512))
+@given(
+    st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"\0" * 128 + b"DICM", b""]),
+    st.binary(max_size=512),
+)
 def test_fuzz_decoder_on_magic_plus_noise(magic: bytes, tail: bytes) -> None:
     _check_decoded_or_refused(magic + tail)
 

@@ -82,9 +82,7 @@ def test_threshold_choices():
     t95 = metrics.threshold_at_specificity(labels, scores, 0.95)
     normals = scores[labels == 0]
     assert (normals < t95).mean() >= 0.95
-    assert (
-        normals < normals[normals < t95].max()
-    ).mean() < 0.95  # the next lower threshold breaks the target
+    assert (normals < normals[normals < t95].max()).mean() < 0.95  # the next lower threshold breaks the target
     # Works with normals only (no known anomaly in validation).
     assert metrics.threshold_at_specificity(np.zeros(4), np.array([1.0, 2.0, 3.0, 4.0]), 0.75) == 4.0
     assert metrics.threshold_at_specificity(np.zeros(4), np.array([1.0, 2.0, 3.0, 4.0]), 1.0) > 4.0
@@ -127,9 +125,7 @@ def test_evaluate_scores_structure_and_point_values():
         cohen_kappa_score(frame["label"], (frame["score"] >= 0.5).astype(int))
     )
     hand = frame[frame["body_part"] == "HAND"]
-    assert image["by_body_part"]["HAND"]["auroc"]["value"] == pytest.approx(
-        roc_auc_score(hand["label"], hand["score"])
-    )
+    assert image["by_body_part"]["HAND"]["auroc"]["value"] == pytest.approx(roc_auc_score(hand["label"], hand["score"]))
     study = frame.groupby("study_id").agg(score=("score", "max"), label=("label", "max"))
     assert result["levels"]["study"]["max"]["auroc"]["value"] == pytest.approx(
         roc_auc_score(study["label"], study["score"])
@@ -142,9 +138,7 @@ def test_evaluate_scores_structure_and_point_values():
     text = format_table(result)
     assert "PATIENT LEVEL" in text and "Cohen's kappa" in text and "HAND" in text
     # Same seed → same intervals; unlabelled rows are ignored.
-    again = evaluate_scores(
-        frame.assign(label=frame["label"].astype(object)), threshold=0.5, n_bootstrap=200, seed=3
-    )
+    again = evaluate_scores(frame.assign(label=frame["label"].astype(object)), threshold=0.5, n_bootstrap=200, seed=3)
     assert again["levels"]["image"]["auroc"] == image["auroc"]
 
 

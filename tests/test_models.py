@@ -9,8 +9,16 @@ import torch
 from torchvision import models as tvm
 
 from xrad.errors import ConfigError
-from xrad.models import (Autoencoder, Encoder, MLPHead, ResNet18Backbone, ResNet18Decoder, ResNet50Backbone,
-                         build_autoencoder, build_encoder)
+from xrad.models import (
+    Autoencoder,
+    Encoder,
+    MLPHead,
+    ResNet18Backbone,
+    ResNet18Decoder,
+    ResNet50Backbone,
+    build_autoencoder,
+    build_encoder,
+)
 
 
 @pytest.mark.parametrize("size", [64, 128])
@@ -130,8 +138,9 @@ def test_encoder_exports_to_onnx(tmp_path: Path) -> None:
     enc: Encoder = build_encoder(bias=False).eval()
     x = torch.rand(2, 1, 64, 64)
     path = tmp_path / "enc.onnx"
-    torch.onnx.export(enc, (x,), str(path), input_names=["x"], output_names=["h", "z"],
-                      dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        enc, (x,), str(path), input_names=["x"], output_names=["h", "z"], dynamic_axes={"x": {0: "batch"}}, dynamo=False
+    )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     h, z = sess.run(None, {"x": torch.rand(3, 1, 64, 64).numpy()})
     assert h.shape == (3, 512) and z.shape == (3, 128)

@@ -73,13 +73,15 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", ARTEFACTS)
 def test_old_artefact_rebuilds_byte_identical_and_scores_identically(
-        name: str, batch: tuple[torch.Tensor, torch.Tensor], tmp_path: Path) -> None:
+    name: str, batch: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
     from xrad.inference.artefact import read_artefact_meta
     from xrad.inference.scoring import load_scorer
 
     blob, old_meta = _rebuild_weights(name)
     assert hashlib.sha256(blob).hexdigest() == old_meta["sha256"], (
-        f"{name}: the weights rebuilt with today's code differ from the file the old code wrote")
+        f"{name}: the weights rebuilt with today's code differ from the file the old code wrote"
+    )
 
     folder = tmp_path / "artefact"
     folder.mkdir()

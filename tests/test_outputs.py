@@ -32,8 +32,9 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750),
-                                                            (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize(
+    ("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750), (0o077, 0o600, 0o700)]
+)
 def test_outputs_honour_the_umask(mask: int, file_mode: int, dir_mode: int, umask, tmp_path: Path) -> None:
     """Atomic writes went through mkstemp (always 0600): colleagues and web servers could not read outputs."""
     from xrad.data.io import write_png
@@ -55,8 +56,20 @@ def test_outputs_honour_the_umask(mask: int, file_mode: int, dir_mode: int, umas
 def test_score_cli_outputs_are_readable_by_others(tiny_artefact: Path, tmp_path: Path, umask) -> None:
     umask(0o022)
     Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "x.png")
-    assert main(["score", str(tiny_artefact), str(tmp_path / "x.png"), "-o", str(tmp_path / "out" / "s.csv"),
-                 "--heatmaps", str(tmp_path / "heat")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(tiny_artefact),
+                str(tmp_path / "x.png"),
+                "-o",
+                str(tmp_path / "out" / "s.csv"),
+                "--heatmaps",
+                str(tmp_path / "heat"),
+            ]
+        )
+        == 0
+    )
     assert _mode(tmp_path / "out" / "s.csv") == 0o644 and _mode(tmp_path / "heat") == 0o755
     assert all(_mode(p) == 0o644 for p in (tmp_path / "heat").iterdir())
 

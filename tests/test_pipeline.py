@@ -16,9 +16,9 @@ import xrad.data.phantoms.generate
 import xrad.jobs.train
 from xrad.cli.main import main
 from xrad.config import dump_config
-from xrad.methods.registry import load_config
 from xrad.errors import DataError
 from xrad.jobs.pipeline import RunOptions, run_pipeline
+from xrad.methods.registry import load_config
 
 TINY = {"config": "tiny", "patients": 12, "cache_px": 64, "workers": 1}
 
@@ -50,8 +50,9 @@ BAD_OPTIONS = [
 
 
 @pytest.mark.parametrize(("extra", "option", "reason"), BAD_OPTIONS, ids=[a[0] for a, _, _ in BAD_OPTIONS])
-def test_a_bad_option_fails_before_any_step_runs(extra: list[str], option: str, reason: str, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_option_fails_before_any_step_runs(
+    extra: list[str], option: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "R"
     assert main(["run", "-o", str(out), "--patients", "12", "--workers", "1", *extra]) == 2
     err = capsys.readouterr().err.strip()
@@ -61,8 +62,9 @@ def test_a_bad_option_fails_before_any_step_runs(extra: list[str], option: str, 
     assert not out.exists()
 
 
-def test_a_folder_whose_first_step_failed_accepts_corrected_options(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_folder_whose_first_step_failed_accepts_corrected_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def interrupted(config: Any) -> list:
         raise KeyboardInterrupt  # after generate_phantoms recorded its config in the folder, before any image
 
@@ -84,7 +86,8 @@ def test_a_folder_whose_first_step_failed_accepts_corrected_options(tmp_path: Pa
 
 
 def test_config_can_change_until_training_finished_but_not_what_finished_steps_used(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "R"
 
     def interrupted_training(config: str, manifest: Path, run_dir: Path, **kwargs: Any) -> dict[str, Any]:
@@ -110,9 +113,11 @@ def test_config_can_change_until_training_finished_but_not_what_finished_steps_u
     assert "test_auroc" in done["train"] and (out / "detector" / "artefact").is_dir()
 
     # Changes that would alter a finished step's outputs are refused, naming the earliest such step.
-    refused = [({"abnormal_ratio": 0.1}, r"--abnormal-ratio 0\.1 \(was 0\.05\)", "split"),
-               ({"patients": 11}, r"--patients 11 \(was 12\)", "synth"),
-               ({"config": "tiny_supervised"}, r"--config tiny_supervised \(was tiny\)", "train")]
+    refused = [
+        ({"abnormal_ratio": 0.1}, r"--abnormal-ratio 0\.1 \(was 0\.05\)", "split"),
+        ({"patients": 11}, r"--patients 11 \(was 12\)", "synth"),
+        ({"config": "tiny_supervised"}, r"--config tiny_supervised \(was tiny\)", "train"),
+    ]
     for change, what, step in refused:
         with pytest.raises(DataError, match=f"{what} would invalidate the finished step '{step}'"):
             run_pipeline(_options(out, **change), log=lambda line: None)

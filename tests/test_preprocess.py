@@ -58,8 +58,12 @@ def test_body_mask_iou_on_phantoms(phantoms, phantom_results):
     ious = []
     for row, shape, result in phantom_results:
         assert set(np.unique(result.mask)) <= {0, 1}
-        back = cv2.warpPerspective(result.mask, np.linalg.inv(np.array(result.meta["transform"])),
-                                   (shape[1], shape[0]), flags=cv2.INTER_NEAREST)
+        back = cv2.warpPerspective(
+            result.mask,
+            np.linalg.inv(np.array(result.meta["transform"])),
+            (shape[1], shape[0]),
+            flags=cv2.INTER_NEAREST,
+        )
         truth = read_radiograph(phantoms / row["body_mask_path"]).pixels > 0
         ious.append(_iou(back > 0, truth))
     assert np.mean(ious) >= 0.85, f"mean body-mask IoU {np.mean(ious):.3f}"
@@ -74,7 +78,7 @@ def test_inversion_detected_on_phantoms(phantom_results):
 
 
 def test_transform_maps_carrier_corners_to_the_output_frame(phantom_results):
-    for row, _, result in phantom_results[:20]:
+    for _row, _, result in phantom_results[:20]:
         if result.meta["crop_polygon"] is None:
             continue
         matrix = np.array(result.meta["transform"])
@@ -106,8 +110,11 @@ def test_failure_is_recorded_and_run_continues(phantoms, tmp_path):
 
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
     skip = {"timings.csv", "manifest.csv"}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name not in skip}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
 
 
 @pytest.mark.slow
@@ -127,8 +134,9 @@ def test_killed_run_resumes_to_identical_outputs(phantoms, tmp_path):
     subprocess.run(command + ["-o", str(killed)], check=True, capture_output=True)
     assert _tree_bytes(killed) == _tree_bytes(clean)
     # The manifests differ only by the cache folder in their paths.
-    assert (killed / "manifest.csv").read_text().replace(str(killed.resolve()), "X") == \
-        (clean / "manifest.csv").read_text().replace(str(clean.resolve()), "X")
+    assert (killed / "manifest.csv").read_text().replace(str(killed.resolve()), "X") == (
+        clean / "manifest.csv"
+    ).read_text().replace(str(clean.resolve()), "X")
 
 
 def test_fracatlas_sample_including_truncated_files(fracatlas_dir, tmp_path):

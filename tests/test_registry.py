@@ -73,7 +73,7 @@ class FittedScale:
 
 
 def run(ctx: Any, stage: str, previous: Any) -> FittedScale:
-    """"Training": the inverse mean intensity of the normal training images (so normals score about 1)."""
+    """ "Training": the inverse mean intensity of the normal training images (so normals score about 1)."""
     from xrad.data.model_input import prepare_eval
     from xrad.methods.stage_io import save_tensors
 
@@ -92,19 +92,28 @@ def load(ctx: Any, stage: str, previous: Any) -> FittedScale:
 
 
 BRIGHTEST = StageSpec("brightest_fit", __name__, "scale.safetensors", sections={"brightest": BrightestPatchSection})
-ROW = Detector("brightest_patch", (("fit", BRIGHTEST),),
-               (ScorerRef(BrightestPatchScorer.kind, f"{__name__}:BrightestPatchScorer"),), "throw-away: brightest patch")
+ROW = Detector(
+    "brightest_patch",
+    (("fit", BRIGHTEST),),
+    (ScorerRef(BrightestPatchScorer.kind, f"{__name__}:BrightestPatchScorer"),),
+    "throw-away: brightest patch",
+)
 
 
-def test_a_new_detector_is_one_row(squares_split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_new_detector_is_one_row(
+    squares_split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from xrad.cli.main import main
     from xrad.inference.scoring import load_scorer
     from xrad.jobs.train import run_training
 
     monkeypatch.setitem(DETECTORS, ROW.name, ROW)
-    config = {"method": "brightest_patch", "data": {"image_size": 32, "workers": 0, "decode_workers": 1},
-              "brightest": {"window": 3}, "trainer": {"accelerator": "cpu", "devices": 1}}
+    config = {
+        "method": "brightest_patch",
+        "data": {"image_size": 32, "workers": 0, "decode_workers": 1},
+        "brightest": {"window": 3},
+        "trainer": {"accelerator": "cpu", "devices": 1},
+    }
     with pytest.raises(ConfigError, match=r"brightest\.window must be ≥ 1"):  # its section is checked at load
         load_config({**config, "brightest": {"window": 0}})
     assert "fit" in registry.stage_names()
@@ -130,8 +139,7 @@ def test_a_new_detector_is_one_row(squares_split: Path, tmp_path: Path, monkeypa
 
 def test_rows_are_consistent() -> None:
     for name, detector in DETECTORS.items():
-        assert detector.name == name and detector.stage_names and len(set(detector.stage_names)) == len(
-            detector.stages)
+        assert detector.name == name and detector.stage_names and len(set(detector.stage_names)) == len(detector.stages)
         for ref in detector.scorers:
             assert registry.get_scorer_class(ref.kind).kind == ref.kind, f"{name}: {ref.path} declares another kind"
     kinds: dict[str, str] = {}

@@ -14,8 +14,8 @@ from PIL import Image
 from xrad.data.manifest import read_manifest, write_manifest
 from xrad.data.splits import SplitConfig, make_split
 from xrad.errors import DataError
-from xrad.jobs.benchmark import load_benchmark_config, run_benchmark
 from xrad.evaluation.report import render_report, stage_metrics
+from xrad.jobs.benchmark import load_benchmark_config, run_benchmark
 
 RUN_SECTIONS = (
     "Summary",
@@ -46,9 +46,7 @@ BENCH_SECTIONS = (
 def run_dir(tmp_path, toy_manifest, fake_run_training):
     split = make_split(read_manifest(toy_manifest), SplitConfig(seed=0))
     write_manifest(split, tmp_path / "split.csv")
-    fake_run_training(
-        {"seed": 3, "fake_shift": 1.2, "method": "fake"}, tmp_path / "split.csv", tmp_path / "run"
-    )
+    fake_run_training({"seed": 3, "fake_shift": 1.2, "method": "fake"}, tmp_path / "split.csv", tmp_path / "run")
     return tmp_path / "run"
 
 
@@ -97,9 +95,7 @@ def test_run_report_is_self_contained(run_dir):
     assert len(list((run_dir / "report").glob("*.png"))) == 8
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "Cohen&#x27;s kappa at threshold" in page and "Youden" in page
-    assert (
-        "fake_shift" in page and "&quot;commit&quot;: &quot;abc&quot;" in page
-    )  # config and environment shown
+    assert "fake_shift" in page and "&quot;commit&quot;: &quot;abc&quot;" in page  # config and environment shown
 
 
 def test_run_report_says_what_is_missing(run_dir):
@@ -132,9 +128,7 @@ def test_report_rejects_other_folders(tmp_path):
 def test_report_renders_in_headless_chromium(bench_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip(
-            "Chromium is not installed (Debian: apt-get install chromium); the HTML is still tested above"
-        )
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the HTML is still tested above")
     report = render_report(bench_dir)
     shot = tmp_path / "shot.png"
     cmd = [

@@ -18,8 +18,8 @@ from PIL import Image
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
-from xrad.inference.calibration import store_operating_point, threshold_for
-from xrad.service.app import app_from_artefact, create_app
+from xrad.inference.calibration import store_operating_point, threshold_for  # noqa: E402 - after the importorskip
+from xrad.service.app import app_from_artefact, create_app  # noqa: E402 - after the importorskip
 
 PATIENT_NAME, PATIENT_ID = "Doe^Jane", "SECRET-4711"
 
@@ -85,8 +85,14 @@ def test_good_png_scores_with_flag_and_heatmap(client) -> None:
     body = response.json()
     assert np.isfinite(body["score"]) and body["score"] >= 0 and body["flagged"] is True
     assert body["operating_point"]["threshold"] == -1.0 and "study" not in body["operating_point"]
-    assert body["image"] == {"format": "png", "width": 72, "height": 96, "bit_depth": 8, "truncated": False,
-                             "degenerate": ""}
+    assert body["image"] == {
+        "format": "png",
+        "width": 72,
+        "height": 96,
+        "bit_depth": 8,
+        "truncated": False,
+        "degenerate": "",
+    }
     assert body["heatmap_on"] == "original"
     png = base64.b64decode(body["heatmap_png"].split(",", 1)[1])
     assert Image.open(io.BytesIO(png)).size == (72, 96)  # the overlay is in the original geometry
@@ -135,8 +141,10 @@ def test_truncated_allowed_when_configured(calibrated_artefact) -> None:
     assert response.status_code == 200 and response.json()["image"]["truncated"] is True
 
 
-@pytest.mark.parametrize("data", [b"hello, this is a text file\n", b"%PDF-1.7\n" + bytes(range(256)) * 4,
-                                  b"<html><body>not an image</body></html>"])
+@pytest.mark.parametrize(
+    "data",
+    [b"hello, this is a text file\n", b"%PDF-1.7\n" + bytes(range(256)) * 4, b"<html><body>not an image</body></html>"],
+)
 def test_wrong_type_is_415(client, data: bytes) -> None:
     response = _upload(client, data, "looks-like.png")  # the name is not trusted, the content decides
     assert response.status_code == 415 and "PNG, JPEG, TIFF or DICOM" in response.json()["detail"]
@@ -221,9 +229,18 @@ def _free_port() -> int:
 
 def chromium(args: list[str], profile: Path, timeout: float = 90) -> subprocess.CompletedProcess:
     """Run headless Chromium with flags that keep it offline and quiet."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+    ]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -248,8 +265,10 @@ def test_browser_uploads_and_shows_score_and_heatmap(calibrated_artefact, tmp_pa
         score = dom.split('id="score">', 1)[1].split("<", 1)[0]
         assert np.isfinite(float(score))
         shot = tmp_path / "service.png"
-        chromium(["--virtual-time-budget=30000", "--window-size=1100,1000", f"--screenshot={shot}", url],
-                 tmp_path / "profile2")
+        chromium(
+            ["--virtual-time-budget=30000", "--window-size=1100,1000", f"--screenshot={shot}", url],
+            tmp_path / "profile2",
+        )
         assert shot.is_file() and Image.open(shot).size == (1100, 1000)
         # The heatmap overlay is drawn in colour: the screenshot is not just grey and white.
         rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)

@@ -8,8 +8,15 @@ import torch
 
 from xrad.errors import DataError
 from xrad.methods.knn.search import knn_mean_distance
-from xrad.methods.multisphere.centres import (apply_min_abs, kmeans_centers, mean_center, prune_centers, prune_mask,
-                                  sphere_counts, sphere_radii)
+from xrad.methods.multisphere.centres import (
+    apply_min_abs,
+    kmeans_centers,
+    mean_center,
+    prune_centers,
+    prune_mask,
+    sphere_counts,
+    sphere_radii,
+)
 
 
 def _blobs(seed: int = 0, n: int = 60) -> np.ndarray:
@@ -61,15 +68,16 @@ def test_sphere_radii_safe_for_empty_and_single() -> None:
     idx = torch.tensor([0, 0, 0, 0, 0, 2])
     r = sphere_radii(d, idx, n_centers=3, quantile=0.5)
     assert r[0].item() == pytest.approx(3.0)  # median of distances 1..5
-    assert torch.isnan(r[1])                 # no sample
+    assert torch.isnan(r[1])  # no sample
     assert r[2].item() == pytest.approx(7.0)  # one sample
-    np.testing.assert_allclose(sphere_radii(d, idx, 3, 0.95)[0].item(),
-                               np.quantile(np.sqrt(d[:5].numpy()), 0.95), rtol=1e-6)
+    np.testing.assert_allclose(
+        sphere_radii(d, idx, 3, 0.95)[0].item(), np.quantile(np.sqrt(d[:5].numpy()), 0.95), rtol=1e-6
+    )
 
 
 def _np_knn(q: np.ndarray, m: np.ndarray, k: int) -> np.ndarray:
     d = np.sqrt(((q[:, None, :].astype(np.float64) - m[None].astype(np.float64)) ** 2).sum(-1))
-    return np.sort(d, axis=1)[:, :min(k, len(m))].mean(axis=1)
+    return np.sort(d, axis=1)[:, : min(k, len(m))].mean(axis=1)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])

@@ -19,9 +19,7 @@ from xrad.errors import ConfigError, DataError
 PARTS = ("HAND", "WRIST", "SHOULDER")
 
 
-def _manifest(
-    n_patients: int, seed: int, multi_part: bool, p_abn: float = 0.35, p_mixed: float = 0.1
-) -> pd.DataFrame:
+def _manifest(n_patients: int, seed: int, multi_part: bool, p_abn: float = 0.35, p_mixed: float = 0.1) -> pd.DataFrame:
     """A labelled manifest: per patient 1 (or 1-3) body parts, 1-3 studies each of 1-2 images.
 
     A unit is normal, abnormal (all studies positive) or mixed (both kinds of studies).
@@ -52,9 +50,7 @@ def _manifest(
 
 def _unit_classes(frame: pd.DataFrame) -> pd.Series:
     mean = frame.groupby(frame["patient_id"] + "|" + frame["body_part"])["label"].mean()
-    return pd.Series(
-        np.where(mean == 0, "normal", np.where(mean == 1, "abnormal", "mixed")), index=mean.index
-    )
+    return pd.Series(np.where(mean == 0, "normal", np.where(mean == 1, "abnormal", "mixed")), index=mean.index)
 
 
 def _units_per(split: pd.DataFrame, name: str, cls: str, classes: pd.Series) -> int:
@@ -159,9 +155,7 @@ def test_fracatlas_hand_shoulder_per_image(fracatlas_dir: Path) -> None:
     assert int((train["semi_label"] == -1).sum()) == int((train["label"] == 1).sum()) == 34
 
 
-def test_cli_split_writes_manifest_summary_and_prints(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_split_writes_manifest_summary_and_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     frame = _manifest(120, seed=7, multi_part=True)
     write_manifest(frame, tmp_path / "m.csv")
     parser = argparse.ArgumentParser()

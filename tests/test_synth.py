@@ -14,12 +14,14 @@ from PIL import Image
 
 from xrad.data.phantoms.anatomy import PARTS, VIEW_KINDS, build_skeleton, sample_patient
 from xrad.data.phantoms.anomalies import ANOMALY_TYPES, AnomalySpec, render_view
-from xrad.data.phantoms.render import plan_geometry
 from xrad.data.phantoms.generate import GROUND_TRUTH_COLUMNS, SynthConfig, generate_phantoms, plan_census
+from xrad.data.phantoms.render import plan_geometry
 from xrad.errors import ConfigError
 
-IMAGE_RE = re.compile(r"^MURA-v1\.1/(train|valid)/XR_(ELBOW|FINGER|FOREARM|HAND|HUMERUS|SHOULDER|WRIST)/"
-                      r"patient(\d{5})/study(\d+)_(positive|negative)/image(\d+)\.png$")
+IMAGE_RE = re.compile(
+    r"^MURA-v1\.1/(train|valid)/XR_(ELBOW|FINGER|FOREARM|HAND|HUMERUS|SHOULDER|WRIST)/"
+    r"patient(\d{5})/study(\d+)_(positive|negative)/image(\d+)\.png$"
+)
 SMALL = dict(n_patients=12, size=128)
 
 
@@ -77,8 +79,12 @@ def test_layout_matches_mura(phantoms):
         m = IMAGE_RE.match(rel)
         assert m, rel
     others = {p.name for p in (root / "MURA-v1.1").iterdir() if p.is_file()}
-    assert others == {"train_image_paths.csv", "valid_image_paths.csv", "train_labeled_studies.csv",
-                      "valid_labeled_studies.csv"}
+    assert others == {
+        "train_image_paths.csv",
+        "valid_image_paths.csv",
+        "train_labeled_studies.csv",
+        "valid_labeled_studies.csv",
+    }
     assert not list((root / "MURA-v1.1").rglob("*_body.png")), "masks must stay outside MURA-v1.1"
     for rel in images:  # 8-bit greyscale, a few RGB-encoded greyscale
         image = Image.open(root / rel)
@@ -106,10 +112,17 @@ def test_csvs_match_the_tree(phantoms):
     assert list(gt["path"]) == list(frame["path"])
     for row in frame.itertuples():
         m = IMAGE_RE.match(row.path)
-        assert (m[1], m[2], m[3], int(m[4]), int(m[6])) == (row.mura_split, row.body_part, row.patient_id,
-                                                            row.study_number, row.image_number)
+        assert (m[1], m[2], m[3], int(m[4]), int(m[6])) == (
+            row.mura_split,
+            row.body_part,
+            row.patient_id,
+            row.study_number,
+            row.image_number,
+        )
         assert row.study == f"study{m[4]}_{m[5]}" and row.label == int(m[5] == "positive")
-        assert (row.anomaly_type in ANOMALY_TYPES) == bool(row.label) and (row.anomaly_mask_path != "") == bool(row.label)
+        assert (row.anomaly_type in ANOMALY_TYPES) == bool(row.label) and (row.anomaly_mask_path != "") == bool(
+            row.label
+        )
 
 
 def test_census_guarantees(phantoms):
@@ -136,7 +149,8 @@ def test_a_one_part_census_is_valid():
     assert len(units) == 60  # one unit per patient
     two = plan_census(SynthConfig(n_patients=60, seed=2, part_weights={"WRIST": 1.0, "HAND": 1.0}))
     assert {PARTS[u["part"]] for u in two} == {"WRIST", "HAND"} and max(
-        sum(u["patient"] == p for u in two) for p in range(1, 61)) <= 2
+        sum(u["patient"] == p for u in two) for p in range(1, 61)
+    ) <= 2
 
 
 def test_masks_binary_and_aligned(phantoms):
@@ -198,11 +212,25 @@ def test_anomaly_mask_covers_the_change():
     import cv2
 
     rng = np.random.default_rng(0)
-    for part, kind in [("FOREARM", "fracture_gap"), ("HUMERUS", "plate"), ("WRIST", "displaced_fragment"),
-                       ("ELBOW", "lesion"), ("FOREARM", "screws"), ("HUMERUS", "cortical_bump")]:
+    for part, kind in [
+        ("FOREARM", "fracture_gap"),
+        ("HUMERUS", "plate"),
+        ("WRIST", "displaced_fragment"),
+        ("ELBOW", "lesion"),
+        ("FOREARM", "screws"),
+        ("HUMERUS", "cortical_bump"),
+    ]:
         patient = sample_patient(part, rng)
-        geom = plan_geometry(192, np.random.default_rng(1), rotated_rate=0.5, max_rotation=15, clipped_rate=0,
-                             inverted_rate=0, rgb_rate=0, marker_rate=0)
+        geom = plan_geometry(
+            192,
+            np.random.default_rng(1),
+            rotated_rate=0.5,
+            max_rotation=15,
+            clipped_rate=0,
+            inverted_rate=0,
+            rgb_rate=0,
+            marker_rate=0,
+        )
         sk = build_skeleton(part, patient, VIEW_KINDS[0])
         bone = max((i for i, b in enumerate(sk.bones) if b.long), key=lambda i: sk.bones[i].radius)
         spec = AnomalySpec(kind, bone, 0.5, 1.0, 20.0, {"u1": 0.2, "u2": 0.6, "u3": 0.5, "swelling": 0.0})
@@ -218,8 +246,16 @@ def test_anomaly_mask_covers_the_change():
 def test_difficulty_scales_contrast():
     """Same seed, harder difficulty: the same anomaly differs less from the clean rendering."""
     part, patient = "FOREARM", sample_patient("FOREARM", np.random.default_rng(5))
-    geom = plan_geometry(192, np.random.default_rng(6), rotated_rate=0, max_rotation=15, clipped_rate=0,
-                         inverted_rate=0, rgb_rate=0, marker_rate=0)
+    geom = plan_geometry(
+        192,
+        np.random.default_rng(6),
+        rotated_rate=0,
+        max_rotation=15,
+        clipped_rate=0,
+        inverted_rate=0,
+        rgb_rate=0,
+        marker_rate=0,
+    )
     sk = build_skeleton(part, patient, "pa")
     clean, _, _ = render_view(sk, geom, None, 1.0, 0.0, "R", np.random.default_rng(0))
     for kind in ("plate", "fracture_gap", "lesion"):
@@ -255,8 +291,9 @@ def test_resume_overwrite_and_config_mismatch(tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p != victim)  # others kept
     with pytest.raises(ConfigError, match="--overwrite"):
         generate_phantoms(out, SynthConfig(n_patients=3, size=64, seed=8, workers=1), progress=False)
-    other = generate_phantoms(out, SynthConfig(n_patients=2, size=64, seed=8, workers=1), progress=False,
-                              overwrite=True)
+    other = generate_phantoms(
+        out, SynthConfig(n_patients=2, size=64, seed=8, workers=1), progress=False, overwrite=True
+    )
     assert sorted(p.relative_to(out).as_posix() for p in (out / "MURA-v1.1").rglob("*.png")) == sorted(other["path"])
     with pytest.raises(ConfigError):
         SynthConfig(n_patients=0).validate()
@@ -294,7 +331,7 @@ def _crop64(root: Path, row) -> np.ndarray:
     crop = cv2.resize(crop, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     out = np.zeros((64, 64), np.float32)
     y0, x0 = (64 - crop.shape[0]) // 2, (64 - crop.shape[1]) // 2
-    out[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+    out[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
     return out
 
 
@@ -310,8 +347,12 @@ def test_anomalies_learnable_but_not_trivial(tmp_path):
     frame = generate_phantoms(root, SynthConfig(n_patients=110, size=128, seed=11, workers=2), progress=False)
     y = frame["label"].to_numpy()
     train = np.array(frame["patient_id"].isin(set(frame["patient_id"].unique()[::2])))  # writable copy
-    raw = np.stack([np.asarray(Image.open(root / p).convert("L").resize((32, 32), Image.BILINEAR), np.float32).ravel()
-                    for p in frame["path"]])
+    raw = np.stack(
+        [
+            np.asarray(Image.open(root / p).convert("L").resize((32, 32), Image.BILINEAR), np.float32).ravel()
+            for p in frame["path"]
+        ]
+    )
     scaler = StandardScaler().fit(raw[train])
     floor = LogisticRegression(C=0.01, max_iter=2000).fit(scaler.transform(raw[train]), y[train])
     raw_auc = roc_auc_score(y[~train], floor.decision_function(scaler.transform(raw[~train])))
@@ -322,7 +363,12 @@ def test_anomalies_learnable_but_not_trivial(tmp_path):
         torch.manual_seed(0)  # network initialisation only; the global state is restored afterwards
         layers = []
         for a, b in ((1, 16), (16, 32), (32, 64), (64, 64)):
-            layers += [torch.nn.Conv2d(a, b, 3, padding=1), torch.nn.BatchNorm2d(b), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+            layers += [
+                torch.nn.Conv2d(a, b, 3, padding=1),
+                torch.nn.BatchNorm2d(b),
+                torch.nn.ReLU(),
+                torch.nn.MaxPool2d(2),
+            ]
         net = torch.nn.Sequential(*layers, torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 1))
     optimiser, gen = torch.optim.Adam(net.parameters(), 2e-3), torch.Generator().manual_seed(0)
     xt, yt = x[torch.from_numpy(train)], target[torch.from_numpy(train)]
@@ -338,7 +384,9 @@ def test_anomalies_learnable_but_not_trivial(tmp_path):
     with torch.no_grad():
         scores = net(x[torch.from_numpy(~train)]).squeeze(1).numpy()
     cnn_auc = roc_auc_score(y[~train], scores)
-    print(f"raw 32x32 logistic AUROC {raw_auc:.3f}; tiny CNN at 64 px AUROC {cnn_auc:.3f} "
-          f"({train.sum()} train / {(~train).sum()} test images)")
+    print(
+        f"raw 32x32 logistic AUROC {raw_auc:.3f}; tiny CNN at 64 px AUROC {cnn_auc:.3f} "
+        f"({train.sum()} train / {(~train).sum()} test images)"
+    )
     assert raw_auc < 0.7  # not trivial: the anomalies are not visible in a thumbnail
     assert cnn_auc > 0.7 and cnn_auc > raw_auc + 0.1  # learnable at the resolution the project trains at

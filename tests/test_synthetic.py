@@ -19,7 +19,7 @@ def _limb(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     tilt = rng.uniform(-0.3, 0.3)
     across = (xx - size / 2) - tilt * (yy - size / 2)
     body = (np.abs(across) < size * 0.3).astype(np.float32)
-    bone = np.exp(-(across / (size * 0.07)) ** 8)
+    bone = np.exp(-((across / (size * 0.07)) ** 8))
     image = body * (0.35 + 0.45 * bone + rng.normal(0, 0.01, (size, size))).astype(np.float32)
     return np.clip(image, 0, 1).astype(np.float32), body
 
@@ -67,8 +67,14 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from xrad.jobs.pipeline import RunOptions, run_pipeline
 
     out = tmp_path_factory.mktemp("synthetic") / "run"
-    options = RunOptions(output=out, config="synthetic_cpu", patients=80, cache_px=128, workers=1,
-                         overrides=("data.image_size=64", "synthetic.epochs=25"))
+    options = RunOptions(
+        output=out,
+        config="synthetic_cpu",
+        patients=80,
+        cache_px=128,
+        workers=1,
+        overrides=("data.image_size=64", "synthetic.epochs=25"),
+    )
     done = run_pipeline(options, log=lambda line: None)
     return {"root": out, "train": done["train"]}
 
@@ -90,8 +96,9 @@ def _planted(kind: str, root: Path, n: int = 24) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bright_bar", "gap_across_bone"])
-def test_planted_bars_and_gaps_rank_above_normals_and_the_heatmap_points_at_them(synthetic_run: dict,
-                                                                                  kind: str) -> None:
+def test_planted_bars_and_gaps_rank_above_normals_and_the_heatmap_points_at_them(
+    synthetic_run: dict, kind: str
+) -> None:
     from xrad.evaluation.metrics import auroc
     from xrad.inference.scoring import load_scorer
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from xrad.config import CONFIG_DIR, dump_config, milestone_epochs
-from xrad.methods.registry import load_config
 from xrad.errors import ConfigError, DataError
 from xrad.jobs.train import run_training
+from xrad.methods.registry import load_config
 
 
 def _metrics(path: Path) -> list[dict[str, str]]:
@@ -65,8 +65,16 @@ def test_config_errors_name_the_key_and_the_file(tmp_path: Path) -> None:
 
 
 def test_overrides_are_typed() -> None:
-    cfg = load_config("tiny", ["finetune.epochs=7", "data.image_size=64", "pretrain.milestones=[0.5]",
-                               "finetune.augment.enabled=false", "trainer.devices=2"])
+    cfg = load_config(
+        "tiny",
+        [
+            "finetune.epochs=7",
+            "data.image_size=64",
+            "pretrain.milestones=[0.5]",
+            "finetune.augment.enabled=false",
+            "trainer.devices=2",
+        ],
+    )
     assert cfg.finetune.epochs == 7 and cfg.data.image_size == 64 and cfg.pretrain.milestones == [0.5]
     assert cfg.finetune.augment.enabled is False and cfg.trainer.devices == 2
     assert cfg.finetune.eps == 1e-6  # YAML "1.0e-6"-style floats and defaults survive
@@ -88,9 +96,20 @@ def test_augmentation_ranges_are_pairs_and_round_trip(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------- run folder
 def test_run_folder_contract(tiny_run: dict) -> None:
     run_dir, summary = tiny_run["run_dir"], tiny_run["summary"]
-    for name in ("config.yaml", "env.json", "summary.json", "scores_valid.csv", "scores_test.csv",
-                 "embeddings_test.safetensors", "artefact/model.safetensors", "artefact/artefact.json",
-                 "pretrain/metrics.csv", "finetune/metrics.csv", "pretrain/done.json", "finetune/done.json"):
+    for name in (
+        "config.yaml",
+        "env.json",
+        "summary.json",
+        "scores_valid.csv",
+        "scores_test.csv",
+        "embeddings_test.safetensors",
+        "artefact/model.safetensors",
+        "artefact/artefact.json",
+        "pretrain/metrics.csv",
+        "finetune/metrics.csv",
+        "pretrain/done.json",
+        "finetune/done.json",
+    ):
         assert (run_dir / name).exists(), name
     # resume points are deleted once their stage is done: a finished stage reloads its exported weights
     assert not (run_dir / "pretrain/checkpoints").exists() and not (run_dir / "finetune/checkpoints").exists()
@@ -136,15 +155,14 @@ def test_rerun_of_a_finished_run_trains_nothing(tiny_run: dict, monkeypatch: pyt
 
 def test_changed_config_in_an_existing_run_folder_is_refused(tiny_run: dict) -> None:
     with pytest.raises(ConfigError, match="different config"):
-        run_training("tiny", tiny_run["manifest"], tiny_run["run_dir"], overrides=["finetune.eta=2"],
-                     progress=False)
+        run_training("tiny", tiny_run["manifest"], tiny_run["run_dir"], overrides=["finetune.eta=2"], progress=False)
 
 
 class _Crash(Exception):
     pass
 
 
-def _crash_at(module_name: str, epoch: int):  # noqa: ANN202 - a Lightning callback
+def _crash_at(module_name: str, epoch: int):
     import lightning as L
 
     class CrashAtEpoch(L.Callback):
@@ -161,12 +179,22 @@ def _crash_at(module_name: str, epoch: int):  # noqa: ANN202 - a Lightning callb
 def test_resumed_run_equals_uninterrupted_run(tiny_run: dict, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     with pytest.raises(_Crash):
-        run_training("tiny", tiny_run["manifest"], run_dir, progress=False,
-                     trainer_overrides={"callbacks": [_crash_at("ContrastiveModule", 1)]})
+        run_training(
+            "tiny",
+            tiny_run["manifest"],
+            run_dir,
+            progress=False,
+            trainer_overrides={"callbacks": [_crash_at("ContrastiveModule", 1)]},
+        )
     assert (run_dir / "pretrain/checkpoints/last.ckpt").exists() and not (run_dir / "pretrain/done.json").exists()
     with pytest.raises(_Crash):
-        run_training("tiny", tiny_run["manifest"], run_dir, progress=False,
-                     trainer_overrides={"callbacks": [_crash_at("MADModule", 2)]})
+        run_training(
+            "tiny",
+            tiny_run["manifest"],
+            run_dir,
+            progress=False,
+            trainer_overrides={"callbacks": [_crash_at("MADModule", 2)]},
+        )
     assert (run_dir / "pretrain/done.json").exists() and not (run_dir / "finetune/done.json").exists()
     assert not (run_dir / "pretrain/checkpoints").exists() and (run_dir / "finetune/checkpoints/last.ckpt").exists()
     summary = run_training("tiny", tiny_run["manifest"], run_dir, progress=False)
@@ -182,8 +210,13 @@ def test_resumed_run_equals_uninterrupted_run(tiny_run: dict, tmp_path: Path) ->
 def test_a_damaged_resume_checkpoint_is_a_clear_error(tiny_run: dict, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     with pytest.raises(_Crash):
-        run_training("tiny", tiny_run["manifest"], run_dir, progress=False,
-                     trainer_overrides={"callbacks": [_crash_at("ContrastiveModule", 1)]})
+        run_training(
+            "tiny",
+            tiny_run["manifest"],
+            run_dir,
+            progress=False,
+            trainer_overrides={"callbacks": [_crash_at("ContrastiveModule", 1)]},
+        )
     last = run_dir / "pretrain/checkpoints/last.ckpt"
     data = last.read_bytes()
     last.resolve().write_bytes(data[: len(data) // 2])  # last.ckpt links to the epoch file: cut that short
@@ -197,9 +230,13 @@ def _reuse(tiny_run: dict, *extra: str) -> list[str]:
 
 
 def test_pruning_starts_after_the_warm_up(tiny_run: dict, tmp_path: Path) -> None:
-    summary = run_training("tiny", tiny_run["manifest"], tmp_path / "run", progress=False,
-                           overrides=_reuse(tiny_run, "finetune.epochs=2", "finetune.gamma=1.0",
-                                            "finetune.prune_warmup=1"))
+    summary = run_training(
+        "tiny",
+        tiny_run["manifest"],
+        tmp_path / "run",
+        progress=False,
+        overrides=_reuse(tiny_run, "finetune.epochs=2", "finetune.gamma=1.0", "finetune.prune_warmup=1"),
+    )
     history = summary["n_spheres_history"]
     assert history[0] == 4  # k-means placed 4 centres and nothing is pruned during the warm-up epoch
     assert history[1] < history[0]  # gamma = 1 keeps only the most populated centre(s)
@@ -211,10 +248,10 @@ def _normal_train_embeddings(tiny_run: dict) -> np.ndarray:
     """z of the deterministic train images with semi-label != -1, from the stage-1 encoder (independently)."""
     from safetensors.torch import load_file
 
-    from xrad.training.banks import load_image_bank
     from xrad.data.manifest import read_manifest
     from xrad.data.model_input import prepare_eval
     from xrad.models.encoder import build_encoder
+    from xrad.training.banks import load_image_bank
 
     frame = read_manifest(tiny_run["manifest"])
     train = frame[(frame["split"] == "train") & (frame["semi_label"] != -1)]
@@ -227,15 +264,25 @@ def _normal_train_embeddings(tiny_run: dict) -> np.ndarray:
 
 
 def test_uni_modal_centre_is_the_mean_normal_embedding(tiny_run: dict, tmp_path: Path) -> None:
-    run_training("tiny", tiny_run["manifest"], tmp_path / "init", progress=False,
-                 overrides=_reuse(tiny_run, "finetune.n_spheres=1", "finetune.epochs=0"))
+    run_training(
+        "tiny",
+        tiny_run["manifest"],
+        tmp_path / "init",
+        progress=False,
+        overrides=_reuse(tiny_run, "finetune.n_spheres=1", "finetune.epochs=0"),
+    )
     meta = json.loads((tmp_path / "init/artefact/artefact.json").read_text())
     _, z = _normal_train_embeddings(tiny_run)
     expected = z.mean(axis=0)
     expected = np.where(np.abs(expected) < 0.1, np.where(expected < 0, -0.1, 0.1), expected)
     np.testing.assert_allclose(np.array(meta["centres"]), expected[None], atol=1e-5)
-    trained = run_training("tiny", tiny_run["manifest"], tmp_path / "train", progress=False,
-                           overrides=_reuse(tiny_run, "finetune.n_spheres=1", "finetune.epochs=1"))
+    trained = run_training(
+        "tiny",
+        tiny_run["manifest"],
+        tmp_path / "train",
+        progress=False,
+        overrides=_reuse(tiny_run, "finetune.n_spheres=1", "finetune.epochs=1"),
+    )
     assert trained["n_spheres_history"] == [1] and np.isfinite(trained["test_auroc"])
 
 
@@ -243,8 +290,13 @@ def test_kmeans_initialisation_is_reproducible_for_a_seed(tiny_run: dict, tmp_pa
     from xrad.methods.multisphere.centres import kmeans_centers
 
     def centres(name: str) -> np.ndarray:
-        run_training("tiny", tiny_run["manifest"], tmp_path / name, progress=False,
-                     overrides=_reuse(tiny_run, "finetune.epochs=0"))
+        run_training(
+            "tiny",
+            tiny_run["manifest"],
+            tmp_path / name,
+            progress=False,
+            overrides=_reuse(tiny_run, "finetune.epochs=0"),
+        )
         return np.array(json.loads((tmp_path / name / "artefact/artefact.json").read_text())["centres"])
 
     first, again = centres("a"), centres("b")
@@ -255,8 +307,9 @@ def test_kmeans_initialisation_is_reproducible_for_a_seed(tiny_run: dict, tmp_pa
 
 
 def test_knn_method_scores_mean_distance_to_k_nearest_normals(tiny_run: dict, tmp_path: Path) -> None:
-    summary = run_training("tiny", tiny_run["manifest"], tmp_path / "knn", progress=False,
-                           overrides=_reuse(tiny_run, "method=knn"))
+    summary = run_training(
+        "tiny", tiny_run["manifest"], tmp_path / "knn", progress=False, overrides=_reuse(tiny_run, "method=knn")
+    )
     assert summary["method"] == "knn" and np.isfinite(summary["test_auroc"])
     memory, _ = _normal_train_embeddings(tiny_run)
     from safetensors.torch import load_file
@@ -274,24 +327,41 @@ def test_knn_method_scores_mean_distance_to_k_nearest_normals(tiny_run: dict, tm
 def test_self_taught_and_its_knn_separate_planted_squares(squares_split: Path, tmp_path: Path) -> None:
     """The detector the project exists for must detect something: planted bright squares (a third of the
     images, every train anomaly a known anomaly as in the papers' split) rank above the normals."""
-    detector = run_training("tiny", squares_split, tmp_path / "run", progress=False,
-                            overrides=["pretrain.epochs=5", "finetune.epochs=5"])
+    detector = run_training(
+        "tiny", squares_split, tmp_path / "run", progress=False, overrides=["pretrain.epochs=5", "finetune.epochs=5"]
+    )
     assert detector["method"] == "self_taught" and detector["test_auroc"] >= 0.9
-    knn = run_training("tiny", squares_split, tmp_path / "knn", progress=False,
-                       overrides=["method=knn", f"pretrain.encoder_from={tmp_path / 'run'}", "knn.k=5"])
+    knn = run_training(
+        "tiny",
+        squares_split,
+        tmp_path / "knn",
+        progress=False,
+        overrides=["method=knn", f"pretrain.encoder_from={tmp_path / 'run'}", "knn.k=5"],
+    )
     assert knn["test_auroc"] >= 0.8
 
 
 # ------------------------------------------------------------------------------------------ CLI / DDP
 def _xrad(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "xrad.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "xrad.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_cli_train_bad_key_is_a_one_line_error(tiny_run: dict, tmp_path: Path) -> None:
-    result = _xrad("train", "--config", "tiny", "--manifest", str(tiny_run["manifest"]), "-o", str(tmp_path / "r"),
-                   "--set", "finetune.bogus=1", "--quiet")
+    result = _xrad(
+        "train",
+        "--config",
+        "tiny",
+        "--manifest",
+        str(tiny_run["manifest"]),
+        "-o",
+        str(tmp_path / "r"),
+        "--set",
+        "finetune.bogus=1",
+        "--quiet",
+    )
     assert result.returncode == 2
     assert "finetune.bogus" in result.stderr and "tiny.yaml" in result.stderr and "Traceback" not in result.stderr
 
@@ -299,9 +369,26 @@ def test_cli_train_bad_key_is_a_one_line_error(tiny_run: dict, tmp_path: Path) -
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu_writes_a_valid_artefact(tiny_run: dict, tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp"
-    result = _xrad("train", "--config", "tiny", "--manifest", str(tiny_run["manifest"]), "-o", str(run_dir),
-                   "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--quiet",
-                   "--set", "pretrain.epochs=1", "--set", "finetune.epochs=2")
+    result = _xrad(
+        "train",
+        "--config",
+        "tiny",
+        "--manifest",
+        str(tiny_run["manifest"]),
+        "-o",
+        str(run_dir),
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--quiet",
+        "--set",
+        "pretrain.epochs=1",
+        "--set",
+        "finetune.epochs=2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test AUROC" in result.stdout
     from xrad.inference.scoring import load_scorer, score_frame

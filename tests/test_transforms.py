@@ -10,13 +10,28 @@ import torch
 from scipy import ndimage
 
 from xrad.config import ADAugment, ContrastiveAugment
-from xrad.training.augment import adjust_brightness_contrast, affine_matrices, apply_affine, augment_ad, batch_generator, contrastive_views, gaussian_blur, sample_crop_boxes
 from xrad.data.model_input import prepare_eval, to_float
+from xrad.training.augment import (
+    adjust_brightness_contrast,
+    affine_matrices,
+    apply_affine,
+    augment_ad,
+    batch_generator,
+    contrastive_views,
+    gaussian_blur,
+    sample_crop_boxes,
+)
 
 IDENTITY_AD = ADAugment(hflip=0.0, vflip=0.0, brightness=(1.0, 1.0), scale=(1.0, 1.0), rotation_deg=0.0)
-IDENTITY_CONTRASTIVE = ContrastiveAugment(hflip=0.0, scale=(1.0, 1.0), rotation_deg=0.0,
-                                                crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0.0,
-                                                blur_p=0.0)
+IDENTITY_CONTRASTIVE = ContrastiveAugment(
+    hflip=0.0,
+    scale=(1.0, 1.0),
+    rotation_deg=0.0,
+    crop_scale=(1.0, 1.0),
+    crop_ratio=(1.0, 1.0),
+    jitter_p=0.0,
+    blur_p=0.0,
+)
 
 
 def random_batch(n: int = 6, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +69,7 @@ def test_prepare_eval_is_image_times_mask_and_deterministic() -> None:
 
 
 def test_batch_generator_depends_only_on_seed_epoch_batch() -> None:
-    draw = lambda *key: torch.rand(5, generator=batch_generator(*key))  # noqa: E731
+    draw = lambda *key: torch.rand(5, generator=batch_generator(*key))
     assert torch.equal(draw(1, 2, 3), draw(1, 2, 3))
     assert not torch.equal(draw(1, 2, 3), draw(1, 2, 4))
     assert not torch.equal(draw(1, 2, 3), draw(1, 3, 3))
@@ -115,8 +130,9 @@ def test_masks_stay_binary_after_augmentation() -> None:
     angle = (torch.rand(16, generator=generator) - 0.5) * 90
     scale = 0.7 + 0.6 * torch.rand(16, generator=generator)
     crop = sample_crop_boxes(16, (0.4, 1.0), (0.8, 1.25), generator)
-    _, warped_mask = apply_affine(to_float(images), masks.float(), affine_matrices(no_flags(16), no_flags(16),
-                                                                                      scale, angle, crop))
+    _, warped_mask = apply_affine(
+        to_float(images), masks.float(), affine_matrices(no_flags(16), no_flags(16), scale, angle, crop)
+    )
     assert set(torch.unique(warped_mask).tolist()) <= {0.0, 1.0}
     # Through the full AD pipeline: a constant image with brightness fixed gives exactly the warped mask.
     white = torch.full_like(images, 255)
@@ -238,15 +254,16 @@ def test_brightness_contrast_matches_formula_and_is_not_undone() -> None:
 
 def test_blur_matches_scipy_and_reduces_high_frequencies() -> None:
     size = 32
-    checker = ((np.indices((size, size)).sum(0) % 2).astype(np.float32))
+    checker = (np.indices((size, size)).sum(0) % 2).astype(np.float32)
     rng = np.random.default_rng(1)
     noise = rng.random((size, size)).astype(np.float32)
     images = torch.from_numpy(np.stack([checker, noise, noise])[:, None])
     sigma = torch.tensor([1.5, 0.8, 0.0])
     out = gaussian_blur(images, sigma)
     for i, s in enumerate(sigma.tolist()[:2]):
-        expected = ndimage.gaussian_filter(images[i, 0].double().numpy(), s, mode="mirror",
-                                           truncate=math.ceil(3 * 1.5) / s)
+        expected = ndimage.gaussian_filter(
+            images[i, 0].double().numpy(), s, mode="mirror", truncate=math.ceil(3 * 1.5) / s
+        )
         np.testing.assert_allclose(out[i, 0].numpy(), expected, atol=1e-5)
     assert torch.equal(out[2], images[2])  # sigma 0: untouched
 
@@ -261,11 +278,17 @@ def test_blur_matches_scipy_and_reduces_high_frequencies() -> None:
 def test_contrastive_blur_probability_one_smooths() -> None:
     images, masks = random_batch(4)
     masks = torch.ones_like(masks)
-    config = ContrastiveAugment(**{**IDENTITY_CONTRASTIVE.__dict__, "blur_p": 1.0,
-                                         "blur_sigma": (1.0, 2.0), "blur_reference_px": images.shape[-1]})
+    config = ContrastiveAugment(
+        **{
+            **IDENTITY_CONTRASTIVE.__dict__,
+            "blur_p": 1.0,
+            "blur_sigma": (1.0, 2.0),
+            "blur_reference_px": images.shape[-1],
+        }
+    )
     view, _ = contrastive_views(images, masks, config, batch_generator(0, 0, 0))
     raw = to_float(images)
-    diff = lambda x: (x[..., 1:] - x[..., :-1]).pow(2).flatten(1).sum(1)  # noqa: E731
+    diff = lambda x: (x[..., 1:] - x[..., :-1]).pow(2).flatten(1).sum(1)
     assert (diff(view) < 0.3 * diff(raw)).all()
 
 

@@ -84,13 +84,35 @@ def test_sigkill_of_preprocess_leaves_no_worker_behind(tmp_path: Path) -> None:
     for i in range(300):
         path = tmp_path / "img" / f"{i}.png"
         Image.fromarray(rng.integers(0, 255, (192, 160), dtype=np.uint8)).save(path)
-        rows.append({"path": str(path), "patient_id": f"p{i}", "study_id": f"s{i}", "body_part": "HAND", "view": "",
-                     "label": 0, "source": "csv"})
+        rows.append(
+            {
+                "path": str(path),
+                "patient_id": f"p{i}",
+                "study_id": f"s{i}",
+                "body_part": "HAND",
+                "view": "",
+                "label": 0,
+                "source": "csv",
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "xrad.cli.main", "preprocess", str(tmp_path / "m.csv"), "-o",
-                             str(tmp_path / "cache"), "--workers", "2"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xrad.cli.main",
+            "preprocess",
+            str(tmp_path / "m.csv"),
+            "-o",
+            str(tmp_path / "cache"),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     workers: set[int] = set()
     try:
         deadline = time.monotonic() + 120

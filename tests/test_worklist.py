@@ -19,20 +19,53 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 def render(url: str, tmp_path: Path, screenshot: Path) -> str:
     """The DOM of ``url`` after load, and a screenshot, from headless Chromium (offline flags)."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", "--allow-file-access-from-files", "--virtual-time-budget=5000"]
-    dom = subprocess.run([CHROMIUM, *flags, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=90, check=False).stdout
-    subprocess.run([CHROMIUM, *flags, f"--user-data-dir={tmp_path / 'p2'}", "--window-size=1200,900",
-                    f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=90, check=False)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [CHROMIUM, *flags, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    ).stdout
+    subprocess.run(
+        [
+            CHROMIUM,
+            *flags,
+            f"--user-data-dir={tmp_path / 'p2'}",
+            "--window-size=1200,900",
+            f"--screenshot={screenshot}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
     return dom
 
 
 def test_worklist_table_sorts_studies_and_flags() -> None:
-    scores = pd.DataFrame({"path": [f"/x/{i}.png" for i in range(6)], "study_id": list("aabbcc"),
-                           "score": [0.1, 0.9, 0.3, 0.4, 0.2, 0.25], "label": [1, 1, 0, 0, "", ""],
-                           "body_part": ["HAND", "HAND", "WRIST", "WRIST", "HAND", "HAND"]})
+    scores = pd.DataFrame(
+        {
+            "path": [f"/x/{i}.png" for i in range(6)],
+            "study_id": list("aabbcc"),
+            "score": [0.1, 0.9, 0.3, 0.4, 0.2, 0.25],
+            "label": [1, 1, 0, 0, "", ""],
+            "body_part": ["HAND", "HAND", "WRIST", "WRIST", "HAND", "HAND"],
+        }
+    )
     studies, _ = worklist_table(scores, aggregation="max", threshold=0.4)
     assert studies["study_id"].tolist() == ["a", "b", "c"] and studies["rank"].tolist() == [1, 2, 3]
     assert studies["score"].tolist() == [0.9, 0.4, 0.25] and studies["flagged"].tolist() == [True, True, False]
@@ -51,8 +84,16 @@ def _write_images(folder: Path, n_studies: int = 5) -> pd.DataFrame:
             if s == 0:
                 pixels[20:30, 10:20] = 255  # an obvious spot
             Image.fromarray(pixels.astype(np.uint8)).save(path)
-            rows.append({"path": str(path), "study_id": f"study{s}", "patient_id": f"p{s // 2}",
-                         "body_part": "HAND", "label": 0 if s % 2 else "", "split": "valid" if s % 2 else "test"})
+            rows.append(
+                {
+                    "path": str(path),
+                    "study_id": f"study{s}",
+                    "patient_id": f"p{s // 2}",
+                    "body_part": "HAND",
+                    "label": 0 if s % 2 else "",
+                    "split": "valid" if s % 2 else "test",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -63,13 +104,29 @@ def test_score_calibrate_worklist_flow(tiny_artefact, tmp_path, capsys) -> None:
     manifest = _write_images(tmp_path / "img")
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
 
-    assert main(["calibrate", str(artefact), str(tmp_path / "manifest.csv"), "--specificity", "0.5",
-                 "--aggregation", "max"]) == 0
+    assert (
+        main(
+            ["calibrate", str(artefact), str(tmp_path / "manifest.csv"), "--specificity", "0.5", "--aggregation", "max"]
+        )
+        == 0
+    )
     assert "study level (max)" in capsys.readouterr().out
 
     out = tmp_path / "out" / "scores.csv"
-    assert main(["score", str(artefact), str(tmp_path / "manifest.csv"), "-o", str(out),
-                 "--heatmaps", str(tmp_path / "heat")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(artefact),
+                str(tmp_path / "manifest.csv"),
+                "-o",
+                str(out),
+                "--heatmaps",
+                str(tmp_path / "heat"),
+            ]
+        )
+        == 0
+    )
     images = pd.read_csv(out)
     assert images["flagged"].dtype == bool and len(images) == 10
     assert all(Path(p).is_file() for p in images["heatmap"])
@@ -90,27 +147,45 @@ def test_score_calibrate_worklist_flow(tiny_artefact, tmp_path, capsys) -> None:
 
 
 def test_worklist_threshold_override_and_unreadable(tmp_path) -> None:
-    scores = pd.DataFrame({"path": [str(tmp_path / "missing.png"), str(tmp_path / "ok.png")],
-                           "study_id": ["m", "o"], "score": [2.0, 1.0]})
+    scores = pd.DataFrame(
+        {"path": [str(tmp_path / "missing.png"), str(tmp_path / "ok.png")], "study_id": ["m", "o"], "score": [2.0, 1.0]}
+    )
     Image.fromarray(np.full((10, 10), 128, np.uint8)).save(tmp_path / "ok.png")
     result = build_worklist(scores, tmp_path / "wl", threshold=5.0)
     page = (tmp_path / "wl" / "index.html").read_text()
     assert result["n_flagged"] == 0 and "unreadable" in page
     # The threshold line sits above every study when none reaches it.
-    assert page.index('class="threshold"') < page.index("<td class=\"id\">m</td>")
+    assert page.index('class="threshold"') < page.index('<td class="id">m</td>')
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_fracatlas_worklist_renders_in_chromium(fracatlas_dir, tiny_artefact, tmp_path) -> None:
     labels = pd.read_csv(fracatlas_dir / "labels.csv")
     picked = pd.concat([labels[labels["label"] == 1].head(4), labels[labels["label"] == 0].head(4)])
-    manifest = pd.DataFrame({"path": [str(fracatlas_dir / p) for p in picked["path"]],
-                             "study_id": [Path(p).stem for p in picked["path"]],
-                             "body_part": picked["body_part"].to_numpy(), "label": picked["label"].to_numpy()})
+    manifest = pd.DataFrame(
+        {
+            "path": [str(fracatlas_dir / p) for p in picked["path"]],
+            "study_id": [Path(p).stem for p in picked["path"]],
+            "body_part": picked["body_part"].to_numpy(),
+            "label": picked["label"].to_numpy(),
+        }
+    )
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     out = tmp_path / "scores.csv"
-    assert main(["score", str(tiny_artefact), str(tmp_path / "manifest.csv"), "-o", str(out),
-                 "--heatmaps", str(tmp_path / "heat")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(tiny_artefact),
+                str(tmp_path / "manifest.csv"),
+                "-o",
+                str(out),
+                "--heatmaps",
+                str(tmp_path / "heat"),
+            ]
+        )
+        == 0
+    )
     assert main(["worklist", str(out), "-o", str(tmp_path / "wl"), "--threshold", "0"]) == 0
     shot = tmp_path / "worklist.png"
     dom = render((tmp_path / "wl" / "index.html").as_uri(), tmp_path, shot)
@@ -122,10 +197,15 @@ def test_fracatlas_worklist_renders_in_chromium(fracatlas_dir, tiny_artefact, tm
 def test_unreadable_images_stay_on_the_worklist(tmp_path) -> None:
     """A study whose images failed to score is listed (unranked), never silently dropped; partial failures
     are counted in their study."""
-    scores = pd.DataFrame({"path": [str(tmp_path / f"{i}.png") for i in range(5)],
-                           "study_id": ["a", "a", "b", "c", "c"], "body_part": "HAND",
-                           "score": [2.0, np.nan, 1.0, np.nan, np.nan],
-                           "error": ["", "x.png: truncated", "", "c1: bad", "c2: bad"]})
+    scores = pd.DataFrame(
+        {
+            "path": [str(tmp_path / f"{i}.png") for i in range(5)],
+            "study_id": ["a", "a", "b", "c", "c"],
+            "body_part": "HAND",
+            "score": [2.0, np.nan, 1.0, np.nan, np.nan],
+            "error": ["", "x.png: truncated", "", "c1: bad", "c2: bad"],
+        }
+    )
     studies, _ = worklist_table(scores, aggregation="max", threshold=1.5)
     table = studies.set_index("study_id")
     assert table.loc["a", "unreadable"] == 1 and table.loc["a", "rank"] == 1 and bool(table.loc["a", "flagged"])
@@ -139,11 +219,15 @@ def test_unreadable_images_stay_on_the_worklist(tmp_path) -> None:
     assert sorted(written["study_id"]) == ["a", "b", "c"] and written["unreadable"].sum() == 3
 
 
-
 def test_images_without_study_ids_are_never_merged_by_file_name(tmp_path) -> None:
     """image1.png of two patients, no study ids: two studies (the worklist grouped them as one)."""
-    scores = pd.DataFrame({"path": ["/data/p1/image1.png", "/data/p2/image1.png", "/data/p2/image2.png"],
-                           "study_id": ["", "", ""], "score": [0.9, 0.1, 0.5]})
+    scores = pd.DataFrame(
+        {
+            "path": ["/data/p1/image1.png", "/data/p2/image1.png", "/data/p2/image2.png"],
+            "study_id": ["", "", ""],
+            "score": [0.9, 0.1, 0.5],
+        }
+    )
     studies, images = worklist_table(scores, aggregation="max")
     assert len(studies) == 3 and (studies["n_images"] == 1).all()
     ids = set(studies["study_id"])

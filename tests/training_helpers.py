@@ -30,15 +30,24 @@ def make_dataset(out: Path, n: int = 64, size: int = 40, seed: int = 0, cache: b
         image = 50 + disc + rng.normal(0, 6, (size, size))
         if label:
             cy, cx = rng.integers(10, size - 10, 2)
-            image[cy - 3:cy + 3, cx - 3:cx + 3] = 245
+            image[cy - 3 : cy + 3, cx - 3 : cx + 3] = 245
         path = out / f"image{i:03d}.png"
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
         split = "train" if i < n // 2 else ("valid" if i < 3 * n // 4 else "test")
         semi = 0
         if split == "train":
             semi = -1 if (label and i % 2 == 0) else (1 if (not label and i % 5 == 0) else 0)
-        row = {"path": str(path.resolve()), "patient_id": f"P{i:03d}", "study_id": f"S{i:03d}",
-               "body_part": "HAND", "view": "", "label": label, "source": "csv", "split": split, "semi_label": semi}
+        row = {
+            "path": str(path.resolve()),
+            "patient_id": f"P{i:03d}",
+            "study_id": f"S{i:03d}",
+            "body_part": "HAND",
+            "view": "",
+            "label": label,
+            "source": "csv",
+            "split": split,
+            "semi_label": semi,
+        }
         if cache:
             mask = np.zeros((size, size), dtype=np.uint8)
             mask[3:-3, 2:-2] = 1

@@ -38,4 +38,3 @@ class OutputError(XradError):
         self.path = str(path)
         reason = exc.strerror or str(exc)
         super().__init__(f"{self.path}: cannot write ({reason}); choose another output path")
-

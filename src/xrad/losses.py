@@ -12,9 +12,17 @@ from torch import Tensor
 
 from xrad.errors import ConfigError
 
-__all__ = ["info_nce", "supervised_contrastive", "nearest_center", "multisphere_deep_sad", "balanced_deep_sad",
-           "masked_mse",
-           "masked_error_map", "reconstruction_scores", "RECONSTRUCTION_KINDS"]
+__all__ = [
+    "info_nce",
+    "supervised_contrastive",
+    "nearest_center",
+    "multisphere_deep_sad",
+    "balanced_deep_sad",
+    "masked_mse",
+    "masked_error_map",
+    "reconstruction_scores",
+    "RECONSTRUCTION_KINDS",
+]
 
 RECONSTRUCTION_KINDS = ("mse", "l1", "topk")
 
@@ -85,8 +93,9 @@ def nearest_center(z: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
     return d2, index
 
 
-def multisphere_deep_sad(z: Tensor, centers: Tensor, semi_labels: Tensor, eta: float = 1.0,
-                         eps: float = 1e-6) -> Tensor:
+def multisphere_deep_sad(
+    z: Tensor, centers: Tensor, semi_labels: Tensor, eta: float = 1.0, eps: float = 1e-6
+) -> Tensor:
     """Data term of Eq. 2 (multi-sphere semi-supervised Deep SAD), averaged over the batch.
 
     With d² the squared distance of z to its nearest centre and ỹ ∈ {−1, 0, +1} the semi-label
@@ -101,8 +110,7 @@ def multisphere_deep_sad(z: Tensor, centers: Tensor, semi_labels: Tensor, eta: f
     return torch.where(y == 0, d2, labelled).mean()
 
 
-def balanced_deep_sad(z: Tensor, centers: Tensor, semi_labels: Tensor, eta: float = 1.0,
-                      eps: float = 1e-6) -> Tensor:
+def balanced_deep_sad(z: Tensor, centers: Tensor, semi_labels: Tensor, eta: float = 1.0, eps: float = 1e-6) -> Tensor:
     """Multi-sphere Deep SAD with the two populations averaged separately (for patch cells).
 
     With d² the squared distance of z to its nearest centre,
@@ -121,8 +129,9 @@ def balanced_deep_sad(z: Tensor, centers: Tensor, semi_labels: Tensor, eta: floa
 
 def _check_kind(kind: str) -> None:
     if kind not in RECONSTRUCTION_KINDS:
-        raise ConfigError(f"reconstruction score kind {kind!r} is unknown; "
-                          f"use one of {', '.join(RECONSTRUCTION_KINDS)}")
+        raise ConfigError(
+            f"reconstruction score kind {kind!r} is unknown; use one of {', '.join(RECONSTRUCTION_KINDS)}"
+        )
 
 
 def masked_mse(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -150,8 +159,9 @@ def masked_error_map(recon: Tensor, target: Tensor, mask: Tensor, kind: str = "m
     return err.mean(dim=1, keepdim=True) * mask.to(err.dtype)
 
 
-def reconstruction_scores(recon: Tensor, target: Tensor, mask: Tensor, kind: str = "mse",
-                          top_k_fraction: float = 0.05) -> Tensor:
+def reconstruction_scores(
+    recon: Tensor, target: Tensor, mask: Tensor, kind: str = "mse", top_k_fraction: float = 0.05
+) -> Tensor:
     """Per-image anomaly scores (B,) from a reconstruction.
 
     - ``"mse"``: Σ(e²·m)/Σm per image (the per-image :func:`masked_mse`);

@@ -17,15 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "config",
         type=Path,
-        help="benchmark YAML (methods, training_seeds, split_seeds, "
-        "abnormal_ratios, data, overrides, output)",
+        help="benchmark YAML (methods, training_seeds, split_seeds, abnormal_ratios, data, overrides, output)",
     )
-    parser.add_argument(
-        "-o", "--output", type=Path, default=None, help="output folder (overrides the config's)"
-    )
-    parser.add_argument(
-        "--progress", action="store_true", help="show the training progress bars of each cell"
-    )
+    parser.add_argument("-o", "--output", type=Path, default=None, help="output folder (overrides the config's)")
+    parser.add_argument("--progress", action="store_true", help="show the training progress bars of each cell")
     parser.add_argument("--report", action="store_true", help="render the HTML report when the grid is done")
     parser.add_argument(
         "--only",
@@ -33,9 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train only these methods (comma-separated labels), e.g. to spread one grid over several "
         "processes sharing the output folder; the tables still collect every finished cell",
     )
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value of every method's config, e.g. --set finetune.epochs=5 "
-                             "(repeatable; applied after the YAML's `overrides:`)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of every method's config, e.g. --set finetune.epochs=5 "
+        "(repeatable; applied after the YAML's `overrides:`)",
+    )
     parser.add_argument(
         "--split-seeds",
         default=None,
@@ -45,9 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the grid, write results.csv / table1.* / pairwise.csv, print Table 1."""
-    from xrad.jobs.benchmark import load_benchmark_config, run_benchmark
-
     from xrad.config import merge_overrides, parse_override
+    from xrad.jobs.benchmark import load_benchmark_config, run_benchmark
 
     config = load_benchmark_config(args.config, output=args.output)
     if args.overrides:
@@ -64,8 +64,13 @@ def run(args: argparse.Namespace) -> int:
         from xrad.errors import ConfigError
 
         raise ConfigError(f"--split-seeds {args.split_seeds!r}: give integers separated by commas, e.g. 0,1") from None
-    run_benchmark(config, progress=args.progress, log=lambda message: print(message, flush=True), only=only,
-                  only_split_seeds=split_seeds)
+    run_benchmark(
+        config,
+        progress=args.progress,
+        log=lambda message: print(message, flush=True),
+        only=only,
+        only_split_seeds=split_seeds,
+    )
     print((config.output / "table1.md").read_text(encoding="utf-8"), end="")
     print(f"wrote {config.output / 'results.csv'}, table1.csv, table1.md, pairwise.csv")
     if args.report:

@@ -66,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=(0.9, 0.95),
         help="report specificity at these sensitivities (comma-separated)",
     )
-    parser.add_argument("--n-bootstrap", type=int_at_least(0), default=1000,
-                        help="bootstrap resamples (0: no intervals)")
+    parser.add_argument(
+        "--n-bootstrap", type=int_at_least(0), default=1000, help="bootstrap resamples (0: no intervals)"
+    )
     parser.add_argument("--confidence", type=open_fraction, default=0.95, help="interval level")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
@@ -89,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or ("test" if len(splits) > 1 and "test" in splits else None)
     target = frame if split is None else frame[frame["split"] == split]
     if target.empty:
-        raise DataError(
-            f"{args.scores}: no rows with split {split!r} (splits present: {', '.join(splits) or 'none'})"
-        )
+        raise DataError(f"{args.scores}: no rows with split {split!r} (splits present: {', '.join(splits) or 'none'})")
 
     threshold_info = None
     parse_threshold_rule(args.threshold_rule)  # refused even when no validation rows will use it

@@ -13,14 +13,10 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``xrad index``."""
-    parser.add_argument(
-        "source", type=Path, help="MURA-v1.1 folder (or its parent), a CSV file, or a DICOM folder"
-    )
+    parser.add_argument("source", type=Path, help="MURA-v1.1 folder (or its parent), a CSV file, or a DICOM folder")
     parser.add_argument("-o", "--output", type=Path, required=True, help="manifest CSV to write")
     csv = parser.add_argument_group("CSV sources")
-    csv.add_argument(
-        "--path-column", default=argparse.SUPPRESS, help="column holding image paths (default: path)"
-    )
+    csv.add_argument("--path-column", default=argparse.SUPPRESS, help="column holding image paths (default: path)")
     csv.add_argument(
         "--label-column",
         default=argparse.SUPPRESS,

@@ -53,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
     for verb, help_line in VERBS.items():
         module = importlib.import_module(f"xrad.cli.{verb.replace('-', '_')}")
-        verb_parser = sub.add_parser(verb, help=help_line, description=help_line[0].upper() + help_line[1:] + ".",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        verb_parser = sub.add_parser(
+            verb,
+            help=help_line,
+            description=help_line[0].upper() + help_line[1:] + ".",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         module.add_arguments(verb_parser)
         verb_parser.set_defaults(_module=module)
     return parser
@@ -73,25 +77,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xrad {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"xrad {args.verb}: interrupted; finished work is kept, run the same command again to resume",
-              file=sys.stderr)
+        print(
+            f"xrad {args.verb}: interrupted; finished work is kept, run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     except OSError as exc:  # a path the user gave: not writable, a file where a folder is needed, ...
         if os.environ.get(TRACEBACK_ENV):
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"xrad {args.verb}: error: {where}{exc.strerror or exc}; check the path (or choose another -o)",
-              file=sys.stderr)
+        print(
+            f"xrad {args.verb}: error: {where}{exc.strerror or exc}; check the path (or choose another -o)",
+            file=sys.stderr,
+        )
         return 2
-    except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback on request
+    except Exception as exc:
         if os.environ.get(TRACEBACK_ENV):
             raise
         message = " ".join(str(exc).split()) or "(no message)"
         if len(message) > 300:
             message = message[:300] + " …"
-        print(f"xrad {args.verb}: error: {type(exc).__name__}: {message}\n"
-              f"(unexpected: set {TRACEBACK_ENV}=1 to see the traceback, and report it if the input was valid)",
-              file=sys.stderr)
+        print(
+            f"xrad {args.verb}: error: {type(exc).__name__}: {message}\n"
+            f"(unexpected: set {TRACEBACK_ENV}=1 to see the traceback, and report it if the input was valid)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -14,8 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="cache folder (re-running resumes it)")
     parser.add_argument("--workers", type=int_at_least(1), default=2, help="worker processes")
     parser.add_argument("--size", type=int_at_least(32), default=512, help="major axis of the cached images, in px")
-    parser.add_argument("--visualize", type=int_at_least(0), default=0, metavar="K",
-                        help="also write contact_sheet.png with K random images")
+    parser.add_argument(
+        "--visualize",
+        type=int_at_least(0),
+        default=0,
+        metavar="K",
+        help="also write contact_sheet.png with K random images",
+    )
     parser.add_argument("--limit", type=int_at_least(1), default=None, help="only the first N rows (for a quick look)")
 
 
@@ -30,24 +35,29 @@ def run(args: argparse.Namespace) -> int:
     if frame.empty:
         from xrad.errors import DataError
 
-        raise DataError(f"{args.manifest}: the manifest has no rows (a header only); index some images with "
-                        "`xrad index`")
+        raise DataError(
+            f"{args.manifest}: the manifest has no rows (a header only); index some images with `xrad index`"
+        )
     if args.limit is not None:
         frame = frame.head(args.limit)
     params = PreprocessParams(size=args.size)
     summary = build_cache(frame, args.output, params, workers=args.workers)
     rate = summary["images_per_second"]
     cached = summary["images"] - summary["failed"]
-    print(f"{summary['images']} images: {cached} in the cache ({summary['processed']} worked on now"
-          f"{f' at {rate} img/s' if rate else ''}, {summary['skipped']} done before), {summary['failed']} failed")
+    print(
+        f"{summary['images']} images: {cached} in the cache ({summary['processed']} worked on now"
+        f"{f' at {rate} img/s' if rate else ''}, {summary['skipped']} done before), {summary['failed']} failed"
+    )
     print("flags: " + ", ".join(f"{flag} {summary[flag]}" for flag in FLAG_COLUMNS))
     if summary["failed"]:
         print(f"failures: {Path(args.output) / 'failures.csv'}")
         if cached == 0:
             from xrad.errors import DataError
 
-            raise DataError(f"{args.manifest}: none of the {summary['images']} image(s) could be preprocessed; "
-                            f"the reasons are in {Path(args.output) / 'failures.csv'}")
+            raise DataError(
+                f"{args.manifest}: none of the {summary['images']} image(s) could be preprocessed; "
+                f"the reasons are in {Path(args.output) / 'failures.csv'}"
+            )
     print(f"manifest for training: {summary['manifest']}")
     if args.visualize:
         sheet = contact_sheet(frame, params, Path(args.output) / "contact_sheet.png", k=args.visualize)

@@ -22,17 +22,31 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``xrad score``."""
-    parser.add_argument("artefact", type=Path, help="artefact folder written by training (model.safetensors + artefact.json)")
-    parser.add_argument("input", type=Path, help="an image, a folder of images/DICOM files, a MURA tree or a manifest CSV")
+    parser.add_argument(
+        "artefact", type=Path, help="artefact folder written by training (model.safetensors + artefact.json)"
+    )
+    parser.add_argument(
+        "input", type=Path, help="an image, a folder of images/DICOM files, a MURA tree or a manifest CSV"
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="scores CSV to write")
     parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per forward pass")
     parser.add_argument("--workers", type=int_at_least(1), default=2, help="processes decoding images")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop at the first unreadable image (default: record its reason in the `error` column)")
-    parser.add_argument("--aggregation", default=None,
-                        help="study/patient score: mean, max or topK (default: the operating point's, else mean)")
-    parser.add_argument("--heatmaps", type=Path, metavar="DIR",
-                        help="also write a heatmap overlay PNG per image into DIR (column `heatmap`)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable image (default: record its reason in the `error` column)",
+    )
+    parser.add_argument(
+        "--aggregation",
+        default=None,
+        help="study/patient score: mean, max or topK (default: the operating point's, else mean)",
+    )
+    parser.add_argument(
+        "--heatmaps",
+        type=Path,
+        metavar="DIR",
+        help="also write a heatmap overlay PNG per image into DIR (column `heatmap`)",
+    )
 
 
 def collect_inputs(source: Path):  # -> pd.DataFrame
@@ -42,7 +56,6 @@ def collect_inputs(source: Path):  # -> pd.DataFrame
     from xrad.data.indexing import index_dicom_folder, index_mura, is_dicom
     from xrad.data.manifest import read_manifest
     from xrad.errors import DataError
-
     from xrad.utils.files import entry_kind
 
     kind = entry_kind(source)
@@ -74,8 +87,14 @@ def collect_inputs(source: Path):  # -> pd.DataFrame
         # The other images are read below; a damaged DICOM header is kept as a row, which will say why.
         parts.append(index_dicom_folder(source, warn_left_out=False, keep_unreadable=True))
     if images:
-        parts.append(pd.DataFrame({"path": [str(p.absolute()) for p in images],
-                                   "study_id": [str(p.parent.relative_to(source) / p.stem) for p in images]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "path": [str(p.absolute()) for p in images],
+                    "study_id": [str(p.parent.relative_to(source) / p.stem) for p in images],
+                }
+            )
+        )
     if not parts:
         raise DataError(f"{source}: no PNG, JPEG, TIFF or DICOM files found")
     return pd.concat(parts, ignore_index=True)
@@ -86,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
     import contextlib
     import sys
 
-    from xrad.inference.calibration import flag, level_tables
     from xrad.evaluation.aggregate import parse_aggregation
+    from xrad.inference.calibration import flag, level_tables
     from xrad.inference.scoring import load_scorer, score_frame
     from xrad.utils.atomic import FileSet, check_writable
 
@@ -101,15 +120,23 @@ def run(args: argparse.Namespace) -> int:
         check_replaceable(args.heatmaps, _heatmap_entry)
     frame = collect_inputs(args.input)
     scorer = load_scorer(args.artefact)
-    scored = score_frame(scorer, frame, batch_size=args.batch_size, workers=args.workers,
-                         on_error="raise" if args.strict else "skip", progress=True)
+    scored = score_frame(
+        scorer,
+        frame,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        on_error="raise" if args.strict else "skip",
+        progress=True,
+    )
     point = scorer.artefact_meta.operating_point
     if point:  # score >= the calibrated image threshold (unreadable rows: False)
         scored["flagged"] = flag(scored["score"], point)
     failed = int((scored.get("error", "") != "").sum()) if "error" in scored else 0
     aggregation = args.aggregation or ((point or {}).get("study") or {}).get("aggregation") or "mean"
-    level_paths = {level: args.output.with_name(f"{args.output.stem}_{plural}.csv")
-                   for level, plural in (("study", "studies"), ("patient", "patients"))}
+    level_paths = {
+        level: args.output.with_name(f"{args.output.stem}_{plural}.csv")
+        for level, plural in (("study", "studies"), ("patient", "patients"))
+    }
     # One set of outputs: the heatmaps folder and the tables are written aside and moved into place only when
     # all of them were made, and a table an earlier run wrote but this one does not is removed — a re-run never
     # leaves a mix of two runs' outputs.
@@ -123,17 +150,24 @@ def run(args: argparse.Namespace) -> int:
             files.remove_stale(path)
             if level in tables:
                 files.write_csv(path, tables[level])
-    print(f"scored {len(scored) - failed} image(s) → {args.output}"
-          + (f"; {failed} unreadable (see the `error` column)" if failed else ""))
+    print(
+        f"scored {len(scored) - failed} image(s) → {args.output}"
+        + (f"; {failed} unreadable (see the `error` column)" if failed else "")
+    )
     degenerate = int((scored["degenerate"] != "").sum()) if "degenerate" in scored else 0
     if degenerate:
-        print(f"warning: {degenerate} image(s) are degenerate (tiny or constant): their scores mean little; see the "
-              "`degenerate` column", file=sys.stderr)
+        print(
+            f"warning: {degenerate} image(s) are degenerate (tiny or constant): their scores mean little; see the "
+            "`degenerate` column",
+            file=sys.stderr,
+        )
     if failed and failed == len(scored):
         from xrad.errors import DataError
 
-        raise DataError(f"{args.input}: none of the {failed} image(s) could be read; the reasons are in the "
-                        f"`error` column of {args.output}")
+        raise DataError(
+            f"{args.input}: none of the {failed} image(s) could be read; the reasons are in the "
+            f"`error` column of {args.output}"
+        )
     for level, table in tables.items():
         plural = {"study": "studies", "patient": "patients"}[level]
         flagged = f", {int(table['flagged'].sum())} flagged" if "flagged" in table else ""
@@ -141,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _heatmaps(stack, scorer, scored, folder: Path) -> list[str]:  # noqa: ANN001 - types live behind lazy imports
+def _heatmaps(stack, scorer, scored, folder: Path) -> list[str]:
     """Write the overlays into a folder staged beside ``folder`` (published when the stack closes); the paths
     returned are where they will be."""
     from xrad.inference.heatmaps import write_heatmaps

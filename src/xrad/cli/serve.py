@@ -20,10 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artefact", type=Path, help="artefact folder written by training (calibrated or not)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     parser.add_argument("--port", type=int_in(1, 65535), default=8000, help="TCP port")
-    parser.add_argument("--max-upload-mb", type=float_at_least(0.0, strict=True), default=20.0,
-                        help="largest accepted upload in MiB")
-    parser.add_argument("--allow-truncated", action="store_true",
-                        help="score truncated files from what decodes (default: refuse them with 422)")
+    parser.add_argument(
+        "--max-upload-mb", type=float_at_least(0.0, strict=True), default=20.0, help="largest accepted upload in MiB"
+    )
+    parser.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="score truncated files from what decodes (default: refuse them with 422)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device for scoring")
 
 
@@ -36,11 +40,17 @@ def run(args: argparse.Namespace) -> int:
     from xrad.service.app import app_from_artefact
 
     _check_device_and_port(args.device, args.host, args.port)
-    app = app_from_artefact(args.artefact, device=args.device, allow_truncated=args.allow_truncated,
-                            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    app = app_from_artefact(
+        args.artefact,
+        device=args.device,
+        allow_truncated=args.allow_truncated,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+    )
     if args.host not in _LOCAL:
-        print(f"xrad serve: warning: binding {args.host} exposes an unauthenticated service to the network",
-              file=sys.stderr)
+        print(
+            f"xrad serve: warning: binding {args.host} exposes an unauthenticated service to the network",
+            file=sys.stderr,
+        )
     # One line per scored upload (sizes, score, time; never names or DICOM tags) next to uvicorn's access log.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     print(f"serving {args.artefact} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
@@ -65,6 +75,6 @@ def _check_device_and_port(device: str, host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"{host}:{port}: cannot listen there ({exc.strerror}); choose another --port "
-                              "(or --host)") from None
-
+            raise ConfigError(
+                f"{host}:{port}: cannot listen there ({exc.strerror}); choose another --port (or --host)"
+            ) from None

@@ -50,8 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--known-abnormal",
         type=_fraction,
         default=1.0,
-        help="fraction of train abnormal units labelled known abnormal (-1); "
-        "the rest stay unlabelled (contamination)",
+        help="fraction of train abnormal units labelled known abnormal (-1); the rest stay unlabelled (contamination)",
     )
     parser.add_argument(
         "--group",

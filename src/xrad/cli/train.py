@@ -17,22 +17,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from xrad.methods.registry import DETECTORS, stage_names
 
     stages = "; ".join(f"{d.name}: {', '.join(d.stage_names)}" for d in DETECTORS.values())
-    parser.add_argument("--config", required=True,
-                        help="YAML config file, or the name of a packaged one: " + ", ".join(packaged_configs()))
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="YAML config file, or the name of a packaged one: " + ", ".join(packaged_configs()),
+    )
     parser.add_argument("--manifest", required=True, help="split manifest (from `xrad split`, optionally preprocessed)")
     parser.add_argument("-o", "--output", required=True, help="run folder; re-running the same command resumes it")
-    parser.add_argument("--stage", choices=("all", *stage_names()), default="all",
-                        help=f"which stage to run (the method's own stages: {stages})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set finetune.epochs=5 (repeatable)")
+    parser.add_argument(
+        "--stage",
+        choices=("all", *stage_names()),
+        default="all",
+        help=f"which stage to run (the method's own stages: {stages})",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set finetune.epochs=5 (repeatable)",
+    )
     trainer = parser.add_argument_group("devices (passed to lightning.Trainer; override the config's trainer section)")
     trainer.add_argument("--accelerator", help="cpu, gpu, mps, auto ...")
     trainer.add_argument("--devices", help="number of devices, a list like 0,1, or auto")
     trainer.add_argument("--strategy", help="auto, ddp, ddp_spawn, fsdp ...")
     trainer.add_argument("--precision", help="32-true, 16-mixed, bf16-mixed ...")
     trainer.add_argument("--num-nodes", type=int_at_least(1), help="number of nodes (multi-node DDP)")
-    parser.add_argument("--allow-leakage", action="store_true",
-                        help="train although one image (same path or same content) is in two splits")
+    parser.add_argument(
+        "--allow-leakage",
+        action="store_true",
+        help="train although one image (same path or same content) is in two splits",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -58,14 +74,23 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"trainer.num_nodes={args.num_nodes}")
     stages = None if args.stage == "all" else (args.stage,)  # None: every stage of the configured method
     started = time.perf_counter()
-    summary = run_training(args.config, args.manifest, args.output, stages=stages, overrides=overrides,
-                           progress=not args.quiet, allow_leakage=args.allow_leakage)
+    summary = run_training(
+        args.config,
+        args.manifest,
+        args.output,
+        stages=stages,
+        overrides=overrides,
+        progress=not args.quiet,
+        allow_leakage=args.allow_leakage,
+    )
     if not summary:  # a DDP rank other than 0
         return 0
     seconds = time.perf_counter() - started
     if "finished_stages" in summary:
-        print(f"xrad train: finished stage(s) {', '.join(summary['finished_stages']) or 'none'} in {seconds:.0f} s; "
-              f"run the remaining stage(s) with --stage all -o {args.output}")
+        print(
+            f"xrad train: finished stage(s) {', '.join(summary['finished_stages']) or 'none'} in {seconds:.0f} s; "
+            f"run the remaining stage(s) with --stage all -o {args.output}"
+        )
         return 0
     spheres = summary.get("n_spheres")
     lines = [

@@ -33,22 +33,40 @@ def run(args: argparse.Namespace) -> int:
     if not args.scores.is_file():
         raise DataError(f"{args.scores}: scores file not found; write one with `xrad score`")
     try:
-        frame = pd.read_csv(args.scores, dtype={"path": str, "patient_id": str, "study_id": str, "body_part": str,
-                                                "heatmap": str, "error": str}, keep_default_na=False)
+        frame = pd.read_csv(
+            args.scores,
+            dtype={"path": str, "patient_id": str, "study_id": str, "body_part": str, "heatmap": str, "error": str},
+            keep_default_na=False,
+        )
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{args.scores}: not a readable scores CSV ({str(exc).splitlines()[0]}); "
-                        "write one with `xrad score`") from None
+        raise DataError(
+            f"{args.scores}: not a readable scores CSV ({str(exc).splitlines()[0]}); write one with `xrad score`"
+        ) from None
     point = None
     if args.artefact is not None:
         from xrad.inference.artefact import read_meta
 
         point = read_meta(args.artefact).operating_point
-    result = build_worklist(frame, args.output, aggregation=args.aggregation, threshold=args.threshold,
-                            operating_point=point, top=args.top, thumb_size=args.thumb_size, title=args.title)
+    result = build_worklist(
+        frame,
+        args.output,
+        aggregation=args.aggregation,
+        threshold=args.threshold,
+        operating_point=point,
+        top=args.top,
+        thumb_size=args.thumb_size,
+        title=args.title,
+    )
     flagged = f", {result['n_flagged']} flagged" if result["threshold"] is not None else ""
     print(f"worklist of {result['n_studies']} studies{flagged} → {result['html']} (and {result['csv']})")
     if result["n_unreadable_images"]:
-        print(f"warning: {result['n_unreadable_images']} image(s) could not be read"
-              + (f"; {result['n_unscored']} study(ies) have no readable image and are listed unscored"
-                 if result["n_unscored"] else ""), file=sys.stderr)
+        print(
+            f"warning: {result['n_unreadable_images']} image(s) could not be read"
+            + (
+                f"; {result['n_unscored']} study(ies) have no readable image and are listed unscored"
+                if result["n_unscored"]
+                else ""
+            ),
+            file=sys.stderr,
+        )
     return 0

@@ -60,7 +60,7 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a folder; give a YAML {what} file") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -80,8 +80,9 @@ def resolve_config_path(path: str | Path) -> Path:
     packaged = CONFIG_DIR / (candidate.name if candidate.suffix else f"{candidate.name}.yaml")
     if packaged.is_file():
         return packaged
-    raise ConfigError(f"{path}: config file not found; give a YAML path or a packaged config "
-                      f"({', '.join(packaged_configs())})")
+    raise ConfigError(
+        f"{path}: config file not found; give a YAML path or a packaged config ({', '.join(packaged_configs())})"
+    )
 
 
 def read_config_source(source: str | Path | Mapping[str, Any] | Config) -> tuple[dict[str, Any], str]:
@@ -237,8 +238,7 @@ def _run_checks(obj: Any, prefix: str, where: str) -> None:
             raise ConfigError(f"{where}: {dotted} {message}")
 
 
-def build_config(data: Mapping[str, Any], sections: Mapping[str, type] | None = None,
-                 where: str = "config") -> Config:
+def build_config(data: Mapping[str, Any], sections: Mapping[str, type] | None = None, where: str = "config") -> Config:
     """Validate a nested mapping (as read from YAML) into a :class:`Config`.
 
     ``sections`` are the detector's own sections (name → dataclass); a YAML section of that name is built
@@ -261,8 +261,12 @@ def build_config(data: Mapping[str, Any], sections: Mapping[str, type] | None = 
     return cfg
 
 
-def load_config(source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[str] = (), *,
-                sections: Mapping[str, type] | None = None) -> Config:
+def load_config(
+    source: str | Path | Mapping[str, Any] | Config,
+    overrides: Iterable[str] = (),
+    *,
+    sections: Mapping[str, type] | None = None,
+) -> Config:
     """Load a config from a YAML path, packaged name, mapping or Config, with ``--set`` overrides.
 
     Generic: the caller passes the detector's own sections. Use

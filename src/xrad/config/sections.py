@@ -21,7 +21,6 @@ Check = tuple[str, bool, str]  # (key relative to the section, rule holds, what 
 CORRUPTION_KINDS = ("bright_bar", "screws", "gap_across_bone", "step_across_bone", "cut_paste", "blur_scar")
 
 
-
 def milestone_checks(milestones: list[float]) -> list[Check]:
     """The rule shared by every schedule: milestones are fractions of the epochs in (0, 1]."""
     return [("milestones", all(0 < m <= 1 for m in milestones), "must be fractions of the epochs in (0, 1]")]
@@ -44,10 +43,12 @@ class DataConfig:
     cache_dir: str | None = None  # on-disk memo of decoded image banks (None: <run_dir>/bank_cache)
 
     def checks(self) -> Iterable[Check]:
-        return [("image_size", input_size_problem(self.image_size) is None, str(input_size_problem(self.image_size))),
-                ("eval_batch_size", self.eval_batch_size >= 1, "must be ≥ 1"),
-                ("workers", self.workers >= 0, "must be ≥ 0"),
-                ("decode_workers", self.decode_workers >= 1, "must be ≥ 1")]
+        return [
+            ("image_size", input_size_problem(self.image_size) is None, str(input_size_problem(self.image_size))),
+            ("eval_batch_size", self.eval_batch_size >= 1, "must be ≥ 1"),
+            ("workers", self.workers >= 0, "must be ≥ 0"),
+            ("decode_workers", self.decode_workers >= 1, "must be ≥ 1"),
+        ]
 
 
 @dataclass
@@ -58,8 +59,13 @@ class ModelConfig:
     head_bias: bool = True  # the authors' head keeps its biases; Deep SAD prefers bias-free nets
 
     def checks(self) -> Iterable[Check]:
-        return [("head_dims", len(self.head_dims) >= 2 and self.head_dims[0] == 512,
-                 "must start with 512 (the ResNet-18 feature size) and have ≥ 2 entries")]
+        return [
+            (
+                "head_dims",
+                len(self.head_dims) >= 2 and self.head_dims[0] == 512,
+                "must start with 512 (the ResNet-18 feature size) and have ≥ 2 entries",
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,13 @@ class ContrastiveAugment:
     blur_reference_px: int = 512
 
     def checks(self) -> Iterable[Check]:
-        return [("blur_reference_px", self.blur_reference_px >= 1,
-                 "must be ≥ 1 (the image size, in pixels, at which blur_sigma is given; the paper's is 512)")]
+        return [
+            (
+                "blur_reference_px",
+                self.blur_reference_px >= 1,
+                "must be ≥ 1 (the image size, in pixels, at which blur_sigma is given; the paper's is 512)",
+            )
+        ]
 
 
 @dataclass
@@ -126,15 +137,21 @@ class PretrainConfig:
     augment: ContrastiveAugment = field(default_factory=ContrastiveAugment)
 
     def checks(self) -> Iterable[Check]:
-        return [("epochs", self.epochs >= 0, "must be ≥ 0"),
-                ("batch_size", self.batch_size >= 2, "must be ≥ 2 (InfoNCE needs negatives)"),
-                ("lr", self.lr > 0, "must be > 0"),
-                ("weight_decay", self.weight_decay >= 0, "must be ≥ 0"),
-                ("lr_gamma", self.lr_gamma > 0, "must be > 0"),
-                ("temperature", self.temperature > 0, "must be > 0"),
-                ("pretext", self.pretext in ("simclr", "supcon"), f"must be one of ('simclr', 'supcon'), got {self.pretext!r}"),
-                *milestone_checks(self.milestones),
-                *(("augment." + key, ok, message) for key, ok, message in self.augment.checks())]
+        return [
+            ("epochs", self.epochs >= 0, "must be ≥ 0"),
+            ("batch_size", self.batch_size >= 2, "must be ≥ 2 (InfoNCE needs negatives)"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be ≥ 0"),
+            ("lr_gamma", self.lr_gamma > 0, "must be > 0"),
+            ("temperature", self.temperature > 0, "must be > 0"),
+            (
+                "pretext",
+                self.pretext in ("simclr", "supcon"),
+                f"must be one of ('simclr', 'supcon'), got {self.pretext!r}",
+            ),
+            *milestone_checks(self.milestones),
+            *(("augment." + key, ok, message) for key, ok, message in self.augment.checks()),
+        ]
 
 
 @dataclass
@@ -163,28 +180,34 @@ class FinetuneConfig:
     # of the top_k largest cell distances; xrad.methods.multisphere.patch_stage).
     level: str = "image"
     top_k: int = 1
-    corruptions: list[str] = field(default_factory=lambda: ["bright_bar", "screws", "gap_across_bone",
-                                                            "step_across_bone"])
+    corruptions: list[str] = field(
+        default_factory=lambda: ["bright_bar", "screws", "gap_across_bone", "step_across_bone"]
+    )
     cell_fraction: float = 0.05
 
     def checks(self) -> Iterable[Check]:
-        return [("epochs", self.epochs >= 0, "must be ≥ 0"),
-                ("batch_size", self.batch_size >= 2, "must be ≥ 2 (BatchNorm in train mode)"),
-                ("lr", self.lr > 0, "must be > 0"),
-                ("weight_decay", self.weight_decay >= 0, "must be ≥ 0"),
-                ("lr_gamma", self.lr_gamma > 0, "must be > 0"),
-                ("n_spheres", self.n_spheres >= 1, "must be ≥ 1"),
-                ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
-                ("eta", self.eta > 0, "must be > 0"),
-                ("eps", self.eps > 0, "must be > 0"),
-                ("prune_warmup", self.prune_warmup >= 0, "must be ≥ 0"),
-                ("center_min_abs", self.center_min_abs >= 0, "must be ≥ 0"),
-                ("level", self.level in ("image", "patch"), f"must be image or patch, got {self.level!r}"),
-                ("top_k", self.top_k >= 1, "must be ≥ 1"),
-                ("cell_fraction", 0 < self.cell_fraction < 1, "must be in (0, 1)"),
-                ("corruptions", bool(self.corruptions) and set(self.corruptions) <= set(CORRUPTION_KINDS),
-                 f"must list corruption kinds of {CORRUPTION_KINDS}"),
-                *milestone_checks(self.milestones)]
+        return [
+            ("epochs", self.epochs >= 0, "must be ≥ 0"),
+            ("batch_size", self.batch_size >= 2, "must be ≥ 2 (BatchNorm in train mode)"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be ≥ 0"),
+            ("lr_gamma", self.lr_gamma > 0, "must be > 0"),
+            ("n_spheres", self.n_spheres >= 1, "must be ≥ 1"),
+            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
+            ("eta", self.eta > 0, "must be > 0"),
+            ("eps", self.eps > 0, "must be > 0"),
+            ("prune_warmup", self.prune_warmup >= 0, "must be ≥ 0"),
+            ("center_min_abs", self.center_min_abs >= 0, "must be ≥ 0"),
+            ("level", self.level in ("image", "patch"), f"must be image or patch, got {self.level!r}"),
+            ("top_k", self.top_k >= 1, "must be ≥ 1"),
+            ("cell_fraction", 0 < self.cell_fraction < 1, "must be in (0, 1)"),
+            (
+                "corruptions",
+                bool(self.corruptions) and set(self.corruptions) <= set(CORRUPTION_KINDS),
+                f"must list corruption kinds of {CORRUPTION_KINDS}",
+            ),
+            *milestone_checks(self.milestones),
+        ]
 
 
 @dataclass
@@ -196,8 +219,11 @@ class KnnConfig:
     feature: str = "h"  # h (512-d, before the head, as the authors) | z (128-d head output)
 
     def checks(self) -> Iterable[Check]:
-        return [("k", self.k >= 1, "must be ≥ 1"), ("chunk_size", self.chunk_size >= 1, "must be ≥ 1"),
-                ("feature", self.feature in ("h", "z"), f"must be one of ('h', 'z'), got {self.feature!r}")]
+        return [
+            ("k", self.k >= 1, "must be ≥ 1"),
+            ("chunk_size", self.chunk_size >= 1, "must be ≥ 1"),
+            ("feature", self.feature in ("h", "z"), f"must be one of ('h', 'z'), got {self.feature!r}"),
+        ]
 
 
 @dataclass
@@ -212,8 +238,10 @@ class TrainerConfig:
     log_every_n_steps: int = 10
 
     def checks(self) -> Iterable[Check]:
-        return [("num_nodes", self.num_nodes >= 1, "must be ≥ 1"),
-                ("log_every_n_steps", self.log_every_n_steps >= 1, "must be ≥ 1")]
+        return [
+            ("num_nodes", self.num_nodes >= 1, "must be ≥ 1"),
+            ("log_every_n_steps", self.log_every_n_steps >= 1, "must be ≥ 1"),
+        ]
 
 
 @dataclass

@@ -110,21 +110,30 @@ def decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise ImageReadError(name, "DICOM float pixel data is not supported; export integer pixel data")
     if "PixelData" not in ds:
-        raise ImageReadError(name, "DICOM file has no pixel data (header-only, report or truncated before "
-                                   "the pixels); export the image itself")
+        raise ImageReadError(
+            name,
+            "DICOM file has no pixel data (header-only, report or truncated before "
+            "the pixels); export the image itself",
+        )
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows <= 0 or cols <= 0:
         raise ImageReadError(name, "DICOM file lacks Rows/Columns; the header is damaged, re-export it")
     if rows * cols > max_pixels:
-        raise ImageReadError(name, f"declares {cols}x{rows} = {rows * cols} pixels, above max_pixels="
-                                   f"{max_pixels} (decompression-bomb guard); raise max_pixels if trusted")
+        raise ImageReadError(
+            name,
+            f"declares {cols}x{rows} = {rows * cols} pixels, above max_pixels="
+            f"{max_pixels} (decompression-bomb guard); raise max_pixels if trusted",
+        )
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     monochrome = photometric in ("MONOCHROME1", "MONOCHROME2")
     colour = samples == 3 and not monochrome and photometric != "PALETTE COLOR"
     if not ((samples == 1 and monochrome) or colour):
-        raise ImageReadError(name, f"unsupported DICOM pixel layout ({samples} sample(s), {photometric}); "
-                                   "expected MONOCHROME1/2 or RGB radiographs")
+        raise ImageReadError(
+            name,
+            f"unsupported DICOM pixel layout ({samples} sample(s), {photometric}); "
+            "expected MONOCHROME1/2 or RGB radiographs",
+        )
 
     file_meta = getattr(ds, "file_meta", None)
     tsyntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
@@ -134,13 +143,16 @@ def decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
         except NotImplementedError:
             available = False
         if not available:
-            raise ImageReadError(name, f"transfer syntax {tsyntax.name} needs a decoder plugin: "
-                                       f"{_plugin_hint(tsyntax.name)}")
+            raise ImageReadError(
+                name, f"transfer syntax {tsyntax.name} needs a decoder plugin: {_plugin_hint(tsyntax.name)}"
+            )
     try:
         stored = pixel_array(ds, index=0)
     except Exception as exc:  # truncated/corrupt pixel data, decoder failures
-        raise ImageReadError(name, f"DICOM pixel data cannot be decoded ({short_reason(exc)}); the file is "
-                                   "truncated or damaged, re-export it") from exc
+        raise ImageReadError(
+            name,
+            f"DICOM pixel data cannot be decoded ({short_reason(exc)}); the file is truncated or damaged, re-export it",
+        ) from exc
 
     bits_stored = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 8) or 8)
     if samples == 3:
@@ -151,17 +163,27 @@ def decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
             values = apply_modality_lut(stored, ds)
             out, lo, hi = _voi(values, ds)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:  # e.g. Window Width 0
-            raise ImageReadError(name, f"DICOM window/LUT cannot be applied ({short_reason(exc)}); fix "
-                                       "WindowCenter/WindowWidth or the LUT in the header") from exc
+            raise ImageReadError(
+                name,
+                f"DICOM window/LUT cannot be applied ({short_reason(exc)}); fix "
+                "WindowCenter/WindowWidth or the LUT in the header",
+            ) from exc
         if hi <= lo:
-            raise ImageReadError(name, f"DICOM window/range is empty ({lo} .. {hi}); fix WindowWidth or "
-                                       "BitsStored in the header")
+            raise ImageReadError(
+                name, f"DICOM window/range is empty ({lo} .. {hi}); fix WindowWidth or BitsStored in the header"
+            )
         pixels = np.clip((out - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
         if photometric == "MONOCHROME1":
             pixels = np.float32(1.0) - pixels  # MONOCHROME1: low values are bright; display bone bright
-    meta = ImageMeta(path=name, format="dicom", bit_depth=bits_stored, photometric=photometric,
-                     pixel_spacing=_pixel_spacing(ds), shape=(int(pixels.shape[0]), int(pixels.shape[1])),
-                     truncated=False)
+    meta = ImageMeta(
+        path=name,
+        format="dicom",
+        bit_depth=bits_stored,
+        photometric=photometric,
+        pixel_spacing=_pixel_spacing(ds),
+        shape=(int(pixels.shape[0]), int(pixels.shape[1])),
+        truncated=False,
+    )
     return Radiograph(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta)
 
 
@@ -203,8 +225,9 @@ def read_dicom_tags(path: str | Path) -> dict[str, str]:
     except Exception as exc:
         if head[128:132] == b"DICM":
             raise ImageReadError(path, f"damaged DICOM header ({short_reason(exc)}); re-export the file") from exc
-        raise ImageReadError(path, f"not a readable DICOM file ({short_reason(exc)}); DICOM needs the 'DICM' "
-                                   "preamble") from exc
+        raise ImageReadError(
+            path, f"not a readable DICOM file ({short_reason(exc)}); DICOM needs the 'DICM' preamble"
+        ) from exc
 
     def text(keyword: str) -> str:
         value = ds.get(keyword)

@@ -54,9 +54,7 @@ def parse_label(value: Any, where: str) -> Any:
         return 0
     if text in _UNKNOWN:
         return pd.NA
-    raise DataError(
-        f"{where}: label {value!r} is not 0/1, true/false, normal/abnormal or empty; fix the value"
-    )
+    raise DataError(f"{where}: label {value!r} is not 0/1, true/false, normal/abnormal or empty; fix the value")
 
 
 # --------------------------------------------------------------------------------------------- MURA
@@ -66,9 +64,7 @@ def _mura_base(root: Path) -> Path:
         return root.parent
     if (root / MURA_DIR).is_dir():
         return root
-    raise DataError(
-        f"{root}: no {MURA_DIR} folder here; pass the MURA-v1.1 folder or the folder containing it"
-    )
+    raise DataError(f"{root}: no {MURA_DIR} folder here; pass the MURA-v1.1 folder or the folder containing it")
 
 
 def _read_headerless(path: Path, n_columns: int) -> list[list[str]]:
@@ -80,8 +76,7 @@ def _read_headerless(path: Path, n_columns: int) -> list[list[str]]:
     if frame.shape[1] < n_columns:
         raise DataError(f"{path}: expected {n_columns} column(s) without header, found {frame.shape[1]}")
     return [
-        [str(v).strip().replace("\\", "/") for v in row]
-        for row in frame.iloc[:, :n_columns].itertuples(index=False)
+        [str(v).strip().replace("\\", "/") for v in row] for row in frame.iloc[:, :n_columns].itertuples(index=False)
     ]
 
 
@@ -145,8 +140,7 @@ def index_mura(root: str | Path) -> pd.DataFrame:
             extra = sorted(on_disk - set(listed))
             if extra:
                 warnings.warn(
-                    f"{paths_csv}: {len(extra)} image(s) on disk are not listed and are ignored, "
-                    f"e.g. {extra[0]}",
+                    f"{paths_csv}: {len(extra)} image(s) on disk are not listed and are ignored, e.g. {extra[0]}",
                     UserWarning,
                     stacklevel=2,
                 )
@@ -169,22 +163,28 @@ def index_mura(root: str | Path) -> pd.DataFrame:
                     )
             part = m["part"].upper()
             study_id = f"{part}/{m['patient']}/study{int(m['study'])}"
-            records.append(dict(
-                path=str(base / rel), patient_id=m["patient"], study_id=study_id, body_part=part, view="",
-                label=suffix_label, source="mura", mura_split=split, _study_dir=study_dir,
-                _key=(split, part, m["patient"], int(m["study"]), int(m["image"]))))
+            records.append(
+                dict(
+                    path=str(base / rel),
+                    patient_id=m["patient"],
+                    study_id=study_id,
+                    body_part=part,
+                    view="",
+                    label=suffix_label,
+                    source="mura",
+                    mura_split=split,
+                    _study_dir=study_dir,
+                    _key=(split, part, m["patient"], int(m["study"]), int(m["image"])),
+                )
+            )
     if not records:
         raise DataError(f"{mura}: no MURA images found under train/ or valid/; check the folder")
     frame = pd.DataFrame.from_records(records)
     # Two study folders (e.g. study1_positive and study1_negative) must not share one study_id.
     clash = frame.groupby("study_id")["_study_dir"].nunique()
     if (clash > 1).any():
-        raise DataError(
-            f"{mura}: study {clash[clash > 1].index[0]} exists with both suffixes; remove one folder"
-        )
-    frame = (
-        frame.sort_values("_key", kind="stable").drop(columns=["_key", "_study_dir"]).reset_index(drop=True)
-    )
+        raise DataError(f"{mura}: study {clash[clash > 1].index[0]} exists with both suffixes; remove one folder")
+    frame = frame.sort_values("_key", kind="stable").drop(columns=["_key", "_study_dir"]).reset_index(drop=True)
     return normalise_types(frame)
 
 
@@ -230,8 +230,12 @@ def index_csv(
     _require(table, path_column, "--path-column", csv_path)
     if label_column is not None:
         _require(table, label_column, "--label-column (or --no-labels for an unlabelled table)", csv_path)
-    optional = {"--patient-column": patient_column, "--study-column": study_column,
-                "--body-part-column": body_part_column, "--view-column": view_column}
+    optional = {
+        "--patient-column": patient_column,
+        "--study-column": study_column,
+        "--body-part-column": body_part_column,
+        "--view-column": view_column,
+    }
     for option, column in optional.items():
         if column is not None:
             _require(table, column, option, csv_path)
@@ -253,8 +257,7 @@ def index_csv(
     missing = [str(p) for p, kind in kinds if kind == "missing"]
     if missing:
         raise DataError(
-            f"{csv_path}: {len(missing)} image(s) not found, e.g. {missing[0]}; "
-            f"fix the paths or pass --base-dir"
+            f"{csv_path}: {len(missing)} image(s) not found, e.g. {missing[0]}; fix the paths or pass --base-dir"
         )
     special = [(p, kind) for p, kind in kinds if kind != "file"]
     if special:  # a FIFO would hang every later step, a folder or a broken link fail there: refuse them now
@@ -264,9 +267,7 @@ def index_csv(
         )
     out = pd.DataFrame({"path": [str(p.resolve()) for p in paths]})
     if out["path"].duplicated().any():
-        raise DataError(
-            f"{csv_path}: image {out.loc[out['path'].duplicated(), 'path'].iloc[0]} is listed twice"
-        )
+        raise DataError(f"{csv_path}: image {out.loc[out['path'].duplicated(), 'path'].iloc[0]} is listed twice")
     if label_column is None:
         out["label"] = pd.array([pd.NA] * len(table), dtype="Int64")
     else:
@@ -293,8 +294,7 @@ def index_csv(
     elif flags:
         on = {c: table[c].map(lambda v, c=c: parse_label(v, f"{csv_path} column {c}")) for c in flags}
         out["view"] = [
-            "+".join(c for c in flags if on[c].iloc[i] is not pd.NA and on[c].iloc[i] == 1)
-            for i in range(len(table))
+            "+".join(c for c in flags if on[c].iloc[i] is not pd.NA and on[c].iloc[i] == 1) for i in range(len(table))
         ]
     else:
         out["view"] = ""
@@ -324,14 +324,13 @@ def find_dicom_files(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(
-            Path(dirpath) / n for n in sorted(files) if not n.startswith(".") and is_dicom(Path(dirpath) / n)
-        )
+        found.extend(Path(dirpath) / n for n in sorted(files) if not n.startswith(".") and is_dicom(Path(dirpath) / n))
     return found
 
 
-def index_dicom_folder(folder: str | Path, *, labels: str | Path | None = None,
-                       warn_left_out: bool = True, keep_unreadable: bool = False) -> pd.DataFrame:
+def index_dicom_folder(
+    folder: str | Path, *, labels: str | Path | None = None, warn_left_out: bool = True, keep_unreadable: bool = False
+) -> pd.DataFrame:
     """Index every DICOM file under ``folder``; identifiers are pseudonymised, never stored in clear.
 
     Patient, study, body part and view come from the headers (via :func:`xrad.data.dicom.read_dicom_tags`,
@@ -364,12 +363,22 @@ def index_dicom_folder(folder: str | Path, *, labels: str | Path | None = None,
         # read_dicom_tags already pseudonymised patient/study/series ids: nothing clear reaches the table.
         keys = ("patient_id", "study_id", "series_id", "view", "laterality")
         get = {k: str(tags.get(k) or "") for k in keys}
-        rows.append(dict(path=str(path.resolve()), body_part=str(tags.get("body_part") or "").upper(),
-                         label=pd.NA, source="dicom", _rel=path.relative_to(folder).as_posix(), **get))
+        rows.append(
+            dict(
+                path=str(path.resolve()),
+                body_part=str(tags.get("body_part") or "").upper(),
+                label=pd.NA,
+                source="dicom",
+                _rel=path.relative_to(folder).as_posix(),
+                **get,
+            )
+        )
     if unreadable:
         first = unreadable[0]
-        message = (f"{folder}: {len(unreadable)} DICOM file(s) left out because their header cannot be read, e.g. "
-                   f"{Path(first.path).relative_to(folder)} ({first.reason})")
+        message = (
+            f"{folder}: {len(unreadable)} DICOM file(s) left out because their header cannot be read, e.g. "
+            f"{Path(first.path).relative_to(folder)} ({first.reason})"
+        )
         if not rows:
             raise DataError(message.replace("left out", "found") + "; none could be indexed")
         warnings.warn(message, stacklevel=2)
@@ -398,12 +407,18 @@ def _warn_left_out(folder: Path, found: set[Path]) -> None:
             kind = entry_kind(path)
             (not_dicom if kind == "file" else special).append((path, kind))
     if not_dicom:
-        warnings.warn(f"{folder}: {len(not_dicom)} file(s) left out as not DICOM (no 'DICM' at byte 128), "
-                      f"e.g. {not_dicom[0][0].relative_to(folder)}", stacklevel=3)
+        warnings.warn(
+            f"{folder}: {len(not_dicom)} file(s) left out as not DICOM (no 'DICM' at byte 128), "
+            f"e.g. {not_dicom[0][0].relative_to(folder)}",
+            stacklevel=3,
+        )
     if special:
         path, kind = special[0]
-        warnings.warn(f"{folder}: {len(special)} entry(ies) left out as not regular files, e.g. "
-                      f"{path.relative_to(folder)!s} ({kind})", stacklevel=3)
+        warnings.warn(
+            f"{folder}: {len(special)} entry(ies) left out as not regular files, e.g. "
+            f"{path.relative_to(folder)!s} ({kind})",
+            stacklevel=3,
+        )
 
 
 def _dicom_labels(labels_csv: Path, study_ids: pd.Series) -> pd.Series:
@@ -423,8 +438,10 @@ def index_label_table(labels_csv: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{labels_csv}: not a readable labels CSV ({str(exc).splitlines()[0]}); write a "
-                        "'study_id,label' header and one row per study") from None
+        raise DataError(
+            f"{labels_csv}: not a readable labels CSV ({str(exc).splitlines()[0]}); write a "
+            "'study_id,label' header and one row per study"
+        ) from None
     for column in ("study_id", "label"):
         _require(table, column, "a header row 'study_id,label'", labels_csv)
     table["label"] = [parse_label(v, f"{labels_csv} line {i + 2}") for i, v in enumerate(table["label"])]
@@ -432,8 +449,18 @@ def index_label_table(labels_csv: Path) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------- dispatch
-_CSV_OPTIONS = {"path_column", "label_column", "patient_column", "study_column", "body_part_column",
-                "view_column", "view_columns", "base_dir", "keep_columns", "no_labels"}
+_CSV_OPTIONS = {
+    "path_column",
+    "label_column",
+    "patient_column",
+    "study_column",
+    "body_part_column",
+    "view_column",
+    "view_columns",
+    "base_dir",
+    "keep_columns",
+    "no_labels",
+}
 _DICOM_OPTIONS = {"labels"}
 
 
@@ -464,9 +491,7 @@ def index_source(source: str | Path, **options: Any) -> pd.DataFrame:
     allowed = {"mura": set(), "csv": _CSV_OPTIONS, "dicom": _DICOM_OPTIONS}[kind]
     unknown = sorted(given - allowed)
     if unknown:
-        raise ConfigError(
-            f"{source}: option(s) {', '.join(unknown)} do not apply to a {kind} source; drop them"
-        )
+        raise ConfigError(f"{source}: option(s) {', '.join(unknown)} do not apply to a {kind} source; drop them")
     kwargs = {k: v for k, v in options.items() if k in given}
     if kwargs.pop("no_labels", False):
         if "label_column" in kwargs:

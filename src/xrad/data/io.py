@@ -33,8 +33,17 @@ from xrad.errors import ImageReadError
 from xrad.utils.atomic import write_bytes
 from xrad.utils.files import read_problem, read_regular
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageMeta", "Radiograph", "decode_radiograph", "read_cache_png", "read_dicom_tags",
-           "read_radiograph", "sniff_format", "write_png"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageMeta",
+    "Radiograph",
+    "decode_radiograph",
+    "read_cache_png",
+    "read_dicom_tags",
+    "read_radiograph",
+    "sniff_format",
+    "write_png",
+]
 
 DEFAULT_MAX_PIXELS: int = 60_000_000
 """Decompression-bomb limit: larger declared images are refused (a 43x43 cm plate at 0.1 mm is ~18 Mpx)."""
@@ -67,8 +76,7 @@ def read_radiograph(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     return decode_radiograph(data, str(path), max_pixels=max_pixels)
 
 
-def decode_radiograph(data: bytes, name: str = "<upload>", *,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Radiograph:
+def decode_radiograph(data: bytes, name: str = "<upload>", *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Radiograph:
     """Decode an image held in memory (e.g. an upload); ``name`` is used in metadata and errors."""
     if not data:
         raise ImageReadError(name, "file is empty (0 bytes); re-export or re-download it")
@@ -85,9 +93,11 @@ def decode_radiograph(data: bytes, name: str = "<upload>", *,
         raise
     except MemoryError:
         raise ImageReadError(name, f"{fmt.upper()} image is too large to decode in memory; lower its size") from None
-    except Exception as exc:  # noqa: BLE001 - the promise of this module: no decoder exception escapes
-        raise ImageReadError(name, f"{fmt.upper()} file cannot be decoded ({type(exc).__name__}: "
-                                   f"{short_reason(exc)}); re-export the file") from exc
+    except Exception as exc:
+        raise ImageReadError(
+            name,
+            f"{fmt.upper()} file cannot be decoded ({type(exc).__name__}: {short_reason(exc)}); re-export the file",
+        ) from exc
 
 
 def read_dicom_tags(path: str | Path) -> dict[str, str]:
@@ -105,8 +115,10 @@ def _unknown_reason(data: bytes) -> str:
         kind = "plain text"
     else:
         kind = f"unrecognised bytes (starts {data[:8].hex()})"
-    return f"content is {kind}, not PNG, JPEG, TIFF or DICOM (DICOM needs its 'DICM' preamble); " \
-           "check that the file is an image"
+    return (
+        f"content is {kind}, not PNG, JPEG, TIFF or DICOM (DICOM needs its 'DICM' preamble); "
+        "check that the file is an image"
+    )
 
 
 def _is_truncation(exc: BaseException) -> bool:
@@ -124,18 +136,22 @@ def _open(data: bytes, name: str, fmt: str, max_pixels: int) -> tuple[Any, str]:
     try:
         image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(name, f"declared size is above Pillow's decompression-bomb limit ({exc}); "
-                                   "the file is malicious or damaged") from exc
+        raise ImageReadError(
+            name, f"declared size is above Pillow's decompression-bomb limit ({exc}); the file is malicious or damaged"
+        ) from exc
     except UnidentifiedImageError as exc:
-        raise ImageReadError(name, f"damaged {fmt.upper()} header (the decoder cannot identify it); "
-                                   "re-export the file") from exc
+        raise ImageReadError(
+            name, f"damaged {fmt.upper()} header (the decoder cannot identify it); re-export the file"
+        ) from exc
     except Exception as exc:  # SyntaxError, struct.error, EOFError on damaged headers
-        raise ImageReadError(name, f"damaged {fmt.upper()} header ({short_reason(exc)}); "
-                                   "re-export the file") from exc
+        raise ImageReadError(name, f"damaged {fmt.upper()} header ({short_reason(exc)}); re-export the file") from exc
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageReadError(name, f"declares {width}x{height} = {width * height} pixels, above max_pixels="
-                                   f"{max_pixels} (decompression-bomb guard); raise max_pixels if trusted")
+        raise ImageReadError(
+            name,
+            f"declares {width}x{height} = {width * height} pixels, above max_pixels="
+            f"{max_pixels} (decompression-bomb guard); raise max_pixels if trusted",
+        )
     if width <= 0 or height <= 0:
         raise ImageReadError(name, f"declares an empty {width}x{height} image; re-export the file")
     opened_mode = image.mode
@@ -154,8 +170,7 @@ def _load(data: bytes, name: str, fmt: str, max_pixels: int) -> tuple[Any, str, 
         return image, opened_mode, False
     except Exception as exc:
         if not _is_truncation(exc):
-            raise ImageReadError(name, f"corrupt {fmt.upper()} data ({short_reason(exc)}); "
-                                       "re-export the file") from exc
+            raise ImageReadError(name, f"corrupt {fmt.upper()} data ({short_reason(exc)}); re-export the file") from exc
     with _TRUNCATED_LOCK:
         previous = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = True
@@ -165,8 +180,9 @@ def _load(data: bytes, name: str, fmt: str, max_pixels: int) -> tuple[Any, str, 
         except ImageReadError:
             raise
         except Exception as exc:
-            raise ImageReadError(name, f"truncated {fmt.upper()} file with no decodable pixels "
-                                       f"({short_reason(exc)}); re-download it") from exc
+            raise ImageReadError(
+                name, f"truncated {fmt.upper()} file with no decodable pixels ({short_reason(exc)}); re-download it"
+            ) from exc
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
     return image, opened_mode, True
@@ -179,15 +195,22 @@ def _decode_pillow(data: bytes, name: str, fmt: str, max_pixels: int) -> Radiogr
     except ImageReadError:
         raise
     except Exception as exc:  # conversion failures on exotic modes
-        raise ImageReadError(name, f"unsupported {fmt.upper()} pixel format {image.mode} ({short_reason(exc)}); "
-                                   "save it as 8/16-bit greyscale") from exc
+        raise ImageReadError(
+            name,
+            f"unsupported {fmt.upper()} pixel format {image.mode} ({short_reason(exc)}); save it as 8/16-bit greyscale",
+        ) from exc
     if truncated and (pixels.size == 0 or float(pixels.min()) == float(pixels.max())):
         # A truncated file that leaves a constant image decoded nothing useful.
         raise ImageReadError(name, f"truncated {fmt.upper()} file with no decodable pixels; re-download it")
-    meta = ImageMeta(path=name, format=fmt, bit_depth=bit_depth, photometric=opened_mode,
-                     pixel_spacing=_pil_spacing(image, fmt),
-                     shape=(int(pixels.shape[0]), int(pixels.shape[1])),
-                     truncated=truncated)
+    meta = ImageMeta(
+        path=name,
+        format=fmt,
+        bit_depth=bit_depth,
+        photometric=opened_mode,
+        pixel_spacing=_pil_spacing(image, fmt),
+        shape=(int(pixels.shape[0]), int(pixels.shape[1])),
+        truncated=truncated,
+    )
     return Radiograph(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta)
 
 
@@ -210,8 +233,10 @@ def _to_unit_grey(image: Any, data: bytes, fmt: str, name: str) -> tuple[np.ndar
     if mode == "F":
         arr = np.asarray(image, dtype=np.float32)
         if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise ImageReadError(name, "floating-point image with values outside [0, 1]; rescale it to "
-                                       "[0, 1] or save it as 16-bit integers")
+            raise ImageReadError(
+                name,
+                "floating-point image with values outside [0, 1]; rescale it to [0, 1] or save it as 16-bit integers",
+            )
         return arr, 32
     if mode in ("RGB", "RGBA", "RGBX", "RGBa"):
         return to_grey(np.asarray(image)[..., :3], 255), stored_bits or 8
@@ -276,8 +301,11 @@ def read_cache_png(path: str, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise ImageReadError(path, reason) from None
     width, height = _declared_size(data, path, what)
     if width * height > max_pixels:
-        raise ImageReadError(path, f"declares {width}x{height} = {width * height} pixels, above max_pixels="
-                                   f"{max_pixels} (decompression-bomb guard); delete it and re-run `xrad preprocess`")
+        raise ImageReadError(
+            path,
+            f"declares {width}x{height} = {width * height} pixels, above max_pixels="
+            f"{max_pixels} (decompression-bomb guard); delete it and re-run `xrad preprocess`",
+        )
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if decoded is None or decoded.ndim not in (2, 3) or decoded.size == 0:
         raise ImageReadError(path, f"cannot decode {what} PNG; delete it and re-run `xrad preprocess`")
@@ -288,8 +316,10 @@ def read_cache_png(path: str, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
             decoded = cv2.cvtColor(decoded, cv2.COLOR_BGRA2GRAY if decoded.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     if decoded.dtype != np.uint8:  # e.g. a 16-bit PNG written by another tool: keep the top 8 bits' range
         if not np.issubdtype(decoded.dtype, np.integer):
-            raise ImageReadError(path, f"{what} holds {decoded.dtype} pixels, not 8/16-bit integers; delete it and "
-                                       "re-run `xrad preprocess`")
+            raise ImageReadError(
+                path,
+                f"{what} holds {decoded.dtype} pixels, not 8/16-bit integers; delete it and re-run `xrad preprocess`",
+            )
         decoded = np.round(decoded.astype(np.float64) * (255.0 / np.iinfo(decoded.dtype).max)).astype(np.uint8)
     return decoded
 
@@ -310,11 +340,15 @@ def _declared_size(data: bytes, path: str, what: str) -> tuple[int, int]:
             with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as image:
                 return image.size
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"{what} declares a size above Pillow's decompression-bomb limit; delete it and "
-                                   "re-run `xrad preprocess`") from exc
-    except Exception as exc:  # noqa: BLE001 - a damaged header
-        raise ImageReadError(path, f"cannot decode {what} PNG (damaged header: {short_reason(exc)}); delete it and "
-                                   "re-run `xrad preprocess`") from exc
+        raise ImageReadError(
+            path,
+            f"{what} declares a size above Pillow's decompression-bomb limit; delete it and re-run `xrad preprocess`",
+        ) from exc
+    except Exception as exc:
+        raise ImageReadError(
+            path,
+            f"cannot decode {what} PNG (damaged header: {short_reason(exc)}); delete it and re-run `xrad preprocess`",
+        ) from exc
 
 
 def write_png(path: str | Path, pixels: np.ndarray, bit_depth: int = 8, *, compress_level: int = 1) -> None:

@@ -32,8 +32,7 @@ SPLIT_COLUMNS: tuple[str, ...] = ("split", "semi_label")
 CACHE_COLUMNS: tuple[str, ...] = ("cache_path", "mask_path")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
-_STRING_COLUMNS = ("path", "patient_id", "study_id", "body_part", "view", "source", "split", "cache_path",
-                   "mask_path")
+_STRING_COLUMNS = ("path", "patient_id", "study_id", "body_part", "view", "source", "split", "cache_path", "mask_path")
 _INT_COLUMNS = ("label", "semi_label")
 
 
@@ -53,8 +52,9 @@ def validate(frame: pd.DataFrame, require: tuple[str, ...] = CORE_COLUMNS, where
     """Raise :class:`DataError` if required columns are missing or values are out of range."""
     missing = [c for c in require if c not in frame.columns]
     if missing:
-        raise DataError(f"{where}: missing column(s) {', '.join(missing)}; run the step that adds them "
-                        f"(index → split → preprocess)")
+        raise DataError(
+            f"{where}: missing column(s) {', '.join(missing)}; run the step that adds them (index → split → preprocess)"
+        )
     if "label" in frame.columns:
         bad = frame["label"].dropna()
         bad = bad[~bad.isin([0, 1])]

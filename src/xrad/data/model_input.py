@@ -67,8 +67,8 @@ def resize_image_and_mask(image: np.ndarray, mask: np.ndarray | None, size: int)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     out_image = np.zeros((1, size, size), dtype=np.uint8)
     out_mask = np.zeros((1, size, size), dtype=np.uint8)
-    out_image[0, top:top + new_h, left:left + new_w] = image
-    out_mask[0, top:top + new_h, left:left + new_w] = binary
+    out_image[0, top : top + new_h, left : left + new_w] = image
+    out_mask[0, top : top + new_h, left : left + new_w] = binary
     return torch.from_numpy(out_image), torch.from_numpy(out_mask)
 
 

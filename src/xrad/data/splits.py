@@ -108,9 +108,7 @@ def _assign_patients(units: pd.DataFrame, n_norm: int, n_abn: int, rng: np.rando
     are met exactly whenever enough single-unit groups exist. The rest is split per stratum (which
     classes a group holds), so valid and test receive each class in halves.
     """
-    counts = pd.crosstab(units["group"], units["cls"]).reindex(
-        columns=["normal", "abnormal", "mixed"], fill_value=0
-    )
+    counts = pd.crosstab(units["group"], units["cls"]).reindex(columns=["normal", "abnormal", "mixed"], fill_value=0)
     eligible = np.array(sorted(counts.index[counts["mixed"] == 0]), dtype=object)
     need_n, need_a = n_norm, n_abn
     train_groups: set = set()
@@ -131,9 +129,7 @@ def _assign_patients(units: pd.DataFrame, n_norm: int, n_abn: int, rng: np.rando
     return {unit: group_split[group] for unit, group in units["group"].items()}
 
 
-def make_split(
-    frame: pd.DataFrame, config: SplitConfig | None = None, *, where: str = "manifest"
-) -> pd.DataFrame:
+def make_split(frame: pd.DataFrame, config: SplitConfig | None = None, *, where: str = "manifest") -> pd.DataFrame:
     """Return the manifest rows (filtered to ``config.body_parts``, sorted by path) with ``split``,
     ``semi_label``, ``unit_id`` and ``unit_kind`` added. Same input set + seed → identical output.
 
@@ -152,18 +148,14 @@ def make_split(
         wanted = {p.strip().upper() for p in config.body_parts}
         frame = frame[frame["body_part"].isin(wanted)]
         if frame.empty:
-            raise DataError(
-                f"{where}: no image of body part(s) {', '.join(sorted(wanted))}; check --body-parts"
-            )
+            raise DataError(f"{where}: no image of body part(s) {', '.join(sorted(wanted))}; check --body-parts")
     if frame["label"].isna().any():
         raise DataError(
             f"{where}: {int(frame['label'].isna().sum())} image(s) have no label; the split needs "
             f"0/1 labels (e.g. {frame.loc[frame['label'].isna(), 'path'].iloc[0]})"
         )
     if frame["path"].duplicated().any():
-        raise DataError(
-            f"{where}: image {frame.loc[frame['path'].duplicated(), 'path'].iloc[0]} appears twice"
-        )
+        raise DataError(f"{where}: image {frame.loc[frame['path'].duplicated(), 'path'].iloc[0]} appears twice")
     # Sorting first makes the result independent of the input's row order.
     frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
     has_pid = frame["patient_id"] != ""
@@ -201,9 +193,7 @@ def make_split(
         )
 
     # Semi-labels, per unit then inherited by its images; valid/test stay 0.
-    train_normal = np.array(
-        sorted(units.index[(units["split"] == "train") & (units["cls"] == "normal")]), dtype=object
-    )
+    train_normal = np.array(sorted(units.index[(units["split"] == "train") & (units["cls"] == "normal")]), dtype=object)
     train_abnormal = np.array(
         sorted(units.index[(units["split"] == "train") & (units["cls"] == "abnormal")]), dtype=object
     )
@@ -229,15 +219,11 @@ def make_split(
             "mixed units or anomalies); use group='unit' for the papers' exact counts"
         )
     if (~has_pid).all():
-        notes.append(
-            "no patient ids: the unit is the image (images of one patient may fall in different splits)"
-        )
+        notes.append("no patient ids: the unit is the image (images of one patient may fall in different splits)")
     elif (~has_pid).any():
         notes.append(f"{int((~has_pid).sum())} image(s) without patient id are units of their own")
     if len(train_abnormal) > n_known_a:
-        notes.append(
-            f"{len(train_abnormal) - n_known_a} train abnormal unit(s) left unlabelled (contamination)"
-        )
+        notes.append(f"{len(train_abnormal) - n_known_a} train abnormal unit(s) left unlabelled (contamination)")
     if config.group == "patient":
         check_leakage(frame)
         if has_pid.any():
@@ -268,9 +254,7 @@ def check_leakage(frame: pd.DataFrame) -> None:
     if "study_id" in frame.columns:
         studies = frame[frame["study_id"] != ""].groupby("study_id")["split"].nunique()
         if (studies > 1).any():
-            raise DataError(
-                f"split leakage: study {sorted(studies.index[studies > 1])[0]} is in several splits"
-            )
+            raise DataError(f"split leakage: study {sorted(studies.index[studies > 1])[0]} is in several splits")
 
 
 def check_image_leakage(frame: pd.DataFrame, where: str = "manifest") -> None:
@@ -287,8 +271,10 @@ def check_image_leakage(frame: pd.DataFrame, where: str = "manifest") -> None:
     if (by_path > 1).any():
         path = sorted(by_path.index[by_path > 1])[0]
         found = sorted(rows.loc[rows["path"] == path, "split"].unique())
-        raise DataError(f"{where}: image {path} is in {' and '.join(found)} ({int((by_path > 1).sum())} image(s) in "
-                        "two splits); fix the split (or pass --allow-leakage if you mean it)")
+        raise DataError(
+            f"{where}: image {path} is in {' and '.join(found)} ({int((by_path > 1).sum())} image(s) in "
+            "two splits); fix the split (or pass --allow-leakage if you mean it)"
+        )
     _check_content_leakage(rows, where)
 
 
@@ -314,8 +300,10 @@ def _check_content_leakage(rows: pd.DataFrame, where: str) -> None:
                 continue
             first = seen.setdefault(digest, (path, split))
             if first[1] != split:
-                raise DataError(f"{where}: {path} ({split}) and {first[0]} ({first[1]}) are the same image (same "
-                                "content); remove one (or pass --allow-leakage if you mean it)")
+                raise DataError(
+                    f"{where}: {path} ({split}) and {first[0]} ({first[1]}) are the same image (same "
+                    "content); remove one (or pass --allow-leakage if you mean it)"
+                )
 
 
 def split_summary(frame: pd.DataFrame) -> pd.DataFrame:

@@ -83,9 +83,7 @@ def aggregate_scores(frame: pd.DataFrame, level: str, how: str = "mean") -> pd.D
     kind, k = parse_aggregation(how)
     data = frame.copy()
     data["_score"] = pd.to_numeric(data["score"], errors="coerce").astype(float)
-    data["_label"] = (
-        pd.to_numeric(data["label"], errors="coerce").astype(float) if "label" in data else np.nan
-    )
+    data["_label"] = pd.to_numeric(data["label"], errors="coerce").astype(float) if "label" in data else np.nan
     groups = data.groupby(key, sort=True)
     if kind == "mean":
         score = groups["_score"].mean()

@@ -16,13 +16,23 @@ import pandas as pd
 from xrad.evaluation.metrics import auroc
 
 PHANTOM_KINDS = ("plate", "screws", "fracture_gap", "displaced_fragment", "lesion", "cortical_bump")
-SHORT_NAMES = {"plate": "plate", "screws": "screws", "fracture_gap": "gap", "displaced_fragment": "displaced",
-               "lesion": "lesion", "cortical_bump": "bump"}
+SHORT_NAMES = {
+    "plate": "plate",
+    "screws": "screws",
+    "fracture_gap": "gap",
+    "displaced_fragment": "displaced",
+    "lesion": "lesion",
+    "cortical_bump": "bump",
+}
 
 
-def auroc_by_kind(labels: Sequence[int] | np.ndarray, kinds: Sequence[str] | np.ndarray,
-                  scores: Sequence[float] | np.ndarray, kind_names: Iterable[str] = PHANTOM_KINDS,
-                  min_count: int = 2) -> dict[str, float]:
+def auroc_by_kind(
+    labels: Sequence[int] | np.ndarray,
+    kinds: Sequence[str] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    kind_names: Iterable[str] = PHANTOM_KINDS,
+    min_count: int = 2,
+) -> dict[str, float]:
     """``{"all": AUROC, kind: AUROC of normals vs that kind, ...}`` for kinds with at least ``min_count`` images."""
     labels, kinds, scores = np.asarray(labels), np.asarray(kinds, dtype=object), np.asarray(scores, dtype=float)
     out = {"all": float(auroc(labels, scores))}

@@ -70,12 +70,15 @@ def prepare_scores(frame: pd.DataFrame, where: str = "scores") -> pd.DataFrame:
     score = pd.to_numeric(raw.replace("", np.nan), errors="coerce").astype(float)
     if score.isna().any():
         first = raw[score.isna()].iloc[0]
-        raise DataError(f"{where}: {int(score.isna().sum())} row(s) have no numeric score (e.g. {first!r}); fix or "
-                        "drop them")
+        raise DataError(
+            f"{where}: {int(score.isna().sum())} row(s) have no numeric score (e.g. {first!r}); fix or drop them"
+        )
     if not np.isfinite(score.to_numpy()).all():
         bad = score[~np.isfinite(score.to_numpy())]
-        raise DataError(f"{where}: {len(bad)} row(s) have a non-finite score ({bad.iloc[0]}); a score must be a "
-                        "finite number — fix or drop them")
+        raise DataError(
+            f"{where}: {len(bad)} row(s) have a non-finite score ({bad.iloc[0]}); a score must be a "
+            "finite number — fix or drop them"
+        )
     frame["score"] = score
     if "label" in frame.columns:
         spellings = frame["label"].astype(str)
@@ -91,8 +94,10 @@ def prepare_scores(frame: pd.DataFrame, where: str = "scores") -> pd.DataFrame:
         named = frame[frame["path"] != ""]
         twice = named.duplicated(keys, keep=False)
         if twice.any():
-            raise DataError(f"{where}: image {named.loc[twice, 'path'].iloc[0]} is listed {int(twice.sum())} times"
-                            f"{' in one split' if 'split' in keys else ''}; drop the duplicate rows")
+            raise DataError(
+                f"{where}: image {named.loc[twice, 'path'].iloc[0]} is listed {int(twice.sum())} times"
+                f"{' in one split' if 'split' in keys else ''}; drop the duplicate rows"
+            )
     # Counted per split, so a table filtered to one split later (`xrad evaluate` takes test) reports its own.
     frame.attrs["unreadable_by_split"] = by_split
     present = set(frame["split"]) if "split" in frame.columns else None
@@ -112,8 +117,10 @@ def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
             target = float("nan")
         if 0.0 < target < 1.0:
             return name, target
-    raise ConfigError(f"unknown threshold rule {rule!r}; use youden, specificity:0.95 or sensitivity:0.9 "
-                      "(targets strictly between 0 and 1)")
+    raise ConfigError(
+        f"unknown threshold rule {rule!r}; use youden, specificity:0.95 or sensitivity:0.9 "
+        "(targets strictly between 0 and 1)"
+    )
 
 
 def choose_threshold(frame: pd.DataFrame, rule: str = "youden") -> dict[str, Any]:
@@ -159,25 +166,19 @@ def _block(
     boot = (
         None
         if weights is None
-        else metrics.metric_suite(
-            labels, scores, weights, specificities=specificities, sensitivities=sensitivities
-        )
+        else metrics.metric_suite(labels, scores, weights, specificities=specificities, sensitivities=sensitivities)
     )
     for key, value in point.items():
         out[key] = summarise(value, None if boot is None else boot[key], confidence)
     if threshold is not None:
         point_t = metrics.confusion_at_threshold(labels, scores, threshold)
-        boot_t = (
-            None if weights is None else metrics.confusion_at_threshold(labels, scores, threshold, weights)
-        )
+        boot_t = None if weights is None else metrics.confusion_at_threshold(labels, scores, threshold, weights)
         for key, value in point_t.items():
             out[f"{key}_at_threshold"] = summarise(value, None if boot_t is None else boot_t[key], confidence)
     return out
 
 
-def _evaluate_table(
-    table: pd.DataFrame, codes: np.ndarray, counts: np.ndarray | None, **kwargs
-) -> dict[str, Any]:
+def _evaluate_table(table: pd.DataFrame, codes: np.ndarray, counts: np.ndarray | None, **kwargs) -> dict[str, Any]:
     """Overall metrics of a level plus one block per body part (where a row has a single body part)."""
     labels, scores = table["label"].to_numpy(int), table["score"].to_numpy(float)
     weights = None if counts is None else row_weights(counts, codes)
@@ -187,9 +188,7 @@ def _evaluate_table(
         per_part = {}
         for part in sorted(p for p in parts.unique() if p and "+" not in p):
             mask = (parts == part).to_numpy()
-            per_part[part] = _block(
-                labels[mask], scores[mask], None if weights is None else weights[:, mask], **kwargs
-            )
+            per_part[part] = _block(labels[mask], scores[mask], None if weights is None else weights[:, mask], **kwargs)
         if len(per_part) > 1:
             result["by_body_part"] = per_part
     return result
@@ -249,14 +248,13 @@ def evaluate_scores(
     }
     if unreadable:  # said, not silent: the metrics are of the images that could be read
         result["n_unreadable"] = unreadable
-        result.setdefault("notes", []).append(f"{unreadable} image(s) could not be read when scored (their `error` "
-                                              "column) and are left out")
+        result.setdefault("notes", []).append(
+            f"{unreadable} image(s) could not be read when scored (their `error` column) and are left out"
+        )
     if "split" in labelled.columns:
         result["splits"] = sorted(s for s in labelled["split"].unique() if s)
     unit_lookup = (
-        None
-        if unit == "image"
-        else pd.Series(codes, index=labelled[unit].astype(str)).groupby(level=0).first()
+        None if unit == "image" else pd.Series(codes, index=labelled[unit].astype(str)).groupby(level=0).first()
     )
     for level in available_levels(labelled):
         key = LEVEL_KEYS[level]
@@ -317,7 +315,7 @@ def _metric_rows(blocks: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 def _render(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 

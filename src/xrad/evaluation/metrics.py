@@ -56,8 +56,7 @@ def _blocked(fn, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | N
         return float(fn(*_level_sums(labels, scores, None), **kwargs)[0])
     weights = np.atleast_2d(weights)
     out = [
-        fn(*_level_sums(labels, scores, weights[i : i + _BLOCK]), **kwargs)
-        for i in range(0, weights.shape[0], _BLOCK)
+        fn(*_level_sums(labels, scores, weights[i : i + _BLOCK]), **kwargs) for i in range(0, weights.shape[0], _BLOCK)
     ]
     return np.concatenate(out) if out else np.empty(0)
 

@@ -15,14 +15,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: reports are rendered on servers and in CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-from xrad.evaluation import metrics  # noqa: E402
-from xrad.evaluation.statistics import t_interval  # noqa: E402
-from xrad.utils.atomic import write_bytes  # noqa: E402
+from xrad.evaluation import metrics
+from xrad.evaluation.statistics import t_interval
+from xrad.utils.atomic import write_bytes
 
 NORMAL, ABNORMAL = "#1f77b4", "#d62728"
 _CYCLE = plt.get_cmap("tab10").colors
@@ -200,11 +200,7 @@ def epoch_figure(
     """A per-epoch quantity per method: mean line and min–max band over replicates."""
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for i, (name, frames) in enumerate(histories.items()):
-        series = [
-            f.set_index("epoch")[column].astype(float)
-            for f in frames
-            if column in f and f[column].notna().any()
-        ]
+        series = [f.set_index("epoch")[column].astype(float) for f in frames if column in f and f[column].notna().any()]
         if not series:
             continue
         table = pd.concat(series, axis=1)
@@ -230,9 +226,7 @@ def epoch_figure(
             color=color(i),
             label=f"{name} (mean of {table.shape[1]}, band: min–max)",
         )
-        ax.fill_between(
-            epochs, table.min(axis=1).to_numpy(), table.max(axis=1).to_numpy(), color=color(i), alpha=0.2
-        )
+        ax.fill_between(epochs, table.min(axis=1).to_numpy(), table.max(axis=1).to_numpy(), color=color(i), alpha=0.2)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
     if integer:

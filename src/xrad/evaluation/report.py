@@ -60,9 +60,7 @@ def stage_metrics(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def _img(data: bytes, alt: str) -> str:
-    return (
-        f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
-    )
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
 
 
 def _missing(text: str) -> str:
@@ -138,9 +136,7 @@ def _tsne_section(
         keep = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
     colourings: dict[str, np.ndarray] = {}
     if "labels" in emb:
-        colourings["label"] = np.where(
-            emb["labels"][keep] > 0, "1", np.where(emb["labels"][keep] == 0, "0", "?")
-        )
+        colourings["label"] = np.where(emb["labels"][keep] > 0, "1", np.where(emb["labels"][keep] == 0, "0", "?"))
     if scores is not None and len(scores) == n and "body_part" in scores:
         colourings["body part"] = scores["body_part"].replace("", "unknown").to_numpy()[keep]
     if "sphere" in emb:
@@ -160,9 +156,7 @@ def _tsne_section(
         )
 
 
-def _curves_section(
-    b: _Builder, histories_by_stage: dict[str, dict[str, list[pd.DataFrame]]], prefix: str
-) -> None:
+def _curves_section(b: _Builder, histories_by_stage: dict[str, dict[str, list[pd.DataFrame]]], prefix: str) -> None:
     """Validation AUROC (Fig. 8), surviving spheres and loss per epoch."""
 
     def pick(column: str) -> dict[str, list[pd.DataFrame]]:
@@ -171,18 +165,14 @@ def _curves_section(
             for name, frames in histories.items():
                 frames = [f for f in frames if column in f and f[column].notna().any()]
                 if frames:
-                    out[
-                        name if len(histories_by_stage) == 1 or prefix == "bench" else f"{name} ({stage})"
-                    ] = frames
+                    out[name if len(histories_by_stage) == 1 or prefix == "bench" else f"{name} ({stage})"] = frames
         return out
 
     b.section("Validation AUROC per epoch")
     auroc = pick("valid_auroc")
     if auroc:
         b.figure(
-            plots.epoch_figure(
-                auroc, "valid_auroc", "validation AUROC", "Validation AUROC per epoch (Fig. 8)"
-            ),
+            plots.epoch_figure(auroc, "valid_auroc", "validation AUROC", "Validation AUROC per epoch (Fig. 8)"),
             f"{prefix}_valid_auroc",
             "validation AUROC per epoch",
         )
@@ -204,15 +194,12 @@ def _curves_section(
     drawn = False
     for stage, histories in histories_by_stage.items():
         frames = {
-            n: [f for f in fs if "train_loss" in f and f["train_loss"].notna().any()]
-            for n, fs in histories.items()
+            n: [f for f in fs if "train_loss" in f and f["train_loss"].notna().any()] for n, fs in histories.items()
         }
         frames = {n: fs for n, fs in frames.items() if fs}
         if frames:
             b.figure(
-                plots.epoch_figure(
-                    frames, "train_loss", "training loss", f"Training loss per epoch: {stage}"
-                ),
+                plots.epoch_figure(frames, "train_loss", "training loss", f"Training loss per epoch: {stage}"),
                 f"{prefix}_loss_{stage}",
                 f"loss {stage}",
             )
@@ -264,9 +251,7 @@ def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_poi
         for split, f in frames.items()
     ]
     if curves:
-        b.figure(
-            plots.roc_pr_figure(curves, f"{run_dir.name}: validation and test"), "roc_pr", "ROC and PR curves"
-        )
+        b.figure(plots.roc_pr_figure(curves, f"{run_dir.name}: validation and test"), "roc_pr", "ROC and PR curves")
     else:
         b.add(_missing("no scores_valid.csv / scores_test.csv"))
     b.section("Score distributions (test, overall and per body part)")
@@ -302,8 +287,8 @@ def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_poi
 
 def _table1_html(table: pd.DataFrame, pairs: pd.DataFrame) -> str:
     """Table 1 (mean ± t-interval half-width, in %) and the pairwise Welch tests as HTML tables."""
-    from xrad.evaluation.tables import format_percent
     from xrad.evaluation.statistics import SIGNIFICANCE_LEGEND
+    from xrad.evaluation.tables import format_percent
 
     if table.empty:
         return _missing("no finished cell yet")
@@ -312,15 +297,13 @@ def _table1_html(table: pd.DataFrame, pairs: pd.DataFrame) -> str:
             "Method": table["method"],
             "Anomaly ratio": table["abnormal_ratio"].map("{:g}".format),
             "Validation AUROC": [
-                format_percent(m, h)
-                for m, h in zip(table["valid_auroc_mean"], table["valid_auroc_half_width"])
+                format_percent(m, h) for m, h in zip(table["valid_auroc_mean"], table["valid_auroc_half_width"])
             ],
             "Test AUROC": [
                 format_percent(m, h) for m, h in zip(table["test_auroc_mean"], table["test_auroc_half_width"])
             ],
             "Test AUPRC abnormal+ / normal+": [
-                f"{a:.3f} / {n:.3f}"
-                for a, n in zip(table["test_auprc_abnormal_mean"], table["test_auprc_normal_mean"])
+                f"{a:.3f} / {n:.3f}" for a, n in zip(table["test_auprc_abnormal_mean"], table["test_auprc_normal_mean"])
             ],
             "Test prevalence": table["test_prevalence"].map("{:.3f}".format),
             "N": table["n"],
@@ -406,9 +389,7 @@ def _bench_report(b: _Builder, folder: Path, seed: int, max_points: int) -> str:
                 histories.setdefault(stage, {}).setdefault(method, []).append(frame)
     _curves_section(b, histories, "bench")
     b.section("Environment")
-    first_env = next(
-        (d / "env.json" for dirs in by_method.values() for d in dirs if (d / "env.json").is_file()), None
-    )
+    first_env = next((d / "env.json" for dirs in by_method.values() for d in dirs if (d / "env.json").is_file()), None)
     config = folder / "benchmark.json"
     b.add(
         _environment(
@@ -431,9 +412,7 @@ def render_report(
     """Render ``folder`` (a run or a benchmark) as one HTML file (default FOLDER/report.html)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(
-            f"{folder}: not a folder; pass a run folder (xrad train -o) or a benchmark output folder"
-        )
+        raise DataError(f"{folder}: not a folder; pass a run folder (xrad train -o) or a benchmark output folder")
     output = Path(output) if output else folder / "report.html"
     builder = _Builder(
         output.parent / f"{output.stem}_figures" if output.stem != "report" else output.parent / "report"

@@ -35,16 +35,40 @@ from xrad.utils.atomic import write_bytes, write_json
 if TYPE_CHECKING:  # pragma: no cover - the preprocessing package imports OpenCV; only annotations need it
     from xrad.preprocess.params import PreprocessParams
 
-__all__ = ["FORMAT", "META", "WEIGHTS", "ArtefactMeta", "InputSpec", "load_artefact", "meta_of", "package_versions",
-           "read_artefact_meta", "read_meta", "save_artefact", "update_artefact_meta"]
+__all__ = [
+    "FORMAT",
+    "META",
+    "WEIGHTS",
+    "ArtefactMeta",
+    "InputSpec",
+    "load_artefact",
+    "meta_of",
+    "package_versions",
+    "read_artefact_meta",
+    "read_meta",
+    "save_artefact",
+    "update_artefact_meta",
+]
 
 FORMAT = "xrad-artefact/1"
 WEIGHTS = "model.safetensors"
 META = "artefact.json"
 
 # The keys of artefact.json that have a field of their own; any other key lives in ArtefactMeta.extra.
-_SCHEMA = ("format", "method", "scorer", "image_size", "input", "preprocessing", "config", "training_data",
-           "operating_point", "xrad_version", "sha256", "versions")
+_SCHEMA = (
+    "format",
+    "method",
+    "scorer",
+    "image_size",
+    "input",
+    "preprocessing",
+    "config",
+    "training_data",
+    "operating_point",
+    "xrad_version",
+    "sha256",
+    "versions",
+)
 _SCORER_KEYS = ("kind", "args")
 
 
@@ -98,25 +122,35 @@ class ArtefactMeta:
         scorer = data.get("scorer")
         if scorer is not None:
             if not isinstance(scorer, Mapping) or set(scorer) - set(_SCORER_KEYS):
-                raise DataError(f"{where}: 'scorer' must be an object with 'kind' and 'args'; re-train or use "
-                                "the xrad version that wrote it")
+                raise DataError(
+                    f"{where}: 'scorer' must be an object with 'kind' and 'args'; re-train or use "
+                    "the xrad version that wrote it"
+                )
             if scorer.get("args") is not None and not isinstance(scorer["args"], Mapping):
-                raise DataError(f"{where}: 'scorer.args' is not an object; re-train or use the xrad version "
-                                "that wrote it")
+                raise DataError(
+                    f"{where}: 'scorer.args' is not an object; re-train or use the xrad version that wrote it"
+                )
         for key in ("preprocessing", "operating_point", "config", "training_data", "versions"):
             if data.get(key) is not None and not isinstance(data[key], Mapping):
                 raise DataError(f"{where}: {key!r} is not an object; re-train or use the xrad version that wrote it")
-        return cls(method=data.get("method"),
-                   scorer_kind=None if scorer is None else scorer.get("kind"),
-                   scorer_args=None if scorer is None else scorer.get("args"),
-                   image_size=data.get("image_size"), input=data.get("input"),
-                   preprocessing=data.get("preprocessing"), config=data.get("config"),
-                   training_data=data.get("training_data"), operating_point=data.get("operating_point"),
-                   format=data.get("format"), xrad_version=data.get("xrad_version"), sha256=data.get("sha256"),
-                   versions=data.get("versions"),
-                   extra={k: v for k, v in data.items() if k not in _SCHEMA},
-                   explicit_nulls=frozenset(k for k in _SCHEMA if k in data and data[k] is None),
-                   where=where)
+        return cls(
+            method=data.get("method"),
+            scorer_kind=None if scorer is None else scorer.get("kind"),
+            scorer_args=None if scorer is None else scorer.get("args"),
+            image_size=data.get("image_size"),
+            input=data.get("input"),
+            preprocessing=data.get("preprocessing"),
+            config=data.get("config"),
+            training_data=data.get("training_data"),
+            operating_point=data.get("operating_point"),
+            format=data.get("format"),
+            xrad_version=data.get("xrad_version"),
+            sha256=data.get("sha256"),
+            versions=data.get("versions"),
+            extra={k: v for k, v in data.items() if k not in _SCHEMA},
+            explicit_nulls=frozenset(k for k in _SCHEMA if k in data and data[k] is None),
+            where=where,
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The ``artefact.json`` object: today's keys, in training's order (the file itself is key-sorted)."""
@@ -143,8 +177,10 @@ class ArtefactMeta:
         if self._spec is None:
             size = self.image_size
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise DataError(f"{self.where}: 'image_size' is {size!r}, not a positive integer; re-run "
-                                "`xrad train` to rewrite the artefact")
+                raise DataError(
+                    f"{self.where}: 'image_size' is {size!r}, not a positive integer; re-run "
+                    "`xrad train` to rewrite the artefact"
+                )
             params = None
             if self.preprocessing is not None:
                 from xrad.preprocess.params import PreprocessParams
@@ -152,8 +188,10 @@ class ArtefactMeta:
                 try:
                     params = PreprocessParams.from_dict(self.preprocessing)
                 except (ConfigError, TypeError) as exc:
-                    raise DataError(f"{self.where}: preprocessing parameters are not usable ({exc}); use the "
-                                    "xrad version that wrote the artefact or re-train") from None
+                    raise DataError(
+                        f"{self.where}: preprocessing parameters are not usable ({exc}); use the "
+                        "xrad version that wrote the artefact or re-train"
+                    ) from None
             object.__setattr__(self, "_spec", InputSpec(size, params))
         assert self._spec is not None
         return self._spec
@@ -174,8 +212,17 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for name in ("xrad", "torch", "torchvision", "lightning", "numpy", "scikit-learn", "opencv-python-headless",
-                 "safetensors", "pandas"):
+    for name in (
+        "xrad",
+        "torch",
+        "torchvision",
+        "lightning",
+        "numpy",
+        "scikit-learn",
+        "opencv-python-headless",
+        "safetensors",
+        "pandas",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -209,8 +256,9 @@ def save_artefact(directory: str | Path, tensors: dict[str, Any], meta: Artefact
     versions = meta.versions
     if versions is None and "versions" not in meta.explicit_nulls:
         versions = package_versions()
-    meta = dataclasses.replace(meta, format=FORMAT, xrad_version=__version__, sha256=hashlib.sha256(blob).hexdigest(),
-                               versions=versions)
+    meta = dataclasses.replace(
+        meta, format=FORMAT, xrad_version=__version__, sha256=hashlib.sha256(blob).hexdigest(), versions=versions
+    )
     write_json(directory / META, meta.to_json())
     return directory
 
@@ -221,17 +269,23 @@ def read_artefact_meta(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     meta_path = directory / META
     if not meta_path.is_file():
-        raise DataError(f"{directory}: not an xrad artefact (no {META}); point to the `artefact` folder of a "
-                        "finished `xrad train` run")
+        raise DataError(
+            f"{directory}: not an xrad artefact (no {META}); point to the `artefact` folder of a "
+            "finished `xrad train` run"
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{meta_path}: unreadable artefact metadata ({exc}); re-run `xrad train` to rewrite it") from None
+        raise DataError(
+            f"{meta_path}: unreadable artefact metadata ({exc}); re-run `xrad train` to rewrite it"
+        ) from None
     if not isinstance(meta, dict):
         raise DataError(f"{meta_path}: artefact metadata is not a JSON object; re-run `xrad train` to rewrite it")
     if meta.get("format") != FORMAT:
-        raise DataError(f"{meta_path}: artefact format {meta.get('format')!r} is not {FORMAT!r}; "
-                        "use the xrad version that wrote it or re-train")
+        raise DataError(
+            f"{meta_path}: artefact format {meta.get('format')!r} is not {FORMAT!r}; "
+            "use the xrad version that wrote it or re-train"
+        )
     return meta
 
 
@@ -263,6 +317,6 @@ def load_artefact(directory: str | Path, verify: bool = True) -> tuple[dict[str,
         raise DataError(f"{weights}: checksum does not match {META} (corrupt or replaced); copy the artefact again")
     try:
         tensors = load(blob)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+    except Exception as exc:
         raise DataError(f"{weights}: not a readable safetensors file ({exc}); copy the artefact again") from None
     return tensors, meta

@@ -62,9 +62,15 @@ def _target(specificity: float | None, sensitivity: float | None) -> tuple[str, 
     return name, float(value)
 
 
-def threshold_for(labels: np.ndarray, scores: np.ndarray, *, specificity: float | None = None,
-                  sensitivity: float | None = None, confidence: float = 0.95,
-                  where: str = "validation scores") -> dict[str, Any]:
+def threshold_for(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    specificity: float | None = None,
+    sensitivity: float | None = None,
+    confidence: float = 0.95,
+    where: str = "validation scores",
+) -> dict[str, Any]:
     """Threshold at a target specificity or sensitivity with its achieved value and exact interval.
 
     ``labels`` are 0 (normal), 1 (abnormal) or NaN (unlabelled; ignored). Returns ``{threshold, target,
@@ -79,24 +85,44 @@ def threshold_for(labels: np.ndarray, scores: np.ndarray, *, specificity: float 
     n_normal, n_abnormal = int((labels == 0).sum()), int((labels == 1).sum())
     if name == "specificity":
         if n_normal == 0:
-            raise DataError(f"{where}: no labelled normal image, so no threshold at a fixed specificity can be "
-                            "chosen; calibrate on a split with normals (label 0)")
+            raise DataError(
+                f"{where}: no labelled normal image, so no threshold at a fixed specificity can be "
+                "chosen; calibrate on a split with normals (label 0)"
+            )
         threshold = threshold_at_specificity(labels, scores, value)
         k, n = int((scores[labels == 0] < threshold).sum()), n_normal
     else:
         if n_abnormal == 0:
-            raise DataError(f"{where}: no labelled anomaly, so no threshold at a fixed sensitivity can be chosen; "
-                            "use --specificity, which needs normals only")
+            raise DataError(
+                f"{where}: no labelled anomaly, so no threshold at a fixed sensitivity can be chosen; "
+                "use --specificity, which needs normals only"
+            )
         threshold = threshold_at_sensitivity(labels, scores, value)
         k, n = int((scores[labels == 1] >= threshold).sum()), n_abnormal
     low, high = clopper_pearson(k, n, confidence)
-    return {"threshold": float(threshold), "target": {name: value}, "achieved": k / n, "interval": [low, high],
-            "confidence": confidence, "n": n, "k": k, "n_normal": n_normal, "n_abnormal": n_abnormal,
-            "method": METHOD}
+    return {
+        "threshold": float(threshold),
+        "target": {name: value},
+        "achieved": k / n,
+        "interval": [low, high],
+        "confidence": confidence,
+        "n": n,
+        "k": k,
+        "n_normal": n_normal,
+        "n_abnormal": n_abnormal,
+        "method": METHOD,
+    }
 
 
-def calibrate(frame: pd.DataFrame, *, specificity: float | None = None, sensitivity: float | None = None,
-              confidence: float = 0.95, aggregation: str = "mean", where: str = "validation scores") -> dict[str, Any]:
+def calibrate(
+    frame: pd.DataFrame,
+    *,
+    specificity: float | None = None,
+    sensitivity: float | None = None,
+    confidence: float = 0.95,
+    aggregation: str = "mean",
+    where: str = "validation scores",
+) -> dict[str, Any]:
     """The operating point of a validation scores table (``score``, ``label``; ``study_id`` optional).
 
     Returns the image-level entry of :func:`threshold_for` plus ``level``, ``date`` and, when every row has
@@ -106,14 +132,26 @@ def calibrate(frame: pd.DataFrame, *, specificity: float | None = None, sensitiv
     from xrad.evaluation.evaluate import prepare_scores
 
     frame = prepare_scores(frame, where=where)
-    point = threshold_for(frame["label"].to_numpy(), frame["score"].to_numpy(), specificity=specificity,
-                          sensitivity=sensitivity, confidence=confidence, where=where)
+    point = threshold_for(
+        frame["label"].to_numpy(),
+        frame["score"].to_numpy(),
+        specificity=specificity,
+        sensitivity=sensitivity,
+        confidence=confidence,
+        where=where,
+    )
     point.update(level="image", date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     if "study" in available_levels(frame):
         studies = aggregate_scores(frame, "study", aggregation)
         try:
-            study = threshold_for(studies["label"].to_numpy(), studies["score"].to_numpy(), specificity=specificity,
-                                  sensitivity=sensitivity, confidence=confidence, where=f"{where} (studies)")
+            study = threshold_for(
+                studies["label"].to_numpy(),
+                studies["score"].to_numpy(),
+                specificity=specificity,
+                sensitivity=sensitivity,
+                confidence=confidence,
+                where=f"{where} (studies)",
+            )
         except DataError:
             study = None  # e.g. unlabelled studies only: image level still stands
         if study is not None:
@@ -143,7 +181,9 @@ def study_threshold(point: dict[str, Any] | None, aggregation: str) -> tuple[flo
     return float(study["threshold"]), describe(study)
 
 
-def level_tables(frame: pd.DataFrame, point: dict[str, Any] | None, aggregation: str = "mean") -> dict[str, pd.DataFrame]:
+def level_tables(
+    frame: pd.DataFrame, point: dict[str, Any] | None, aggregation: str = "mean"
+) -> dict[str, pd.DataFrame]:
     """Study and patient tables of an image scores table (levels its ids support), with ``flagged``.
 
     Rows without a finite score (unreadable images) are left out. A study is flagged at the study threshold
@@ -180,9 +220,11 @@ def store_operating_point(artefact_dir: str | Path, point: dict[str, Any]) -> Pa
 
 def describe(point: dict[str, Any]) -> str:
     """One human line, e.g. ``threshold 1.234 at specificity 0.95: achieved 0.951 [0.93, 0.97] on 400 normals``."""
-    (name, value), = point["target"].items()
+    ((name, value),) = point["target"].items()
     low, high = point["interval"]
     unit = "normals" if name == "specificity" else "anomalies"
     pct = round(100 * point.get("confidence", 0.95))
-    return (f"threshold {point['threshold']:.6g} at {name} {value:g}: achieved {point['achieved']:.3f} "
-            f"({pct}% CI {low:.3f}–{high:.3f}) on {point['n']} validation {unit}")
+    return (
+        f"threshold {point['threshold']:.6g} at {name} {value:g}: achieved {point['achieved']:.3f} "
+        f"({pct}% CI {low:.3f}–{high:.3f}) on {point['n']} validation {unit}"
+    )

@@ -56,13 +56,14 @@ def parity_batch(size: int, n: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
     """A seeded batch of smooth random images with rectangular masks (uint8 ``(n, 1, size, size)``)."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (n, 1, max(2, size // 8), max(2, size // 8))).astype(np.float32)
-    images = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(size, size), mode="bilinear",
-                                             align_corners=False)
+    images = torch.nn.functional.interpolate(
+        torch.from_numpy(coarse), size=(size, size), mode="bilinear", align_corners=False
+    )
     images = (images + torch.from_numpy(rng.normal(0, 8, (n, 1, size, size)).astype(np.float32))).clamp(0, 255)
     masks = torch.zeros((n, 1, size, size), dtype=torch.uint8)
     for i in range(n):
         top, left = rng.integers(0, size // 4, 2)
-        masks[i, 0, top:size - top, left:size - left] = 1
+        masks[i, 0, top : size - top, left : size - left] = 1
     return images.round().to(torch.uint8), masks
 
 
@@ -75,8 +76,15 @@ def onnx_scores(path: str | Path, images: Tensor | np.ndarray, masks: Tensor | n
     return np.asarray(session.run(["score"], feeds)[0], dtype=np.float64)
 
 
-def export_onnx(artefact_dir: str | Path, output: str | Path, *, opset: int = OPSET, tolerance: float = 1e-4,
-                n_check: int = 8, seed: int = 0) -> dict[str, Any]:
+def export_onnx(
+    artefact_dir: str | Path,
+    output: str | Path,
+    *,
+    opset: int = OPSET,
+    tolerance: float = 1e-4,
+    n_check: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Export the artefact's scorer to ``output`` (ONNX), checked for parity with torch before it is moved
     into place. Returns ``{path, image_size, max_abs_diff, n_checked, outputs, opset, max_batch}``."""
     import onnx
@@ -106,17 +114,27 @@ def export_onnx(artefact_dir: str | Path, output: str | Path, *, opset: int = OP
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen at trace time
             warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its end
-            torch.onnx.export(graph, (images[:2], masks[:2]), str(tmp), input_names=["image", "mask"],
-                              output_names=outputs, opset_version=opset, dynamo=False,
-                              dynamic_axes={name: {0: "batch"} for name in ["image", "mask", *outputs]})
+            torch.onnx.export(
+                graph,
+                (images[:2], masks[:2]),
+                str(tmp),
+                input_names=["image", "mask"],
+                output_names=outputs,
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={name: {0: "batch"} for name in ["image", "mask", *outputs]},
+            )
         model = onnx.load(str(tmp))
         preprocessing = None if spec.preprocessing is None else spec.preprocessing.to_dict()
-        props = {"xrad.image_size": str(size), "xrad.method": str(meta.method),
-                 "xrad.input": "image, mask: uint8 (B, 1, S, S) after xrad's resize-and-pad; mask 1 = body part",
-                 "xrad.preprocessing": json.dumps(preprocessing, sort_keys=True),  # as artefact.json stores it
-                 "xrad.operating_point": json.dumps(meta.operating_point),
-                 "xrad.artefact_sha256": str(meta.sha256),
-                 "xrad.max_batch": str(max_batch or "unlimited")}
+        props = {
+            "xrad.image_size": str(size),
+            "xrad.method": str(meta.method),
+            "xrad.input": "image, mask: uint8 (B, 1, S, S) after xrad's resize-and-pad; mask 1 = body part",
+            "xrad.preprocessing": json.dumps(preprocessing, sort_keys=True),  # as artefact.json stores it
+            "xrad.operating_point": json.dumps(meta.operating_point),
+            "xrad.artefact_sha256": str(meta.sha256),
+            "xrad.max_batch": str(max_batch or "unlimited"),
+        }
         for key, value in props.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
@@ -128,8 +146,17 @@ def export_onnx(artefact_dir: str | Path, output: str | Path, *, opset: int = OP
         tmp.unlink(missing_ok=True)
     diff = float(np.max(np.abs(got - expected))) if len(got) else 0.0
     if not np.isfinite(diff) or diff > tolerance:
-        raise XradError(f"{output}: ONNX scores differ from the torch artefact by up to {diff:.3g} (> {tolerance:g}); "
-                        "not written — report this with the artefact's method and opset")
+        raise XradError(
+            f"{output}: ONNX scores differ from the torch artefact by up to {diff:.3g} (> {tolerance:g}); "
+            "not written — report this with the artefact's method and opset"
+        )
     write_bytes(output, blob)
-    return {"path": str(output), "image_size": size, "max_abs_diff": diff, "n_checked": len(got),
-            "outputs": outputs, "opset": opset, "max_batch": max_batch or None}
+    return {
+        "path": str(output),
+        "image_size": size,
+        "max_abs_diff": diff,
+        "n_checked": len(got),
+        "outputs": outputs,
+        "opset": opset,
+        "max_batch": max_batch or None,
+    }

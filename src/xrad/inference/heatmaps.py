@@ -37,8 +37,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from xrad.data.io import Radiograph
     from xrad.inference.input import ModelInput
 
-__all__ = ["Explanation", "explain_input", "explain_pixels", "explain_row", "normalise", "overlay", "png_bytes",
-           "to_original", "warp_to_source", "write_heatmaps"]
+__all__ = [
+    "Explanation",
+    "explain_input",
+    "explain_pixels",
+    "explain_row",
+    "normalise",
+    "overlay",
+    "png_bytes",
+    "to_original",
+    "warp_to_source",
+    "write_heatmaps",
+]
 
 
 def normalise(maps: Tensor | np.ndarray, masks: Tensor | np.ndarray | None = None) -> np.ndarray:
@@ -61,7 +71,7 @@ def to_original(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     factor = size / max(height, width)
     new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
     top, left = (size - new_h) // 2, (size - new_w) // 2
-    crop = np.ascontiguousarray(heat[top:top + new_h, left:left + new_w], dtype=np.float32)
+    crop = np.ascontiguousarray(heat[top : top + new_h, left : left + new_w], dtype=np.float32)
     return cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
@@ -110,9 +120,14 @@ def warp_to_source(heat: np.ndarray, transform: np.ndarray, shape: tuple[int, in
     import cv2
 
     height, width = shape
-    return cv2.warpPerspective(np.ascontiguousarray(heat, dtype=np.float32), transform, (width, height),
-                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
-                               borderValue=0)
+    return cv2.warpPerspective(
+        np.ascontiguousarray(heat, dtype=np.float32),
+        transform,
+        (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
 
 
 def explain_input(scorer: Any, model_input: ModelInput, *, heatmap: bool = True) -> Explanation:
@@ -136,20 +151,33 @@ def explain_input(scorer: Any, model_input: ModelInput, *, heatmap: bool = True)
             heat = warp_to_source(heat, model_input.transform, model_input.original.shape)
     else:
         heat = np.zeros(base.shape, np.float32)
-    return Explanation(score=float(score[0]), sphere=int(sphere[0]) if sphere is not None else -1,
-                       heat=heat, base=base, on_original=model_input.on_original, degenerate=model_input.degenerate)
+    return Explanation(
+        score=float(score[0]),
+        sphere=int(sphere[0]) if sphere is not None else -1,
+        heat=heat,
+        base=base,
+        on_original=model_input.on_original,
+        degenerate=model_input.degenerate,
+    )
 
 
-def explain_pixels(scorer: Any, pixels: np.ndarray | Radiograph, *, body_part: str | None = None,
-                   heatmap: bool = True, allow_truncated: bool = False) -> Explanation:
+def explain_pixels(
+    scorer: Any,
+    pixels: np.ndarray | Radiograph,
+    *,
+    body_part: str | None = None,
+    heatmap: bool = True,
+    allow_truncated: bool = False,
+) -> Explanation:
     """Score and explain one decoded image (the service's path): :func:`~xrad.inference.input.prepare_input`
     with the artefact's input spec, then :func:`explain_input`. A :class:`~xrad.data.io.Radiograph` of a
     truncated file is refused unless ``allow_truncated``."""
     from xrad.inference.artefact import meta_of
     from xrad.inference.input import prepare_input
 
-    model_input = prepare_input(pixels, meta_of(scorer).input_spec(), body_part=body_part,
-                                allow_truncated=allow_truncated)
+    model_input = prepare_input(
+        pixels, meta_of(scorer).input_spec(), body_part=body_part, allow_truncated=allow_truncated
+    )
     return explain_input(scorer, model_input, heatmap=heatmap)
 
 
@@ -181,7 +209,7 @@ def write_heatmaps(scorer: Any, frame: Any, out_dir: Any, *, progress: bool = Fa
         try:
             explanation = explain_row(scorer, row)
             png = explanation.overlay_png()
-        except Exception as exc:  # noqa: BLE001 - one image's map never stops the others (its row says why)
+        except Exception as exc:
             if not isinstance(exc, XradError):
                 log.warning("heatmap of row %d failed: %s", i, type(exc).__name__)
             paths.append("")

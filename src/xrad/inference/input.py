@@ -38,8 +38,17 @@ from xrad.inference.artefact import InputSpec
 if TYPE_CHECKING:  # pragma: no cover - torch is imported where an input is built, not to check a file
     from torch import Tensor
 
-__all__ = ["CachedImage", "ModelInput", "Source", "check_cached", "check_complete", "prepare_input", "prepare_row",
-           "row_source", "to_uint8"]
+__all__ = [
+    "CachedImage",
+    "ModelInput",
+    "Source",
+    "check_cached",
+    "check_complete",
+    "prepare_input",
+    "prepare_row",
+    "row_source",
+    "to_uint8",
+]
 
 
 @dataclass(frozen=True)
@@ -73,15 +82,20 @@ class ModelInput:
 def check_complete(radiograph: Radiograph, allow_truncated: bool = False) -> Radiograph:
     """``radiograph``, unless it was decoded from a truncated file (then an :class:`ImageReadError` naming it)."""
     if radiograph.meta.truncated and not allow_truncated:
-        raise ImageReadError(radiograph.meta.path, f"truncated {radiograph.meta.format.upper()} file (only part of "
-                                                   "it decodes); re-export or re-download it")
+        raise ImageReadError(
+            radiograph.meta.path,
+            f"truncated {radiograph.meta.format.upper()} file (only part of it decodes); re-export or re-download it",
+        )
     return radiograph
 
 
 def _check_pixels(name: str, width: int, height: int, max_pixels: int, fix: str) -> None:
     if width * height > max_pixels:
-        raise ImageReadError(name, f"declares {width}x{height} = {width * height} pixels, above max_pixels="
-                                   f"{max_pixels} (decompression-bomb guard); {fix}")
+        raise ImageReadError(
+            name,
+            f"declares {width}x{height} = {width * height} pixels, above max_pixels="
+            f"{max_pixels} (decompression-bomb guard); {fix}",
+        )
 
 
 def check_cached(cached: CachedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
@@ -105,9 +119,12 @@ def check_cached(cached: CachedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> N
                 with Image.open(handle) as image:
                     width, height = image.size
         except Image.DecompressionBombError:
-            raise ImageReadError(name, f"declares more than {max_pixels} pixels (decompression-bomb guard); "
-                                       "delete it and re-run `xrad preprocess`") from None
-        except Exception:  # noqa: BLE001, S112 - unreadable: the decoder reports it
+            raise ImageReadError(
+                name,
+                f"declares more than {max_pixels} pixels (decompression-bomb guard); "
+                "delete it and re-run `xrad preprocess`",
+            ) from None
+        except Exception:
             continue
         _check_pixels(name, width, height, max_pixels, "delete it and re-run `xrad preprocess`")
 
@@ -136,8 +153,14 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(pixels, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def prepare_input(source: Source, spec: InputSpec, *, body_part: str | None = None, allow_truncated: bool = False,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> ModelInput:
+def prepare_input(
+    source: Source,
+    spec: InputSpec,
+    *,
+    body_part: str | None = None,
+    allow_truncated: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ModelInput:
     """``source`` → the model input under the rules of the module docstring.
 
     ``source`` is decoded [0, 1] pixels (the caller vouches that they are complete), a
@@ -149,8 +172,11 @@ def prepare_input(source: Source, spec: InputSpec, *, body_part: str | None = No
         base = read_cache_png(source.cache_path, "cached image", max_pixels)
         mask = read_cache_png(source.mask_path, "mask", max_pixels) if source.mask_path else None
         if mask is not None and mask.shape != base.shape:
-            raise ImageReadError(source.mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} px but its image "
-                                                   f"{base.shape[1]}x{base.shape[0]}; re-run `xrad preprocess`")
+            raise ImageReadError(
+                source.mask_path,
+                f"mask is {mask.shape[1]}x{mask.shape[0]} px but its image "
+                f"{base.shape[1]}x{base.shape[0]}; re-run `xrad preprocess`",
+            )
         return _guarded(source.cache_path, lambda: _from_cache(base, mask, spec))
     if isinstance(source, (str, Path)):
         source = read_radiograph(source, max_pixels=max_pixels)
@@ -179,9 +205,10 @@ def _guarded(name: str, build: Callable[[], ModelInput]) -> ModelInput:
         raise
     except MemoryError:
         raise ImageReadError(name, "image is too large to prepare in memory; lower its size") from None
-    except Exception as exc:  # noqa: BLE001 - one image's failure is that image's, named
-        raise ImageReadError(name, f"cannot be prepared for the model ({type(exc).__name__}: "
-                                   f"{short_reason(exc)})") from exc
+    except Exception as exc:
+        raise ImageReadError(
+            name, f"cannot be prepared for the model ({type(exc).__name__}: {short_reason(exc)})"
+        ) from exc
 
 
 def _from_cache(base: np.ndarray, mask: np.ndarray | None, spec: InputSpec) -> ModelInput:

@@ -42,8 +42,9 @@ def _has_cache(frame: pd.DataFrame) -> np.ndarray:
     return frame["cache_path"].fillna("").astype(str).str.len().to_numpy() > 0
 
 
-def _decode(frame: pd.DataFrame, spec: InputSpec, workers: int,
-            strict: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+def _decode(
+    frame: pd.DataFrame, spec: InputSpec, workers: int, strict: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
     """Decode rows to uint8 (N,1,S,S) images and masks, as training did; also each row's one-line error ("" when
     it decoded; its image is then zeros) and degenerate reason. ``strict``: the first error raises instead."""
     from concurrent.futures import ThreadPoolExecutor
@@ -59,8 +60,9 @@ def _decode(frame: pd.DataFrame, spec: InputSpec, workers: int,
     errors, flags = [""] * n, [""] * n
     via_bank = np.flatnonzero(cached)
     if len(via_bank):  # the training banks' own loader (pixel limit and regular-file rule included)
-        bank = load_image_bank(frame.iloc[via_bank], size, workers=workers, progress=False,
-                               on_error="raise" if strict else "skip")
+        bank = load_image_bank(
+            frame.iloc[via_bank], size, workers=workers, progress=False, on_error="raise" if strict else "skip"
+        )
         failed = dict(zip(bank.failures["row"].tolist(), bank.failures["reason"].tolist()))
         kept = [int(via_bank[j]) for j in range(len(via_bank)) if j not in failed]
         images[kept], masks[kept] = bank.images, bank.masks
@@ -89,9 +91,16 @@ def _decode(frame: pd.DataFrame, spec: InputSpec, workers: int,
     return images, masks, errors, flags
 
 
-def score_frame(artefact: str | Path | Scorer, frame: pd.DataFrame, batch_size: int = 64, *,
-                workers: int = 2, chunk_size: int = 512, on_error: str = "raise",
-                progress: bool = False) -> pd.DataFrame:
+def score_frame(
+    artefact: str | Path | Scorer,
+    frame: pd.DataFrame,
+    batch_size: int = 64,
+    *,
+    workers: int = 2,
+    chunk_size: int = 512,
+    on_error: str = "raise",
+    progress: bool = False,
+) -> pd.DataFrame:
     """Score every row of ``frame`` (needs ``path`` or ``cache_path``); returns a copy with ``score``
     (and ``sphere``, the nearest centre, for sphere detectors).
 

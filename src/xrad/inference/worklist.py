@@ -33,16 +33,16 @@ __all__ = ["build_worklist", "worklist_folder_entry", "worklist_table"]
 _MAX_IMAGES_PER_STUDY = 4
 
 
-def worklist_table(scores: pd.DataFrame, *, aggregation: str = "max",
-                   threshold: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def worklist_table(
+    scores: pd.DataFrame, *, aggregation: str = "max", threshold: float | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(studies sorted by score with ``rank`` and ``flagged``, the image rows with their ``study_id``)."""
     from xrad.evaluation.aggregate import aggregate_scores
     from xrad.evaluation.evaluate import prepare_scores
 
     images = scores.copy()
     if "study_id" not in images.columns or (images["study_id"].astype(str).str.strip() == "").any():
-        ids = images["study_id"].astype(str).str.strip() if "study_id" in images else \
-            pd.Series("", index=images.index)
+        ids = images["study_id"].astype(str).str.strip() if "study_id" in images else pd.Series("", index=images.index)
         images["study_id"] = ids.where(ids != "", _own_study_ids(images, ids))
     failed = images.iloc[:0]
     if "error" in images.columns:
@@ -124,8 +124,11 @@ def _thumbnail(path: str, out_dir: Path, size: int, kind: str, previous: Path | 
             pixels = read_radiograph(path).pixels
             factor = size / max(pixels.shape)
             if factor < 1:
-                pixels = cv2.resize(pixels, (max(1, round(pixels.shape[1] * factor)),
-                                             max(1, round(pixels.shape[0] * factor))), interpolation=cv2.INTER_AREA)
+                pixels = cv2.resize(
+                    pixels,
+                    (max(1, round(pixels.shape[1] * factor)), max(1, round(pixels.shape[0] * factor))),
+                    interpolation=cv2.INTER_AREA,
+                )
             write_png(target, np.clip(pixels, 0.0, 1.0))
     return f"thumbs/{name}"
 
@@ -152,14 +155,17 @@ def _heatmap_pixels(path: str, size: int) -> np.ndarray:
             with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
                 width, height = image.size
                 if width * height > DEFAULT_MAX_PIXELS:
-                    raise ImageReadError(path, f"heatmap declares {width}x{height} pixels, above max_pixels="
-                                               f"{DEFAULT_MAX_PIXELS} (decompression-bomb guard)")
+                    raise ImageReadError(
+                        path,
+                        f"heatmap declares {width}x{height} pixels, above max_pixels="
+                        f"{DEFAULT_MAX_PIXELS} (decompression-bomb guard)",
+                    )
                 rgb = image.convert("RGB")
                 rgb.thumbnail((size, size))
                 return np.asarray(rgb, dtype=np.uint8)
     except ImageReadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a damaged heatmap must not stop the worklist
+    except Exception as exc:
         raise ImageReadError(path, f"heatmap cannot be decoded ({type(exc).__name__}: {short_reason(exc)})") from exc
 
 
@@ -172,14 +178,14 @@ def _images_html(rows: pd.DataFrame, out_dir: Path, size: int, previous: Path | 
         try:
             src = _thumbnail(path, out_dir, size, "image", previous)
             thumbs.append(f'<img class="thumb" src="{html.escape(src)}" alt="image" loading="lazy">')
-        except Exception as exc:  # noqa: BLE001 - one image's thumbnail never stops the worklist
+        except Exception as exc:
             thumbs.append(f'<span class="bad">unreadable: {html.escape(_reason(exc))}</span>')
         heat = str(row.get("heatmap", "") or "")
         if heat and os.path.lexists(heat):
             try:
                 src = _thumbnail(heat, out_dir, size, "heatmap", previous)
                 heats.append(f'<img class="thumb" src="{html.escape(src)}" alt="heatmap" loading="lazy">')
-            except Exception:  # noqa: BLE001
+            except Exception:
                 heats.append('<span class="bad">heatmap unreadable</span>')
     return "".join(thumbs), "".join(heats)
 
@@ -203,9 +209,17 @@ tr.threshold td{border-top:3px dashed #b00020;border-bottom:none;color:#b00020;f
 """
 
 
-def build_worklist(scores: pd.DataFrame, out_dir: str | Path, *, aggregation: str = "max",
-                   threshold: float | None = None, operating_point: dict[str, Any] | None = None,
-                   top: int = 200, thumb_size: int = 160, title: str = "xrad worklist") -> dict[str, Any]:
+def build_worklist(
+    scores: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    aggregation: str = "max",
+    threshold: float | None = None,
+    operating_point: dict[str, Any] | None = None,
+    top: int = 200,
+    thumb_size: int = 160,
+    title: str = "xrad worklist",
+) -> dict[str, Any]:
     """Write ``worklist.csv`` and ``index.html`` (with ``thumbs/``) into ``out_dir``.
 
     ``threshold`` overrides ``operating_point``. Returns ``{html, csv, n_studies, n_flagged, threshold}``.
@@ -219,8 +233,17 @@ def build_worklist(scores: pd.DataFrame, out_dir: str | Path, *, aggregation: st
     out_dir = Path(out_dir)
     previous = out_dir / "thumbs" if (out_dir / "thumbs").is_dir() else None
     with staged_folder(out_dir, owned=worklist_folder_entry) as staged:
-        result = _build(scores, staged, previous, aggregation=aggregation, threshold=threshold,
-                        operating_point=operating_point, top=top, thumb_size=thumb_size, title=title)
+        result = _build(
+            scores,
+            staged,
+            previous,
+            aggregation=aggregation,
+            threshold=threshold,
+            operating_point=operating_point,
+            top=top,
+            thumb_size=thumb_size,
+            title=title,
+        )
     return {**result, "html": str(out_dir / "index.html"), "csv": str(out_dir / "worklist.csv")}
 
 
@@ -232,9 +255,18 @@ def worklist_folder_entry(entry: Path) -> bool:
     return entry.name in _OUTPUTS or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
 
 
-def _build(scores: pd.DataFrame, out_dir: Path, previous: Path | None, *, aggregation: str,
-           threshold: float | None, operating_point: dict[str, Any] | None, top: int, thumb_size: int,
-           title: str) -> dict[str, Any]:
+def _build(
+    scores: pd.DataFrame,
+    out_dir: Path,
+    previous: Path | None,
+    *,
+    aggregation: str,
+    threshold: float | None,
+    operating_point: dict[str, Any] | None,
+    top: int,
+    thumb_size: int,
+    title: str,
+) -> dict[str, Any]:
     from xrad.inference.calibration import study_threshold
     from xrad.utils.atomic import write_csv, write_text
 
@@ -253,48 +285,80 @@ def _build(scores: pd.DataFrame, out_dir: Path, previous: Path | None, *, aggreg
     unscored = studies[studies["rank"].isna()]
     for i, study in studies[studies["rank"].notna()].iterrows():
         if not threshold_drawn and study["score"] < threshold:
-            lines.append(f'<tr class="threshold"><td colspan="{len(header)}">threshold {threshold:.6g} — '
-                         f"studies below are not flagged</td></tr>")
+            lines.append(
+                f'<tr class="threshold"><td colspan="{len(header)}">threshold {threshold:.6g} — '
+                f"studies below are not flagged</td></tr>"
+            )
             threshold_drawn = True
         thumbs, heats = ("", "")
         if i < top:
-            thumbs, heats = _images_html(by_study.get(study["study_id"], images.iloc[:0]), out_dir, thumb_size,
-                                         previous)
+            thumbs, heats = _images_html(
+                by_study.get(study["study_id"], images.iloc[:0]), out_dir, thumb_size, previous
+            )
         flagged = study["flagged"]
         flag_text = "" if pd.isna(flagged) else ("FLAGGED" if bool(flagged) else "—")
-        cells = [str(study["rank"]), thumbs, heats, html.escape(str(study["study_id"])),
-                 html.escape(str(study.get("body_part", "") or "")), f"{study['score']:.4g}", flag_text,
-                 str(study["n_images"]) + (f' <span class="bad">+{study["unreadable"]} unreadable</span>'
-                                           if study["unreadable"] else "")
-                 + (f' <span class="bad">{study["degenerate"]} degenerate (tiny/constant)</span>'
-                    if study.get("degenerate", 0) else "")]
+        cells = [
+            str(study["rank"]),
+            thumbs,
+            heats,
+            html.escape(str(study["study_id"])),
+            html.escape(str(study.get("body_part", "") or "")),
+            f"{study['score']:.4g}",
+            flag_text,
+            str(study["n_images"])
+            + (f' <span class="bad">+{study["unreadable"]} unreadable</span>' if study["unreadable"] else "")
+            + (
+                f' <span class="bad">{study["degenerate"]} degenerate (tiny/constant)</span>'
+                if study.get("degenerate", 0)
+                else ""
+            ),
+        ]
         if has_label:
             cells.append("" if pd.isna(study["label"]) else str(int(study["label"])))
         row_class = "flagged" if flag_text == "FLAGGED" else ""
-        lines.append(f'<tr class="{row_class}">' + "".join(
-            f'<td class="{c}">{v}</td>' for c, v in zip(["rank", "img", "heat", "id", "part", "score", "flag", "n", "label"],
-                                                        cells)) + "</tr>")
+        lines.append(
+            f'<tr class="{row_class}">'
+            + "".join(
+                f'<td class="{c}">{v}</td>'
+                for c, v in zip(["rank", "img", "heat", "id", "part", "score", "flag", "n", "label"], cells)
+            )
+            + "</tr>"
+        )
     if not threshold_drawn:  # every study is above the threshold
         lines.append(f'<tr class="threshold"><td colspan="{len(header)}">threshold {threshold:.6g}</td></tr>')
     n_flagged = int(studies["flagged"].fillna(False).astype(bool).sum()) if threshold is not None else 0
-    summary = (f"{len(studies) - len(unscored)} studies ({len(images)} images), sorted by {aggregation} score"
-               + (f"; {n_flagged} flagged at {note or f'threshold {threshold:.6g}'}" if threshold is not None
-                  else "; no study-level operating point (run `xrad calibrate` or pass --threshold)"))
+    summary = f"{len(studies) - len(unscored)} studies ({len(images)} images), sorted by {aggregation} score" + (
+        f"; {n_flagged} flagged at {note or f'threshold {threshold:.6g}'}"
+        if threshold is not None
+        else "; no study-level operating point (run `xrad calibrate` or pass --threshold)"
+    )
     n_unreadable = int(studies["unreadable"].sum())
     unreadable_html = ""
     if n_unreadable:
         summary += f"; {n_unreadable} image(s) could not be read"
     if len(unscored):
         ids = ", ".join(html.escape(str(v)) for v in unscored["study_id"])
-        unreadable_html = (f'<p class="bad" id="unscored">{len(unscored)} study(ies) could not be scored — none of '
-                           f"their images could be read; read them yourself: {ids}</p>")
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head><body style=\"--s:{thumb_size}px\"><h1>{html.escape(title)}</h1>"
-            f'<div class="muted" id="summary">{html.escape(summary)}</div>{unreadable_html}'
-            '<table id="worklist"><thead><tr>'
-            + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>" + "\n".join(lines)
-            + "</tbody></table></body></html>\n")
+        unreadable_html = (
+            f'<p class="bad" id="unscored">{len(unscored)} study(ies) could not be scored — none of '
+            f"their images could be read; read them yourself: {ids}</p>"
+        )
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<style>{_CSS}</style></head><body style="--s:{thumb_size}px"><h1>{html.escape(title)}</h1>'
+        f'<div class="muted" id="summary">{html.escape(summary)}</div>{unreadable_html}'
+        '<table id="worklist"><thead><tr>'
+        + "".join(f"<th>{h}</th>" for h in header)
+        + "</tr></thead><tbody>"
+        + "\n".join(lines)
+        + "</tbody></table></body></html>\n"
+    )
     write_text(out_dir / "index.html", page)
-    return {"html": str(out_dir / "index.html"), "csv": str(out_dir / "worklist.csv"),
-            "n_studies": len(studies) - len(unscored), "n_unscored": len(unscored), "n_unreadable_images": n_unreadable,
-            "n_flagged": n_flagged, "threshold": threshold}
+    return {
+        "html": str(out_dir / "index.html"),
+        "csv": str(out_dir / "worklist.csv"),
+        "n_studies": len(studies) - len(unscored),
+        "n_unscored": len(unscored),
+        "n_unreadable_images": n_unreadable,
+        "n_flagged": n_flagged,
+        "threshold": threshold,
+    }

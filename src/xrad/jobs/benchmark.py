@@ -21,7 +21,8 @@ compared on identical data. Methods whose stage 1 is the same (same shareable st
 registry rows and identical values of what it ``reads``: :func:`xrad.methods.registry.shared_stage_key`)
 train it once per split: later cells load the first cell's finished stage 1
 through ``pretrain.encoder_from`` (recorded as ``pretrain_from`` in ``benchmark_cell.json``), so e.g. the kNN
-ablation scores the very encoder the self-taught detector was fine-tuned from, as in the paper. Each cell is a run folder ``output/cells/<method>__r<ratio>__split<s>__seed<t>``
+ablation scores the very encoder the self-taught detector was fine-tuned from, as in the paper. Each cell is a
+run folder ``output/cells/<method>__r<ratio>__split<s>__seed<t>``
 written by :func:`xrad.jobs.train.run_training`; a cell whose ``summary.json`` exists is skipped, so
 re-running the command resumes the grid.
 
@@ -30,7 +31,8 @@ Results are tied to the settings that produced them, so an edited YAML cannot si
 ``splits/split<s>__r<ratio>.csv``, and each cell folder holds ``benchmark_inputs.json`` (its method
 config after every override, and its split's record), written before it trains. Before anything is trained,
 a split or a finished or partly-trained cell whose record differs from what the YAML asks for now is refused
-with :class:`~xrad.errors.ConfigError` naming it and the changed keys (:mod:`xrad.jobs.benchmark_records`). Execution-only settings (``trainer``
+with :class:`~xrad.errors.ConfigError` naming it and the changed keys (:mod:`xrad.jobs.benchmark_records`).
+Execution-only settings (``trainer``
 sections, ``--progress``, ``--only``, ``--split-seeds``) are not compared.
 
 Outputs: ``results.csv`` (one row per cell and split), ``table1.csv``/``table1.md`` (the paper's Table 1
@@ -119,9 +121,7 @@ def _seconds_from_summary(summary: dict[str, Any]) -> float:
             return float(summary[key])
     timings = summary.get("timings_s", summary.get("timings"))
     if isinstance(timings, dict):  # per-step seconds; "total_*" entries would count them twice
-        values = [
-            v for k, v in timings.items() if isinstance(v, (int, float)) and not str(k).startswith("total")
-        ]
+        values = [v for k, v in timings.items() if isinstance(v, (int, float)) and not str(k).startswith("total")]
         if values:
             return float(sum(values))
     return float("nan")
@@ -193,18 +193,19 @@ def run_benchmark(
     log = log or (lambda message: None)
     if not config.manifest.is_file():
         raise DataError(
-            f"{config.manifest}: benchmark manifest not found; make it with `xrad index` "
-            f"(and `xrad preprocess`)"
+            f"{config.manifest}: benchmark manifest not found; make it with `xrad index` (and `xrad preprocess`)"
         )
     cells = iter_cells(config)
     unknown = sorted(set(only or ()) - set(config.methods))
     if unknown:
-        raise ConfigError(f"--only {', '.join(unknown)}: not a method of this benchmark "
-                          f"(its methods: {', '.join(config.methods)})")
+        raise ConfigError(
+            f"--only {', '.join(unknown)}: not a method of this benchmark (its methods: {', '.join(config.methods)})"
+        )
     unknown_seeds = sorted(set(only_split_seeds or ()) - set(config.split_seeds))
     if unknown_seeds:
-        raise ConfigError(f"--split-seeds {unknown_seeds}: not split seeds of this benchmark "
-                          f"(its split seeds: {config.split_seeds})")
+        raise ConfigError(
+            f"--split-seeds {unknown_seeds}: not split seeds of this benchmark (its split seeds: {config.split_seeds})"
+        )
     # Every recorded output is checked before anything is trained or written, so an edited YAML is refused
     # at once (not after hours of training the cells it did not touch) and benchmark.json stays as it was.
     cell_configs = {cell: method_config(config, cell) for cell in cells}

@@ -116,8 +116,10 @@ def load_benchmark_config(path: str | Path, output: str | Path | None = None) ->
             name, extra = next(iter(entry.items()))
             extra = extra or {}
         if not isinstance(name, str) or not isinstance(extra, dict):
-            raise ConfigError(f"{where}: a 'methods' entry must be a config name/path or a one-key mapping "
-                              f"{{name: {{key: value}}}}, got {entry!r}")
+            raise ConfigError(
+                f"{where}: a 'methods' entry must be a config name/path or a one-key mapping "
+                f"{{name: {{key: value}}}}, got {entry!r}"
+            )
         label = Path(name).stem
         if label in methods:
             raise ConfigError(f"{where}: method {label!r} is listed twice; copy its YAML under another name")

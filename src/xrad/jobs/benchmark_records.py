@@ -41,8 +41,7 @@ def split_settings(config: BenchmarkConfig, split_seed: int, ratio: float) -> Sp
     """The validated :class:`xrad.data.splits.SplitConfig` of (split seed, ratio); ConfigError if invalid."""
     from xrad.data.splits import SplitConfig
 
-    settings = SplitConfig(seed=split_seed, abnormal_ratio=ratio, body_parts=config.body_parts,
-                           **config.split_options)
+    settings = SplitConfig(seed=split_seed, abnormal_ratio=ratio, body_parts=config.body_parts, **config.split_options)
     settings.validate()
     return settings
 
@@ -52,11 +51,13 @@ def split_record(config: BenchmarkConfig, split_seed: int, ratio: float) -> dict
     change) and the source manifest's content hash (its path is kept for people, not compared: a moved but
     identical manifest is the same data)."""
     settings = dataclasses.asdict(split_settings(config, split_seed, ratio))
-    return _plain({
-        "split": settings,
-        "manifest": str(config.manifest),
-        "manifest_sha256": sha256_file(config.manifest),
-    })
+    return _plain(
+        {
+            "split": settings,
+            "manifest": str(config.manifest),
+            "manifest_sha256": sha256_file(config.manifest),
+        }
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -80,12 +81,14 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 def _split_changes(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """The benchmark-YAML names of the split settings that differ between two split records."""
     names = {"seed": "split seed", "abnormal_ratio": "abnormal ratio"}
-    changed = [names.get(key, f"data.{key}")
-               for key in _changed_keys(recorded.get("split"), expected["split"])]
+    changed = [names.get(key, f"data.{key}") for key in _changed_keys(recorded.get("split"), expected["split"])]
     if recorded.get("manifest_sha256") != expected["manifest_sha256"]:
         moved = recorded.get("manifest") != expected["manifest"]
-        changed.append(f"data.manifest ({recorded.get('manifest')} → {expected['manifest']})" if moved
-                       else "data.manifest (its content)")
+        changed.append(
+            f"data.manifest ({recorded.get('manifest')} → {expected['manifest']})"
+            if moved
+            else "data.manifest (its content)"
+        )
     return changed
 
 

@@ -50,7 +50,7 @@ def option_flag(name: str) -> str:
 def step_dependencies(step: str) -> set[str]:
     """The options ``step`` depends on: its own and, through the outputs it reads, every earlier step's."""
     names = list(STEP_OPTIONS)
-    return {option for earlier in names[:names.index(step) + 1] for option in STEP_OPTIONS[earlier]}
+    return {option for earlier in names[: names.index(step) + 1] for option in STEP_OPTIONS[earlier]}
 
 
 @dataclass
@@ -96,15 +96,19 @@ def validate_options(options: RunOptions) -> None:
     made. The checks are those of the steps themselves (the config loader, :meth:`SynthConfig.validate`,
     :meth:`SplitConfig.validate`, :class:`PreprocessParams`), so the two cannot drift apart.
     """
-    from xrad.methods.registry import load_config
-    from xrad.data.splits import SplitConfig
     from xrad.data.phantoms.generate import SynthConfig
+    from xrad.data.splits import SplitConfig
+    from xrad.methods.registry import load_config
     from xrad.preprocess import PreprocessParams
 
     # One field at a time, the others at their (valid) defaults, so that the message names the option
     # that is wrong; the step's own validate() cannot say which field a failed check was about.
-    for name, synth_field in (("patients", "n_patients"), ("difficulty", "difficulty"), ("cache_px", "size"),
-                              ("workers", "workers")):
+    for name, synth_field in (
+        ("patients", "n_patients"),
+        ("difficulty", "difficulty"),
+        ("cache_px", "size"),
+        ("workers", "workers"),
+    ):
         _checked(option_flag(name), SynthConfig(**{synth_field: getattr(options, name)}).validate)
     _checked(option_flag("cache_px"), lambda: PreprocessParams(size=options.cache_px))
     for name in ("seed", "split_seed"):  # numpy refuses negative seeds, deep inside a step
@@ -112,13 +116,16 @@ def validate_options(options: RunOptions) -> None:
             raise ConfigError(f"{option_flag(name)}: must be ≥ 0, got {getattr(options, name)}")
     # known_normal must fit in the normal share of train (1 - abnormal_ratio): check each fraction alone
     # (with the other at 0, which never trips that joint rule), then the pair.
-    _checked(option_flag("abnormal_ratio"),
-             SplitConfig(abnormal_ratio=options.abnormal_ratio, known_normal=0.0).validate)
-    _checked(option_flag("known_normal"),
-             SplitConfig(abnormal_ratio=0.0, known_normal=options.known_normal).validate)
-    _checked(f"{option_flag('known_normal')} with {option_flag('abnormal_ratio')}",
-             SplitConfig(seed=options.split_seed, abnormal_ratio=options.abnormal_ratio,
-                         known_normal=options.known_normal).validate)
+    _checked(
+        option_flag("abnormal_ratio"), SplitConfig(abnormal_ratio=options.abnormal_ratio, known_normal=0.0).validate
+    )
+    _checked(option_flag("known_normal"), SplitConfig(abnormal_ratio=0.0, known_normal=options.known_normal).validate)
+    _checked(
+        f"{option_flag('known_normal')} with {option_flag('abnormal_ratio')}",
+        SplitConfig(
+            seed=options.split_seed, abnormal_ratio=options.abnormal_ratio, known_normal=options.known_normal
+        ).validate,
+    )
     _checked(option_flag("config"), lambda: load_config(options.config))
     _checked("--set", lambda: load_config(options.config, options.overrides))
 
@@ -144,8 +151,9 @@ class Pipeline:
             try:
                 previous = json.loads(self.state_path.read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):
-                raise DataError(f"{self.state_path}: not a pipeline record (not JSON); choose another -o "
-                                "or delete the folder") from None
+                raise DataError(
+                    f"{self.state_path}: not a pipeline record (not JSON); choose another -o or delete the folder"
+                ) from None
             recorded = dict(previous.get("options") or {})
             if "image_px" in recorded:  # the cache size's name before xrad.config.sizes gave it one
                 recorded.setdefault("cache_px", recorded.pop("image_px"))
@@ -157,23 +165,25 @@ class Pipeline:
             for step in STEP_OPTIONS:  # in running order, so the earliest invalidated step is named
                 hit = [k for k in changed if k in step_dependencies(step)]
                 if step in done and hit:
-                    what = ", ".join(f"{option_flag(k)} {fingerprint.get(k)} (was {recorded.get(k)})"
-                                     for k in hit)
-                    raise DataError(f"{self.root}: {what} would invalidate the finished step '{step}'; "
-                                    "re-run with the recorded value, or choose another -o (or delete the "
-                                    "folder)")
+                    what = ", ".join(f"{option_flag(k)} {fingerprint.get(k)} (was {recorded.get(k)})" for k in hit)
+                    raise DataError(
+                        f"{self.root}: {what} would invalidate the finished step '{step}'; "
+                        "re-run with the recorded value, or choose another -o (or delete the "
+                        "folder)"
+                    )
                 if hit:
                     self.stale.add(step)
             self.state = {**previous, "options": fingerprint, "done": done}
             if changed:
                 flags = ", ".join(option_flag(k) for k in changed)
-                self.log(f"options changed since the last run ({flags}); they only affect unfinished steps: "
-                         "finished ones are kept")
+                self.log(
+                    f"options changed since the last run ({flags}); they only affect unfinished steps: "
+                    "finished ones are kept"
+                )
         self.root.mkdir(parents=True, exist_ok=True)
         write_json(self.state_path, self.state)
 
-    def step(self, name: str, func: Callable[[], dict[str, Any]],
-             outputs: Iterable[Path] = ()) -> dict[str, Any]:
+    def step(self, name: str, func: Callable[[], dict[str, Any]], outputs: Iterable[Path] = ()) -> dict[str, Any]:
         """Run ``func`` unless ``name`` is recorded as done; record its result when it finishes.
 
         ``outputs`` (files or folders) are deleted first when the step is stale: they were left by an
@@ -185,8 +195,10 @@ class Pipeline:
         if name in self.stale:
             leftovers = [p for p in outputs if p.exists()]
             if leftovers:
-                self.log(f"[{name}] deleting what an unfinished attempt with other options left: "
-                         + ", ".join(str(p) for p in leftovers))
+                self.log(
+                    f"[{name}] deleting what an unfinished attempt with other options left: "
+                    + ", ".join(str(p) for p in leftovers)
+                )
             for path in leftovers:
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -224,11 +236,11 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print, until:
     # Imported here so that `xrad --help` stays instant.
     from xrad.data.indexing import index_source
     from xrad.data.manifest import read_manifest, write_manifest
-    from xrad.data.splits import SplitConfig, make_split, split_summary
     from xrad.data.phantoms.generate import SynthConfig, generate_phantoms
+    from xrad.data.splits import SplitConfig, make_split, split_summary
+    from xrad.jobs.train import run_training
     from xrad.preprocess import PreprocessParams
     from xrad.preprocess.cache import build_cache
-    from xrad.jobs.train import run_training
 
     validate_options(options)  # before the folder is touched: a typo must cost no step and leave no record
     pipe = Pipeline(options, log)
@@ -237,9 +249,16 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print, until:
     cache_dir, run_dir = root / "cache", root / "detector"
 
     def synth() -> dict[str, Any]:
-        truth = generate_phantoms(data_dir, SynthConfig(n_patients=options.patients, seed=options.seed,
-                                                        size=options.cache_px, difficulty=options.difficulty,
-                                                        workers=options.workers))
+        truth = generate_phantoms(
+            data_dir,
+            SynthConfig(
+                n_patients=options.patients,
+                seed=options.seed,
+                size=options.cache_px,
+                difficulty=options.difficulty,
+                workers=options.workers,
+            ),
+        )
         return {"images": int(len(truth)), "abnormal": int(truth["label"].sum()), "folder": str(data_dir)}
 
     def index() -> dict[str, Any]:
@@ -248,35 +267,59 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print, until:
         return {"images": int(len(frame)), "manifest": str(manifest_path)}
 
     def split() -> dict[str, Any]:
-        frame = make_split(read_manifest(manifest_path), SplitConfig(
-            seed=options.split_seed, abnormal_ratio=options.abnormal_ratio, known_normal=options.known_normal))
+        frame = make_split(
+            read_manifest(manifest_path),
+            SplitConfig(
+                seed=options.split_seed, abnormal_ratio=options.abnormal_ratio, known_normal=options.known_normal
+            ),
+        )
         write_manifest(frame, split_path)
         summary = split_summary(frame)
         log(summary.to_string(index=False))
-        return {"manifest": str(split_path),
-                "images": {s: int((frame["split"] == s).sum()) for s in ("train", "valid", "test")}}
+        return {
+            "manifest": str(split_path),
+            "images": {s: int((frame["split"] == s).sum()) for s in ("train", "valid", "test")},
+        }
 
     def preprocess() -> dict[str, Any]:
-        summary = build_cache(read_manifest(split_path), cache_dir, PreprocessParams(size=options.cache_px),
-                              workers=options.workers)
+        summary = build_cache(
+            read_manifest(split_path), cache_dir, PreprocessParams(size=options.cache_px), workers=options.workers
+        )
         keep = ("images", "failed", "inverted", "uncropped", "low_contrast", "manifest")
         return {k: summary[k] for k in keep}
 
     def train() -> dict[str, Any]:
-        summary = run_training(options.config, cache_dir / "manifest.csv", run_dir, overrides=options.overrides,
-                               trainer_overrides=options.trainer_overrides or None)
+        summary = run_training(
+            options.config,
+            cache_dir / "manifest.csv",
+            run_dir,
+            overrides=options.overrides,
+            trainer_overrides=options.trainer_overrides or None,
+        )
         keep = ("method", "valid_auroc", "test_auroc", "n_spheres")
-        return {**{k: summary[k] for k in keep if k in summary}, "run_dir": str(run_dir),
-                "artefact": str(run_dir / "artefact"), "scores": str(run_dir / "scores_test.csv")}
+        return {
+            **{k: summary[k] for k in keep if k in summary},
+            "run_dir": str(run_dir),
+            "artefact": str(run_dir / "artefact"),
+            "scores": str(run_dir / "scores_test.csv"),
+        }
 
-    steps = {"synth": (synth, data_dir), "index": (index, manifest_path), "split": (split, split_path),
-             "preprocess": (preprocess, cache_dir), "train": (train, run_dir)}
+    steps = {
+        "synth": (synth, data_dir),
+        "index": (index, manifest_path),
+        "split": (split, split_path),
+        "preprocess": (preprocess, cache_dir),
+        "train": (train, run_dir),
+    }
     for name, (func, outputs) in steps.items():
         result = pipe.step(name, func, [outputs])
         if name == until:
             return dict(pipe.state["done"])
-    log(f"test AUROC {result.get('test_auroc', float('nan')):.3f} (validation {result.get('valid_auroc', float('nan')):.3f}); "
-        f"scores: {result['scores']}; artefact: {result['artefact']}")
+    log(
+        f"test AUROC {result.get('test_auroc', float('nan')):.3f} "
+        f"(validation {result.get('valid_auroc', float('nan')):.3f}); "
+        f"scores: {result['scores']}; artefact: {result['artefact']}"
+    )
     log(_kind_summary(Path(result["scores"]), data_dir))
     log(f"score new images with: xrad score {result['artefact']} IMAGE_OR_FOLDER -o scores.csv")
     return pipe.state["done"]

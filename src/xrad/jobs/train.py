@@ -44,8 +44,9 @@ def _git_commit() -> str | None:
     if not (root / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -65,8 +66,10 @@ def _check_same_config(folder: RunFolder, cfg: Config) -> None:
     except ConfigError:
         pass  # not loadable any more (a removed key...): compared as written, so it differs
     if comparable_config(old) != comparable_config(config_to_dict(cfg)):
-        raise ConfigError(f"{path}: this run folder holds a run with a different config; choose a new -o folder "
-                          "(or delete the old run to start over)")
+        raise ConfigError(
+            f"{path}: this run folder holds a run with a different config; choose a new -o folder "
+            "(or delete the old run to start over)"
+        )
 
 
 def _preprocessing_params(frame: pd.DataFrame) -> dict[str, Any] | None:
@@ -90,10 +93,15 @@ def _data_summary(frame: pd.DataFrame, manifest: Path) -> dict[str, Any]:
         "manifest": str(manifest.resolve()),
         "manifest_sha256": sha256_file(manifest),
         "images": {s: int((frame["split"] == s).sum()) for s in SPLITS},
-        "train_semi_labels": {"known_normal": int((semi == 1).sum()), "unlabelled": int((semi == 0).sum()),
-                              "known_abnormal": int((semi == -1).sum())},
-        "labels": {s: {str(k): int(v) for k, v in frame.loc[frame["split"] == s, "label"].value_counts().items()}
-                   for s in SPLITS},
+        "train_semi_labels": {
+            "known_normal": int((semi == 1).sum()),
+            "unlabelled": int((semi == 0).sum()),
+            "known_abnormal": int((semi == -1).sum()),
+        },
+        "labels": {
+            s: {str(k): int(v) for k, v in frame.loc[frame["split"] == s, "label"].value_counts().items()}
+            for s in SPLITS
+        },
     }
     if "body_part" in frame.columns:
         summary["train_body_parts"] = {str(k): int(v) for k, v in train["body_part"].value_counts().items()}
@@ -118,8 +126,9 @@ def _score_split(scorer: Any, bank: ImageBank, batch_size: int, with_embeddings:
     return {"frame": frame[list(SCORE_COLUMNS)], "raw": out}
 
 
-def _finalise(ctx: RunContext, detector: Detector, final: Any, frame: pd.DataFrame, manifest: Path,
-              started: float) -> dict[str, Any]:
+def _finalise(
+    ctx: RunContext, detector: Detector, final: Any, frame: pd.DataFrame, manifest: Path, started: float
+) -> dict[str, Any]:
     """Artefact, test/valid scores (through the reloaded artefact), embeddings and summary."""
     from safetensors.torch import save
 
@@ -174,8 +183,9 @@ def _finalise(ctx: RunContext, detector: Detector, final: Any, frame: pd.DataFra
     return summary
 
 
-def _load_banks(cfg: Config, frame: pd.DataFrame, folder: RunFolder, progress: bool,
-                write: bool = True) -> dict[str, ImageBank]:
+def _load_banks(
+    cfg: Config, frame: pd.DataFrame, folder: RunFolder, progress: bool, write: bool = True
+) -> dict[str, ImageBank]:
     """The three banks. An image that cannot be read is left out of its bank (never stopping the run) and
     listed, with its one-line reason, in the run folder's ``unreadable.csv`` and a warning."""
     import warnings
@@ -183,9 +193,14 @@ def _load_banks(cfg: Config, frame: pd.DataFrame, folder: RunFolder, progress: b
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else folder.bank_cache
     banks = {}
     for split in SPLITS:
-        banks[split] = load_image_bank(frame[frame["split"] == split], cfg.data.image_size,
-                                       workers=cfg.data.decode_workers, cache_dir=cache_dir, progress=progress,
-                                       on_error="skip")
+        banks[split] = load_image_bank(
+            frame[frame["split"] == split],
+            cfg.data.image_size,
+            workers=cfg.data.decode_workers,
+            cache_dir=cache_dir,
+            progress=progress,
+            on_error="skip",
+        )
     failures = pd.concat([banks[s].failures.drop(columns="row").assign(split=s) for s in SPLITS], ignore_index=True)
     if write:
         if len(failures):
@@ -193,23 +208,38 @@ def _load_banks(cfg: Config, frame: pd.DataFrame, folder: RunFolder, progress: b
         elif folder.unreadable.is_file():
             folder.unreadable.unlink()
     if len(failures):
-        warnings.warn(f"{len(failures)} image(s) could not be read and are left out (listed in {folder.unreadable}), "
-                      f"e.g. {failures['reason'].iloc[0]}", stacklevel=3)
-    odd = [(s, path, why) for s in SPLITS for path, why in zip(banks[s].frame.get("path", ""), banks[s].degenerate)
-           if why]
+        warnings.warn(
+            f"{len(failures)} image(s) could not be read and are left out (listed in {folder.unreadable}), "
+            f"e.g. {failures['reason'].iloc[0]}",
+            stacklevel=3,
+        )
+    odd = [
+        (s, path, why) for s in SPLITS for path, why in zip(banks[s].frame.get("path", ""), banks[s].degenerate) if why
+    ]
     if odd:  # kept (a data set may hold a few), but said: their scores and gradients mean little
-        warnings.warn(f"{len(odd)} image(s) are degenerate (tiny or constant), e.g. {odd[0][1]} in {odd[0][0]}: "
-                      f"{odd[0][2]}", stacklevel=3)
+        warnings.warn(
+            f"{len(odd)} image(s) are degenerate (tiny or constant), e.g. {odd[0][1]} in {odd[0][0]}: {odd[0][2]}",
+            stacklevel=3,
+        )
     if len(banks["train"]) == 0:
-        raise DataError("the manifest has no readable train rows; make a split with `xrad split`"
-                        + (f" (see {folder.unreadable})" if len(failures) else ""))
+        raise DataError(
+            "the manifest has no readable train rows; make a split with `xrad split`"
+            + (f" (see {folder.unreadable})" if len(failures) else "")
+        )
     return banks
 
 
-def run_training(config: str | Path | dict[str, Any] | Config, manifest: str | Path, run_dir: str | Path, *,
-                 stages: tuple[str, ...] | list[str] | None = None,
-                 trainer_overrides: dict[str, Any] | None = None, progress: bool = True,
-                 overrides: tuple[str, ...] | list[str] = (), allow_leakage: bool = False) -> dict[str, Any]:
+def run_training(
+    config: str | Path | dict[str, Any] | Config,
+    manifest: str | Path,
+    run_dir: str | Path,
+    *,
+    stages: tuple[str, ...] | list[str] | None = None,
+    trainer_overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    overrides: tuple[str, ...] | list[str] = (),
+    allow_leakage: bool = False,
+) -> dict[str, Any]:
     """Train the configured detector on a split manifest into ``run_dir`` (resuming what is there).
 
     ``config`` is a YAML path, a packaged config name, a mapping or a :class:`Config`; ``overrides`` are
@@ -241,12 +271,21 @@ def run_training(config: str | Path | dict[str, Any] | Config, manifest: str | P
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(folder.config, dump_config(cfg))
-        write_json(folder.env, {
-            "versions": package_versions(), "seed": cfg.seed, "deterministic": cfg.deterministic,
-            "git_commit": _git_commit(), "argv": sys.argv, "python": sys.version, "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
+        write_json(
+            folder.env,
+            {
+                "versions": package_versions(),
+                "seed": cfg.seed,
+                "deterministic": cfg.deterministic,
+                "git_commit": _git_commit(),
+                "argv": sys.argv,
+                "python": sys.version,
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     banks = _load_banks(cfg, frame, folder, progress and rank0, write=rank0)
     ctx = RunContext(cfg, run_dir, banks, dict(trainer_overrides or {}), progress, global_rank=0 if rank0 else 1)
@@ -259,9 +298,11 @@ def run_training(config: str | Path | dict[str, Any] | Config, manifest: str | P
             ctx.timings[stage] = float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
             continue
         if stage not in stages:
-            if any(s in stages for s in names[index + 1:]):
-                raise ConfigError(f"{run_dir}: stage {stage!r} is not finished; run `xrad train --stage {stage}` "
-                                  "(or --stage all) first")
+            if any(s in stages for s in names[index + 1 :]):
+                raise ConfigError(
+                    f"{run_dir}: stage {stage!r} is not finished; run `xrad train --stage {stage}` "
+                    "(or --stage all) first"
+                )
             break
         t0 = time.perf_counter()
         result = spec.implementation().run(ctx, stage, result)

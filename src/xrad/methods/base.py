@@ -73,8 +73,9 @@ class Scorer(nn.Module):
         return {}
 
     @torch.no_grad()
-    def score_batches(self, images: Tensor, masks: Tensor, batch_size: int = 64,
-                      with_embeddings: bool = False) -> dict[str, Tensor]:
+    def score_batches(
+        self, images: Tensor, masks: Tensor, batch_size: int = 64, with_embeddings: bool = False
+    ) -> dict[str, Tensor]:
         """Score uint8 ``images``/``masks`` ``(N, 1, S, S)`` batch by batch on the scorer's device.
 
         Returns ``score`` (N,) float64, ``sphere`` (N,) int64 (−1 where not meaningful) and, with
@@ -86,15 +87,19 @@ class Scorer(nn.Module):
         device = next(iter(self.parameters()), torch.empty(0)).device
         scores, spheres, embeds = [], [], {}
         for start in range(0, images.shape[0], batch_size):
-            x = prepare_eval(images[start:start + batch_size].to(device), masks[start:start + batch_size].to(device))
+            x = prepare_eval(
+                images[start : start + batch_size].to(device), masks[start : start + batch_size].to(device)
+            )
             s, k = self.score(x)
             scores.append(s.detach().double().cpu())
             spheres.append(k.cpu().long() if k is not None else torch.full((x.shape[0],), -1, dtype=torch.long))
             if with_embeddings:
                 for name, value in self.embed(x).items():
                     embeds.setdefault(name, []).append(value.detach().float().cpu())
-        out = {"score": torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64),
-               "sphere": torch.cat(spheres) if spheres else torch.zeros(0, dtype=torch.long)}
+        out = {
+            "score": torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64),
+            "sphere": torch.cat(spheres) if spheres else torch.zeros(0, dtype=torch.long),
+        }
         out.update({name: torch.cat(parts) for name, parts in embeds.items()})
         return out
 

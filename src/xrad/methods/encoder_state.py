@@ -26,7 +26,9 @@ def encoder_tensors(encoder: Encoder) -> dict[str, Tensor]:
 
 def encoder_from(tensors: dict[str, Tensor], args: dict[str, Any]) -> Encoder:
     """Rebuild an encoder from an artefact's tensors (those under :data:`PREFIX`) and :func:`encoder_args`."""
-    encoder = build_encoder(args["head_dims"], bias=bool(args["head_bias"]), in_channels=int(args.get("in_channels", 1)))
-    state = {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX)}
+    encoder = build_encoder(
+        args["head_dims"], bias=bool(args["head_bias"]), in_channels=int(args.get("in_channels", 1))
+    )
+    state = {k[len(PREFIX) :]: v for k, v in tensors.items() if k.startswith(PREFIX)}
     encoder.load_state_dict(state, strict=True)
     return encoder

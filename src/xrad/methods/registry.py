@@ -101,20 +101,44 @@ class Detector:
 
 
 # ------------------------------------------------------------------------------------------- stages
-CONTRASTIVE = StageSpec("contrastive", "xrad.methods.contrastive.stage", "encoder.safetensors",
-                        schedule="pretrain", shareable=True)
-AUTOENCODER = StageSpec("autoencoder", "xrad.methods.autoencoder.stage", "autoencoder.safetensors",
-                        reads=(*_SHARED_READS, "ae"), schedule="pretrain", shareable=True,
-                        sections={"ae": AEConfig}, checks=image_size_checks)
-IMAGENET = StageSpec("imagenet", "xrad.methods.imagenet.stage", "encoder.safetensors",
-                     reads=("seed", "model", "imagenet"), sections={"imagenet": ImageNetConfig})
+CONTRASTIVE = StageSpec(
+    "contrastive", "xrad.methods.contrastive.stage", "encoder.safetensors", schedule="pretrain", shareable=True
+)
+AUTOENCODER = StageSpec(
+    "autoencoder",
+    "xrad.methods.autoencoder.stage",
+    "autoencoder.safetensors",
+    reads=(*_SHARED_READS, "ae"),
+    schedule="pretrain",
+    shareable=True,
+    sections={"ae": AEConfig},
+    checks=image_size_checks,
+)
+IMAGENET = StageSpec(
+    "imagenet",
+    "xrad.methods.imagenet.stage",
+    "encoder.safetensors",
+    reads=("seed", "model", "imagenet"),
+    sections={"imagenet": ImageNetConfig},
+)
 MULTISPHERE = StageSpec("multisphere", "xrad.methods.multisphere.stage", "model.safetensors", schedule="finetune")
 KNN_MEMORY = StageSpec("knn_memory", "xrad.methods.knn.stage", "memory.safetensors")
-SUPERVISED = StageSpec("supervised", "xrad.methods.supervised.stage", "model.safetensors",
-                       schedule="supervised", sections={"supervised": SupervisedConfig})
+SUPERVISED = StageSpec(
+    "supervised",
+    "xrad.methods.supervised.stage",
+    "model.safetensors",
+    schedule="supervised",
+    sections={"supervised": SupervisedConfig},
+)
 
-SYNTHETIC = StageSpec("synthetic", "xrad.methods.synthetic.stage", "model.safetensors", schedule="synthetic",
-                      sections={"synthetic": SyntheticConfig}, checks=patch_size_checks)
+SYNTHETIC = StageSpec(
+    "synthetic",
+    "xrad.methods.synthetic.stage",
+    "model.safetensors",
+    schedule="synthetic",
+    sections={"synthetic": SyntheticConfig},
+    checks=patch_size_checks,
+)
 
 SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
 KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
@@ -125,24 +149,59 @@ PATCH_KNN = ScorerRef("patch_knn", "xrad.methods.knn.patch_scorer:PatchKnnScorer
 PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
-DETECTORS: dict[str, Detector] = {d.name: d for d in (
-    Detector("self_taught", (("pretrain", CONTRASTIVE), ("finetune", MULTISPHERE)), (SPHERE, PATCH_SPHERE),
-             "contrastive pre-training + multi-sphere semi-supervised Deep SAD (n_spheres 1: uni-modal)"),
-    Detector("knn", (("pretrain", CONTRASTIVE), ("finetune", KNN_MEMORY)), (KNN,),
-             "mean distance to the k nearest normal train embeddings of the contrastive encoder"),
-    Detector("autoencoder", (("pretrain", AUTOENCODER),), (RECONSTRUCTION,),
-             "masked-MSE convolutional autoencoder, reconstruction-error score"),
-    Detector("deep_sad_ae", (("pretrain", AUTOENCODER), ("finetune", MULTISPHERE)), (SPHERE, PATCH_SPHERE),
-             "Deep SAD (one or several spheres) on autoencoder pre-training (Ruff et al.)"),
-    Detector("knn_ae", (("pretrain", AUTOENCODER), ("finetune", KNN_MEMORY)), (KNN,),
-             "kNN on the autoencoder's embeddings"),
-    Detector("deep_sad_imagenet", (("pretrain", IMAGENET), ("finetune", MULTISPHERE)), (SPHERE, PATCH_SPHERE),
-             "multi-sphere Deep SAD from ImageNet weights in a local torchvision file"),
-    Detector("supervised", (("train", SUPERVISED),), (CLASSIFIER,),
-             "supervised ResNet-50, class-balanced BCE on the labelled train images"),
-    Detector("synthetic", (("train", SYNTHETIC),), (PATCH_CLASSIFIER, PATCH_KNN),
-             "xrad's own: a patch classifier trained to find local synthetic anomalies; patch-map score"),
-)}
+DETECTORS: dict[str, Detector] = {
+    d.name: d
+    for d in (
+        Detector(
+            "self_taught",
+            (("pretrain", CONTRASTIVE), ("finetune", MULTISPHERE)),
+            (SPHERE, PATCH_SPHERE),
+            "contrastive pre-training + multi-sphere semi-supervised Deep SAD (n_spheres 1: uni-modal)",
+        ),
+        Detector(
+            "knn",
+            (("pretrain", CONTRASTIVE), ("finetune", KNN_MEMORY)),
+            (KNN,),
+            "mean distance to the k nearest normal train embeddings of the contrastive encoder",
+        ),
+        Detector(
+            "autoencoder",
+            (("pretrain", AUTOENCODER),),
+            (RECONSTRUCTION,),
+            "masked-MSE convolutional autoencoder, reconstruction-error score",
+        ),
+        Detector(
+            "deep_sad_ae",
+            (("pretrain", AUTOENCODER), ("finetune", MULTISPHERE)),
+            (SPHERE, PATCH_SPHERE),
+            "Deep SAD (one or several spheres) on autoencoder pre-training (Ruff et al.)",
+        ),
+        Detector(
+            "knn_ae",
+            (("pretrain", AUTOENCODER), ("finetune", KNN_MEMORY)),
+            (KNN,),
+            "kNN on the autoencoder's embeddings",
+        ),
+        Detector(
+            "deep_sad_imagenet",
+            (("pretrain", IMAGENET), ("finetune", MULTISPHERE)),
+            (SPHERE, PATCH_SPHERE),
+            "multi-sphere Deep SAD from ImageNet weights in a local torchvision file",
+        ),
+        Detector(
+            "supervised",
+            (("train", SUPERVISED),),
+            (CLASSIFIER,),
+            "supervised ResNet-50, class-balanced BCE on the labelled train images",
+        ),
+        Detector(
+            "synthetic",
+            (("train", SYNTHETIC),),
+            (PATCH_CLASSIFIER, PATCH_KNN),
+            "xrad's own: a patch classifier trained to find local synthetic anomalies; patch-map score",
+        ),
+    )
+}
 
 
 def get_detector(name: str) -> Detector:
@@ -169,8 +228,10 @@ def get_scorer_class(kind: str) -> type:
     """Resolve a scorer kind from an artefact to its class (imports only torch-level modules)."""
     refs = scorer_refs()
     if kind not in refs:
-        raise ConfigError(f"artefact scorer {kind!r} is unknown to this xrad version (known: {sorted(refs)}); "
-                          "upgrade xrad or re-train")
+        raise ConfigError(
+            f"artefact scorer {kind!r} is unknown to this xrad version (known: {sorted(refs)}); "
+            "upgrade xrad or re-train"
+        )
     module_name, class_name = refs[kind].path.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 

@@ -41,11 +41,15 @@ def load_finished(source: str, network: nn.Module, filename: str, must_match: st
     if path.is_dir():
         path = path / "pretrain" / filename
     if not path.is_file():
-        raise ConfigError(f"pretrain.encoder_from: {source} is neither a run folder with a finished pretrain "
-                          f"stage nor a {filename} file")
+        raise ConfigError(
+            f"pretrain.encoder_from: {source} is neither a run folder with a finished pretrain "
+            f"stage nor a {filename} file"
+        )
     try:
         network.load_state_dict(load_tensors(path), strict=True)
     except RuntimeError as exc:
-        raise ConfigError(f"pretrain.encoder_from: {path} was trained with other settings; match {must_match} "
-                          f"({str(exc).splitlines()[0]})") from None
+        raise ConfigError(
+            f"pretrain.encoder_from: {path} was trained with other settings; match {must_match} "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
     return network

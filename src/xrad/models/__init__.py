@@ -5,5 +5,13 @@ from xrad.models.encoder import Encoder, build_encoder
 from xrad.models.heads import MLPHead
 from xrad.models.resnet import ResNet18Backbone, ResNet50Backbone
 
-__all__ = ["Autoencoder", "Encoder", "MLPHead", "ResNet18Backbone", "ResNet18Decoder", "ResNet50Backbone",
-           "build_autoencoder", "build_encoder"]
+__all__ = [
+    "Autoencoder",
+    "Encoder",
+    "MLPHead",
+    "ResNet18Backbone",
+    "ResNet18Decoder",
+    "ResNet50Backbone",
+    "build_autoencoder",
+    "build_encoder",
+]

@@ -53,12 +53,20 @@ class ResNet18Decoder(nn.Module):
     The full-resolution stages are kept narrow because they dominate the cost on CPU.
     """
 
-    def __init__(self, in_dim: int = 128, image_size: int = 512, out_channels: int = 1,
-                 base_channels: int = 512, channels: Sequence[int] = (256, 128, 64, 64, 32)) -> None:
+    def __init__(
+        self,
+        in_dim: int = 128,
+        image_size: int = 512,
+        out_channels: int = 1,
+        base_channels: int = 512,
+        channels: Sequence[int] = (256, 128, 64, 64, 32),
+    ) -> None:
         super().__init__()
         if image_size < 32 or image_size % 32:
-            raise ConfigError(f"decoder image_size must be a positive multiple of 32 (got {image_size}); "
-                              "set the preprocessing size to e.g. 64, 128, 256 or 512")
+            raise ConfigError(
+                f"decoder image_size must be a positive multiple of 32 (got {image_size}); "
+                "set the preprocessing size to e.g. 64, 128, 256 or 512"
+            )
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5:
             raise ConfigError(f"decoder channels must list 5 stage widths (got {channels})")
@@ -66,7 +74,7 @@ class ResNet18Decoder(nn.Module):
         self.image_size = image_size
         self.base_channels = base_channels
         self.seed_size = image_size // 32
-        self.fc = nn.Linear(in_dim, base_channels * self.seed_size ** 2)
+        self.fc = nn.Linear(in_dim, base_channels * self.seed_size**2)
         self.bn0 = nn.BatchNorm2d(base_channels)
         self.relu = nn.ReLU(inplace=True)
         widths = (base_channels, *channels)
@@ -102,12 +110,16 @@ class Autoencoder(nn.Module):
         return recon, h, z
 
 
-def build_autoencoder(image_size: int, head_dims: Sequence[int] = (512, 256, 128), bias: bool = True,
-                      in_channels: int = 1, decode_from: str = "z",
-                      channels: Sequence[int] = (256, 128, 64, 64, 32)) -> Autoencoder:
+def build_autoencoder(
+    image_size: int,
+    head_dims: Sequence[int] = (512, 256, 128),
+    bias: bool = True,
+    in_channels: int = 1,
+    decode_from: str = "z",
+    channels: Sequence[int] = (256, 128, 64, 64, 32),
+) -> Autoencoder:
     """Build the 1-channel ResNet-18 autoencoder for square ``image_size`` inputs (multiple of 32)."""
     encoder = build_encoder(head_dims, bias=bias, in_channels=in_channels)
     in_dim = int(head_dims[-1]) if decode_from == "z" else encoder.backbone.out_dim
-    decoder = ResNet18Decoder(in_dim=in_dim, image_size=image_size, out_channels=in_channels,
-                              channels=channels)
+    decoder = ResNet18Decoder(in_dim=in_dim, image_size=image_size, out_channels=in_channels, channels=channels)
     return Autoencoder(encoder, decoder, decode_from=decode_from)

@@ -12,8 +12,9 @@ __all__ = ["recalibrate_batchnorm"]
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(module: nn.Module, batches: Iterable[Tensor],
-                          forward: Callable[[Tensor], Any] | None = None) -> None:
+def recalibrate_batchnorm(
+    module: nn.Module, batches: Iterable[Tensor], forward: Callable[[Tensor], Any] | None = None
+) -> None:
     """Reset every tracked BatchNorm of ``module`` and re-estimate its running statistics as the cumulative
     average over ``batches`` (passed through ``forward``, default ``module``, in train mode).
 

@@ -31,14 +31,12 @@ class Encoder(nn.Module):
         return h, self.head(h)
 
 
-def build_encoder(head_dims: Sequence[int] = (512, 256, 128), bias: bool = True,
-                  in_channels: int = 1) -> Encoder:
+def build_encoder(head_dims: Sequence[int] = (512, 256, 128), bias: bool = True, in_channels: int = 1) -> Encoder:
     """Build the paper's encoder: 1-channel ResNet-18 (h ∈ R^512) + MLP head ``head_dims`` (z ∈ R^128).
 
     Use ``bias=False`` for the Deep SAD / multi-sphere head (see :class:`MLPHead`).
     """
     backbone = ResNet18Backbone(in_channels=in_channels)
     if int(head_dims[0]) != backbone.out_dim:
-        raise ConfigError(f"head_dims must start with the backbone width {backbone.out_dim} "
-                          f"(got {tuple(head_dims)})")
+        raise ConfigError(f"head_dims must start with the backbone width {backbone.out_dim} (got {tuple(head_dims)})")
     return Encoder(backbone, MLPHead(head_dims, bias=bias))

@@ -29,8 +29,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: weights file not found (no download is attempted); "
-                          "pass the path of a local torchvision state_dict (.pth or .safetensors)")
+        raise ConfigError(
+            f"{path}: weights file not found (no download is attempted); "
+            "pass the path of a local torchvision state_dict (.pth or .safetensors)"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -39,9 +41,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         else:
             # weights_only=True: a weights file must never be able to run code on load.
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is the same user error
-        raise ConfigError(f"{path}: cannot read weights ({type(exc).__name__}: {exc}); "
-                          "pass a torch.save'd state_dict or a .safetensors file") from exc
+    except Exception as exc:
+        raise ConfigError(
+            f"{path}: cannot read weights ({type(exc).__name__}: {exc}); "
+            "pass a torch.save'd state_dict or a .safetensors file"
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # tolerate the common {"state_dict": ...} checkpoint wrapper
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -97,8 +101,10 @@ class _TorchvisionBackbone(nn.Module):
             raise ConfigError(f"{path}: no 'conv1.weight' entry; pass a torchvision resnet state_dict")
         w = state["conv1.weight"]
         if w.ndim != 4 or w.shape[0] != 64:
-            raise ConfigError(f"{path}: conv1.weight has shape {tuple(w.shape)}, expected (64, C, 7, 7); "
-                              "pass a torchvision resnet state_dict")
+            raise ConfigError(
+                f"{path}: conv1.weight has shape {tuple(w.shape)}, expected (64, C, 7, 7); "
+                "pass a torchvision resnet state_dict"
+            )
         if w.shape[1] != self.in_channels:
             summed = w.sum(dim=1, keepdim=True)
             w = summed.repeat(1, self.in_channels, 1, 1) / self.in_channels
@@ -108,10 +114,17 @@ class _TorchvisionBackbone(nn.Module):
         unexpected = sorted(set(state) - set(own))
         wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
         if missing or unexpected or wrong:
-            detail = (f"missing {missing[:3]}" if missing else
-                      f"unexpected {unexpected[:3]}" if unexpected else f"shape mismatch {wrong[:3]}")
-            raise ConfigError(f"{path}: not a {type(self).__name__} state_dict ({detail}); "
-                              "pass the matching torchvision resnet weights file")
+            detail = (
+                f"missing {missing[:3]}"
+                if missing
+                else f"unexpected {unexpected[:3]}"
+                if unexpected
+                else f"shape mismatch {wrong[:3]}"
+            )
+            raise ConfigError(
+                f"{path}: not a {type(self).__name__} state_dict ({detail}); "
+                "pass the matching torchvision resnet weights file"
+            )
         self.load_state_dict(state, strict=True)
 
 

@@ -43,9 +43,9 @@ DISPLAY_CONVENTION = frozenset({"MONOCHROME1", "MONOCHROME2"})
 class PreprocessResult:
     """Output of :func:`preprocess_image`."""
 
-    image: np.ndarray          # uint8 (size, size)
-    mask: np.ndarray           # uint8 (size, size), values 0/1
-    meta: dict[str, Any]       # flags, crop polygon, transform, chosen factor
+    image: np.ndarray  # uint8 (size, size)
+    mask: np.ndarray  # uint8 (size, size), values 0/1
+    meta: dict[str, Any]  # flags, crop polygon, transform, chosen factor
     candidates: list[np.ndarray] = field(default_factory=list)  # carrier candidates (source coords)
 
 
@@ -76,8 +76,13 @@ def polarity_known(photometric: str | None) -> bool:
     return photometric is not None and photometric.strip().upper() in DISPLAY_CONVENTION
 
 
-def preprocess_image(pixels: np.ndarray, params: PreprocessParams | None = None,
-                     body_part: str | None = None, *, photometric: str | None = None) -> PreprocessResult:
+def preprocess_image(
+    pixels: np.ndarray,
+    params: PreprocessParams | None = None,
+    body_part: str | None = None,
+    *,
+    photometric: str | None = None,
+) -> PreprocessResult:
     """Preprocess one radiograph (float (H, W) in [0, 1]) into a square uint8 image and 0/1 mask.
 
     ``body_part`` is accepted for interface stability; the current parameters are relative to the
@@ -101,8 +106,9 @@ def preprocess_image(pixels: np.ndarray, params: PreprocessParams | None = None,
     portrait = _to_portrait(crop_w, crop_h) if rotate else np.eye(3)
     out_w, out_h = (crop_h, crop_w) if rotate else (crop_w, crop_h)
     to_crop = portrait @ crop_matrix
-    cropped = cv2.warpPerspective(gray, to_crop, (out_w, out_h), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_REPLICATE)
+    cropped = cv2.warpPerspective(
+        gray, to_crop, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     low_contrast = is_low_contrast(cropped, params.low_contrast_fraction)
     stretched = stretch_contrast(cropped, params.contrast_low, params.contrast_high)
     mask, fallback, factor = segment_body(stretched, params)
@@ -110,10 +116,9 @@ def preprocess_image(pixels: np.ndarray, params: PreprocessParams | None = None,
     top, left = int(fit[1, 2]), int(fit[0, 2])
     interpolation = cv2.INTER_AREA if max(out_h, out_w) > params.size else cv2.INTER_LINEAR
     image = np.zeros((params.size, params.size), np.uint8)
-    image[top:top + new_h, left:left + new_w] = cv2.resize(stretched, (new_w, new_h), interpolation=interpolation)
+    image[top : top + new_h, left : left + new_w] = cv2.resize(stretched, (new_w, new_h), interpolation=interpolation)
     out_mask = np.zeros((params.size, params.size), np.uint8)
-    out_mask[top:top + new_h, left:left + new_w] = cv2.resize(mask, (new_w, new_h),
-                                                              interpolation=cv2.INTER_NEAREST)
+    out_mask[top : top + new_h, left : left + new_w] = cv2.resize(mask, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
     transform = fit @ to_crop
     meta = {
         "inverted": int(inverted),

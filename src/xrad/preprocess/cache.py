@@ -53,14 +53,18 @@ def _process_one(task: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         radiograph = read_radiograph(path)
-        result = preprocess_image(radiograph.pixels, PreprocessParams.from_dict(params_dict), body_part or None,
-                                  photometric=radiograph.meta.photometric)
+        result = preprocess_image(
+            radiograph.pixels,
+            PreprocessParams.from_dict(params_dict),
+            body_part or None,
+            photometric=radiograph.meta.photometric,
+        )
         write_png(cache / "images" / f"{key}.png", result.image)
         write_png(cache / "masks" / f"{key}.png", result.mask)
         record.update(result.meta, truncated=int(radiograph.meta.truncated), failed="")
     except XradError as exc:
         record["failed"] = str(exc).splitlines()[0]
-    except Exception as exc:  # noqa: BLE001 — one image's bug must not stop a multi-hour run
+    except Exception as exc:
         record["failed"] = f"{path}: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     seconds = time.perf_counter() - start
     write_json(cache / "meta" / f"{key}.json", record)
@@ -72,14 +76,21 @@ def _check_params(cache: Path, params: PreprocessParams) -> None:
     if params_path.is_file():
         previous = json.loads(params_path.read_text(encoding="utf-8"))
         if previous != params.to_dict():
-            raise DataError(f"{cache}: this cache was made with other preprocessing parameters; "
-                            f"use another -o folder or delete it")
+            raise DataError(
+                f"{cache}: this cache was made with other preprocessing parameters; use another -o folder or delete it"
+            )
     else:
         write_json(params_path, params.to_dict())
 
 
-def build_cache(frame: pd.DataFrame, cache_dir: str | Path, params: PreprocessParams | None = None, *,
-                workers: int = 2, progress: bool = True) -> dict[str, Any]:
+def build_cache(
+    frame: pd.DataFrame,
+    cache_dir: str | Path,
+    params: PreprocessParams | None = None,
+    *,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Preprocess every row of ``frame`` into ``cache_dir`` (skipping finished ones); write the tables.
 
     Returns a summary: counts of processed/skipped/failed images, flag counts, images per second.
@@ -99,8 +110,11 @@ def build_cache(frame: pd.DataFrame, cache_dir: str | Path, params: PreprocessPa
         raise DataError(f"manifest lists {frame['path'].duplicated().sum()} image path(s) twice; de-duplicate it")
     keys = [cache_key(p) for p in frame["path"]]
     body_parts = frame["body_part"] if "body_part" in frame.columns else [""] * len(frame)
-    todo = [(p, str(b), str(cache), params.to_dict()) for p, b, k in zip(frame["path"], body_parts, keys)
-            if not (cache / "meta" / f"{k}.json").is_file()]
+    todo = [
+        (p, str(b), str(cache), params.to_dict())
+        for p, b, k in zip(frame["path"], body_parts, keys)
+        if not (cache / "meta" / f"{k}.json").is_file()
+    ]
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with tqdm(total=len(todo), desc="preprocess", unit="img", disable=not progress) as bar:
@@ -117,8 +131,12 @@ def build_cache(frame: pd.DataFrame, cache_dir: str | Path, params: PreprocessPa
                     bar.update(1)
     elapsed = time.perf_counter() - start
     summary = _write_tables(frame, keys, cache, timings)
-    summary.update(processed=len(todo), skipped=len(frame) - len(todo), seconds=round(elapsed, 2),
-                   images_per_second=round(len(todo) / elapsed, 2) if todo and elapsed > 0 else None)
+    summary.update(
+        processed=len(todo),
+        skipped=len(frame) - len(todo),
+        seconds=round(elapsed, 2),
+        images_per_second=round(len(todo) / elapsed, 2) if todo and elapsed > 0 else None,
+    )
     return summary
 
 

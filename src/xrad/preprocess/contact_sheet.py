@@ -21,12 +21,13 @@ def _fit(image: np.ndarray, size: int = TILE) -> np.ndarray:
     resized = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     tile = np.zeros((size, size, 3), np.uint8)
     top, left = (size - resized.shape[0]) // 2, (size - resized.shape[1]) // 2
-    tile[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
+    tile[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
     return tile
 
 
-def render_pair(pixels: np.ndarray, params: PreprocessParams, label: str = "", *,
-                photometric: str | None = None) -> np.ndarray:
+def render_pair(
+    pixels: np.ndarray, params: PreprocessParams, label: str = "", *, photometric: str | None = None
+) -> np.ndarray:
     """Two tiles side by side: candidates on the source; result with mask overlay (BGR uint8).
 
     ``photometric`` is passed on to :func:`xrad.preprocess.preprocess_image` (DICOM polarity is not guessed).
@@ -48,16 +49,22 @@ def render_pair(pixels: np.ndarray, params: PreprocessParams, label: str = "", *
     overlay = right.copy()
     overlay[result.mask > 0] = (0.6 * overlay[result.mask > 0] + 0.4 * np.array([0, 200, 0])).astype(np.uint8)
     pair = np.concatenate([_fit(left), _fit(overlay)], axis=1)
-    shown = {"inverted": "inverted", "inversion_uncertain": "inv?", "uncropped": "uncropped",
-             "low_contrast": "low_contrast", "mask_fallback": "mask_fallback"}
+    shown = {
+        "inverted": "inverted",
+        "inversion_uncertain": "inv?",
+        "uncropped": "uncropped",
+        "low_contrast": "low_contrast",
+        "mask_fallback": "mask_fallback",
+    }
     flags = [name for key, name in shown.items() if result.meta.get(key)]
     text = " ".join([label] + flags)[:48]
     cv2.putText(pair, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1, cv2.LINE_AA)
     return pair
 
 
-def contact_sheet(frame: pd.DataFrame, params: PreprocessParams, out_path: str | Path, k: int = 16,
-                  seed: int = 0, columns: int = 2) -> Path:
+def contact_sheet(
+    frame: pd.DataFrame, params: PreprocessParams, out_path: str | Path, k: int = 16, seed: int = 0, columns: int = 2
+) -> Path:
     """Render ``k`` random rows (seeded) of a manifest into one PNG and return its path."""
     from xrad.data.io import read_radiograph
     from xrad.errors import XradError
@@ -70,13 +77,14 @@ def contact_sheet(frame: pd.DataFrame, params: PreprocessParams, out_path: str |
             radiograph = read_radiograph(row["path"])
         except XradError:
             continue
-        tiles.append(render_pair(radiograph.pixels, params, Path(row["path"]).name,
-                                 photometric=radiograph.meta.photometric))
+        tiles.append(
+            render_pair(radiograph.pixels, params, Path(row["path"]).name, photometric=radiograph.meta.photometric)
+        )
     if not tiles:
         tiles.append(np.zeros((TILE, 2 * TILE, 3), np.uint8))
     while len(tiles) % columns:
         tiles.append(np.zeros_like(tiles[0]))
-    grid = np.concatenate([np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)])
+    grid = np.concatenate([np.concatenate(tiles[i : i + columns], axis=1) for i in range(0, len(tiles), columns)])
     ok, encoded = cv2.imencode(".png", grid)
     write_bytes(out_path, encoded.tobytes())
     return Path(out_path)

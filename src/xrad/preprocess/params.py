@@ -63,8 +63,15 @@ class PreprocessParams:
             raise ConfigError(f"inversion_px must be >= 32, got {self.inversion_px}")
         if not 0.0 < self.inversion_dome_height < 1.0:
             raise ConfigError(f"inversion_dome_height must be in (0, 1), got {self.inversion_dome_height}")
-        if not all(0.0 <= t < 1.0 for t in (self.inversion_min_extrema, self.inversion_min_texture,
-                                            self.inversion_min_tissue, self.inversion_margin_dark)):
+        if not all(
+            0.0 <= t < 1.0
+            for t in (
+                self.inversion_min_extrema,
+                self.inversion_min_texture,
+                self.inversion_min_tissue,
+                self.inversion_margin_dark,
+            )
+        ):
             raise ConfigError("inversion_min_extrema/_texture/_tissue and inversion_margin_dark must be in [0, 1)")
         if not self.hysteresis_grid or not all(0.0 < f <= 1.0 for f in self.hysteresis_grid):
             raise ConfigError("hysteresis_grid must hold factors in (0, 1]")

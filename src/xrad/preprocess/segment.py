@@ -27,21 +27,21 @@ from xrad.preprocess.params import PreprocessParams
 class InversionEvidence:
     """The polarity cues of :func:`inversion_evidence`, each > 0 where the image looks inverted."""
 
-    extrema: float         # (bright-plateau area − dark-basin area) / their sum, in [-1, 1]
-    texture: float         # texture on the dark minus the bright side of the strongest edges, over their sum
-    tissue: float          # the same over edges with texture on both sides (bone against soft tissue)
-    film_margin: float     # fraction of the analysed image set aside as bright film margin
-    inverted: bool         # all three cues clear their margins: invert
-    uncertain: bool        # not inverted, but a cue leans towards inversion (or there is no evidence)
+    extrema: float  # (bright-plateau area − dark-basin area) / their sum, in [-1, 1]
+    texture: float  # texture on the dark minus the bright side of the strongest edges, over their sum
+    tissue: float  # the same over edges with texture on both sides (bone against soft tissue)
+    film_margin: float  # fraction of the analysed image set aside as bright film margin
+    inverted: bool  # all three cues clear their margins: invert
+    uncertain: bool  # not inverted, but a cue leans towards inversion (or there is no evidence)
 
 
 NO_EVIDENCE = InversionEvidence(0.0, 0.0, 0.0, 0.0, inverted=False, uncertain=False)
 
 # Fixed pixel scales of the cues on the ``inversion_px`` copy (256 px by default).
-EDGE_OFFSET = 4            # px from an edge to where each side's texture is read
-EDGE_PERCENTILE = 90.0     # the strongest 10 % of gradients are "edges"
-BOTH_TEXTURED = 0.25       # an edge is tissue-against-tissue when its flatter side has >= 25 % of the other's texture
-MARGIN_MIN_AREA = 0.02     # smallest film margin (fraction of the image)
+EDGE_OFFSET = 4  # px from an edge to where each side's texture is read
+EDGE_PERCENTILE = 90.0  # the strongest 10 % of gradients are "edges"
+BOTH_TEXTURED = 0.25  # an edge is tissue-against-tissue when its flatter side has >= 25 % of the other's texture
+MARGIN_MIN_AREA = 0.02  # smallest film margin (fraction of the image)
 
 
 def _analysis_copy(gray: np.ndarray, px: int) -> np.ndarray:
@@ -122,7 +122,7 @@ def _texture_cues(image: np.ndarray, ignore: np.ndarray) -> tuple[float, float]:
     # of its sides, which the median drops, so what is compared is the texture of the two regions.
     texture = cv2.medianBlur(np.abs(image - cv2.GaussianBlur(image, (0, 0), 0.8)).astype(np.float32), 5)
     inner = np.zeros((h, w), bool)
-    inner[border:h - border, border:w - border] = True
+    inner[border : h - border, border : w - border] = True
     ignore = cv2.dilate(ignore.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     usable = inner & ~ignore
     if not usable.any():
@@ -161,12 +161,21 @@ def inversion_evidence(gray: np.ndarray, params: PreprocessParams) -> InversionE
     margin = _film_margins(v, bright, params.inversion_margin_dark)
     extrema = _extrema_cue(bright, dark, margin)
     texture, tissue = _texture_cues(image, margin)
-    inverted = (extrema > params.inversion_min_extrema and texture > params.inversion_min_texture
-                and tissue > params.inversion_min_tissue)
+    inverted = (
+        extrema > params.inversion_min_extrema
+        and texture > params.inversion_min_texture
+        and tissue > params.inversion_min_tissue
+    )
     leaning = extrema > params.inversion_min_extrema or texture > params.inversion_min_texture
     no_evidence = extrema == 0.0 and texture == 0.0
-    return InversionEvidence(round(extrema, 6), round(texture, 6), round(tissue, 6), round(float(margin.mean()), 6),
-                             inverted, (leaning or no_evidence) and not inverted)
+    return InversionEvidence(
+        round(extrema, 6),
+        round(texture, 6),
+        round(tissue, 6),
+        round(float(margin.mean()), 6),
+        inverted,
+        (leaning or no_evidence) and not inverted,
+    )
 
 
 def stretch_contrast(gray: np.ndarray, low_pct: float, high_pct: float) -> np.ndarray:
@@ -196,8 +205,9 @@ def _largest_component(mask: np.ndarray, max_hole_fraction: float) -> np.ndarray
     return body
 
 
-def _hysteresis_mask(equalised: np.ndarray, threshold: float, factor: float, radius: int,
-                     max_hole_fraction: float) -> np.ndarray:
+def _hysteresis_mask(
+    equalised: np.ndarray, threshold: float, factor: float, radius: int, max_hole_fraction: float
+) -> np.ndarray:
     mask = filters.apply_hysteresis_threshold(equalised, factor * threshold, threshold)
     if radius > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -223,8 +233,9 @@ def segment_body(gray: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray
     small_radius = max(1, int(round(params.opening_fraction * max(small_gray.shape))))
     best_factor, best_corr = params.hysteresis_grid[0], -np.inf
     for factor in params.hysteresis_grid:
-        corr = _correlation(small_gray, _hysteresis_mask(small_eq, threshold, factor, small_radius,
-                                                         params.max_hole_fraction))
+        corr = _correlation(
+            small_gray, _hysteresis_mask(small_eq, threshold, factor, small_radius, params.max_hole_fraction)
+        )
         if corr > best_corr + 1e-6:
             best_factor, best_corr = factor, corr
     radius = max(1, int(round(params.opening_fraction * max(gray.shape))))

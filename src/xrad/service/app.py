@@ -59,14 +59,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"upload is {int(declared)} bytes, above the limit of {limit} bytes; "
-                                 "send a smaller image or raise --max-upload-mb")
+        raise HTTPException(
+            413,
+            f"upload is {int(declared)} bytes, above the limit of {limit} bytes; "
+            "send a smaller image or raise --max-upload-mb",
+        )
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise HTTPException(413, f"upload is above the limit of {limit} bytes; send a smaller image or "
-                                     "raise --max-upload-mb")
+            raise HTTPException(
+                413, f"upload is above the limit of {limit} bytes; send a smaller image or raise --max-upload-mb"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -88,20 +92,27 @@ async def _upload_bytes(request: Request, limit: int) -> bytes:
 
     try:
         form = await Request(request.scope, replay).form()
-    except Exception as exc:  # noqa: BLE001 - malformed multipart is the client's error
-        raise HTTPException(400, f"malformed multipart form ({str(exc).splitlines()[0] if str(exc) else 'unparsable'}); "
-                                 "send the image as the 'file' field") from None
+    except Exception as exc:
+        raise HTTPException(
+            400,
+            f"malformed multipart form ({str(exc).splitlines()[0] if str(exc) else 'unparsable'}); "
+            "send the image as the 'file' field",
+        ) from None
     try:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
-            raise HTTPException(400, "no 'file' field in the form; send the image as multipart field 'file' "
-                                     "or as the raw request body")
+            raise HTTPException(
+                400, "no 'file' field in the form; send the image as multipart field 'file' or as the raw request body"
+            )
         data = await upload.read()
     finally:
         await form.close()  # releases spooled temporary files
     if len(data) > limit:
-        raise HTTPException(413, f"upload is {len(data)} bytes, above the limit of {limit} bytes; "
-                                 "send a smaller image or raise --max-upload-mb")
+        raise HTTPException(
+            413,
+            f"upload is {len(data)} bytes, above the limit of {limit} bytes; "
+            "send a smaller image or raise --max-upload-mb",
+        )
     return data
 
 
@@ -120,8 +131,14 @@ def _decode(data: bytes, allow_truncated: bool) -> Radiograph:
         raise HTTPException(422, f"cannot score the image: {exc.reason}") from None
 
 
-def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operating_point: dict[str, Any] | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, allow_truncated: bool = False) -> FastAPI:
+def create_app(
+    predict: Predict,
+    *,
+    info: dict[str, Any] | None = None,
+    operating_point: dict[str, Any] | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    allow_truncated: bool = False,
+) -> FastAPI:
     """The FastAPI app around a scoring callable.
 
     ``predict(radiograph, want_heatmap, body_part)`` returns ``score`` (float), ``sphere`` (int or None),
@@ -135,8 +152,11 @@ def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operatin
     if operating_point:
         point = {k: v for k, v in operating_point.items() if k != "study"}  # one upload = one image
     page = (STATIC / "index.html").read_text(encoding="utf-8")
-    app = FastAPI(title="xrad scoring service", version=__version__,
-                  description="Anomaly scores for radiographs (PNG, JPEG, TIFF, DICOM).")
+    app = FastAPI(
+        title="xrad scoring service",
+        version=__version__,
+        description="Anomaly scores for radiographs (PNG, JPEG, TIFF, DICOM).",
+    )
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -146,8 +166,13 @@ def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operatin
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness plus what is being served."""
-        return {"status": "ok", "xrad_version": __version__, "max_upload_bytes": max_upload_bytes,
-                "operating_point": point, **info}
+        return {
+            "status": "ok",
+            "xrad_version": __version__,
+            "max_upload_bytes": max_upload_bytes,
+            "operating_point": point,
+            **info,
+        }
 
     @app.post("/score")
     async def score(request: Request, heatmap: bool = True, body_part: str | None = None) -> dict[str, Any]:
@@ -164,8 +189,15 @@ def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operatin
         png = result.get("heatmap_png")
         meta = radiograph.meta
         # Only numbers about the image: never its name, never DICOM tags.
-        log.info("scored a %s upload (%dx%d, %d bytes): score %.4g in %.0f ms", meta.format, meta.shape[1],
-                 meta.shape[0], len(data), value, 1000 * (time.perf_counter() - started))
+        log.info(
+            "scored a %s upload (%dx%d, %d bytes): score %.4g in %.0f ms",
+            meta.format,
+            meta.shape[1],
+            meta.shape[0],
+            len(data),
+            value,
+            1000 * (time.perf_counter() - started),
+        )
         return {
             "score": value,
             "flagged": flagged,
@@ -173,17 +205,23 @@ def create_app(predict: Predict, *, info: dict[str, Any] | None = None, operatin
             "sphere": result.get("sphere"),
             "heatmap_png": None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
             "heatmap_on": result.get("heatmap_on"),
-            "image": {"format": meta.format, "width": meta.shape[1], "height": meta.shape[0],
-                      "bit_depth": meta.bit_depth, "truncated": meta.truncated,
-                      "degenerate": str(result.get("degenerate") or "")},
+            "image": {
+                "format": meta.format,
+                "width": meta.shape[1],
+                "height": meta.shape[0],
+                "bit_depth": meta.bit_depth,
+                "truncated": meta.truncated,
+                "degenerate": str(result.get("degenerate") or ""),
+            },
             "method": info.get("method"),
         }
 
     return app
 
 
-def artefact_predictor(artefact_dir: str | Path, device: str = "cpu", *,
-                       allow_truncated: bool = False) -> tuple[Predict, ArtefactMeta]:
+def artefact_predictor(
+    artefact_dir: str | Path, device: str = "cpu", *, allow_truncated: bool = False
+) -> tuple[Predict, ArtefactMeta]:
     """A :data:`Predict` over an artefact folder, and the artefact's metadata. Images are prepared by
     :func:`xrad.inference.input.prepare_input` (through :func:`~xrad.inference.heatmaps.explain_pixels`);
     a truncated radiograph is refused there unless ``allow_truncated``."""
@@ -197,20 +235,39 @@ def artefact_predictor(artefact_dir: str | Path, device: str = "cpu", *,
 
     def predict(radiograph: Radiograph, want_heatmap: bool, body_part: str | None) -> dict[str, Any]:
         with lock:
-            result = explain_pixels(scorer, radiograph, body_part=body_part, heatmap=want_heatmap,
-                                    allow_truncated=allow_truncated)
-        return {"score": result.score, "sphere": result.sphere if result.sphere >= 0 else None,
-                "heatmap_png": result.overlay_png() if want_heatmap else None,
-                "heatmap_on": "original" if result.on_original else "preprocessed", "degenerate": result.degenerate}
+            result = explain_pixels(
+                scorer, radiograph, body_part=body_part, heatmap=want_heatmap, allow_truncated=allow_truncated
+            )
+        return {
+            "score": result.score,
+            "sphere": result.sphere if result.sphere >= 0 else None,
+            "heatmap_png": result.overlay_png() if want_heatmap else None,
+            "heatmap_on": "original" if result.on_original else "preprocessed",
+            "degenerate": result.degenerate,
+        }
 
     return predict, meta
 
 
-def app_from_artefact(artefact_dir: str | Path, *, device: str = "cpu",
-                      max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, allow_truncated: bool = False) -> FastAPI:
+def app_from_artefact(
+    artefact_dir: str | Path,
+    *,
+    device: str = "cpu",
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    allow_truncated: bool = False,
+) -> FastAPI:
     """The service for one artefact folder (its operating point decides ``flagged``)."""
     predict, meta = artefact_predictor(artefact_dir, device, allow_truncated=allow_truncated)
-    info = {"method": meta.method, "scorer": meta.scorer_kind, "image_size": meta.image_size,
-            "artefact_sha256": meta.sha256}
-    return create_app(predict, info=info, operating_point=meta.operating_point,
-                      max_upload_bytes=max_upload_bytes, allow_truncated=allow_truncated)
+    info = {
+        "method": meta.method,
+        "scorer": meta.scorer_kind,
+        "image_size": meta.image_size,
+        "artefact_sha256": meta.sha256,
+    }
+    return create_app(
+        predict,
+        info=info,
+        operating_point=meta.operating_point,
+        max_upload_bytes=max_upload_bytes,
+        allow_truncated=allow_truncated,
+    )

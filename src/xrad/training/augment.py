@@ -41,8 +41,7 @@ _CROP_TRIES = 10
 # --------------------------------------------------------------------------------------------- basics
 
 
-def batch_generator(seed: int, epoch: int, batch_index: int,
-                    device: torch.device | str = "cpu") -> torch.Generator:
+def batch_generator(seed: int, epoch: int, batch_index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator whose stream depends only on ``(seed, epoch, batch_index)``.
 
     Hashing (rather than e.g. ``seed + epoch * 1000 + batch``) keeps streams of neighbouring triples
@@ -63,8 +62,10 @@ def batch_numpy_generator(seed: int, epoch: int, batch_index: int) -> np.random.
 def _check_generator(generator: torch.Generator, images: Tensor) -> None:
     # A CPU generator cannot drive CUDA sampling (and vice versa); fail early with a clear message.
     if torch.device(generator.device).type != images.device.type:
-        raise ValueError(f"generator is on {generator.device} but the batch is on {images.device}; "
-                         f"create it with batch_generator(..., device=images.device)")
+        raise ValueError(
+            f"generator is on {generator.device} but the batch is on {images.device}; "
+            f"create it with batch_generator(..., device=images.device)"
+        )
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -79,8 +80,9 @@ def _bernoulli(n: int, p: float, generator: torch.Generator, device: torch.devic
 # ------------------------------------------------------------------------------------------- geometry
 
 
-def affine_matrices(hflip: Tensor, vflip: Tensor, scale: Tensor, angle_deg: Tensor,
-                    crop: Tensor | None = None) -> Tensor:
+def affine_matrices(
+    hflip: Tensor, vflip: Tensor, scale: Tensor, angle_deg: Tensor, crop: Tensor | None = None
+) -> Tensor:
     """Compose per-sample ``affine_grid`` matrices ``(B, 2, 3)`` (output → input coordinates).
 
     The content transform is: flip, then scale by ``scale`` about the centre (> 1 zooms in), then rotate
@@ -106,8 +108,9 @@ def affine_matrices(hflip: Tensor, vflip: Tensor, scale: Tensor, angle_deg: Tens
     return torch.bmm(linear, box[:, :2, :])
 
 
-def apply_affine(images: Tensor, masks: Tensor, matrices: Tensor,
-                 image_mode: str = "bilinear") -> tuple[Tensor, Tensor]:
+def apply_affine(
+    images: Tensor, masks: Tensor, matrices: Tensor, image_mode: str = "bilinear"
+) -> tuple[Tensor, Tensor]:
     """Warp float images (bilinear by default) and masks (nearest, stay 0/1) with one shared sampling grid.
 
     Output pixels whose source lies outside the image are 0 in both. Inside, the image is sampled with
@@ -117,13 +120,17 @@ def apply_affine(images: Tensor, masks: Tensor, matrices: Tensor,
     grid = F.affine_grid(matrices.to(images.dtype), list(images.shape), align_corners=False)
     inside = (grid.abs() <= 1.0).all(dim=-1).unsqueeze(1).to(images.dtype)
     warped = F.grid_sample(images, grid, mode=image_mode, padding_mode="border", align_corners=False) * inside
-    warped_mask = F.grid_sample(masks.to(images.dtype), grid, mode="nearest", padding_mode="zeros",
-                                align_corners=False)
+    warped_mask = F.grid_sample(masks.to(images.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return warped, warped_mask
 
 
-def sample_crop_boxes(n: int, scale: tuple[float, float], ratio: tuple[float, float],
-                      generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
+def sample_crop_boxes(
+    n: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> Tensor:
     """Random-resized-crop boxes ``(n, 4)`` = (centre x, centre y, width, height), normalised.
 
     Area fraction ~ U[scale], log(width/height) ~ U[log ratio]; the box lies inside the image with its
@@ -183,11 +190,11 @@ def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     padded = F.pad(x, (radius, radius, 0, 0), mode="reflect")
     x = kernel[..., 0] * padded[..., :width]
     for k in range(1, 2 * radius + 1):
-        x.addcmul_(kernel[..., k], padded[..., k:k + width])
+        x.addcmul_(kernel[..., k], padded[..., k : k + width])
     padded = F.pad(x, (0, 0, radius, radius), mode="reflect")
     x = kernel[..., 0] * padded[..., :height, :]
     for k in range(1, 2 * radius + 1):
-        x.addcmul_(kernel[..., k], padded[..., k:k + height, :])
+        x.addcmul_(kernel[..., k], padded[..., k : k + height, :])
     out = images.clone()
     out[active] = x
     return out
@@ -204,8 +211,9 @@ def augment_ad(images: Tensor, masks: Tensor, config: ADAugment, generator: torc
     return augment_ad_with_masks(images, masks, config, generator)[0]
 
 
-def augment_ad_with_masks(images: Tensor, masks: Tensor, config: ADAugment,
-                          generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def augment_ad_with_masks(
+    images: Tensor, masks: Tensor, config: ADAugment, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """:func:`augment_ad` that also returns the warped 0/1 masks (float32), for steps that plant
     something inside the body after augmenting (:mod:`xrad.training.corruptions`)."""
     check_batch(images, masks)
@@ -216,13 +224,11 @@ def augment_ad_with_masks(images: Tensor, masks: Tensor, config: ADAugment,
     brightness = _uniform(n, *config.brightness, generator, device)
     scale = _uniform(n, *config.scale, generator, device)
     angle = _uniform(n, -config.rotation_deg, config.rotation_deg, generator, device)
-    warped, warped_mask = apply_affine(to_float(images), mask_float(masks),
-                                       affine_matrices(hflip, vflip, scale, angle))
+    warped, warped_mask = apply_affine(to_float(images), mask_float(masks), affine_matrices(hflip, vflip, scale, angle))
     return (warped * brightness.view(-1, 1, 1, 1)).clamp_(0.0, 1.0) * warped_mask, warped_mask
 
 
-def _contrastive(images: Tensor, masks: Tensor, config: ContrastiveAugment,
-                 generator: torch.Generator) -> Tensor:
+def _contrastive(images: Tensor, masks: Tensor, config: ContrastiveAugment, generator: torch.Generator) -> Tensor:
     n, device = images.shape[0], images.device
     hflip = _bernoulli(n, config.hflip, generator, device)
     scale = _uniform(n, *config.scale, generator, device)
@@ -234,18 +240,21 @@ def _contrastive(images: Tensor, masks: Tensor, config: ContrastiveAugment,
     blur = _bernoulli(n, config.blur_p, generator, device)
     sigma = _uniform(n, *config.blur_sigma, generator, device) * (images.shape[-1] / config.blur_reference_px)
     no_vflip = torch.zeros(n, dtype=torch.bool, device=device)
-    warped, warped_mask = apply_affine(to_float(images), mask_float(masks),
-                                       affine_matrices(hflip, no_vflip, scale, angle, crop))
+    warped, warped_mask = apply_affine(
+        to_float(images), mask_float(masks), affine_matrices(hflip, no_vflip, scale, angle, crop)
+    )
     ones = torch.ones(n, device=device)
-    out = adjust_brightness_contrast(warped, warped_mask, torch.where(jitter, brightness, ones),
-                                     torch.where(jitter, contrast, ones))
+    out = adjust_brightness_contrast(
+        warped, warped_mask, torch.where(jitter, brightness, ones), torch.where(jitter, contrast, ones)
+    )
     out = gaussian_blur(out, torch.where(blur, sigma, torch.zeros_like(sigma)))
     # Mask last (after blur, as in Fig. 5) so the blur does not smear the background into the body part.
     return out.clamp_(0.0, 1.0) * warped_mask
 
 
-def contrastive_views(images: Tensor, masks: Tensor, config: ContrastiveAugment,
-                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def contrastive_views(
+    images: Tensor, masks: Tensor, config: ContrastiveAugment, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """Two independently augmented views of each image (float32 ``(B, 1, S, S)`` each, masked).
 
     Both views are produced in one pass over the doubled batch (one ``grid_sample``, one blur).
@@ -253,4 +262,4 @@ def contrastive_views(images: Tensor, masks: Tensor, config: ContrastiveAugment,
     check_batch(images, masks)
     _check_generator(generator, images)
     both = _contrastive(torch.cat([images, images]), torch.cat([masks, masks]), config, generator)
-    return both[: images.shape[0]], both[images.shape[0]:]
+    return both[: images.shape[0]], both[images.shape[0] :]

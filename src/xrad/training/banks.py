@@ -47,8 +47,7 @@ FAILURE_COLUMNS = ("row", "path", "reason")
 
 
 def _no_failures() -> pd.DataFrame:
-    return pd.DataFrame({"row": pd.Series(dtype="int64"), "path": pd.Series(dtype=str),
-                         "reason": pd.Series(dtype=str)})
+    return pd.DataFrame({"row": pd.Series(dtype="int64"), "path": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
 
 
 @dataclass
@@ -78,8 +77,11 @@ def _decode_row(path: str, cache_path: str, mask_path: str, size: int) -> tuple[
             image = read_cache_png(cache_path, "cached image")
             mask = read_cache_png(mask_path, "mask") if mask_path else None
             if mask is not None and mask.shape != image.shape:
-                raise ImageReadError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} px but its image "
-                                                f"{image.shape[1]}x{image.shape[0]}; re-run `xrad preprocess`")
+                raise ImageReadError(
+                    mask_path,
+                    f"mask is {mask.shape[1]}x{mask.shape[0]} px but its image "
+                    f"{image.shape[1]}x{image.shape[0]}; re-run `xrad preprocess`",
+                )
             return (*resize_image_and_mask(image, mask, size), degenerate_reason(image, mask))
         from xrad.data.io import read_radiograph  # the raw-file reader (DICOM, 16-bit PNG, JPEG ...)
 
@@ -88,12 +90,13 @@ def _decode_row(path: str, cache_path: str, mask_path: str, size: int) -> tuple[
         return (*resize_image_and_mask(image, None, size), degenerate_reason(pixels))
     except XradError:
         raise
-    except Exception as exc:  # noqa: BLE001 - one file's decoder/resize failure is that file's, named
+    except Exception as exc:
         raise ImageReadError(name, f"cannot be prepared ({type(exc).__name__}: {short_reason(exc)})") from exc
 
 
 def _row_sources(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(original path, cache path or "", mask path or "") per row."""
+
     def column(name: str) -> list[str]:
         if name not in frame.columns:
             return [""] * len(frame)
@@ -106,7 +109,7 @@ def _memo_key(sources: list[tuple[str, str, str]], size: int) -> str:
     """Hash of every file the bank is decoded from (path, size, mtime) and the image size."""
     digest = hashlib.sha256(json.dumps({"version": _BANK_VERSION, "size": size}).encode())
     for path, cache_path, mask_path in sources:
-        for name in ((cache_path, mask_path) if cache_path else (path,)):
+        for name in (cache_path, mask_path) if cache_path else (path,):
             if not name:
                 digest.update(b"<none>\n")
                 continue
@@ -134,32 +137,61 @@ def _load_memo(path: Path, n: int, size: int) -> tuple[Tensor, Tensor, dict[int,
         images, masks = data["images"], data["masks"]
         failed = {int(k): str(v) for k, v in dict(data["failed"]).items()}
         flags = [str(v) for v in data["degenerate"]]
-    except Exception:  # noqa: BLE001 - a corrupt memo is only a cache miss
+    except Exception:
         return None
-    if images.shape != (n, 1, size, size) or masks.shape != images.shape or images.dtype != torch.uint8 \
-            or len(flags) != n:
+    if (
+        images.shape != (n, 1, size, size)
+        or masks.shape != images.shape
+        or images.dtype != torch.uint8
+        or len(flags) != n
+    ):
         return None
     return images, masks, failed, flags
 
 
-def _bank(images: Tensor, masks: Tensor, labels: Tensor, semi_labels: Tensor, frame: pd.DataFrame,
-          failed: dict[int, str], flags: list[str], sources: list[tuple[str, str, str]]) -> ImageBank:
+def _bank(
+    images: Tensor,
+    masks: Tensor,
+    labels: Tensor,
+    semi_labels: Tensor,
+    frame: pd.DataFrame,
+    failed: dict[int, str],
+    flags: list[str],
+    sources: list[tuple[str, str, str]],
+) -> ImageBank:
     """The bank of the readable rows; the others go to ``failures``."""
     if not failed:
         return ImageBank(images, masks, labels, semi_labels, frame, _no_failures(), list(flags))
     keep = [i for i in range(len(frame)) if i not in failed]
     rows = sorted(failed)
-    failures = pd.DataFrame({"row": np.asarray(rows, dtype=np.int64),
-                             "path": [sources[i][0] or sources[i][1] for i in rows],
-                             "reason": [failed[i] for i in rows]})
+    failures = pd.DataFrame(
+        {
+            "row": np.asarray(rows, dtype=np.int64),
+            "path": [sources[i][0] or sources[i][1] for i in rows],
+            "reason": [failed[i] for i in rows],
+        }
+    )
     index = torch.as_tensor(keep, dtype=torch.int64)
-    return ImageBank(images[index].clone(), masks[index].clone(), labels[index].clone(), semi_labels[index].clone(),
-                     frame.iloc[keep].reset_index(drop=True), failures, [flags[i] for i in keep])
+    return ImageBank(
+        images[index].clone(),
+        masks[index].clone(),
+        labels[index].clone(),
+        semi_labels[index].clone(),
+        frame.iloc[keep].reset_index(drop=True),
+        failures,
+        [flags[i] for i in keep],
+    )
 
 
-def load_image_bank(frame: pd.DataFrame, image_size: int, *, workers: int = 2,
-                    cache_dir: str | Path | None = None, progress: bool = True,
-                    on_error: str = "raise") -> ImageBank:
+def load_image_bank(
+    frame: pd.DataFrame,
+    image_size: int,
+    *,
+    workers: int = 2,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    on_error: str = "raise",
+) -> ImageBank:
     """Decode every row of ``frame`` into an in-memory :class:`ImageBank` at ``image_size`` pixels.
 
     ``workers`` threads decode in parallel. With ``cache_dir``, the decoded tensors are memoised in
@@ -266,5 +298,5 @@ def seed_worker(worker_id: int) -> None:
     already distinct per worker and per epoch.
     """
     seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)  # noqa: NPY002 - deliberately the legacy global state, for third-party code
+    np.random.seed(seed)
     random.seed(seed)

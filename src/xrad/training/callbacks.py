@@ -18,8 +18,12 @@ import lightning as L
 from xrad.utils.progress import progress
 
 # Lightning loggers whose INFO records are banners and tips, not results.
-_CHATTY = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-           "lightning.pytorch.accelerators.cuda")
+_CHATTY = (
+    "lightning.pytorch",
+    "lightning.fabric",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+)
 
 
 class StageProgress(L.Callback):
@@ -39,8 +43,9 @@ class StageProgress(L.Callback):
         self._bar = self._stack.enter_context(progress(epochs * batches or None, f"[{self.stage}]", "step"))
         self._bar.update(trainer.current_epoch * batches)  # a resumed stage starts where it stopped
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._bar is None:
             return
         self._bar.update(1)

@@ -77,10 +77,17 @@ class RunContext:
         """Keyword arguments of ``lightning.Trainer`` for ``stage`` (without callbacks/loggers)."""
         t = self.config.trainer
         kwargs: dict[str, Any] = {
-            "accelerator": t.accelerator, "devices": t.devices, "strategy": t.strategy, "precision": t.precision,
-            "num_nodes": t.num_nodes, "log_every_n_steps": t.log_every_n_steps,
-            "deterministic": self.config.deterministic, "enable_progress_bar": False,
-            "enable_model_summary": False, "num_sanity_val_steps": 0, "limit_val_batches": 0,
+            "accelerator": t.accelerator,
+            "devices": t.devices,
+            "strategy": t.strategy,
+            "precision": t.precision,
+            "num_nodes": t.num_nodes,
+            "log_every_n_steps": t.log_every_n_steps,
+            "deterministic": self.config.deterministic,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 0,
             "default_root_dir": str(self.stage_dir(stage)),
         }
         kwargs.update(self.trainer_overrides)
@@ -98,9 +105,16 @@ class RunContext:
 
         stage_dir = self.stage_dir(stage)
         ckpt_dir = self.folder.checkpoints(stage)
-        checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                                     every_n_epochs=1, save_top_k=1, save_last="link", save_on_train_epoch_end=True,
-                                     enable_version_counter=False)
+        checkpoint = ModelCheckpoint(
+            dirpath=str(ckpt_dir),
+            filename="epoch{epoch:03d}",
+            auto_insert_metric_name=False,
+            every_n_epochs=1,
+            save_top_k=1,
+            save_last="link",
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
         loggers: list[Any] = [CSVLogger(str(stage_dir), name="logs", version=0)]
         try:
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -122,8 +136,10 @@ class RunContext:
         # torch checkpoints are zip archives whose index sits at the end: a file cut short by a crash or a
         # full disk fails this test at once, instead of deep inside Lightning with a zip-reader traceback.
         if ckpt_path is not None and not zipfile.is_zipfile(last):
-            raise DataError(f"{last}: the {stage} stage's resume checkpoint is damaged (cut short?); delete "
-                            f"{ckpt_dir} to restart the {stage} stage from its first epoch")
+            raise DataError(
+                f"{last}: the {stage} stage's resume checkpoint is damaged (cut short?); delete "
+                f"{ckpt_dir} to restart the {stage} stage from its first epoch"
+            )
         with quiet_lightning():
             trainer = L.Trainer(callbacks=[*extra_callbacks, checkpoint], logger=loggers, **kwargs)
             # Lightning keeps the mode modules arrive in; a transferred encoder may be in eval mode.

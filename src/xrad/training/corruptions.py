@@ -63,8 +63,14 @@ def bright_bar(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) ->
         direction = np.deg2rad(angle)
         for _ in range(int(rng.integers(1, 5))):
             t = rng.uniform(-0.5, 0.5) * length
-            head = _box(image.shape, cy + t * np.sin(direction), cx + t * np.cos(direction),
-                        width * rng.uniform(1.5, 3), width * 0.5, angle + 90)
+            head = _box(
+                image.shape,
+                cy + t * np.sin(direction),
+                cx + t * np.cos(direction),
+                width * rng.uniform(1.5, 3),
+                width * 0.5,
+                angle + 90,
+            )
             out, region = _paint_metal(out, head, level), np.maximum(region, head)
     return out, region
 
@@ -76,8 +82,14 @@ def screws(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Cor
     angle, level = rng.uniform(0, 180), rng.uniform(0.8, 1.0)
     out, region = image.copy(), np.zeros_like(image)
     for _ in range(int(rng.integers(1, 4))):
-        screw = _box(image.shape, cy + rng.normal(0, 0.04 * size), cx + rng.normal(0, 0.04 * size),
-                     rng.uniform(0.04, 0.14) * size, rng.uniform(0.008, 0.025) * size, angle + rng.normal(0, 10))
+        screw = _box(
+            image.shape,
+            cy + rng.normal(0, 0.04 * size),
+            cx + rng.normal(0, 0.04 * size),
+            rng.uniform(0.04, 0.14) * size,
+            rng.uniform(0.008, 0.025) * size,
+            angle + rng.normal(0, 10),
+        )
         out, region = _paint_metal(out, screw, level), np.maximum(region, screw)
     return out, region
 
@@ -94,7 +106,7 @@ def _across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
     dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3)
     half_trace = (dxx + dyy) / 2
-    lowest = half_trace - np.sqrt(np.maximum(half_trace ** 2 - (dxx * dyy - dxy ** 2), 0))
+    lowest = half_trace - np.sqrt(np.maximum(half_trace**2 - (dxx * dyy - dxy**2), 0))
     ridge = np.where(mask > 0, -lowest, 0)
     inside = ridge[mask > 0]
     ys, xs = np.nonzero(ridge > np.quantile(inside, 0.85)) if inside.size else (np.array([]), np.array([]))
@@ -162,8 +174,9 @@ def gap_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     this_bone = _bone_component(bone, cy, cx)
     # An oblique band through the point: up to 30° off the perpendicular of the bone, like the phantoms'.
     angle = np.deg2rad(rng.uniform(-30, 30))
-    direction = np.array([across[0] * np.cos(angle) - across[1] * np.sin(angle),
-                          across[0] * np.sin(angle) + across[1] * np.cos(angle)])
+    direction = np.array(
+        [across[0] * np.cos(angle) - across[1] * np.sin(angle), across[0] * np.sin(angle) + across[1] * np.cos(angle)]
+    )
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     along = (xx - cx) * direction[1] - (yy - cy) * direction[0]  # distance from the band's centre line
     half = rng.uniform(0.004, 0.015) * size + 0.4
@@ -200,7 +213,7 @@ def cut_paste(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> 
     height, width = (rng.uniform(0.06, 0.25, 2) * size).astype(int) + 2
     sy, sx = _body_point(mask, image, rng, bright=rng.random() < 0.5)
     sy, sx = int(np.clip(sy - height // 2, 0, size - height)), int(np.clip(sx - width // 2, 0, size - width))
-    patch = image[sy:sy + height, sx:sx + width].copy()
+    patch = image[sy : sy + height, sx : sx + width].copy()
     if rng.random() < 0.5:
         patch = np.rot90(patch, int(rng.integers(1, 4))).copy()
     if rng.random() < 0.5:
@@ -209,8 +222,8 @@ def cut_paste(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> 
     ty, tx = _body_point(mask, image, rng, bright=False)
     ty, tx = int(np.clip(ty - height // 2, 0, size - height)), int(np.clip(tx - width // 2, 0, size - width))
     out, region = image.copy(), np.zeros_like(image)
-    out[ty:ty + height, tx:tx + width] = patch * rng.uniform(0.8, 1.2)
-    region[ty:ty + height, tx:tx + width] = 1
+    out[ty : ty + height, tx : tx + width] = patch * rng.uniform(0.8, 1.2)
+    region[ty : ty + height, tx : tx + width] = 1
     out = np.clip(out, 0, 1)
     return out, (region * (np.abs(out - image) > 0.03)).astype(np.float32)
 
@@ -231,12 +244,19 @@ def blur_scar(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> 
     return out, ((region > 0.3) & (np.abs(out - image) > 0.02)).astype(np.float32)
 
 
-KINDS = {"bright_bar": bright_bar, "screws": screws, "gap_across_bone": gap_across_bone,
-         "step_across_bone": step_across_bone, "cut_paste": cut_paste, "blur_scar": blur_scar}
+KINDS = {
+    "bright_bar": bright_bar,
+    "screws": screws,
+    "gap_across_bone": gap_across_bone,
+    "step_across_bone": step_across_bone,
+    "cut_paste": cut_paste,
+    "blur_scar": blur_scar,
+}
 
 
-def corrupt(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-            kinds: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, str]:
+def corrupt(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, kinds: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Plant one corruption of a kind drawn uniformly from ``kinds``; returns (image, changed pixels, kind).
 
     A draw that changes fewer than two body pixels (e.g. a step where there was no bone) is redrawn, up to
@@ -253,8 +273,9 @@ def corrupt(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     return (np.clip(out, 0, 1) * inside).astype(np.float32), changed.astype(np.float32), kind
 
 
-def corrupt_batch(images: Tensor, masks: Tensor, rng: np.random.Generator,
-                  kinds: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+def corrupt_batch(
+    images: Tensor, masks: Tensor, rng: np.random.Generator, kinds: tuple[str, ...]
+) -> tuple[Tensor, Tensor]:
     """Corrupt every image of a float batch ``(B, 1, S, S)`` (masks 0/1 of the same shape) once.
 
     Returns the corrupted batch and the 0/1 maps of changed pixels, on the batch's device.

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from xrad.training.banks import BankDataset, ImageBank, seed_worker
 from xrad.errors import DataError
+from xrad.training.banks import BankDataset, ImageBank, seed_worker
 
 
 class EpochSampler(Sampler[int]):
@@ -38,17 +38,26 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
-def train_loader(bank: ImageBank, indices: list[int], batch_size: int, seed: int, workers: int = 0,
-                 where: str = "train split") -> DataLoader:
+def train_loader(
+    bank: ImageBank, indices: list[int], batch_size: int, seed: int, workers: int = 0, where: str = "train split"
+) -> DataLoader:
     """A shuffled training loader over ``bank[indices]`` (incomplete last batches dropped: BatchNorm and
     InfoNCE need more than one sample)."""
     if len(indices) < batch_size:
-        raise DataError(f"{where}: {len(indices)} images, fewer than the batch size {batch_size}; "
-                        "lower the batch size (--set pretrain.batch_size=... / finetune.batch_size=...) or add images")
+        raise DataError(
+            f"{where}: {len(indices)} images, fewer than the batch size {batch_size}; "
+            "lower the batch size (--set pretrain.batch_size=... / finetune.batch_size=...) or add images"
+        )
     dataset = BankDataset(bank, indices)
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed), drop_last=True,
-                      num_workers=workers, worker_init_fn=seed_worker if workers else None,
-                      persistent_workers=workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), seed),
+        drop_last=True,
+        num_workers=workers,
+        worker_init_fn=seed_worker if workers else None,
+        persistent_workers=workers > 0,
+    )
 
 
 def split_indices(bank: ImageBank, split: str) -> list[int]:

@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from xrad.config import Config, milestone_epochs
-from xrad.training.banks import BankDataset
-from xrad.training.augment import batch_generator, batch_numpy_generator
 from xrad.data.model_input import prepare_eval
 from xrad.models import batchnorm
+from xrad.training.augment import batch_generator, batch_numpy_generator
+from xrad.training.banks import BankDataset
 from xrad.utils.atomic import write_text
 
 METRIC_COLUMNS = ("epoch", "train_loss", "valid_auroc", "n_spheres", "lr")
@@ -71,8 +71,9 @@ class StageModule(L.LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.section.lr, weight_decay=self.section.weight_decay)
         if getattr(self.section, "schedule", "step") == "onecycle":
             total = max(1, int(self.trainer.estimated_stepping_batches))
-            cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.section.lr, total_steps=total,
-                                                        pct_start=0.15)
+            cycle = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.section.lr, total_steps=total, pct_start=0.15
+            )
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
         milestones = milestone_epochs(self.section.milestones, self.section.epochs)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=self.section.lr_gamma)
@@ -109,15 +110,24 @@ class StageModule(L.LightningModule):
         return {}
 
     def on_train_epoch_end(self) -> None:
-        totals = torch.stack([self._loss_sum.to(self.device),
-                              torch.tensor(float(self._loss_count), dtype=torch.float64, device=self.device)])
+        totals = torch.stack(
+            [
+                self._loss_sum.to(self.device),
+                torch.tensor(float(self._loss_count), dtype=torch.float64, device=self.device),
+            ]
+        )
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         metrics: dict[str, float] = {"train_loss": float(totals[0] / totals[1]) if totals[1] > 0 else math.nan}
         self.recalibrate_batchnorm()
         metrics.update(self.epoch_end())
         metrics["lr"] = self._epoch_lr
-        self.log_dict({k: float(v) for k, v in metrics.items() if not math.isnan(v)}, on_step=False, on_epoch=True,
-                      sync_dist=False, rank_zero_only=True)
+        self.log_dict(
+            {k: float(v) for k, v in metrics.items() if not math.isnan(v)},
+            on_step=False,
+            on_epoch=True,
+            sync_dist=False,
+            rank_zero_only=True,
+        )
         if self.metrics_path is not None and self.trainer.is_global_zero:
             write_metrics_row(self.metrics_path, {"epoch": self.current_epoch, **metrics})
 
@@ -132,14 +142,19 @@ class StageModule(L.LightningModule):
         dataset = getattr(self.trainer.train_dataloader, "dataset", None) if self._trainer else None
         if not isinstance(dataset, BankDataset) or len(dataset) < 2:
             return
-        networks = [child for child in self.children()
-                    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in child.modules())]
+        networks = [
+            child
+            for child in self.children()
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in child.modules())
+        ]
         n, size = len(dataset), int(self.config.data.eval_batch_size)
         bounds = list(range(0, n, size)) + [n]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:  # BatchNorm needs two samples per batch
             bounds.pop(-2)
-        batches = (prepare_eval(dataset.bank.images[rows].to(self.device), dataset.bank.masks[rows].to(self.device))
-                   for rows in (dataset.indices[a:b] for a, b in zip(bounds[:-1], bounds[1:])))
+        batches = (
+            prepare_eval(dataset.bank.images[rows].to(self.device), dataset.bank.masks[rows].to(self.device))
+            for rows in (dataset.indices[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        )
         batchnorm.recalibrate_batchnorm(self, batches, forward=lambda x: [network(x) for network in networks])
 
     @torch.no_grad()
@@ -150,8 +165,10 @@ class StageModule(L.LightningModule):
         try:
             outs = []
             for start in range(0, images.shape[0], batch_size):
-                x = prepare_eval(images[start:start + batch_size].to(self.device),
-                                 masks[start:start + batch_size].to(self.device))
+                x = prepare_eval(
+                    images[start : start + batch_size].to(self.device),
+                    masks[start : start + batch_size].to(self.device),
+                )
                 outs.append(fn(x).detach().float().cpu())
             return torch.cat(outs) if outs else torch.zeros(0)
         finally:

@@ -165,8 +165,12 @@ def check_replaceable(dest: str | Path, owned: Callable[[Path], bool] = lambda e
     if dest.is_dir():
         foreign = sorted(entry.name for entry in dest.iterdir() if not owned(entry))
         if foreign:
-            raise OutputError(dest, FileExistsError(17, f"it holds files this output did not write (e.g. "
-                                                        f"{foreign[0]!r}); choose an empty or new folder"))
+            raise OutputError(
+                dest,
+                FileExistsError(
+                    17, f"it holds files this output did not write (e.g. {foreign[0]!r}); choose an empty or new folder"
+                ),
+            )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -18,16 +18,22 @@ from typing import BinaryIO
 
 __all__ = ["NotRegularFileError", "entry_kind", "open_regular", "read_problem", "read_regular"]
 
-_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"),
-          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "named pipe (FIFO)"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
 
 
 class NotRegularFileError(OSError):
     """The path exists but is a folder, FIFO, socket or device, not a regular file."""
 
     def __init__(self, path: str | Path, kind: str) -> None:
-        super().__init__(errno.EISDIR if kind == "directory" else errno.EINVAL,
-                         f"is a {kind}, not a regular file", str(path))
+        super().__init__(
+            errno.EISDIR if kind == "directory" else errno.EINVAL, f"is a {kind}, not a regular file", str(path)
+        )
         self.kind = kind
 
 

@@ -48,16 +48,18 @@ class PlainProgress:
         of = f"/{self.total}" if self.total else ""
         tail = f" — {self.postfix}" if self.postfix else ""
         word = "done" if final else "…"
-        print(f"{self.desc}: {self.n}{of} {self.unit} in {seconds:.0f} s{rate} {word}{tail}", file=self.stream,
-              flush=True)
+        print(
+            f"{self.desc}: {self.n}{of} {self.unit} in {seconds:.0f} s{rate} {word}{tail}", file=self.stream, flush=True
+        )
 
     def close(self) -> None:
         self._line(final=True)
 
 
 @contextmanager
-def progress(total: int | None, desc: str, unit: str = "img", enabled: bool = True,
-             stream: IO[str] | None = None) -> Iterator[Any]:
+def progress(
+    total: int | None, desc: str, unit: str = "img", enabled: bool = True, stream: IO[str] | None = None
+) -> Iterator[Any]:
     """A progress reporter: a tqdm bar on a terminal, a few plain lines otherwise, nothing when disabled."""
     stream = stream if stream is not None else sys.stderr
     if not enabled:

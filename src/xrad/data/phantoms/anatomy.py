@@ -91,15 +91,17 @@ def _unit(angle_deg: float) -> np.ndarray:
     return np.array([math.sin(a), -math.cos(a)])
 
 
-def _chain(start: Point, angle: float, lengths: list[float], radii: list[float], gap: float,
-           bends: list[float], name: str) -> list[Bone]:
+def _chain(
+    start: Point, angle: float, lengths: list[float], radii: list[float], gap: float, bends: list[float], name: str
+) -> list[Bone]:
     """Bones end to end along a direction, separated by joint gaps, each joint bending by ``bends[i]``."""
     bones, p = [], np.asarray(start, dtype=float)
     for i, (length, radius) in enumerate(zip(lengths, radii)):
         angle += bends[i] if i < len(bends) else 0.0
         q = p + length * _unit(angle)
-        bones.append(Bone(f"{name}{i + 1}", tuple(p), tuple(q), radius, flare0=0.35, flare1=0.3,
-                          long=length > 2.5 * radius))
+        bones.append(
+            Bone(f"{name}{i + 1}", tuple(p), tuple(q), radius, flare0=0.35, flare1=0.3, long=length > 2.5 * radius)
+        )
         p = q + gap * _unit(angle)
     return bones
 
@@ -112,7 +114,7 @@ def sample_patient(part: str, rng: np.random.Generator) -> dict[str, float]:
         "soft_scale": float(rng.uniform(0.85, 1.2)),
         "spread": float(rng.uniform(0.6, 1.4)),
         "left": float(rng.random() < 0.5),
-        "finger": float(rng.integers(0, 5)),      # FINGER: 0 little .. 3 index, 4 thumb
+        "finger": float(rng.integers(0, 5)),  # FINGER: 0 little .. 3 index, 4 thumb
         "flexion": float(rng.uniform(55.0, 95.0)),  # ELBOW lateral flexion
         "tilt": float(rng.normal(0.0, 4.0)),
         "cortex": float(rng.uniform(0.28, 0.42)),
@@ -124,24 +126,34 @@ def sample_patient(part: str, rng: np.random.Generator) -> dict[str, float]:
 def _hand(p: dict) -> Skeleton:
     """Full hand, PA: distal forearm, 8 carpals, 5 metacarpals, 14 phalanges."""
     rs, ls, ss, j = p["radius_scale"], p["length_scale"], p["soft_scale"], p["jitter"]
-    bones = [Bone("radius", (0.065, 0.85), (0.055, 0.30), 0.032 * rs, flare1=0.55),
-             Bone("ulna", (-0.075, 0.85), (-0.065, 0.31), 0.024 * rs, flare1=0.3)]
+    bones = [
+        Bone("radius", (0.065, 0.85), (0.055, 0.30), 0.032 * rs, flare1=0.55),
+        Bone("ulna", (-0.075, 0.85), (-0.065, 0.31), 0.024 * rs, flare1=0.3),
+    ]
     for row, y in enumerate((0.255, 0.195)):
         for k, x in enumerate((-0.062, -0.021, 0.02, 0.061)):
             r = (0.021 + 0.003 * ((k + row) % 2)) * rs
-            bones.append(Bone(f"carpal{row * 4 + k + 1}", (x - 0.006, y), (x + 0.006, y + 0.004), r,
-                              cortex=0.45, long=False))
+            bones.append(
+                Bone(f"carpal{row * 4 + k + 1}", (x - 0.006, y), (x + 0.006, y + 0.004), r, cortex=0.45, long=False)
+            )
     soft = [Soft((0.0, 0.9), (0.0, 0.28), 0.125 * ss), Soft((0.0, 0.25), (-0.005, 0.07), 0.118 * ss)]
     fingers = ((-0.075, -14.0, 0.82), (-0.03, -5.0, 0.93), (0.012, 2.0, 1.0), (0.052, 10.0, 0.95))
     for i, (x, fan, scale) in enumerate(fingers):
         angle = fan * p["spread"] + 2.0 * j[i]
-        lengths = [l * ls * scale for l in (0.185, 0.108, 0.068, 0.048)]
+        lengths = [fraction * ls * scale for fraction in (0.185, 0.108, 0.068, 0.048)]
         radii = [r * rs for r in (0.0175, 0.0155, 0.013, 0.011)]
         bends = [0.0] + [1.5 * j[4 + 3 * i + k] for k in range(3)]
         bones += _chain((x, 0.165), angle, lengths, radii, 0.011 * ls, bends, f"f{i + 1}_")
     thumb = 35.0 + 5.0 * j[16] + 8.0 * (p["spread"] - 1.0)
-    bones += _chain((0.078, 0.19), thumb, [0.115 * ls, 0.082 * ls, 0.06 * ls],
-                    [0.019 * rs, 0.017 * rs, 0.014 * rs], 0.011 * ls, [0.0, 4.0 * j[17], 4.0 * j[18]], "f5_")
+    bones += _chain(
+        (0.078, 0.19),
+        thumb,
+        [0.115 * ls, 0.082 * ls, 0.06 * ls],
+        [0.019 * rs, 0.017 * rs, 0.014 * rs],
+        0.011 * ls,
+        [0.0, 4.0 * j[17], 4.0 * j[18]],
+        "f5_",
+    )
     for b in bones[10:]:
         soft.append(Soft(b.p0, b.p1, b.radius * 1.25 + 0.011 * ss))
     soft.append(Soft((0.05, 0.2), tuple(bones[-3].point(0.8)), 0.035 * ss))
@@ -158,35 +170,44 @@ def _zoom(sk: Skeleton, centre: Point, zoom: float, rotate_deg: float = 0.0) -> 
 
     bones = [replace(b, p0=f(b.p0), p1=f(b.p1), radius=b.radius * zoom) for b in sk.bones]
     soft = [Soft(f(s.p0), f(s.p1), s.radius * zoom) for s in sk.soft]
-    return Skeleton(sk.part, bones, soft, phys=sk.phys / zoom ** 0.5)
+    return Skeleton(sk.part, bones, soft, phys=sk.phys / zoom**0.5)
 
 
 def _elbow(p: dict, flexion: float) -> Skeleton:
     """Distal humerus with condyles, radial head and ulna with olecranon; forearm flexed by ``flexion``."""
     rs, ss, j = p["radius_scale"], p["soft_scale"], p["jitter"]
-    bones = [Bone("humerus", (0.0, -0.85), (0.0, -0.05), 0.045 * rs, flare1=0.9),
-             Bone("condyles", (-0.065, -0.02), (0.065, -0.025), 0.036 * rs, cortex=0.45, long=False)]
+    bones = [
+        Bone("humerus", (0.0, -0.85), (0.0, -0.05), 0.045 * rs, flare1=0.9),
+        Bone("condyles", (-0.065, -0.02), (0.065, -0.025), 0.036 * rs, cortex=0.45, long=False),
+    ]
     joint, a = np.array([0.0, 0.03]), math.radians(-flexion)
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
 
     def f(q: Point) -> Point:
         return tuple(float(v) for v in joint + rot @ (np.asarray(q) - joint))
 
-    fore = [Bone("radius", (0.048, 0.06), (0.06 + 0.005 * j[0], 0.9), 0.029 * rs, flare0=0.45),
-            Bone("ulna", (-0.03, 0.03), (-0.045, 0.9), 0.032 * rs, flare0=0.55),
-            Bone("olecranon", (-0.035, -0.01), (-0.06, -0.09), 0.028 * rs, cortex=0.45, long=False)]
+    fore = [
+        Bone("radius", (0.048, 0.06), (0.06 + 0.005 * j[0], 0.9), 0.029 * rs, flare0=0.45),
+        Bone("ulna", (-0.03, 0.03), (-0.045, 0.9), 0.032 * rs, flare0=0.55),
+        Bone("olecranon", (-0.035, -0.01), (-0.06, -0.09), 0.028 * rs, cortex=0.45, long=False),
+    ]
     bones += [replace(b, p0=f(b.p0), p1=f(b.p1)) for b in fore]
-    soft = [Soft((0.0, -0.95), (0.0, 0.0), 0.17 * ss), Soft(f((0.0, 0.0)), f((0.0, 1.0)), 0.15 * ss),
-            Soft((-0.02, -0.02), f((-0.05, -0.08)), 0.09 * ss)]
+    soft = [
+        Soft((0.0, -0.95), (0.0, 0.0), 0.17 * ss),
+        Soft(f((0.0, 0.0)), f((0.0, 1.0)), 0.15 * ss),
+        Soft((-0.02, -0.02), f((-0.05, -0.08)), 0.09 * ss),
+    ]
     return Skeleton("ELBOW", bones, soft)
 
 
 def _forearm(p: dict) -> Skeleton:
     """Radius and ulna over the whole carrier, elbow above and carpals below, partly cut by the edges."""
     rs, ls, ss = p["radius_scale"], p["length_scale"], p["soft_scale"]
-    bones = [Bone("radius", (0.045, -0.47 * ls), (0.07, 0.47 * ls), 0.027 * rs, flare0=0.35, flare1=0.7),
-             Bone("ulna", (-0.04, -0.5 * ls), (-0.05, 0.46 * ls), 0.025 * rs, flare0=0.6, flare1=0.25),
-             Bone("humerus", (0.0, -0.9), (0.0, -0.56), 0.04 * rs, flare1=0.9, long=False)]
+    bones = [
+        Bone("radius", (0.045, -0.47 * ls), (0.07, 0.47 * ls), 0.027 * rs, flare0=0.35, flare1=0.7),
+        Bone("ulna", (-0.04, -0.5 * ls), (-0.05, 0.46 * ls), 0.025 * rs, flare0=0.6, flare1=0.25),
+        Bone("humerus", (0.0, -0.9), (0.0, -0.56), 0.04 * rs, flare1=0.9, long=False),
+    ]
     for k, x in enumerate((-0.05, -0.015, 0.02, 0.055)):
         bones.append(Bone(f"carpal{k + 1}", (x, 0.56), (x + 0.01, 0.565), 0.019 * rs, cortex=0.45, long=False))
     soft = [Soft((0.0, -0.8), (0.0, 0.0), 0.16 * ss), Soft((0.0, 0.0), (0.01, 0.8), 0.13 * ss)]
@@ -196,10 +217,12 @@ def _forearm(p: dict) -> Skeleton:
 def _humerus(p: dict) -> Skeleton:
     """Whole humerus: head and glenoid above, condyles below."""
     rs, ls, ss = p["radius_scale"], p["length_scale"], p["soft_scale"]
-    bones = [Bone("humerus", (0.0, -0.36 * ls), (0.01, 0.38 * ls), 0.04 * rs, flare0=0.6, flare1=0.8),
-             Bone("head", (0.02, -0.42), (0.035, -0.41), 0.085 * rs, cortex=0.25, long=False),
-             Bone("condyles", (-0.06, 0.43), (0.065, 0.425), 0.035 * rs, cortex=0.45, long=False),
-             Bone("glenoid", (-0.14, -0.56), (-0.11, -0.4), 0.05 * rs, density=0.6, long=False)]
+    bones = [
+        Bone("humerus", (0.0, -0.36 * ls), (0.01, 0.38 * ls), 0.04 * rs, flare0=0.6, flare1=0.8),
+        Bone("head", (0.02, -0.42), (0.035, -0.41), 0.085 * rs, cortex=0.25, long=False),
+        Bone("condyles", (-0.06, 0.43), (0.065, 0.425), 0.035 * rs, cortex=0.45, long=False),
+        Bone("glenoid", (-0.14, -0.56), (-0.11, -0.4), 0.05 * rs, density=0.6, long=False),
+    ]
     soft = [Soft((0.0, -0.65), (0.0, 0.65), 0.19 * ss)]
     return Skeleton("HUMERUS", bones, soft)
 
@@ -207,16 +230,17 @@ def _humerus(p: dict) -> Skeleton:
 def _shoulder(p: dict) -> Skeleton:
     """Humeral head and neck, glenoid, scapula body, acromion, clavicle and a few faint ribs."""
     rs, ss, j = p["radius_scale"], p["soft_scale"], p["jitter"]
-    bones = [Bone("humerus", (0.07, -0.02), (0.09, 0.7), 0.055 * rs, flare0=0.5),
-             Bone("head", (0.04, -0.06), (0.05, -0.05), 0.11 * rs, cortex=0.22, long=False),
-             Bone("glenoid", (-0.09, -0.13), (-0.09, 0.03), 0.03 * rs, cortex=0.5, long=False),
-             Bone("scapula", (-0.14, -0.08), (-0.3, 0.38), 0.085 * rs, cortex=0.2, density=0.45, long=False),
-             Bone("acromion", (-0.06, -0.2), (0.11, -0.23), 0.026 * rs, cortex=0.45, long=False),
-             Bone("clavicle", (-0.5, -0.32 + 0.02 * j[0]), (0.06, -0.27), 0.03 * rs, flare1=0.3)]
+    bones = [
+        Bone("humerus", (0.07, -0.02), (0.09, 0.7), 0.055 * rs, flare0=0.5),
+        Bone("head", (0.04, -0.06), (0.05, -0.05), 0.11 * rs, cortex=0.22, long=False),
+        Bone("glenoid", (-0.09, -0.13), (-0.09, 0.03), 0.03 * rs, cortex=0.5, long=False),
+        Bone("scapula", (-0.14, -0.08), (-0.3, 0.38), 0.085 * rs, cortex=0.2, density=0.45, long=False),
+        Bone("acromion", (-0.06, -0.2), (0.11, -0.23), 0.026 * rs, cortex=0.45, long=False),
+        Bone("clavicle", (-0.5, -0.32 + 0.02 * j[0]), (0.06, -0.27), 0.03 * rs, flare1=0.3),
+    ]
     for k in range(3):
         y = 0.05 + 0.17 * k
-        bones.append(Bone(f"rib{k + 1}", (-0.55, y + 0.08), (-0.2, y), 0.016 * rs, cortex=0.5, density=0.5,
-                          long=False))
+        bones.append(Bone(f"rib{k + 1}", (-0.55, y + 0.08), (-0.2, y), 0.016 * rs, cortex=0.5, density=0.5, long=False))
     soft = [Soft((-0.5, 0.05), (0.25, 0.02), 0.46 * ss), Soft((0.08, 0.0), (0.1, 0.8), 0.16 * ss)]
     return Skeleton("SHOULDER", bones, soft, phys=0.5)
 

@@ -23,11 +23,20 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from xrad.data.phantoms.anatomy import Bone, Skeleton, Soft
-from xrad.data.phantoms.render import (METAL, MU_CORTEX, MU_MEDULLA, MU_SOFT, Geometry, bone_paths, box,
-                                      carrier_coverage, compose, soft_path)
+from xrad.data.phantoms.render import (
+    METAL,
+    MU_CORTEX,
+    MU_MEDULLA,
+    MU_SOFT,
+    Geometry,
+    bone_paths,
+    box,
+    carrier_coverage,
+    compose,
+    soft_path,
+)
 
-ANOMALY_TYPES: tuple[str, ...] = ("plate", "screws", "fracture_gap", "displaced_fragment", "lesion",
-                                  "cortical_bump")
+ANOMALY_TYPES: tuple[str, ...] = ("plate", "screws", "fracture_gap", "displaced_fragment", "lesion", "cortical_bump")
 
 
 @dataclass
@@ -42,8 +51,9 @@ class AnomalySpec:
     params: dict[str, float] = field(default_factory=dict)
 
 
-def choose_site(kind: str, skeletons: list[Skeleton], geoms: list[Geometry],
-                rng: np.random.Generator) -> tuple[int, float]:
+def choose_site(
+    kind: str, skeletons: list[Skeleton], geoms: list[Geometry], rng: np.random.Generator
+) -> tuple[int, float]:
     """Pick (bone, t), favouring large bones, such that the site lies inside the carrier in every view."""
     bones = skeletons[0].bones
     ok = [i for i, b in enumerate(bones) if b.long or (kind == "lesion" and b.density >= 0.9)]
@@ -73,8 +83,12 @@ def _site_margin(point: np.ndarray, geom: Geometry) -> float:
 def sample_spec(kind: str, skeletons: list[Skeleton], geoms: list[Geometry], rng: np.random.Generator) -> AnomalySpec:
     """Draw a study's anomaly of ``kind``: site, side, angle and the kind's own parameters."""
     bone, t = choose_site(kind, skeletons, geoms, rng)
-    params = {"u1": float(rng.random()), "u2": float(rng.random()), "u3": float(rng.random()),
-              "swelling": float(rng.random() < 0.8)}
+    params = {
+        "u1": float(rng.random()),
+        "u2": float(rng.random()),
+        "u3": float(rng.random()),
+        "swelling": float(rng.random() < 0.8),
+    }
     return AnomalySpec(kind, bone, t, float(rng.choice((-1.0, 1.0))), float(rng.uniform(-30, 30)), params)
 
 
@@ -87,8 +101,15 @@ def _rot(v: np.ndarray, deg: float) -> np.ndarray:
     return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ v
 
 
-def render_view(skeleton: Skeleton, geom: Geometry, spec: AnomalySpec | None, strength: float, noise: float,
-                letter: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def render_view(
+    skeleton: Skeleton,
+    geom: Geometry,
+    spec: AnomalySpec | None,
+    strength: float,
+    noise: float,
+    letter: str,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Render one view: (uint8 image (H, W) or (H, W, 3) when RGB-encoded, body mask, anomaly mask)."""
     shape = (geom.height, geom.width)
     matrix, shift, scale = geom.body_to_image()
@@ -97,8 +118,9 @@ def render_view(skeleton: Skeleton, geom: Geometry, spec: AnomalySpec | None, st
     extra_soft: list[Soft] = []
     for i, bone in enumerate(skeleton.bones):
         if spec is not None and i == spec.bone:
-            extra_soft += _plant(spec, bone, skeleton, shape, matrix, shift, scale, strength,
-                                 cortex, medulla, metal, amask)
+            extra_soft += _plant(
+                spec, bone, skeleton, shape, matrix, shift, scale, strength, cortex, medulla, metal, amask
+            )
             continue
         paths = bone_paths(shape, bone, matrix, shift, scale)
         if paths is not None:
@@ -117,9 +139,20 @@ def render_view(skeleton: Skeleton, geom: Geometry, spec: AnomalySpec | None, st
     return image, body, (amask & inside) if spec is not None else None
 
 
-def _plant(spec: AnomalySpec, bone: Bone, skeleton: Skeleton, shape: tuple[int, int], matrix: np.ndarray,
-           shift: np.ndarray, scale: float, strength: float, cortex: np.ndarray, medulla: np.ndarray,
-           metal: np.ndarray, amask: np.ndarray) -> list[Soft]:
+def _plant(
+    spec: AnomalySpec,
+    bone: Bone,
+    skeleton: Skeleton,
+    shape: tuple[int, int],
+    matrix: np.ndarray,
+    shift: np.ndarray,
+    scale: float,
+    strength: float,
+    cortex: np.ndarray,
+    medulla: np.ndarray,
+    metal: np.ndarray,
+    amask: np.ndarray,
+) -> list[Soft]:
     """Render ``bone`` carrying the anomaly into the accumulators; return extra soft tissue (swelling)."""
     k, size_k = spec.kind, math.sqrt(strength)
     site = matrix @ bone.point(spec.t) + shift
@@ -136,8 +169,9 @@ def _plant(spec: AnomalySpec, bone: Bone, skeleton: Skeleton, shape: tuple[int, 
             mult = np.ones_like(cort)
             if k == "fracture_gap":
                 n = _rot(axis, spec.angle)  # the gap line is perpendicular to n: oblique across the bone
-                s = (np.arange(sl[1].start, sl[1].stop)[None, :] - site[0]) * n[0] \
-                    + (np.arange(sl[0].start, sl[0].stop)[:, None] - site[1]) * n[1]
+                s = (np.arange(sl[1].start, sl[1].stop)[None, :] - site[0]) * n[0] + (
+                    np.arange(sl[0].start, sl[0].stop)[:, None] - site[1]
+                ) * n[1]
                 half = max(0.9 * r_px, 0.02 * max(shape)) * size_k / 2
                 band = np.clip(0.5 + (half - np.abs(s)), 0.0, 1.0)
                 mult = 1.0 - min(0.95, 0.9 * strength) * band
@@ -156,26 +190,55 @@ def _plant(spec: AnomalySpec, bone: Bone, skeleton: Skeleton, shape: tuple[int, 
     if k == "plate":
         half_len = bone.length * scale * (0.2 + 0.12 * spec.params["u1"])
         centre = site + normal * spec.side * 0.5 * r_px
-        _metal(box(shape, centre, axis, half_len, max(1.5, 0.6 * r_px, 0.008 * max(shape)) * size_k), strength, metal, amask)
+        _metal(
+            box(shape, centre, axis, half_len, max(1.5, 0.6 * r_px, 0.008 * max(shape)) * size_k),
+            strength,
+            metal,
+            amask,
+        )
         n_screws = int(np.clip(round(2 * half_len / (2.2 * r_px)), 2, 6))
         for offset in np.linspace(-0.8, 0.8, n_screws) * half_len:
             _screw(shape, site + axis * offset, normal, r_px, size_k, strength, spec.side, metal, amask)
     elif k == "screws":
         if spec.params["u2"] < 0.3:  # a K-wire: a thin pin along the bone
             centre = site + normal * spec.side * 0.2 * r_px
-            _metal(box(shape, centre, _rot(axis, spec.angle / 6), bone.length * scale * 0.2,
-                       max(0.8, 0.18 * r_px * size_k)), strength, metal, amask)
+            _metal(
+                box(
+                    shape, centre, _rot(axis, spec.angle / 6), bone.length * scale * 0.2, max(0.8, 0.18 * r_px * size_k)
+                ),
+                strength,
+                metal,
+                amask,
+            )
         else:
             n_screws = 1 + int(spec.params["u1"] * 3)
             for offset in (np.arange(n_screws) - (n_screws - 1) / 2) * 2.0 * r_px:
-                _screw(shape, site + axis * offset, _rot(normal, spec.angle * 0.8), r_px, size_k, strength,
-                       spec.side, metal, amask)
+                _screw(
+                    shape,
+                    site + axis * offset,
+                    _rot(normal, spec.angle * 0.8),
+                    r_px,
+                    size_k,
+                    strength,
+                    spec.side,
+                    metal,
+                    amask,
+                )
     elif k == "cortical_bump":
-        centre = (bone.point(spec.t) + spec.side * (bone.radius * 0.95) * _perp(np.asarray(bone.p1) - np.asarray(bone.p0)))
+        centre = bone.point(spec.t) + spec.side * (bone.radius * 0.95) * _perp(
+            np.asarray(bone.p1) - np.asarray(bone.p0)
+        )
         direction = (np.asarray(bone.p1) - np.asarray(bone.p0)) / max(bone.length, 1e-9)
         half = bone.radius * 1.0 * size_k
-        bump = Bone("bump", tuple(centre - half * direction), tuple(centre + half * direction),
-                    bone.radius * 0.38 * size_k, cortex=1.0, density=0.8, long=False)
+        bump = Bone(
+            "bump",
+            tuple(centre - half * direction),
+            tuple(centre + half * direction),
+            bone.radius * 0.38 * size_k,
+            cortex=1.0,
+            density=0.8,
+            long=False,
+        )
         paths = bone_paths(shape, bump, matrix, shift, scale)
         if paths is not None:
             cortex[paths[0]] += paths[1] * min(1.5, strength)
@@ -191,10 +254,24 @@ def _metal(cov, strength: float, metal: np.ndarray, amask: np.ndarray) -> None:
         amask[cov[0]] |= cov[1] > 0.5
 
 
-def _screw(shape, centre: np.ndarray, direction: np.ndarray, r_px: float, size_k: float, strength: float,
-           side: float, metal: np.ndarray, amask: np.ndarray) -> None:
+def _screw(
+    shape,
+    centre: np.ndarray,
+    direction: np.ndarray,
+    r_px: float,
+    size_k: float,
+    strength: float,
+    side: float,
+    metal: np.ndarray,
+    amask: np.ndarray,
+) -> None:
     """A screw across a bone: a shaft through it and a wider head on the ``side`` cortex."""
-    _metal(box(shape, centre, direction, 1.5 * r_px, max(0.8, 0.25 * r_px, 0.004 * max(shape)) * size_k), strength, metal, amask)
+    _metal(
+        box(shape, centre, direction, 1.5 * r_px, max(0.8, 0.25 * r_px, 0.004 * max(shape)) * size_k),
+        strength,
+        metal,
+        amask,
+    )
     head = centre + direction * side * 1.5 * r_px
     _metal(box(shape, head, direction, max(0.8, 0.15 * r_px), max(1.0, 0.4 * r_px * size_k)), strength, metal, amask)
 
@@ -208,8 +285,10 @@ def _displaced(spec: AnomalySpec, bone: Bone, shape, matrix, shift, scale, stren
     offset = _perp(p1 - p0) * spec.side * bone.radius * (1.0 + 0.6 * spec.params["u2"]) * math.sqrt(strength)
     d0 = brk + _rot(bone.point(spec.t + gap) - brk, angle) + offset
     d1 = brk + _rot(p1 - brk, angle) + offset
-    pieces = [replace(bone, p1=tuple(bone.point(spec.t - gap)), t1=spec.t - gap),
-              replace(bone, p0=tuple(d0), p1=tuple(d1), t0=spec.t + gap)]
+    pieces = [
+        replace(bone, p1=tuple(bone.point(spec.t - gap)), t1=spec.t - gap),
+        replace(bone, p0=tuple(d0), p1=tuple(d1), t0=spec.t + gap),
+    ]
     new_outer = np.zeros(shape, np.float32)
     for piece in pieces:
         paths = bone_paths(shape, piece, matrix, shift, scale)
@@ -236,5 +315,6 @@ def _swelling(skeleton: Skeleton, point: np.ndarray, strength: float) -> list[So
     if best is None:
         return []
     half = 0.9 * best.radius
-    return [Soft(tuple(q - half * direction), tuple(q + half * direction),
-                 best.radius * (1 + 0.22 * math.sqrt(strength)))]
+    return [
+        Soft(tuple(q - half * direction), tuple(q + half * direction), best.radius * (1 + 0.22 * math.sqrt(strength)))
+    ]

@@ -39,32 +39,60 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xrad.config.sizes import cache_size_problem
 from xrad.data.phantoms.anatomy import PARTS, VIEW_KINDS, build_skeleton, sample_patient
 from xrad.data.phantoms.anomalies import ANOMALY_TYPES, render_view, sample_spec
 from xrad.data.phantoms.render import plan_geometry
-from xrad.config.sizes import cache_size_problem
 from xrad.errors import ConfigError
 from xrad.utils.atomic import write_csv, write_json
 
 GENERATOR_VERSION = 2  # bump when the rendering changes: a resumed folder must not mix versions
 CONFIG_FILE = "synth_config.json"
 GROUND_TRUTH_COLUMNS: tuple[str, ...] = (
-    "path", "mura_split", "body_part", "patient_id", "study", "study_number", "image_number", "label",
-    "anomaly_type", "inverted", "carrier_rotation_deg", "carrier_corners", "body_mask_path",
-    "anomaly_mask_path", "carrier_clipped", "rgb_encoded", "marker")
+    "path",
+    "mura_split",
+    "body_part",
+    "patient_id",
+    "study",
+    "study_number",
+    "image_number",
+    "label",
+    "anomaly_type",
+    "inverted",
+    "carrier_rotation_deg",
+    "carrier_corners",
+    "body_mask_path",
+    "anomaly_mask_path",
+    "carrier_clipped",
+    "rgb_encoded",
+    "marker",
+)
 
 
 def _default_mix() -> dict[str, float]:
     # subtle kinds (lesion, cortical_bump) are a minority: most anomalies stay visible to the eye at 64 px.
     # Visible is not learnable: see benchmarks/bench_reference_points.py for what models reach on them.
-    return {"plate": 0.3, "screws": 0.2, "fracture_gap": 0.2, "displaced_fragment": 0.2, "lesion": 0.05,
-            "cortical_bump": 0.05}
+    return {
+        "plate": 0.3,
+        "screws": 0.2,
+        "fracture_gap": 0.2,
+        "displaced_fragment": 0.2,
+        "lesion": 0.05,
+        "cortical_bump": 0.05,
+    }
 
 
 def _default_parts() -> dict[str, float]:
     # roughly MURA's share of studies per body part
-    return {"ELBOW": 0.13, "FINGER": 0.14, "FOREARM": 0.06, "HAND": 0.15, "HUMERUS": 0.05, "SHOULDER": 0.22,
-            "WRIST": 0.25}
+    return {
+        "ELBOW": 0.13,
+        "FINGER": 0.14,
+        "FOREARM": 0.06,
+        "HAND": 0.15,
+        "HUMERUS": 0.05,
+        "SHOULDER": 0.22,
+        "WRIST": 0.25,
+    }
 
 
 @dataclass
@@ -108,16 +136,25 @@ class SynthConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values the generator cannot honour."""
-        checks = [(1 <= self.n_patients <= 99_999, "n_patients must be 1..99999 (5-digit patient ids)"),
-                  (cache_size_problem(self.size) is None, f"size {cache_size_problem(self.size)}"),
-                  (0 <= self.valid_fraction < 1, "valid_fraction must be in [0, 1)"),
-                  (0 <= self.abnormal_study_rate <= 1, "abnormal_study_rate must be in [0, 1]"),
-                  (self.difficulty > 0, "difficulty must be > 0"), (self.noise >= 0, "noise must be >= 0"),
-                  (set(self.anomaly_mix) <= set(ANOMALY_TYPES) and sum(self.anomaly_mix.values()) > 0
-                   and min(self.anomaly_mix.values()) >= 0, f"anomaly_mix keys must be among {ANOMALY_TYPES}"),
-                  (set(self.part_weights) <= set(PARTS) and sum(self.part_weights.values()) > 0,
-                   f"part_weights keys must be among {PARTS}"),
-                  (self.workers >= 1, "workers must be >= 1")]
+        checks = [
+            (1 <= self.n_patients <= 99_999, "n_patients must be 1..99999 (5-digit patient ids)"),
+            (cache_size_problem(self.size) is None, f"size {cache_size_problem(self.size)}"),
+            (0 <= self.valid_fraction < 1, "valid_fraction must be in [0, 1)"),
+            (0 <= self.abnormal_study_rate <= 1, "abnormal_study_rate must be in [0, 1]"),
+            (self.difficulty > 0, "difficulty must be > 0"),
+            (self.noise >= 0, "noise must be >= 0"),
+            (
+                set(self.anomaly_mix) <= set(ANOMALY_TYPES)
+                and sum(self.anomaly_mix.values()) > 0
+                and min(self.anomaly_mix.values()) >= 0,
+                f"anomaly_mix keys must be among {ANOMALY_TYPES}",
+            ),
+            (
+                set(self.part_weights) <= set(PARTS) and sum(self.part_weights.values()) > 0,
+                f"part_weights keys must be among {PARTS}",
+            ),
+            (self.workers >= 1, "workers must be >= 1"),
+        ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"synth config: {message}")
@@ -151,15 +188,22 @@ def plan_census(config: SynthConfig) -> list[dict]:
             parts = [pid - 1] + [x for x in parts if x != pid - 1][: n_parts - 1]
         for part in sorted(parts):
             n_studies = int(rng.choice([1, 2, 3, 4], p=[0.8, 0.13, 0.05, 0.02]))
-            studies = [(int(rng.random() < config.abnormal_study_rate), int(rng.choice([1, 2, 3, 4], p=[0.12, 0.33, 0.45, 0.1])))
-                       for _ in range(n_studies)]
-            units.append({"patient": pid, "part": part, "split": "train" if pid <= n - n_valid else "valid",
-                          "studies": studies})
+            studies = [
+                (
+                    int(rng.random() < config.abnormal_study_rate),
+                    int(rng.choice([1, 2, 3, 4], p=[0.12, 0.33, 0.45, 0.1])),
+                )
+                for _ in range(n_studies)
+            ]
+            units.append(
+                {"patient": pid, "part": part, "split": "train" if pid <= n - n_valid else "valid", "studies": studies}
+            )
     if n >= 5:  # the multi-digit-study unit: patient 1's first unit
         big = units[0]
         extra = int(rng.integers(10, 13)) - len(big["studies"])
-        big["studies"] += [(int(rng.random() < config.abnormal_study_rate), int(rng.integers(1, 5)))
-                           for _ in range(max(extra, 0))]
+        big["studies"] += [
+            (int(rng.random() < config.abnormal_study_rate), int(rng.integers(1, 5))) for _ in range(max(extra, 0))
+        ]
         candidates = [big]
     else:
         candidates = [u for u in units if len(u["studies"]) >= 2][:1]
@@ -170,10 +214,16 @@ def plan_census(config: SynthConfig) -> list[dict]:
 
 
 def _relpaths(unit: dict, study: int, image: int, label: int) -> tuple[str, str, str, str]:
-    folder = (f"MURA-v1.1/{unit['split']}/XR_{PARTS[unit['part']]}/patient{unit['patient']:05d}/"
-              f"study{study}_{'positive' if label else 'negative'}")
-    return (folder, f"{folder}/image{image}.png", f"ground_truth/{folder}/image{image}_body.png",
-            f"ground_truth/{folder}/image{image}_anomaly.png")
+    folder = (
+        f"MURA-v1.1/{unit['split']}/XR_{PARTS[unit['part']]}/patient{unit['patient']:05d}/"
+        f"study{study}_{'positive' if label else 'negative'}"
+    )
+    return (
+        folder,
+        f"{folder}/image{image}.png",
+        f"ground_truth/{folder}/image{image}_body.png",
+        f"ground_truth/{folder}/image{image}_anomaly.png",
+    )
 
 
 def _anomaly_kind(config: SynthConfig, rng: np.random.Generator) -> str:
@@ -194,13 +244,23 @@ def render_unit(config: SynthConfig, unit: dict, out_dir: str) -> list[dict]:
     for s, (label, n_views) in enumerate(unit["studies"], start=1):
         study_rng = _rng(config, 2, pid, pidx, s)
         kind = _anomaly_kind(config, study_rng) if label else ""
-        geoms = [plan_geometry(config.size, _rng(config, 3, pid, pidx, s, k), rotated_rate=config.rotated_carrier_rate,
-                               max_rotation=config.max_carrier_rotation, clipped_rate=config.clipped_carrier_rate,
-                               inverted_rate=config.inverted_rate, rgb_rate=config.rgb_rate,
-                               marker_rate=config.marker_rate) for k in range(1, n_views + 1)]
+        geoms = [
+            plan_geometry(
+                config.size,
+                _rng(config, 3, pid, pidx, s, k),
+                rotated_rate=config.rotated_carrier_rate,
+                max_rotation=config.max_carrier_rotation,
+                clipped_rate=config.clipped_carrier_rate,
+                inverted_rate=config.inverted_rate,
+                rgb_rate=config.rgb_rate,
+                marker_rate=config.marker_rate,
+            )
+            for k in range(1, n_views + 1)
+        ]
         paths = [_relpaths(unit, s, k, label) for k in range(1, n_views + 1)]
-        done = all((out / p[1]).is_file() and (out / p[2]).is_file() and (not label or (out / p[3]).is_file())
-                   for p in paths)
+        done = all(
+            (out / p[1]).is_file() and (out / p[2]).is_file() and (not label or (out / p[3]).is_file()) for p in paths
+        )
         if not done:
             writer = _writer()
             skeletons = [build_skeleton(part, patient, VIEW_KINDS[k]) for k in range(n_views)]
@@ -208,20 +268,35 @@ def render_unit(config: SynthConfig, unit: dict, out_dir: str) -> list[dict]:
             for k, (geom, sk, p) in enumerate(zip(geoms, skeletons, paths), start=1):
                 if (out / p[1]).is_file() and (out / p[2]).is_file() and (not label or (out / p[3]).is_file()):
                     continue  # this view is finished (the study is re-rendered only for its missing views)
-                image, body, anomaly = render_view(sk, geom, spec, 1.0 / config.difficulty, config.noise, letter,
-                                                   _rng(config, 4, pid, pidx, s, k))
+                image, body, anomaly = render_view(
+                    sk, geom, spec, 1.0 / config.difficulty, config.noise, letter, _rng(config, 4, pid, pidx, s, k)
+                )
                 # resume checks all three files, so their order of completion does not matter
                 for rel, pixels in ((p[2], body), (p[3], anomaly), (p[1], image)):
                     if pixels is not None and not (out / rel).is_file():
                         pending.append(writer.submit(write_png, out / rel, pixels))
         for k, (geom, p) in enumerate(zip(geoms, paths), start=1):
-            rows.append({"path": p[1], "mura_split": unit["split"], "body_part": part, "patient_id": f"{pid:05d}",
-                         "study": p[0].rsplit("/", 1)[1], "study_number": s, "image_number": k, "label": label,
-                         "anomaly_type": kind, "inverted": int(geom.inverted),
-                         "carrier_rotation_deg": round(geom.rotation_deg, 3),
-                         "carrier_corners": json.dumps(geom.corners()), "body_mask_path": p[2],
-                         "anomaly_mask_path": p[3] if label else "", "carrier_clipped": int(geom.clipped),
-                         "rgb_encoded": int(geom.rgb), "marker": letter if geom.marker else ""})
+            rows.append(
+                {
+                    "path": p[1],
+                    "mura_split": unit["split"],
+                    "body_part": part,
+                    "patient_id": f"{pid:05d}",
+                    "study": p[0].rsplit("/", 1)[1],
+                    "study_number": s,
+                    "image_number": k,
+                    "label": label,
+                    "anomaly_type": kind,
+                    "inverted": int(geom.inverted),
+                    "carrier_rotation_deg": round(geom.rotation_deg, 3),
+                    "carrier_corners": json.dumps(geom.corners()),
+                    "body_mask_path": p[2],
+                    "anomaly_mask_path": p[3] if label else "",
+                    "carrier_clipped": int(geom.clipped),
+                    "rgb_encoded": int(geom.rgb),
+                    "marker": letter if geom.marker else "",
+                }
+            )
     for future in pending:
         future.result()  # re-raise write errors; the unit is reported only once its files exist
     return rows
@@ -261,12 +336,16 @@ def _prepare(out: Path, config: SynthConfig, overwrite: bool) -> None:
         except (OSError, json.JSONDecodeError):
             previous = None
         if previous != json.loads(json.dumps(config.identity())):
-            raise ConfigError(f"{cfg_path}: this folder holds phantoms made with another configuration; "
-                              f"pass --overwrite to replace them or choose another output folder")
+            raise ConfigError(
+                f"{cfg_path}: this folder holds phantoms made with another configuration; "
+                f"pass --overwrite to replace them or choose another output folder"
+            )
         return  # identical configuration: resume, skipping finished images
     if not cfg_path.is_file() and (out / "MURA-v1.1").exists() and not overwrite:
-        raise ConfigError(f"{out / 'MURA-v1.1'}: exists but was not written by `xrad synth`; pass --overwrite "
-                          f"to replace it or choose another output folder")
+        raise ConfigError(
+            f"{out / 'MURA-v1.1'}: exists but was not written by `xrad synth`; pass --overwrite "
+            f"to replace it or choose another output folder"
+        )
     if overwrite:
         for p in ours:
             if p.is_dir():
@@ -276,8 +355,9 @@ def _prepare(out: Path, config: SynthConfig, overwrite: bool) -> None:
     write_json(cfg_path, config.identity())
 
 
-def generate_phantoms(out_dir: str | Path, config: SynthConfig, progress: bool = True,
-                      overwrite: bool = False) -> pd.DataFrame:
+def generate_phantoms(
+    out_dir: str | Path, config: SynthConfig, progress: bool = True, overwrite: bool = False
+) -> pd.DataFrame:
     """Generate the phantom data set under ``out_dir`` and return its ground-truth table (also written).
 
     Re-running into a folder generated with the identical configuration resumes (finished images are
@@ -299,8 +379,11 @@ def generate_phantoms(out_dir: str | Path, config: SynthConfig, progress: bool =
             pool = None
         else:
             # forkserver: never fork a parent whose PNG writer threads may be running
-            pool = ProcessPoolExecutor(max_workers=config.workers, initializer=_worker_init,
-                                       mp_context=multiprocessing.get_context("forkserver"))
+            pool = ProcessPoolExecutor(
+                max_workers=config.workers,
+                initializer=_worker_init,
+                mp_context=multiprocessing.get_context("forkserver"),
+            )
             results = pool.map(_render_unit_star, tasks, chunksize=4)
         try:
             for unit_rows in results:
@@ -310,8 +393,9 @@ def generate_phantoms(out_dir: str | Path, config: SynthConfig, progress: bool =
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
     frame = pd.DataFrame(rows, columns=list(GROUND_TRUTH_COLUMNS))
-    frame = frame.sort_values(["mura_split", "body_part", "patient_id", "study_number", "image_number"],
-                              kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(
+        ["mura_split", "body_part", "patient_id", "study_number", "image_number"], kind="stable"
+    ).reset_index(drop=True)
     _write_tables(out, frame)
     return frame
 
@@ -330,16 +414,19 @@ def _write_tables(out: Path, frame: pd.DataFrame) -> None:
 def summarise(frame: pd.DataFrame, seconds: float | None = None) -> str:
     """A short human-readable summary: counts and the abnormal fraction of studies per body part."""
     studies = frame.drop_duplicates(["mura_split", "body_part", "patient_id", "study"])
-    lines = [f"{len(frame)} images, {len(studies)} studies, {frame['patient_id'].nunique()} patients "
-             f"({(studies['mura_split'] == 'valid').sum()} studies in valid)"
-             + (f" in {seconds:.1f} s" if seconds is not None else "")]
+    lines = [
+        f"{len(frame)} images, {len(studies)} studies, {frame['patient_id'].nunique()} patients "
+        f"({(studies['mura_split'] == 'valid').sum()} studies in valid)"
+        + (f" in {seconds:.1f} s" if seconds is not None else "")
+    ]
     for part, group in studies.groupby("body_part"):
         lines.append(f"  {part:<9} {len(group):>5} studies, abnormal {group['label'].mean():.2f}")
     return "\n".join(lines)
 
 
-def timed_generate(out_dir: str | Path, config: SynthConfig, progress: bool = True,
-                   overwrite: bool = False) -> tuple[pd.DataFrame, float]:
+def timed_generate(
+    out_dir: str | Path, config: SynthConfig, progress: bool = True, overwrite: bool = False
+) -> tuple[pd.DataFrame, float]:
     """:func:`generate_phantoms` and its wall time in seconds."""
     start = time.perf_counter()
     frame = generate_phantoms(out_dir, config, progress=progress, overwrite=overwrite)

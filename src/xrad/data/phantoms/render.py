@@ -31,15 +31,15 @@ class Geometry:
 
     height: int
     width: int
-    centre: tuple[float, float]       # carrier centre (x, y) in pixels
-    carrier: tuple[float, float]      # carrier side lengths (along its own x, along its own y) in pixels
-    rotation_deg: float               # angle of the top edge TL→TR, atan2(dy, dx), y down: + = clockwise
+    centre: tuple[float, float]  # carrier centre (x, y) in pixels
+    carrier: tuple[float, float]  # carrier side lengths (along its own x, along its own y) in pixels
+    rotation_deg: float  # angle of the top edge TL→TR, atan2(dy, dx), y down: + = clockwise
     clipped: bool
     inverted: bool
     rgb: bool
     marker: bool
     pose: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # rotation deg, dx, dy, scale
-    look: dict[str, float] = field(default_factory=dict)            # exposure and grey levels
+    look: dict[str, float] = field(default_factory=dict)  # exposure and grey levels
 
     def corners(self) -> list[list[float]]:
         """Carrier corners [x, y] clockwise from top-left, in image pixel coordinates (pixel centres)."""
@@ -47,8 +47,12 @@ class Geometry:
         a = math.radians(self.rotation_deg)
         out = []
         for ux, uy in ((-cw / 2, -ch / 2), (cw / 2, -ch / 2), (cw / 2, ch / 2), (-cw / 2, ch / 2)):
-            out.append([round(self.centre[0] + ux * math.cos(a) - uy * math.sin(a), 3),
-                        round(self.centre[1] + ux * math.sin(a) + uy * math.cos(a), 3)])
+            out.append(
+                [
+                    round(self.centre[0] + ux * math.cos(a) - uy * math.sin(a), 3),
+                    round(self.centre[1] + ux * math.sin(a) + uy * math.cos(a), 3),
+                ]
+            )
         return out
 
     def body_to_image(self) -> tuple[np.ndarray, np.ndarray, float]:
@@ -66,8 +70,17 @@ class Geometry:
         return matrix, shift, long_side
 
 
-def plan_geometry(size: int, rng: np.random.Generator, *, rotated_rate: float, max_rotation: float,
-                  clipped_rate: float, inverted_rate: float, rgb_rate: float, marker_rate: float) -> Geometry:
+def plan_geometry(
+    size: int,
+    rng: np.random.Generator,
+    *,
+    rotated_rate: float,
+    max_rotation: float,
+    clipped_rate: float,
+    inverted_rate: float,
+    rgb_rate: float,
+    marker_rate: float,
+) -> Geometry:
     """Draw the image size, carrier placement, pose and grey levels of one image."""
     aspect = rng.uniform(0.6, 1.0)
     portrait = rng.random() < 0.8
@@ -93,14 +106,34 @@ def plan_geometry(size: int, rng: np.random.Generator, *, rotated_rate: float, m
             lo, hi = cy - ch / 2, cy + ch / 2
             lo, hi = (-beyond * ch, hi) if side == 2 else (lo, h - 1 + beyond * ch)
             cy, ch = (lo + hi) / 2, hi - lo
-    pose = (float(np.clip(rng.normal(0.0, 6.0), -15, 15)), float(rng.uniform(-0.03, 0.03)),
-            float(rng.uniform(-0.03, 0.03)), float(rng.uniform(0.92, 1.04)))
-    look = {"exposure": rng.uniform(0.85, 1.15), "base": rng.uniform(0.12, 0.24), "surround": rng.uniform(0.0, 0.05),
-            "peak": rng.uniform(0.88, 0.97), "gx": rng.uniform(-0.12, 0.12), "gy": rng.uniform(-0.12, 0.12),
-            "marker_corner": rng.random()}
-    return Geometry(h, w, (float(cx), float(cy)), (float(cw), float(ch)), rotation, bool(clipped),
-                    bool(rng.random() < inverted_rate), bool(rng.random() < rgb_rate),
-                    bool(rng.random() < marker_rate), pose, {k: float(v) for k, v in look.items()})
+    pose = (
+        float(np.clip(rng.normal(0.0, 6.0), -15, 15)),
+        float(rng.uniform(-0.03, 0.03)),
+        float(rng.uniform(-0.03, 0.03)),
+        float(rng.uniform(0.92, 1.04)),
+    )
+    look = {
+        "exposure": rng.uniform(0.85, 1.15),
+        "base": rng.uniform(0.12, 0.24),
+        "surround": rng.uniform(0.0, 0.05),
+        "peak": rng.uniform(0.88, 0.97),
+        "gx": rng.uniform(-0.12, 0.12),
+        "gy": rng.uniform(-0.12, 0.12),
+        "marker_corner": rng.random(),
+    }
+    return Geometry(
+        h,
+        w,
+        (float(cx), float(cy)),
+        (float(cw), float(ch)),
+        rotation,
+        bool(clipped),
+        bool(rng.random() < inverted_rate),
+        bool(rng.random() < rgb_rate),
+        bool(rng.random() < marker_rate),
+        pose,
+        {k: float(v) for k, v in look.items()},
+    )
 
 
 def _window(shape: tuple[int, int], pts: np.ndarray, margin: float):
@@ -139,14 +172,22 @@ def bone_paths(shape: tuple[int, int], bone: Bone, matrix: np.ndarray, shift: np
     t, dist = _axis(xs, ys, p0, p1)
     tp = bone.t0 + t * (bone.t1 - bone.t0)  # position on the parent bone (fragments keep its profile)
     zone = 0.22
-    radius = r * (1 + bone.flare0 * np.clip(1 - tp / zone, 0, 1) ** 2 + bone.flare1 * np.clip(1 - (1 - tp) / zone, 0, 1) ** 2)
+    radius = r * (
+        1 + bone.flare0 * np.clip(1 - tp / zone, 0, 1) ** 2 + bone.flare1 * np.clip(1 - (1 - tp) / zone, 0, 1) ** 2
+    )
     outer = _chord(radius, dist)
     inner = _chord(radius * (1 - bone.cortex), dist)
     return sl, (outer - inner) * bone.density, inner * bone.density, outer
 
 
-def soft_path(shape: tuple[int, int], skeleton: Skeleton, matrix: np.ndarray, shift: np.ndarray,
-              scale: float, extra: list | None = None) -> np.ndarray:
+def soft_path(
+    shape: tuple[int, int],
+    skeleton: Skeleton,
+    matrix: np.ndarray,
+    shift: np.ndarray,
+    scale: float,
+    extra: list | None = None,
+) -> np.ndarray:
     """Soft-tissue path length (pixels): the maximum over soft capsules, so unions stay smooth."""
     out = np.zeros(shape, np.float32)
     for s in list(skeleton.soft) + list(extra or []):
@@ -178,16 +219,28 @@ def box(shape: tuple[int, int], centre: np.ndarray, axis: np.ndarray, half_len: 
 def carrier_coverage(geom: Geometry) -> np.ndarray:
     """Anti-aliased carrier rectangle coverage over the whole image."""
     a = math.radians(geom.rotation_deg)
-    cov = box((geom.height, geom.width), np.array(geom.centre), np.array([math.cos(a), math.sin(a)]),
-              geom.carrier[0] / 2, geom.carrier[1] / 2)
+    cov = box(
+        (geom.height, geom.width),
+        np.array(geom.centre),
+        np.array([math.cos(a), math.sin(a)]),
+        geom.carrier[0] / 2,
+        geom.carrier[1] / 2,
+    )
     out = np.zeros((geom.height, geom.width), np.float32)
     if cov is not None:
         out[cov[0]] = cov[1]
     return out
 
 
-def compose(geom: Geometry, attenuation: np.ndarray, carrier: np.ndarray, soft: np.ndarray, marker_letter: str,
-            noise: float, rng: np.random.Generator) -> np.ndarray:
+def compose(
+    geom: Geometry,
+    attenuation: np.ndarray,
+    carrier: np.ndarray,
+    soft: np.ndarray,
+    marker_letter: str,
+    noise: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Turn attenuation into grey levels: exposure, carrier/surround, gradient, blur, marker, noise, inversion."""
     import cv2
 
@@ -222,7 +275,7 @@ def _marker(geom: Geometry, soft: np.ndarray, letter: str) -> np.ndarray:
         # step 14 % of the way from the corner towards the centre: inside the carrier, clear of its edge
         x = int(np.clip(cx + 0.14 * (geom.centre[0] - cx) - tw / 2, 1, w - tw - 2))
         y = int(np.clip(cy + 0.14 * (geom.centre[1] - cy) + th / 2, th + 1, h - 2))
-        load = float(soft[max(y - th - 2, 0):y + 3, max(x - 2, 0):x + tw + 3].sum())
+        load = float(soft[max(y - th - 2, 0) : y + 3, max(x - 2, 0) : x + tw + 3].sum())
         if best is None or load < best:
             best, where = load, (x, y)
     canvas = np.zeros((h, w), np.uint8)

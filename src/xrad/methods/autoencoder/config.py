@@ -35,16 +35,25 @@ class AEConfig:
     def checks(self) -> Iterable[Check]:
         from xrad.losses import RECONSTRUCTION_KINDS  # torch: imported when a config is checked, not listed
 
-        return [("decode_from", self.decode_from in ("z", "h"), f"must be 'z' or 'h', got {self.decode_from!r}"),
-                ("score", self.score in RECONSTRUCTION_KINDS,
-                 f"must be one of {RECONSTRUCTION_KINDS}, got {self.score!r}"),
-                ("top_k_fraction", 0.0 < self.top_k_fraction <= 1.0, f"must be in (0, 1], got {self.top_k_fraction}"),
-                ("decoder_channels", len(self.decoder_channels) == 5 and min(self.decoder_channels) >= 1,
-                 f"must list 5 positive widths, got {self.decoder_channels}")]
+        return [
+            ("decode_from", self.decode_from in ("z", "h"), f"must be 'z' or 'h', got {self.decode_from!r}"),
+            ("score", self.score in RECONSTRUCTION_KINDS, f"must be one of {RECONSTRUCTION_KINDS}, got {self.score!r}"),
+            ("top_k_fraction", 0.0 < self.top_k_fraction <= 1.0, f"must be in (0, 1], got {self.top_k_fraction}"),
+            (
+                "decoder_channels",
+                len(self.decoder_channels) == 5 and min(self.decoder_channels) >= 1,
+                f"must list 5 positive widths, got {self.decoder_channels}",
+            ),
+        ]
 
 
 def image_size_checks(config: Config) -> Iterable[Check]:
     """The decoder upsamples by 2 five times: the network input must be a multiple of 32."""
-    return [("data.image_size", config.data.image_size % 32 == 0,
-             f"{config.data.image_size} must be a multiple of 32 for the autoencoder's decoder "
-             "(e.g. --set data.image_size=64)")]
+    return [
+        (
+            "data.image_size",
+            config.data.image_size % 32 == 0,
+            f"{config.data.image_size} must be a multiple of 32 for the autoencoder's decoder "
+            "(e.g. --set data.image_size=64)",
+        )
+    ]

@@ -44,9 +44,14 @@ def autoencoder_args(ae: Autoencoder) -> dict[str, Any]:
 
 def autoencoder_from(state: dict[str, Tensor], args: dict[str, Any]) -> Autoencoder:
     """Rebuild an autoencoder from :func:`autoencoder_args` and its (un-prefixed) state_dict."""
-    ae = build_autoencoder(int(args["image_size"]), head_dims=args["head_dims"], bias=bool(args["head_bias"]),
-                           in_channels=int(args.get("in_channels", 1)), decode_from=str(args["decode_from"]),
-                           channels=args["channels"])
+    ae = build_autoencoder(
+        int(args["image_size"]),
+        head_dims=args["head_dims"],
+        bias=bool(args["head_bias"]),
+        in_channels=int(args.get("in_channels", 1)),
+        decode_from=str(args["decode_from"]),
+        channels=args["channels"],
+    )
     ae.load_state_dict(state, strict=True)
     return ae
 
@@ -69,8 +74,9 @@ class ReconstructionScorer(Scorer):
     def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Image scores (B,) from the masked error; no sphere."""
         recon = self.reconstruct(images)
-        return reconstruction_scores(recon, images, input_support(images), kind=self.score_kind,
-                                     top_k_fraction=self.top_k_fraction), None
+        return reconstruction_scores(
+            recon, images, input_support(images), kind=self.score_kind, top_k_fraction=self.top_k_fraction
+        ), None
 
     def heatmap(self, images: Tensor) -> Tensor:
         """The per-pixel reconstruction error inside the body part (B, 1, S, S) (squared, or absolute for L1)."""
@@ -93,5 +99,5 @@ class ReconstructionScorer(Scorer):
     @classmethod
     def from_artefact(cls, tensors: dict[str, Tensor], args: dict[str, Any]) -> ReconstructionScorer:
         """Rebuild from an artefact's tensors and scorer arguments."""
-        state = {k[len(_AE):]: v for k, v in tensors.items() if k.startswith(_AE)}
+        state = {k[len(_AE) :]: v for k, v in tensors.items() if k.startswith(_AE)}
         return cls(autoencoder_from(state, args), args["score_kind"], args["top_k_fraction"])

@@ -61,8 +61,13 @@ def new_autoencoder(config: Config) -> Autoencoder:
     ae: AEConfig = config.section("ae")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return build_autoencoder(config.data.image_size, head_dims=config.model.head_dims, bias=config.model.head_bias,
-                                 decode_from=ae.decode_from, channels=ae.decoder_channels)
+        return build_autoencoder(
+            config.data.image_size,
+            head_dims=config.model.head_dims,
+            bias=config.model.head_bias,
+            decode_from=ae.decode_from,
+            channels=ae.decoder_channels,
+        )
 
 
 class AEModule(StageModule):
@@ -89,8 +94,9 @@ class AEModule(StageModule):
 
     def score(self, x: Tensor) -> Tensor:
         """The configured image score of prepared images."""
-        return reconstruction_scores(self.autoencoder(x)[0], x, input_support(x), kind=self.ae.score,
-                                     top_k_fraction=self.ae.top_k_fraction)
+        return reconstruction_scores(
+            self.autoencoder(x)[0], x, input_support(x), kind=self.ae.score, top_k_fraction=self.ae.top_k_fraction
+        )
 
     def epoch_end(self) -> dict[str, float]:
         valid = self.ctx.banks.get("valid")
@@ -111,19 +117,32 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> AutoencoderResult:
     """Train (or load via ``pretrain.encoder_from``) the autoencoder."""
     cfg = ctx.config
     if cfg.pretrain.encoder_from:
-        ae = load_finished(cfg.pretrain.encoder_from, new_autoencoder(cfg), AE_FILE, "data.image_size, "
-                           "model.head_dims, model.head_bias, ae.decode_from and ae.decoder_channels")
+        ae = load_finished(
+            cfg.pretrain.encoder_from,
+            new_autoencoder(cfg),
+            AE_FILE,
+            "data.image_size, model.head_dims, model.head_bias, ae.decode_from and ae.decoder_channels",
+        )
     else:
         ae = new_autoencoder(cfg)
         if cfg.pretrain.epochs > 0:
             module = AEModule(ae, cfg, ctx.metrics_path(stage), ctx)
-            loader = train_loader(ctx.banks["train"], train_rows(ctx), cfg.pretrain.batch_size, cfg.seed,
-                                  cfg.data.workers, where="autoencoder training rows of the train split")
+            loader = train_loader(
+                ctx.banks["train"],
+                train_rows(ctx),
+                cfg.pretrain.batch_size,
+                cfg.seed,
+                cfg.data.workers,
+                where="autoencoder training rows of the train split",
+            )
             ctx.fit(stage, module, loader, cfg.pretrain.epochs)
     ae = ae.cpu().eval()
     if ctx.is_global_zero:
-        save_tensors(ctx.stage_dir(stage) / AE_FILE, ae.state_dict(),
-                     metadata={k: str(v) for k, v in autoencoder_args(ae).items()})
+        save_tensors(
+            ctx.stage_dir(stage) / AE_FILE,
+            ae.state_dict(),
+            metadata={k: str(v) for k, v in autoencoder_args(ae).items()},
+        )
         save_tensors(ctx.stage_dir(stage) / ENCODER_FILE, ae.encoder.state_dict())
     return AutoencoderResult(ae)
 

@@ -56,8 +56,9 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> EncoderResult:
     """Train (or load via ``pretrain.encoder_from``) the contrastive encoder."""
     cfg = ctx.config
     if cfg.pretrain.encoder_from:
-        encoder = load_finished(cfg.pretrain.encoder_from, new_encoder(cfg), ENCODER_FILE,
-                                "model.head_dims and model.head_bias")
+        encoder = load_finished(
+            cfg.pretrain.encoder_from, new_encoder(cfg), ENCODER_FILE, "model.head_dims and model.head_bias"
+        )
     else:
         encoder = new_encoder(cfg)
         if cfg.pretrain.epochs > 0:

@@ -40,9 +40,11 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> EncoderResult:
     """The ImageNet-initialised encoder, saved like a contrastive stage 1."""
     section: ImageNetConfig = ctx.config.section("imagenet")
     if not section.weights:
-        raise ConfigError("imagenet.weights is not set: give the path of a local torchvision ResNet-18 "
-                          "state_dict, e.g. --set imagenet.weights=/path/resnet18-f37072fd.pth "
-                          "(nothing is downloaded)")
+        raise ConfigError(
+            "imagenet.weights is not set: give the path of a local torchvision ResNet-18 "
+            "state_dict, e.g. --set imagenet.weights=/path/resnet18-f37072fd.pth "
+            "(nothing is downloaded)"
+        )
     encoder = new_encoder(ctx.config)
     encoder.backbone.load_torchvision_weights(Path(section.weights).expanduser())
     if section.normalise:

@@ -84,8 +84,16 @@ class PatchKnnScorer(Scorer):
 
 
 @torch.no_grad()
-def build_patch_memory(backbone: ResNet18Backbone, images: Tensor, masks: Tensor, *, size: int, smooth: int,
-                       seed: int, batch_size: int = 64) -> Tensor:
+def build_patch_memory(
+    backbone: ResNet18Backbone,
+    images: Tensor,
+    masks: Tensor,
+    *,
+    size: int,
+    smooth: int,
+    seed: int,
+    batch_size: int = 64,
+) -> Tensor:
     """The coreset-reduced bank ``(≤ size, C)`` of the body cells of uint8 ``images``/``masks`` (normal ones),
     in eval mode on their deterministic inputs."""
     from xrad.data.model_input import prepare_eval
@@ -96,7 +104,7 @@ def build_patch_memory(backbone: ResNet18Backbone, images: Tensor, masks: Tensor
     device = next(backbone.parameters()).device
     parts = []
     for start in range(0, images.shape[0], batch_size):
-        x = prepare_eval(images[start:start + batch_size].to(device), masks[start:start + batch_size].to(device))
+        x = prepare_eval(images[start : start + batch_size].to(device), masks[start : start + batch_size].to(device))
         features = cell_features(backbone, x, smooth)
         inside = cell_mask(x, features.shape[-1])
         parts.append(features.permute(0, 2, 3, 1)[inside].float().cpu())

@@ -18,8 +18,9 @@ class KnnScorer(Scorer):
 
     kind: ClassVar[str] = "knn"
 
-    def __init__(self, encoder: Encoder, memory: Tensor, k: int = 100, chunk_size: int = 1024,
-                 feature: str = "h") -> None:
+    def __init__(
+        self, encoder: Encoder, memory: Tensor, k: int = 100, chunk_size: int = 1024, feature: str = "h"
+    ) -> None:
         super().__init__()
         if feature not in ("h", "z"):
             raise ValueError(f"feature must be 'h' or 'z', got {feature!r}")
@@ -49,5 +50,10 @@ class KnnScorer(Scorer):
     @classmethod
     def from_artefact(cls, tensors: dict[str, Tensor], args: dict[str, Any]) -> KnnScorer:
         """Rebuild from an artefact's tensors and scorer arguments."""
-        return cls(encoder_from(tensors, args), tensors["memory"], k=args["k"], chunk_size=args["chunk_size"],
-                   feature=args["feature"])
+        return cls(
+            encoder_from(tensors, args),
+            tensors["memory"],
+            k=args["k"],
+            chunk_size=args["chunk_size"],
+            feature=args["feature"],
+        )

@@ -22,8 +22,10 @@ def knn_mean_distance(queries: Tensor, memory: Tensor, k: int = 100, chunk_size:
     if k < 1 or chunk_size < 1:
         raise ConfigError(f"k and chunk_size must be >= 1 (got k={k}, chunk_size={chunk_size})")
     if memory.ndim != 2 or memory.shape[0] == 0:
-        raise DataError(f"the kNN memory bank is empty or not (M, D) (shape {tuple(memory.shape)}); "
-                        "it needs the embeddings of the normal training images")
+        raise DataError(
+            f"the kNN memory bank is empty or not (M, D) (shape {tuple(memory.shape)}); "
+            "it needs the embeddings of the normal training images"
+        )
     if queries.ndim != 2 or queries.shape[1] != memory.shape[1]:
         raise ValueError(f"queries {tuple(queries.shape)} and memory {tuple(memory.shape)} dimensions differ")
     dtype = torch.promote_types(torch.promote_types(queries.dtype, memory.dtype), torch.float32)
@@ -34,7 +36,7 @@ def knn_mean_distance(queries: Tensor, memory: Tensor, k: int = 100, chunk_size:
     k = min(int(k), mem.shape[0])
     out = []
     for start in range(0, queries.shape[0], chunk_size):
-        q = queries[start:start + chunk_size].to(device=mem.device, dtype=dtype) - shift
+        q = queries[start : start + chunk_size].to(device=mem.device, dtype=dtype) - shift
         d2 = q.pow(2).sum(dim=1, keepdim=True) + mem_sq[None, :] - 2.0 * (q @ mem.T)
         nearest = torch.topk(d2, k, dim=1, largest=False, sorted=False).values
         out.append(nearest.clamp_min(0).sqrt().mean(dim=1))
@@ -43,8 +45,7 @@ def knn_mean_distance(queries: Tensor, memory: Tensor, k: int = 100, chunk_size:
     return torch.cat(out)
 
 
-def nearest_distance(queries: Tensor, memory: Tensor, query_chunk: int = 2048,
-                     memory_chunk: int = 65_536) -> Tensor:
+def nearest_distance(queries: Tensor, memory: Tensor, query_chunk: int = 2048, memory_chunk: int = 65_536) -> Tensor:
     """Euclidean distance of each query (Q, D) to its nearest row of ``memory`` (M, D); returns (Q,).
 
     Exact. Both sets are walked in chunks and a running minimum is kept, so peak memory is
@@ -53,19 +54,21 @@ def nearest_distance(queries: Tensor, memory: Tensor, query_chunk: int = 2048,
     :func:`knn_mean_distance`.
     """
     if memory.ndim != 2 or memory.shape[0] == 0:
-        raise DataError(f"the patch memory bank is empty or not (M, D) (shape {tuple(memory.shape)}); "
-                        "it needs the patch features of the normal training images")
+        raise DataError(
+            f"the patch memory bank is empty or not (M, D) (shape {tuple(memory.shape)}); "
+            "it needs the patch features of the normal training images"
+        )
     if queries.ndim != 2 or queries.shape[1] != memory.shape[1]:
         raise ValueError(f"queries {tuple(queries.shape)} and memory {tuple(memory.shape)} dimensions differ")
     dtype = torch.promote_types(torch.promote_types(queries.dtype, memory.dtype), torch.float32)
     shift = memory[: min(len(memory), 65_536)].to(dtype).mean(dim=0, keepdim=True)
     out = []
     for start in range(0, queries.shape[0], query_chunk):
-        q = queries[start:start + query_chunk].to(device=memory.device, dtype=dtype) - shift
+        q = queries[start : start + query_chunk].to(device=memory.device, dtype=dtype) - shift
         q_sq = q.pow(2).sum(dim=1, keepdim=True)
         best = torch.full((q.shape[0],), float("inf"), dtype=dtype, device=q.device)
         for m_start in range(0, memory.shape[0], memory_chunk):
-            m = memory[m_start:m_start + memory_chunk].to(dtype) - shift
+            m = memory[m_start : m_start + memory_chunk].to(dtype) - shift
             d2 = q_sq + m.pow(2).sum(dim=1)[None, :] - 2.0 * (q @ m.T)
             best = torch.minimum(best, d2.amin(dim=1))
         out.append(best.clamp_min(0).sqrt())
@@ -90,7 +93,7 @@ def greedy_coreset(features: Tensor, n: int, seed: int = 0, projection_dim: int 
     generator = torch.Generator().manual_seed(seed)
     x = features.float()
     if x.shape[1] > projection_dim:
-        projection = torch.randn(x.shape[1], projection_dim, generator=generator) / projection_dim ** 0.5
+        projection = torch.randn(x.shape[1], projection_dim, generator=generator) / projection_dim**0.5
         x = x @ projection
     chosen = torch.empty(n, dtype=torch.long)
     chosen[0] = int(torch.randint(total, (1,), generator=generator))

@@ -39,8 +39,10 @@ class MemoryResult:
 
 def _encoder_of(previous: ProvidesEncoder | None, stage: str) -> Encoder:
     if previous is None:
-        raise ConfigError(f"the {stage} stage needs a finished pretrain stage in this run folder; "
-                          "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from")
+        raise ConfigError(
+            f"the {stage} stage needs a finished pretrain stage in this run folder; "
+            "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from"
+        )
     return previous.encoder
 
 
@@ -53,7 +55,7 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Memory
     idx = torch.tensor(ctx.normal_train_rows())
     parts = []
     for start in range(0, len(idx), cfg.data.eval_batch_size):
-        rows = idx[start:start + cfg.data.eval_batch_size]
+        rows = idx[start : start + cfg.data.eval_batch_size]
         h, z = encoder(prepare_eval(bank.images[rows].to(ctx.device), bank.masks[rows].to(ctx.device)))
         parts.append((h if cfg.knn.feature == "h" else z).float().cpu())
     memory = torch.cat(parts)

@@ -12,19 +12,29 @@ from torch import Tensor
 
 from xrad.errors import ConfigError, DataError
 
-__all__ = ["apply_min_abs", "kmeans_centers", "mean_center", "sphere_counts", "prune_mask", "prune_centers",
-           "sphere_radii"]
+__all__ = [
+    "apply_min_abs",
+    "kmeans_centers",
+    "mean_center",
+    "sphere_counts",
+    "prune_mask",
+    "prune_centers",
+    "sphere_radii",
+]
 
 
 def _as_embeddings(embeddings: np.ndarray) -> np.ndarray:
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
-        raise DataError(f"need a non-empty (N, D) array of normal embeddings to place centres "
-                        f"(got shape {x.shape}); check that the training split has unlabelled or "
-                        "known-normal images")
+        raise DataError(
+            f"need a non-empty (N, D) array of normal embeddings to place centres "
+            f"(got shape {x.shape}); check that the training split has unlabelled or "
+            "known-normal images"
+        )
     if not np.isfinite(x).all():
-        raise DataError("embeddings contain NaN/inf; the encoder diverged — "
-                        "lower the learning rate or check the inputs")
+        raise DataError(
+            "embeddings contain NaN/inf; the encoder diverged — lower the learning rate or check the inputs"
+        )
     return x
 
 

@@ -57,8 +57,9 @@ def new_net(config: Config, previous: ProvidesEncoder) -> PatchSphereNet:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
-        return PatchSphereNet(copy.deepcopy(previous.encoder.backbone), config.model.head_dims[1:],
-                              bias=config.model.head_bias)
+        return PatchSphereNet(
+            copy.deepcopy(previous.encoder.backbone), config.model.head_dims[1:], bias=config.model.head_bias
+        )
 
 
 class PatchMADModule(StageModule):
@@ -89,7 +90,7 @@ class PatchMADModule(StageModule):
         self.eval()
         cells = []
         for start in range(0, len(rows), self.config.data.eval_batch_size):
-            part = rows[start:start + self.config.data.eval_batch_size]
+            part = rows[start : start + self.config.data.eval_batch_size]
             x = prepare_eval(bank.images[part].to(self.device), bank.masks[part].to(self.device))
             z = self.net(x)
             inside = cell_mask(x, z.shape[-1])
@@ -99,8 +100,11 @@ class PatchMADModule(StageModule):
         if len(z) > MAX_KMEANS_CELLS:
             pick = torch.randperm(len(z), generator=torch.Generator().manual_seed(self.config.seed))[:MAX_KMEANS_CELLS]
             z = z[pick]
-        found = (mean_center(z.numpy(), min_abs=fin.center_min_abs) if fin.n_spheres == 1 else
-                 kmeans_centers(z.numpy(), fin.n_spheres, seed=self.config.seed, min_abs=fin.center_min_abs))
+        found = (
+            mean_center(z.numpy(), min_abs=fin.center_min_abs)
+            if fin.n_spheres == 1
+            else kmeans_centers(z.numpy(), fin.n_spheres, seed=self.config.seed, min_abs=fin.center_min_abs)
+        )
         self.centers.zero_()
         self.centers[: len(found)] = torch.from_numpy(found).to(self.centers)
         self.active.copy_(torch.arange(len(self.active), device=self.active.device) < len(found))
@@ -116,18 +120,20 @@ class PatchMADModule(StageModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         fin = self.section
-        clean, body = augment_ad_with_masks(batch["image"], batch["mask"], fin.augment,
-                                            self.augment_generator(batch_idx))
+        clean, body = augment_ad_with_masks(
+            batch["image"], batch["mask"], fin.augment, self.augment_generator(batch_idx)
+        )
         known = batch["semi_label"] == -1
-        corrupted, changed = corrupt_batch(clean[~known], body[~known], self.numpy_generator(batch_idx),
-                                           tuple(fin.corruptions))
+        corrupted, changed = corrupt_batch(
+            clean[~known], body[~known], self.numpy_generator(batch_idx), tuple(fin.corruptions)
+        )
         images = torch.cat([clean, corrupted])
         z = self.net(images)  # (N, D, g, g)
         cells = z.shape[-1]
         inside = cell_mask(images, cells)
         labels = torch.zeros(inside.shape, dtype=torch.long, device=z.device)
         hit = F.adaptive_avg_pool2d(changed, cells)[:, 0] > fin.cell_fraction
-        labels[len(clean):][hit] = -1
+        labels[len(clean) :][hit] = -1
         index, centers = self.active_centers()
         if known.any():  # a known abnormal image: its farthest cell is where the anomaly most likely is
             with torch.no_grad():
@@ -158,8 +164,9 @@ class PatchMADModule(StageModule):
         valid = self.ctx.banks.get("valid")
         if valid is not None and len(valid) and self.trainer.is_global_zero:
             scorer = PatchSphereScorer(self.net, self.active_centers()[1], self.section.top_k)
-            scores = self.eval_outputs(valid.images, valid.masks, lambda x: scorer.score(x)[0],
-                                       self.config.data.eval_batch_size)
+            scores = self.eval_outputs(
+                valid.images, valid.masks, lambda x: scorer.score(x)[0], self.config.data.eval_batch_size
+            )
             metrics["valid_auroc"] = auroc(valid.labels.numpy(), scores.numpy())
         return metrics
 

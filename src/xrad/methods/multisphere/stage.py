@@ -86,8 +86,9 @@ class MADModule(StageModule):
         if trainer is None or trainer.is_global_zero:
             bank = self.ctx.banks["train"]
             idx = torch.tensor(self.ctx.normal_train_rows())
-            z = self.eval_outputs(bank.images[idx], bank.masks[idx], lambda x: self.encoder(x)[1],
-                                  self.config.data.eval_batch_size).numpy()
+            z = self.eval_outputs(
+                bank.images[idx], bank.masks[idx], lambda x: self.encoder(x)[1], self.config.data.eval_batch_size
+            ).numpy()
             if fin.n_spheres == 1:
                 found = mean_center(z, min_abs=fin.center_min_abs)
             else:
@@ -162,8 +163,10 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Any:
     """MAD fine-tuning of the previous stage's encoder (of its cells with ``finetune.level: patch``)."""
     cfg = ctx.config
     if previous is None:
-        raise ConfigError(f"the {stage} stage needs a finished pretrain stage in this run folder; "
-                          "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from")
+        raise ConfigError(
+            f"the {stage} stage needs a finished pretrain stage in this run folder; "
+            "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from"
+        )
     if cfg.finetune.level == "patch":
         from xrad.methods.multisphere import patch_stage
 

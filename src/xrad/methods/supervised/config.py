@@ -26,9 +26,11 @@ class SupervisedConfig:
     augment: ADAugment = field(default_factory=ADAugment)
 
     def checks(self) -> Iterable[Check]:
-        return [("epochs", self.epochs >= 0, "must be ≥ 0"),
-                ("batch_size", self.batch_size >= 2, "must be ≥ 2 (BatchNorm)"),
-                ("lr", self.lr > 0, "must be > 0"),
-                ("weight_decay", self.weight_decay >= 0, "must be ≥ 0"),
-                ("lr_gamma", self.lr_gamma > 0, "must be > 0"),
-                *milestone_checks(self.milestones)]
+        return [
+            ("epochs", self.epochs >= 0, "must be ≥ 0"),
+            ("batch_size", self.batch_size >= 2, "must be ≥ 2 (BatchNorm)"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be ≥ 0"),
+            ("lr_gamma", self.lr_gamma > 0, "must be > 0"),
+            *milestone_checks(self.milestones),
+        ]

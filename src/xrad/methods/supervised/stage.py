@@ -62,8 +62,14 @@ def new_classifier(ctx: RunContext) -> ClassifierScorer:
 class SupervisedModule(StageModule):
     """Class-balanced BCE on augmented labelled images; validation AUROC of the logits each epoch."""
 
-    def __init__(self, classifier: ClassifierScorer, config: Config, metrics_path: Path | None, ctx: RunContext,
-                 pos_weight: float) -> None:
+    def __init__(
+        self,
+        classifier: ClassifierScorer,
+        config: Config,
+        metrics_path: Path | None,
+        ctx: RunContext,
+        pos_weight: float,
+    ) -> None:
         section = config.section("supervised")
         super().__init__(config, section, metrics_path)
         self.classifier = classifier
@@ -78,8 +84,9 @@ class SupervisedModule(StageModule):
         else:
             x = prepare_eval(images, masks)
         target = (batch["semi_label"] == -1).to(x.dtype)
-        loss = nn.functional.binary_cross_entropy_with_logits(self.classifier.logits(x), target,
-                                                              pos_weight=self.pos_weight)
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            self.classifier.logits(x), target, pos_weight=self.pos_weight
+        )
         self.record_loss(loss, x.shape[0])
         return loss
 
@@ -98,13 +105,21 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> ClassifierResult:
     rows, targets = labelled_rows(ctx.banks["train"].semi_labels)
     n_pos, n_neg = int(targets.sum()), int(len(targets) - targets.sum())
     if n_pos == 0 or n_neg == 0:
-        raise DataError(f"the train split has {n_pos} known-abnormal and {n_neg} known-normal images; the supervised "
-                        "baseline needs both (make the split with --known-normal > 0 and --known-abnormal > 0)")
+        raise DataError(
+            f"the train split has {n_pos} known-abnormal and {n_neg} known-normal images; the supervised "
+            "baseline needs both (make the split with --known-normal > 0 and --known-abnormal > 0)"
+        )
     classifier = new_classifier(ctx)
     if section.epochs > 0:
         module = SupervisedModule(classifier, cfg, ctx.metrics_path(stage), ctx, n_neg / n_pos)
-        loader = train_loader(ctx.banks["train"], rows, section.batch_size, cfg.seed, cfg.data.workers,
-                              where="labelled rows (semi-label ≠ 0) of the train split")
+        loader = train_loader(
+            ctx.banks["train"],
+            rows,
+            section.batch_size,
+            cfg.seed,
+            cfg.data.workers,
+            where="labelled rows (semi-label ≠ 0) of the train split",
+        )
         ctx.fit(stage, module, loader, section.epochs)
     classifier = classifier.cpu().eval()
     if ctx.is_global_zero:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from xrad.config.sections import CORRUPTION_KINDS, ADAugment, Check, Config, milestone_checks
+
 SCORES = ("max", "top_k", "knn")
 
 
@@ -35,8 +36,7 @@ class SyntheticConfig:
     schedule: str = "onecycle"
     milestones: list[float] = field(default_factory=lambda: [0.7, 0.9])  # for schedule: step
     lr_gamma: float = 0.1
-    kinds: list[str] = field(default_factory=lambda: ["bright_bar", "screws", "gap_across_bone",
-                                                      "step_across_bone"])
+    kinds: list[str] = field(default_factory=lambda: ["bright_bar", "screws", "gap_across_bone", "step_across_bone"])
     pos_weight: float = 5.0
     cell_fraction: float = 0.05
     head_channels: int = 128
@@ -48,24 +48,35 @@ class SyntheticConfig:
 
     def checks(self) -> Iterable[Check]:
         unknown = sorted(set(self.kinds) - set(CORRUPTION_KINDS))
-        return [("epochs", self.epochs >= 0, "must be ≥ 0"),
-                ("batch_size", self.batch_size >= 2, "must be ≥ 2 (BatchNorm)"),
-                ("lr", self.lr > 0, "must be > 0"), ("weight_decay", self.weight_decay >= 0, "must be ≥ 0"),
-                ("schedule", self.schedule in ("onecycle", "step"), f"must be onecycle or step, got {self.schedule!r}"),
-                ("lr_gamma", self.lr_gamma > 0, "must be > 0"),
-                ("kinds", bool(self.kinds) and not unknown,
-                 f"must list corruption kinds of {CORRUPTION_KINDS} (unknown: {unknown})"),
-                ("pos_weight", self.pos_weight > 0, "must be > 0"),
-                ("cell_fraction", 0 < self.cell_fraction < 1, "must be in (0, 1)"),
-                ("head_channels", self.head_channels >= 1, "must be ≥ 1"),
-                ("score", self.score in SCORES, f"must be one of {SCORES}, got {self.score!r}"),
-                ("top_k", self.top_k >= 1, "must be ≥ 1"),
-                ("memory_size", self.memory_size >= 1, "must be ≥ 1"),
-                ("smooth", self.smooth >= 1 and self.smooth % 2 == 1, "must be an odd number ≥ 1"),
-                *milestone_checks(self.milestones)]
+        return [
+            ("epochs", self.epochs >= 0, "must be ≥ 0"),
+            ("batch_size", self.batch_size >= 2, "must be ≥ 2 (BatchNorm)"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be ≥ 0"),
+            ("schedule", self.schedule in ("onecycle", "step"), f"must be onecycle or step, got {self.schedule!r}"),
+            ("lr_gamma", self.lr_gamma > 0, "must be > 0"),
+            (
+                "kinds",
+                bool(self.kinds) and not unknown,
+                f"must list corruption kinds of {CORRUPTION_KINDS} (unknown: {unknown})",
+            ),
+            ("pos_weight", self.pos_weight > 0, "must be > 0"),
+            ("cell_fraction", 0 < self.cell_fraction < 1, "must be in (0, 1)"),
+            ("head_channels", self.head_channels >= 1, "must be ≥ 1"),
+            ("score", self.score in SCORES, f"must be one of {SCORES}, got {self.score!r}"),
+            ("top_k", self.top_k >= 1, "must be ≥ 1"),
+            ("memory_size", self.memory_size >= 1, "must be ≥ 1"),
+            ("smooth", self.smooth >= 1 and self.smooth % 2 == 1, "must be an odd number ≥ 1"),
+            *milestone_checks(self.milestones),
+        ]
 
 
 def image_size_checks(config: Config) -> Iterable[Check]:
     """Cells are 8×8 input pixels: the network input must be a multiple of 8."""
-    return [("data.image_size", config.data.image_size % 8 == 0,
-             f"{config.data.image_size} must be a multiple of 8 for the synthetic detector's cells")]
+    return [
+        (
+            "data.image_size",
+            config.data.image_size % 8 == 0,
+            f"{config.data.image_size} must be a multiple of 8 for the synthetic detector's cells",
+        )
+    ]

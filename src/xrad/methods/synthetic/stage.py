@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xrad.config import Config
-from xrad.evaluation.metrics import auroc
 from xrad.errors import DataError
+from xrad.evaluation.metrics import auroc
 from xrad.methods.base import Scorer
 from xrad.methods.knn.patch_scorer import PatchKnnScorer, build_patch_memory
 from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
@@ -76,13 +76,15 @@ class SyntheticModule(StageModule):
         self.register_buffer("pos_weight", torch.tensor(float(section.pos_weight)))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        clean, body = augment_ad_with_masks(batch["image"], batch["mask"], self.section.augment,
-                                            self.augment_generator(batch_idx))
+        clean, body = augment_ad_with_masks(
+            batch["image"], batch["mask"], self.section.augment, self.augment_generator(batch_idx)
+        )
         corrupted, changed = corrupt_batch(clean, body, self.numpy_generator(batch_idx), tuple(self.section.kinds))
         images = torch.cat([clean, corrupted])
         logits = self.network(images)
-        targets = cell_targets(torch.cat([torch.zeros_like(changed), changed]), logits.shape[-1],
-                               self.section.cell_fraction)
+        targets = cell_targets(
+            torch.cat([torch.zeros_like(changed), changed]), logits.shape[-1], self.section.cell_fraction
+        )
         loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight)
         self.record_loss(loss, images.shape[0])
         return loss
@@ -91,8 +93,9 @@ class SyntheticModule(StageModule):
         valid = self.ctx.banks.get("valid")
         if valid is None or not len(valid) or not self.trainer.is_global_zero:
             return {}
-        scores = self.eval_outputs(valid.images, valid.masks, lambda x: self.scorer.score(x)[0],
-                                   self.config.data.eval_batch_size)
+        scores = self.eval_outputs(
+            valid.images, valid.masks, lambda x: self.scorer.score(x)[0], self.config.data.eval_batch_size
+        )
         return {"valid_auroc": auroc(valid.labels.numpy(), scores.numpy())}
 
 
@@ -103,15 +106,28 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> PatchClassifierRes
     network = new_network(cfg)
     if section.epochs > 0:
         module = SyntheticModule(network, cfg, ctx.metrics_path(stage), ctx)
-        loader = train_loader(ctx.banks["train"], ctx.normal_train_rows(), section.batch_size, cfg.seed,
-                              cfg.data.workers, where="normal rows (semi-label ≠ −1) of the train split")
+        loader = train_loader(
+            ctx.banks["train"],
+            ctx.normal_train_rows(),
+            section.batch_size,
+            cfg.seed,
+            cfg.data.workers,
+            where="normal rows (semi-label ≠ −1) of the train split",
+        )
         ctx.fit(stage, module, loader, section.epochs)
     network = network.cpu().eval()
     memory = None
     if section.score == "knn":
         bank, rows = ctx.banks["train"], ctx.normal_train_rows()
-        memory = build_patch_memory(network.backbone, bank.images[rows], bank.masks[rows], size=section.memory_size,
-                                    smooth=section.smooth, seed=cfg.seed, batch_size=cfg.data.eval_batch_size)
+        memory = build_patch_memory(
+            network.backbone,
+            bank.images[rows],
+            bank.masks[rows],
+            size=section.memory_size,
+            smooth=section.smooth,
+            seed=cfg.seed,
+            batch_size=cfg.data.eval_batch_size,
+        )
     if ctx.is_global_zero:
         save_tensors(ctx.stage_dir(stage) / MODEL_FILE, network.state_dict())
         if memory is not None:
