@@ -320,6 +320,7 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print, until:
         f"(validation {result.get('valid_auroc', float('nan')):.3f}); "
         f"scores: {result['scores']}; artefact: {result['artefact']}"
     )
-    log(_kind_summary(Path(result["scores"]), data_dir))
+    if Path(result["scores"]).is_file():  # a detector scores its test split; no test split, no table
+        log(_kind_summary(Path(result["scores"]), data_dir))
     log(f"score new images with: xrad score {result['artefact']} IMAGE_OR_FOLDER -o scores.csv")
     return pipe.state["done"]
