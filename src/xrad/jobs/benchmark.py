@@ -177,7 +177,7 @@ def run_benchmark(
     *,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
-    train: Callable[..., dict] | None = None,
+    train: Callable[..., dict[str, Any]] | None = None,
     only: list[str] | None = None,
     only_split_seeds: list[int] | None = None,
 ) -> pd.DataFrame:
@@ -189,7 +189,9 @@ def run_benchmark(
     ``train`` defaults to :func:`xrad.jobs.train.run_training` (tests inject a stand-in).
     """
     if train is None:
-        from xrad.jobs.train import run_training as train
+        from xrad.jobs.train import run_training
+
+        train = run_training
     log = log or (lambda message: None)
     if not config.manifest.is_file():
         raise DataError(
@@ -237,7 +239,7 @@ def run_benchmark(
         cell_cfg = cell_configs[cell]
         shared = pretrain_key(cell_cfg, manifest)
         source = stage1.setdefault(shared[1], cell_dir) if shared else None
-        if source is not None and source != cell_dir and (source / "pretrain" / shared[0]).is_file():
+        if shared and source is not None and source != cell_dir and (source / "pretrain" / shared[0]).is_file():
             cell_cfg = merge_overrides(cell_cfg, {"pretrain.encoder_from": str(source)})
         else:
             source = None

@@ -7,10 +7,11 @@ YAML (:func:`load_benchmark_config`, through the one YAML reader of :mod:`xrad.c
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from xrad.config import merge_overrides, read_yaml
 from xrad.errors import ConfigError
@@ -74,7 +75,10 @@ def resolve_method(name: str, base: Path) -> Path:
     )
 
 
-def _list(raw: dict, key: str, kind: type, where: str) -> list:
+_T = TypeVar("_T")
+
+
+def _list(raw: dict[str, Any], key: str, kind: Callable[[Any], _T], where: str) -> list[_T]:
     value = raw.get(key)
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{where}: '{key}' must be a non-empty list")
@@ -111,7 +115,9 @@ def load_benchmark_config(path: str | Path, output: str | Path | None = None) ->
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{where}: 'methods' must be a non-empty list")
     for entry in entries:
-        name, extra = entry, {}
+        # YAML values: checked below before use.
+        name: object = entry
+        extra: object = {}
         if isinstance(entry, dict) and len(entry) == 1:
             name, extra = next(iter(entry.items()))
             extra = extra or {}

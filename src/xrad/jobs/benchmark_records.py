@@ -51,13 +51,14 @@ def split_record(config: BenchmarkConfig, split_seed: int, ratio: float) -> dict
     change) and the source manifest's content hash (its path is kept for people, not compared: a moved but
     identical manifest is the same data)."""
     settings = dataclasses.asdict(split_settings(config, split_seed, ratio))
-    return _plain(
+    record: dict[str, Any] = _plain(
         {
             "split": settings,
             "manifest": str(config.manifest),
             "manifest_sha256": sha256_file(config.manifest),
         }
     )
+    return record
 
 
 def _plain(value: Any) -> Any:

@@ -191,7 +191,8 @@ class Pipeline:
         """
         if name in self.state["done"]:
             self.log(f"[{name}] done earlier, skipped")
-            return self.state["done"][name]
+            recorded: dict[str, Any] = self.state["done"][name]
+            return recorded
         if name in self.stale:
             leftovers = [p for p in outputs if p.exists()]
             if leftovers:
@@ -323,4 +324,5 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print, until:
     if Path(result["scores"]).is_file():  # a detector scores its test split; no test split, no table
         log(_kind_summary(Path(result["scores"]), data_dir))
     log(f"score new images with: xrad score {result['artefact']} IMAGE_OR_FOLDER -o scores.csv")
-    return pipe.state["done"]
+    done: dict[str, Any] = pipe.state["done"]
+    return done

@@ -82,7 +82,8 @@ def _preprocessing_params(frame: pd.DataFrame) -> dict[str, Any] | None:
     for parent in list(Path(paths[0]).parents)[:3]:
         candidate = parent / "params.json"
         if candidate.is_file():
-            return json.loads(candidate.read_text(encoding="utf-8"))
+            params: dict[str, Any] = json.loads(candidate.read_text(encoding="utf-8"))
+            return params
     return None
 
 
@@ -319,5 +320,6 @@ def run_training(
     if len(finished) < len(names):
         return {"finished_stages": finished}
     if not ran_any and folder.summary.is_file() and (folder.artefact / "artefact.json").is_file():
-        return json.loads(folder.summary.read_text(encoding="utf-8"))
+        summary: dict[str, Any] = json.loads(folder.summary.read_text(encoding="utf-8"))
+        return summary
     return _finalise(ctx, detector, result, frame, manifest, started)
