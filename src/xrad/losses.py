@@ -1,4 +1,5 @@
-"""Pure loss functions (no state): contrastive pre-training, (multi-sphere) Deep SAD, masked reconstruction.
+"""Pure loss functions (no state): contrastive pre-training, (multi-sphere) Deep SAD, masked reconstruction,
+SALAD's memory-bank losses (instance discrimination, aggregation) and its Eq. 4 weighted-kNN score.
 
 Every function is a transcription of one equation, pinned by NumPy re-implementations in tests/test_losses.py.
 Reduced-precision inputs (fp16/bf16 under autocast) are promoted to float32 before exponentials and sums.
@@ -6,11 +7,13 @@ Reduced-precision inputs (fp16/bf16 under autocast) are promoted to float32 befo
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xrad.errors import ConfigError
+from xrad.errors import ConfigError, DataError
 
 __all__ = [
     "info_nce",
@@ -22,6 +25,14 @@ __all__ = [
     "masked_error_map",
     "reconstruction_scores",
     "RECONSTRUCTION_KINDS",
+    "masked_l1",
+    "masked_reconstruction_loss",
+    "instance_discrimination",
+    "aggregation_loss",
+    "salad_loss",
+    "memory_update",
+    "arccos_knn_score",
+    "SALAD_SCORE_FORMULAS",
 ]
 
 RECONSTRUCTION_KINDS = ("mse", "l1", "topk")
@@ -182,3 +193,128 @@ def reconstruction_scores(
     # Outside-mask errors are 0 and sort last, so the first k of each sorted row are the top in-mask errors.
     ranked = err.sort(dim=1, descending=True).values.cumsum(dim=1)
     return ranked.gather(1, (k - 1)[:, None]).squeeze(1) / k.to(err.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- SALAD
+def masked_l1(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Σ(|recon − target|·m) / Σm over the whole batch (the L1 form of :func:`masked_mse`)."""
+    recon, target = _f32(recon), _f32(target)
+    m = mask.to(recon.dtype).expand_as(recon)
+    return ((recon - target).abs() * m).sum() / m.sum().clamp_min(1e-12)
+
+
+def masked_reconstruction_loss(recon: Tensor, target: Tensor, mask: Tensor, kind: str = "mse") -> Tensor:
+    """L_rec of SALAD's Eq. 3: :func:`masked_mse` (``"mse"``, the paper) or :func:`masked_l1` (``"l1"``, the
+    authors' code)."""
+    if kind == "mse":
+        return masked_mse(recon, target, mask)
+    if kind == "l1":
+        return masked_l1(recon, target, mask)
+    raise ConfigError(f"reconstruction loss {kind!r} is unknown; use mse or l1")
+
+
+def _bank_log_probs(z: Tensor, memory: Tensor, temperature: float) -> Tensor:
+    """log p_ij (B, N) of Eq. 1: log softmax over the bank of z_iᵀm_j / τ."""
+    if temperature <= 0:
+        raise ConfigError(f"memory-bank temperature must be > 0 (got {temperature})")
+    if z.ndim != 2 or memory.ndim != 2 or z.shape[1] != memory.shape[1]:
+        raise ValueError(f"z {tuple(z.shape)} and memory {tuple(memory.shape)} must be (B, D) and (N, D)")
+    z = _f32(z)
+    return torch.log_softmax(z @ memory.to(dtype=z.dtype, device=z.device).T / temperature, dim=1)
+
+
+def instance_discrimination(z: Tensor, memory: Tensor, index: Tensor, temperature: float = 0.1) -> Tensor:
+    """L_ss of SALAD's Eq. 1 (instance discrimination over the memory bank, Wu et al. 2018).
+
+    p_ij = exp(z_iᵀm_j/τ) / Σ_k exp(z_iᵀm_k/τ) over the N bank entries; image i's own slot ``index[i]`` holds
+    the moving average of its earlier (augmented) embeddings, so it stands for AUG_i. Returns
+    −(1/B) Σ_i log p_{i,index[i]}: the sum of Eq. 1 divided by the batch size, as the authors' criterion does
+    (so λ weighs the same whatever the batch size). z and the bank are expected L2-normalised (not enforced).
+    """
+    log_p = _bank_log_probs(z, memory, temperature)
+    return -log_p.gather(1, index.to(log_p.device).long()[:, None]).mean()
+
+
+def aggregation_loss(z: Tensor, memory: Tensor, neighbours: Tensor, temperature: float = 0.1) -> Tensor:
+    """L_agg of SALAD's Eq. 2 for the prototypical samples of a batch (the rows of ``z``).
+
+    ``neighbours`` (B, k) are bank indices of each sample's neighbourhood N_k (the caller decides what it holds:
+    xrad passes the sample's own slot and its k nearest bank entries). Returns
+    −(1/B) Σ_i log Σ_{j∈N_k(i)} p_ij with p_ij as in :func:`instance_discrimination`, via log-sum-exp. An empty
+    batch gives 0 (with a graph).
+    """
+    if z.shape[0] == 0:
+        return z.sum() * 0.0
+    log_p = _bank_log_probs(z, memory, temperature)
+    picked = log_p.gather(1, neighbours.to(log_p.device).long())
+    return -torch.logsumexp(picked, dim=1).mean()
+
+
+def salad_loss(reconstruction: Tensor, instance: Tensor, aggregation: Tensor, lam: float = 0.25) -> Tensor:
+    """SALAD's Eq. 3: L = L_rec + λ(L_ss + L_agg); an ablation passes a zero tensor for the term it drops."""
+    return reconstruction + lam * (instance + aggregation)
+
+
+def memory_update(memory: Tensor, index: Tensor, z: Tensor, momentum: float = 0.5) -> Tensor:
+    """The bank after one batch: m_i ← normalise((1 − t)·m_i + t·z_i) for the rows ``index`` (t = ``momentum``);
+    other rows unchanged. Returns a new tensor (``memory`` is not modified)."""
+    if not 0.0 <= momentum <= 1.0:
+        raise ConfigError(f"memory momentum t must be in [0, 1] (got {momentum})")
+    out = memory.clone()
+    rows = index.to(memory.device).long()
+    mixed = (1.0 - momentum) * memory[rows] + momentum * z.detach().to(memory.dtype)
+    out[rows] = F.normalize(mixed, dim=1)
+    return out
+
+
+SALAD_SCORE_FORMULAS = ("paper", "mean_angle")
+
+
+def arccos_knn_score(
+    queries: Tensor,
+    memory: Tensor,
+    k: int = 100,
+    formula: str = "paper",
+    query_chunk: int = 256,
+    memory_chunk: int = 65_536,
+) -> Tensor:
+    """SALAD's Eq. 4: A(x_i) = (1/K) Σ_{k≤K} w_ik, w_ik = arccos d(z_i, m_k) / Σ_{j≤N} arccos d(z_i, m_j).
+
+    d is the cosine similarity (both sides normalised here), clamped to [−1, 1] before arccos (a rounding
+    overshoot past ±1 would give NaN); the K terms are the K nearest bank entries (smallest angles; K capped at
+    N). ``formula="mean_angle"`` is the authors' code instead: the mean of the K smallest angles divided by π
+    (no division by the sum over the bank). Queries and bank are walked in chunks with a running sum and a
+    running top-K, so peak memory is O(query_chunk × (memory_chunk + K)) whatever N is. Float32 or better.
+    Returns (Q,).
+    """
+    if formula not in SALAD_SCORE_FORMULAS:
+        raise ConfigError(f"SALAD score formula {formula!r} is unknown; use one of {SALAD_SCORE_FORMULAS}")
+    if k < 1 or query_chunk < 1 or memory_chunk < 1:
+        raise ConfigError(f"k and the chunk sizes must be ≥ 1 (got k={k}, {query_chunk}, {memory_chunk})")
+    if memory.ndim != 2 or memory.shape[0] == 0:
+        raise DataError(
+            f"the SALAD memory bank is empty or not (N, D) (shape {tuple(memory.shape)}); "
+            "it needs the embeddings of the normal training images"
+        )
+    if queries.ndim != 2 or queries.shape[1] != memory.shape[1]:
+        raise ValueError(f"queries {tuple(queries.shape)} and memory {tuple(memory.shape)} dimensions differ")
+    dtype = torch.promote_types(torch.promote_types(queries.dtype, memory.dtype), torch.float32)
+    k = min(int(k), memory.shape[0])
+    out = []
+    for start in range(0, queries.shape[0], query_chunk):
+        q = F.normalize(queries[start : start + query_chunk].to(device=memory.device, dtype=dtype), dim=1)
+        total = torch.zeros(q.shape[0], dtype=dtype, device=q.device)
+        nearest = torch.empty(q.shape[0], 0, dtype=dtype, device=q.device)
+        for m_start in range(0, memory.shape[0], memory_chunk):
+            m = F.normalize(memory[m_start : m_start + memory_chunk].to(dtype), dim=1)
+            angles = torch.arccos((q @ m.T).clamp(-1.0, 1.0))
+            total = total + angles.sum(dim=1)
+            merged = torch.cat([nearest, angles], dim=1)
+            nearest = merged.topk(min(k, merged.shape[1]), dim=1, largest=False).values
+        if formula == "mean_angle":
+            out.append(nearest.mean(dim=1) / math.pi)
+        else:  # Σ_j arccos = 0 only when every bank entry coincides with the query: the score is then 0.
+            out.append(nearest.sum(dim=1) / (k * total.clamp_min(torch.finfo(dtype).tiny)))
+    if not out:
+        return torch.zeros(0, dtype=dtype, device=memory.device)
+    return torch.cat(out)
