@@ -33,6 +33,7 @@ from xrad.config.sections import Check
 from xrad.errors import ConfigError
 from xrad.methods.autoencoder.config import AEConfig, image_size_checks
 from xrad.methods.imagenet.config import ImageNetConfig
+from xrad.methods.salad.config import SaladConfig, salad_checks
 from xrad.methods.supervised.config import SupervisedConfig
 from xrad.methods.synthetic.config import SyntheticConfig
 from xrad.methods.synthetic.config import image_size_checks as patch_size_checks
@@ -140,6 +141,16 @@ SYNTHETIC = StageSpec(
     checks=patch_size_checks,
 )
 
+SALAD_STAGE = StageSpec(
+    "salad",
+    "xrad.methods.salad.stage",
+    "model.safetensors",
+    reads=(*_SHARED_READS, "salad"),
+    schedule="salad",
+    sections={"salad": SaladConfig},
+    checks=salad_checks,
+)
+
 SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
 KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
 RECONSTRUCTION = ScorerRef("reconstruction", "xrad.methods.autoencoder.scorer:ReconstructionScorer")
@@ -147,6 +158,7 @@ CLASSIFIER = ScorerRef("classifier", "xrad.methods.supervised.scorer:ClassifierS
 PATCH_SPHERE = ScorerRef("patch_sphere", "xrad.methods.multisphere.patch_scorer:PatchSphereScorer")
 PATCH_KNN = ScorerRef("patch_knn", "xrad.methods.knn.patch_scorer:PatchKnnScorer")
 PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
+SALAD_KNN = ScorerRef("salad", "xrad.methods.salad.scorer:SaladScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
 DETECTORS: dict[str, Detector] = {
@@ -199,6 +211,13 @@ DETECTORS: dict[str, Detector] = {
             (("train", SYNTHETIC),),
             (PATCH_CLASSIFIER, PATCH_KNN),
             "xrad's own: a patch classifier trained to find local synthetic anomalies; patch-map score",
+        ),
+        Detector(
+            "salad",
+            (("train", SALAD_STAGE),),
+            (SALAD_KNN, PATCH_KNN),
+            "SALAD: autoencoder + memory bank, progressive aggregation rounds, Eq. 4 weighted-kNN score "
+            "(MemDAE and the ablations are its configs)",
         ),
     )
 }

@@ -68,7 +68,10 @@ class StageModule(L.LightningModule):
         """Adam (weight decay = coupled L2, the λ of Eq. 2) and ×lr_gamma at the milestone epochs; a section
         with ``schedule: onecycle`` gets a one-cycle schedule instead (warm-up to ``lr``, then annealing), which
         short from-scratch trainings converge better with."""
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.section.lr, weight_decay=self.section.weight_decay)
+        betas = tuple(getattr(self.section, "betas", (0.9, 0.999)))  # a section may set Adam's betas (SALAD)
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=self.section.lr, betas=betas, weight_decay=self.section.weight_decay
+        )
         if getattr(self.section, "schedule", "step") == "onecycle":
             total = max(1, int(self.trainer.estimated_stepping_batches))
             cycle = torch.optim.lr_scheduler.OneCycleLR(
