@@ -36,9 +36,9 @@ def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[
     return float(low), float(high), int(finite.size)
 
 
-def summarise(point: float, samples: np.ndarray | None, confidence: float = 0.95) -> dict[str, float | int]:
+def summarise(point: float, samples: np.ndarray | None, confidence: float = 0.95) -> dict[str, float | int | None]:
     """A JSON-able ``{value, low, high, n_resamples}`` entry (no interval when ``samples`` is None)."""
-    entry: dict[str, float | int] = {"value": _clean(point)}
+    entry: dict[str, float | int | None] = {"value": _clean(point)}
     if samples is not None:
         low, high, n_valid = percentile_interval(samples, confidence)
         entry.update(low=_clean(low), high=_clean(high), n_resamples=n_valid)

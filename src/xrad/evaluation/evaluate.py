@@ -150,8 +150,8 @@ def _block(
     scores: np.ndarray,
     weights: np.ndarray | None,
     *,
-    specificities,
-    sensitivities,
+    specificities: tuple[float, ...],
+    sensitivities: tuple[float, ...],
     threshold: float | None,
     confidence: float,
 ) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def _block(
     return out
 
 
-def _evaluate_table(table: pd.DataFrame, codes: np.ndarray, counts: np.ndarray | None, **kwargs) -> dict[str, Any]:
+def _evaluate_table(table: pd.DataFrame, codes: np.ndarray, counts: np.ndarray | None, **kwargs: Any) -> dict[str, Any]:
     """Overall metrics of a level plus one block per body part (where a row has a single body part)."""
     labels, scores = table["label"].to_numpy(int), table["score"].to_numpy(float)
     weights = None if counts is None else row_weights(counts, codes)
@@ -261,6 +261,8 @@ def evaluate_scores(
         if level == "study" and labelled[key].nunique() == len(labelled):
             result.setdefault("notes", []).append("every study holds one image: study level = image level")
             continue
+        if unit_lookup is None:  # a level above the image has ids on every row, so the unit is one of them
+            raise RuntimeError(f"evaluate_scores: level {level!r} available but the bootstrap unit is the image")
         per_aggregation = {}
         for how in aggregations:
             table = aggregate_scores(labelled, level, how)
@@ -315,7 +317,10 @@ def _metric_rows(blocks: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 def _render(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 

@@ -13,6 +13,9 @@ form one operating point; AUPRC is average precision (step-wise, no interpolatio
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, overload
+
 import numpy as np
 
 # Resamples are processed in blocks so that memory stays at a few tens of MB for ~5,000 images.
@@ -44,7 +47,17 @@ def _level_sums(
     return pos, neg, sorted_scores[starts]
 
 
-def _blocked(fn, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None, **kwargs):
+# A per-level metric: ``fn(pos, neg, levels, **kwargs) -> (B,)``.
+_Core = Callable[..., np.ndarray]
+
+
+@overload
+def _blocked(fn: _Core, labels: np.ndarray, scores: np.ndarray, weights: None, **kwargs: Any) -> float: ...
+@overload
+def _blocked(fn: _Core, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, **kwargs: Any) -> np.ndarray: ...
+def _blocked(
+    fn: _Core, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None, **kwargs: Any
+) -> float | np.ndarray:
     """Apply ``fn(pos, neg, levels, **kwargs) -> (B,)`` in blocks of resamples; unwrap when unweighted."""
     labels, scores = _as_arrays(labels, scores)
     # Rows without a 0/1 label (unlabelled: -1 or NaN) or without a finite score say nothing about ranking.
@@ -63,7 +76,8 @@ def _blocked(fn, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | N
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     num, den = np.broadcast_arrays(np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64))
-    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+    quotient: np.ndarray = np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+    return quotient
 
 
 def _auroc_core(pos: np.ndarray, neg: np.ndarray, _levels: np.ndarray) -> np.ndarray:
@@ -89,25 +103,33 @@ def _roc_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return tpr, fpr
 
 
-def _sens_at_spec_core(pos, neg, _levels, specificity: float) -> np.ndarray:
+def _sens_at_spec_core(pos: np.ndarray, neg: np.ndarray, _levels: np.ndarray, specificity: float) -> np.ndarray:
     tpr, fpr = _roc_points(pos, neg)
     ok = fpr <= (1.0 - specificity) + 1e-12
     out = np.where(ok, tpr, -np.inf).max(axis=1)
     return np.where(np.isnan(tpr).any(axis=1) | np.isnan(fpr).any(axis=1), np.nan, out)
 
 
-def _spec_at_sens_core(pos, neg, _levels, sensitivity: float) -> np.ndarray:
+def _spec_at_sens_core(pos: np.ndarray, neg: np.ndarray, _levels: np.ndarray, sensitivity: float) -> np.ndarray:
     tpr, fpr = _roc_points(pos, neg)
     ok = tpr >= sensitivity - 1e-12
     out = np.where(ok, 1.0 - fpr, -np.inf).max(axis=1)
     return np.where(np.isnan(tpr).any(axis=1) | np.isnan(fpr).any(axis=1), np.nan, out)
 
 
+@overload
+def auroc(labels: np.ndarray, scores: np.ndarray, weights: None = None) -> float: ...
+@overload
+def auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
 def auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float | np.ndarray:
     """Area under the ROC curve with abnormal (1) as the positive class; NaN without both classes."""
     return _blocked(_auroc_core, labels, scores, weights)
 
 
+@overload
+def average_precision(labels: np.ndarray, scores: np.ndarray, weights: None = None, positive: int = 1) -> float: ...
+@overload
+def average_precision(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, positive: int = 1) -> np.ndarray: ...
 def average_precision(
     labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None, positive: int = 1
 ) -> float | np.ndarray:
@@ -124,6 +146,14 @@ def average_precision(
     return _blocked(_ap_core, labels, scores, weights)
 
 
+@overload
+def sensitivity_at_specificity(
+    labels: np.ndarray, scores: np.ndarray, specificity: float, weights: None = None
+) -> float: ...
+@overload
+def sensitivity_at_specificity(
+    labels: np.ndarray, scores: np.ndarray, specificity: float, weights: np.ndarray
+) -> np.ndarray: ...
 def sensitivity_at_specificity(
     labels: np.ndarray, scores: np.ndarray, specificity: float, weights: np.ndarray | None = None
 ) -> float | np.ndarray:
@@ -131,6 +161,14 @@ def sensitivity_at_specificity(
     return _blocked(_sens_at_spec_core, labels, scores, weights, specificity=specificity)
 
 
+@overload
+def specificity_at_sensitivity(
+    labels: np.ndarray, scores: np.ndarray, sensitivity: float, weights: None = None
+) -> float: ...
+@overload
+def specificity_at_sensitivity(
+    labels: np.ndarray, scores: np.ndarray, sensitivity: float, weights: np.ndarray
+) -> np.ndarray: ...
 def specificity_at_sensitivity(
     labels: np.ndarray, scores: np.ndarray, sensitivity: float, weights: np.ndarray | None = None
 ) -> float | np.ndarray:
@@ -138,9 +176,17 @@ def specificity_at_sensitivity(
     return _blocked(_spec_at_sens_core, labels, scores, weights, sensitivity=sensitivity)
 
 
+@overload
+def confusion_at_threshold(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, weights: None = None
+) -> dict[str, float]: ...
+@overload
+def confusion_at_threshold(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, weights: np.ndarray
+) -> dict[str, np.ndarray]: ...
 def confusion_at_threshold(
     labels: np.ndarray, scores: np.ndarray, threshold: float, weights: np.ndarray | None = None
-) -> dict[str, float | np.ndarray]:
+) -> dict[str, float] | dict[str, np.ndarray]:
     """Cohen's κ, sensitivity and specificity when ``score >= threshold`` is called abnormal."""
     labels, scores = _as_arrays(labels, scores)
     w = np.ones((1, labels.size)) if weights is None else np.atleast_2d(np.asarray(weights, dtype=np.float64))
@@ -160,6 +206,10 @@ def confusion_at_threshold(
     return {k: float(v[0]) for k, v in out.items()} if weights is None else out
 
 
+@overload
+def cohen_kappa(labels: np.ndarray, scores: np.ndarray, threshold: float, weights: None = None) -> float: ...
+@overload
+def cohen_kappa(labels: np.ndarray, scores: np.ndarray, threshold: float, weights: np.ndarray) -> np.ndarray: ...
 def cohen_kappa(
     labels: np.ndarray, scores: np.ndarray, threshold: float, weights: np.ndarray | None = None
 ) -> float | np.ndarray:
@@ -220,6 +270,24 @@ def threshold_at_sensitivity(labels: np.ndarray, scores: np.ndarray, sensitivity
     return float(abnormal[max(needed, 1) - 1])
 
 
+@overload
+def metric_suite(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    weights: None = None,
+    *,
+    specificities: tuple[float, ...] = ...,
+    sensitivities: tuple[float, ...] = ...,
+) -> dict[str, float]: ...
+@overload
+def metric_suite(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    weights: np.ndarray,
+    *,
+    specificities: tuple[float, ...] = ...,
+    sensitivities: tuple[float, ...] = ...,
+) -> dict[str, np.ndarray]: ...
 def metric_suite(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -227,7 +295,7 @@ def metric_suite(
     *,
     specificities: tuple[float, ...] = (0.9, 0.95),
     sensitivities: tuple[float, ...] = (0.9, 0.95),
-) -> dict[str, float | np.ndarray]:
+) -> dict[str, float] | dict[str, np.ndarray]:
     """All threshold-free metrics from one sort of the scores (what the bootstrap calls per resample block).
 
     Keys: ``auroc``, ``auprc_abnormal``, ``auprc_normal``, ``sens@spec<t>`` and ``spec@sens<t>``.

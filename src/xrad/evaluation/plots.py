@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 
@@ -18,14 +19,18 @@ matplotlib.use("Agg")  # headless: reports are rendered on servers and in CI
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from xrad.evaluation import metrics
 from xrad.evaluation.statistics import t_interval
 from xrad.utils.atomic import write_bytes
 
 NORMAL, ABNORMAL = "#1f77b4", "#d62728"
-_CYCLE = plt.get_cmap("tab10").colors
+# tab10 is a ListedColormap of ten RGB tuples; the stubs type get_cmap's result as the Colormap base class.
+_CYCLE = cast(tuple[tuple[float, float, float], ...], cast(ListedColormap, plt.get_cmap("tab10")).colors)
 
 
 def color(index: int) -> tuple[float, float, float]:
@@ -109,12 +114,18 @@ def roc_pr_figure(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: s
     return fig
 
 
-def _hist(ax, frame: pd.DataFrame, bins: np.ndarray, title: str) -> None:
+def _hist(ax: Axes, frame: pd.DataFrame, bins: np.ndarray, title: str) -> None:
     peak = 0.0
     for value, name, c in ((0, "normal", NORMAL), (1, "abnormal", ABNORMAL)):
         scores = frame.loc[frame["label"] == value, "score"].to_numpy(float)
         if scores.size:
-            counts, _, _ = ax.hist(scores, bins=bins, color=c, alpha=0.55, label=f"{name} (n={scores.size})")
+            counts, _, _ = ax.hist(
+                scores,
+                bins=bins,  # type: ignore[arg-type]  # matplotlib's stubs take a Sequence of edges, not an array
+                color=c,
+                alpha=0.55,
+                label=f"{name} (n={scores.size})",
+            )
             peak = max(peak, float(np.max(counts)))
     # Log counts (as in the paper) only help when bins hold hundreds of images; small sets read better linear.
     log = peak > 100
@@ -159,9 +170,10 @@ def tsne_coordinates(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
     # One thread: scikit-learn's OpenMP Barnes-Hut gradient was 5–30× slower with 2 threads on a busy
     # 2-core machine (threads spin-wait on each other), e.g. 2,000 points 134 s vs 28 s.
     with threadpool_limits(limits=1):
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        coords: np.ndarray = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
             np.asarray(embeddings, dtype=np.float32)
         )
+    return coords
 
 
 def tsne_figure(coords: np.ndarray, colourings: dict[str, np.ndarray], title: str) -> Figure:
@@ -169,6 +181,7 @@ def tsne_figure(coords: np.ndarray, colourings: dict[str, np.ndarray], title: st
     fig, axes = plt.subplots(1, len(colourings), figsize=(5.2 * len(colourings), 4.8), squeeze=False)
     for ax, (name, values) in zip(axes[0], colourings.items()):
         values = np.asarray(values).astype(str)
+        palette: dict[str, str | tuple[float, float, float]]
         if name == "label":
             palette = {"0": NORMAL, "1": ABNORMAL}
             names = {"0": "normal", "1": "abnormal"}
@@ -228,9 +241,10 @@ def epoch_figure(
         )
         ax.fill_between(epochs, table.min(axis=1).to_numpy(), table.max(axis=1).to_numpy(), color=color(i), alpha=0.2)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    # A fresh linear axis has an AutoLocator, a MaxNLocator (the stubs type it as the Locator base class).
+    cast(MaxNLocator, ax.xaxis.get_major_locator()).set_params(integer=True)
     if integer:
-        ax.yaxis.get_major_locator().set_params(integer=True)
+        cast(MaxNLocator, ax.yaxis.get_major_locator()).set_params(integer=True)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

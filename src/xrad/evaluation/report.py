@@ -13,7 +13,7 @@ import json
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,9 @@ from xrad.errors import DataError
 from xrad.evaluation import plots
 from xrad.evaluation.evaluate import choose_threshold, evaluate_scores, format_table, read_scores
 from xrad.utils.atomic import write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 _STAGE_ORDER = ("pretrain", "finetune")
 _CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:24px auto;
@@ -68,7 +71,8 @@ def _missing(text: str) -> str:
 
 
 def _table(frame: pd.DataFrame, digits: int = 4) -> str:
-    return frame.to_html(index=False, border=0, na_rep="n/a", float_format=lambda v: f"{v:.{digits}g}")
+    markup: str = frame.to_html(index=False, border=0, na_rep="n/a", float_format=lambda v: f"{v:.{digits}g}")
+    return markup
 
 
 class _Builder:
@@ -84,7 +88,7 @@ class _Builder:
     def add(self, markup: str) -> None:
         self.parts.append(markup)
 
-    def figure(self, fig, name: str, alt: str) -> None:
+    def figure(self, fig: Figure, name: str, alt: str) -> None:
         self.parts.append(_img(plots.save_png(fig, self.png_dir / f"{name}.png"), alt))
 
 

@@ -34,12 +34,12 @@ def significance_code(p_value: float) -> str:
 
 def welch_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """Two-sided Welch t-test (unequal variances) ignoring NaNs; ``(t, p)``, NaN when undefined."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if a.size < 2 or b.size < 2:
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size < 2 or y.size < 2:
         return float("nan"), float("nan")
-    result = stats.ttest_ind(a, b, equal_var=False)
+    result = stats.ttest_ind(x, y, equal_var=False)
     return float(result.statistic), float(result.pvalue)
 
 

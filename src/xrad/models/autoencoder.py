@@ -42,7 +42,8 @@ class UpResBlock(nn.Module):
         """(B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
         x = self.up(x)
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return self.relu(out + self.shortcut(x))
+        up: Tensor = self.relu(out + self.shortcut(x))
+        return up
 
 
 class ResNet18Decoder(nn.Module):

@@ -20,7 +20,10 @@ class Encoder(nn.Module):
     anomaly-detection encoder is built fresh (optionally bias-free).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    backbone: ResNet18Backbone
+    head: MLPHead
+
+    def __init__(self, backbone: ResNet18Backbone, head: MLPHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head

@@ -7,19 +7,34 @@ to the input size. Detectors with a better map of their own (reconstruction erro
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["cam_layer", "grad_cam"]
+__all__ = ["CamScorer", "cam_layer", "grad_cam"]
 
 
-def cam_layer(scorer: nn.Module, layer: str | nn.Module | None = None) -> nn.Module:
+class HasModules(Protocol):
+    """A network whose submodules can be listed by name (any ``nn.Module``)."""
+
+    def named_modules(self) -> Iterator[tuple[str, nn.Module]]: ...
+
+
+class CamScorer(HasModules, Protocol):
+    """What Grad-CAM reads of a scorer (an ``nn.Module`` with ``score``, as :class:`xrad.methods.base.Scorer`)."""
+
+    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]: ...
+
+
+def cam_layer(scorer: HasModules, layer: str | nn.Module | None = None) -> nn.Module:
     """The module whose output Grad-CAM weighs: ``layer`` (dotted name or module), else the last module
     named ``layer4`` (ResNet's last block), else the last ``Conv2d``."""
     if isinstance(layer, nn.Module):
         return layer
-    modules = dict(scorer.named_modules())
+    modules: dict[str, nn.Module] = dict(scorer.named_modules())
     if isinstance(layer, str):
         if layer not in modules:
             raise ValueError(f"no module {layer!r} in {type(scorer).__name__}")
@@ -33,7 +48,7 @@ def cam_layer(scorer: nn.Module, layer: str | nn.Module | None = None) -> nn.Mod
     raise ValueError(f"{type(scorer).__name__} has no convolutional layer for Grad-CAM; override heatmap()")
 
 
-def grad_cam(scorer: nn.Module, images: Tensor, layer: str | nn.Module | None = None) -> Tensor:
+def grad_cam(scorer: CamScorer, images: Tensor, layer: str | nn.Module | None = None) -> Tensor:
     """Grad-CAM of ``scorer.score(images)`` on ``layer``: non-negative maps ``(B, 1, H, W)`` (not normalised).
 
     Each image's score depends on its own activations only (eval mode), so one backward pass of the

@@ -44,4 +44,5 @@ class MLPHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """Map features h (B, dims[0]) to z (B, dims[-1])."""
-        return self.net(h)
+        z: Tensor = self.net(h)
+        return z

@@ -58,4 +58,5 @@ class PatchClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``(B, S/8, S/8)``: how likely each cell is to hold a local defect."""
-        return self.head(self.features(images))[:, 0]
+        logits: Tensor = self.head(self.features(images))
+        return logits[:, 0]

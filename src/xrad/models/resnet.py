@@ -58,7 +58,7 @@ class _TorchvisionBackbone(nn.Module):
 
     out_dim: int
 
-    def __init__(self, builder: Callable[..., nn.Module], out_dim: int, in_channels: int) -> None:
+    def __init__(self, builder: Callable[..., models.ResNet], out_dim: int, in_channels: int) -> None:
         super().__init__()
         if in_channels < 1:
             raise ConfigError(f"in_channels must be >= 1 (got {in_channels}); radiographs use 1")
@@ -81,7 +81,8 @@ class _TorchvisionBackbone(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Return the last feature map (B, out_dim, H/32, W/32) — the Grad-CAM target."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        features: Tensor = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return features
 
     def forward(self, x: Tensor) -> Tensor:
         """Map images (B, in_channels, H, W) to pooled features h (B, out_dim)."""
