@@ -320,3 +320,14 @@ def test_salad_finds_planted_squares(squares_split: Path, tmp_path: Path) -> Non
     overrides = ["salad.warmup_epochs=4", "salad.rounds=2", "salad.round_epochs=2"]
     summary = run_training("tiny_salad", squares_split, tmp_path / "run", progress=False, overrides=overrides)
     assert summary["test_auroc"] >= 0.75
+
+
+def test_patch_level_score_on_the_trained_backbone(tiny_data: Path, tmp_path: Path) -> None:
+    from xrad.inference.scoring import load_scorer
+
+    overrides = ["salad.level=patch", "salad.patch_memory_size=200", "salad.rounds=0"]
+    summary = run_training("tiny_salad", tiny_data, tmp_path / "run", progress=False, overrides=overrides)
+    scorer = load_scorer(tmp_path / "run" / "artefact")
+    assert scorer.kind == "patch_knn" and scorer.memory.shape[0] <= 200
+    assert np.isfinite(pd.read_csv(tmp_path / "run" / "scores_test.csv")["score"]).all()
+    assert summary["method"] == "salad"
