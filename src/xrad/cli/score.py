@@ -14,8 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xrad.cli.options import int_at_least
+
+if TYPE_CHECKING:  # pragma: no cover
+    import contextlib
+
+    import pandas as pd
+
+    from xrad.methods.base import Scorer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 
@@ -49,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def collect_inputs(source: Path):  # -> pd.DataFrame
+def collect_inputs(source: Path) -> pd.DataFrame:
     """Turn INPUT into a table with at least ``path`` (and ids where the source has them)."""
     import pandas as pd
 
@@ -69,7 +77,8 @@ def collect_inputs(source: Path):  # -> pd.DataFrame
         raise DataError(f"{source}: is a {kind}, not an image, a folder or a manifest CSV; check the path")
     if source.name == "MURA-v1.1" or (source / "MURA-v1.1").is_dir():
         return index_mura(source)
-    files, special = [], []
+    files: list[Path] = []
+    special: list[Path] = []
     for dirpath, dirs, names in os.walk(source):  # links to folders are not followed (no loops)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
@@ -106,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from xrad.evaluation.aggregate import parse_aggregation
+    from xrad.inference.artefact import meta_of
     from xrad.inference.calibration import flag, level_tables
     from xrad.inference.scoring import load_scorer, score_frame
     from xrad.utils.atomic import FileSet, check_writable
@@ -128,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         on_error="raise" if args.strict else "skip",
         progress=True,
     )
-    point = scorer.artefact_meta.operating_point
+    point = meta_of(scorer).operating_point
     if point:  # score >= the calibrated image threshold (unreadable rows: False)
         scored["flagged"] = flag(scored["score"], point)
     failed = int((scored.get("error", "") != "").sum()) if "error" in scored else 0
@@ -175,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _heatmaps(stack, scorer, scored, folder: Path) -> list[str]:
+def _heatmaps(stack: contextlib.ExitStack, scorer: Scorer, scored: pd.DataFrame, folder: Path) -> list[str]:
     """Write the overlays into a folder staged beside ``folder`` (published when the stack closes); the paths
     returned are where they will be."""
     from xrad.inference.heatmaps import write_heatmaps

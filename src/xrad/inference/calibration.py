@@ -54,9 +54,12 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
 
 
 def _target(specificity: float | None, sensitivity: float | None) -> tuple[str, float]:
-    if (specificity is None) == (sensitivity is None):
+    if specificity is not None and sensitivity is None:
+        name, value = "specificity", specificity
+    elif sensitivity is not None and specificity is None:
+        name, value = "sensitivity", sensitivity
+    else:
         raise DataError("choose exactly one target: --specificity (normals only) or --sensitivity (needs anomalies)")
-    name, value = ("specificity", specificity) if specificity is not None else ("sensitivity", sensitivity)
     if not 0.0 < float(value) < 1.0:
         raise DataError(f"--{name} must be between 0 and 1 (exclusive), got {value}")
     return name, float(value)

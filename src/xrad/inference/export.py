@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from torch import Tensor, nn
 
 from xrad.errors import ConfigError, XradError
 from xrad.utils.atomic import check_writable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xrad.methods.base import Scorer
 
 __all__ = ["OnnxScorer", "export_onnx", "onnx_scores", "parity_batch"]
 
@@ -39,7 +42,7 @@ OPSET = 17
 class OnnxScorer(nn.Module):
     """The exported graph: uint8 image and mask → score (and nearest sphere)."""
 
-    def __init__(self, scorer: nn.Module) -> None:
+    def __init__(self, scorer: Scorer) -> None:
         super().__init__()
         self.scorer = scorer
 
@@ -112,7 +115,9 @@ def export_onnx(
     tmp = output.with_name(f".{output.name}.export.tmp")
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen at trace time
+            # torch.jit exports TracerWarning at run time but leaves it out of its __all__ (a stub gap).
+            tracer_warning = torch.jit.TracerWarning  # type: ignore[attr-defined]
+            warnings.simplefilter("ignore", tracer_warning)  # shape checks frozen at trace time
             warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its end
             torch.onnx.export(
                 graph,

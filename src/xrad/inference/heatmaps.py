@@ -86,7 +86,8 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
     colours = cv2.applyColorMap(np.clip(heat * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
     colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB).astype(np.float32)
     weight = (alpha * np.clip(heat, 0, 1))[..., None]
-    return np.clip(grey * (1 - weight) + colours * weight, 0, 255).astype(np.uint8)
+    blended: np.ndarray = np.clip(grey * (1 - weight) + colours * weight, 0, 255).astype(np.uint8)
+    return blended
 
 
 def png_bytes(array: np.ndarray) -> bytes:

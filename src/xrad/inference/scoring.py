@@ -39,7 +39,8 @@ def load_scorer(artefact_dir: str | Path, device: str | torch.device = "cpu") ->
 def _has_cache(frame: pd.DataFrame) -> np.ndarray:
     if "cache_path" not in frame.columns:
         return np.zeros(len(frame), dtype=bool)
-    return frame["cache_path"].fillna("").astype(str).str.len().to_numpy() > 0
+    cached: np.ndarray = frame["cache_path"].fillna("").astype(str).str.len().to_numpy() > 0
+    return cached
 
 
 def _decode(

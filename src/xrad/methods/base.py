@@ -36,6 +36,9 @@ class Scorer(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    # The artefact's metadata, set when the scorer is loaded from an artefact (absent on a scorer built by
+    # hand, or a plain mapping there); read it through the inference layer's ``meta_of``.
+    artefact_meta: object
 
     def forward(self, images: Tensor) -> Tensor:
         """Anomaly scores ``(B,)``, higher = more abnormal."""
@@ -85,7 +88,9 @@ class Scorer(nn.Module):
 
         self.eval()
         device = next(iter(self.parameters()), torch.empty(0)).device
-        scores, spheres, embeds = [], [], {}
+        scores: list[Tensor] = []
+        spheres: list[Tensor] = []
+        embeds: dict[str, list[Tensor]] = {}
         for start in range(0, images.shape[0], batch_size):
             x = prepare_eval(
                 images[start : start + batch_size].to(device), masks[start : start + batch_size].to(device)

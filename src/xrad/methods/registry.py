@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xrad.config import Config, build_config, config_to_dict, read_config_source
 from xrad.config.loader import apply_overrides
@@ -37,6 +37,9 @@ from xrad.methods.salad.config import SaladConfig, salad_checks
 from xrad.methods.supervised.config import SupervisedConfig
 from xrad.methods.synthetic.config import SyntheticConfig
 from xrad.methods.synthetic.config import image_size_checks as patch_size_checks
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xrad.methods.base import Scorer
 
 _SHARED_READS = ("seed", "data", "model", "pretrain")
 
@@ -243,7 +246,7 @@ def scorer_refs() -> dict[str, ScorerRef]:
     return {ref.kind: ref for d in DETECTORS.values() for ref in d.scorers}
 
 
-def get_scorer_class(kind: str) -> type:
+def get_scorer_class(kind: str) -> type[Scorer]:
     """Resolve a scorer kind from an artefact to its class (imports only torch-level modules)."""
     refs = scorer_refs()
     if kind not in refs:
@@ -252,7 +255,8 @@ def get_scorer_class(kind: str) -> type:
             "upgrade xrad or re-train"
         )
     module_name, class_name = refs[kind].path.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    scorer_class: type[Scorer] = getattr(importlib.import_module(module_name), class_name)
+    return scorer_class
 
 
 def load_config(source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[str] = ()) -> Config:

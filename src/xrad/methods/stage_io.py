@@ -8,6 +8,7 @@ benchmark cell, a kNN ablation) load a finished stage 1 instead of training its 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 from torch import Tensor, nn
 
@@ -16,6 +17,8 @@ from xrad.utils.atomic import write_bytes
 
 ENCODER_FILE = "encoder.safetensors"  # an Encoder's state_dict (stage 1 of every encoder-based detector)
 MODEL_FILE = "model.safetensors"  # a final stage's weights (and centres)
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -34,7 +37,7 @@ def load_tensors(path: Path) -> dict[str, Tensor]:
     return load_file(str(path))
 
 
-def load_finished(source: str, network: nn.Module, filename: str, must_match: str) -> nn.Module:
+def load_finished(source: str, network: ModuleT, filename: str, must_match: str) -> ModuleT:
     """Load ``pretrain.encoder_from``: a run folder (its ``pretrain/<filename>``) or such a file, into
     ``network``; one-line :class:`ConfigError` when it is missing or was trained with other settings."""
     path = Path(source)

@@ -9,14 +9,14 @@ body-part pixel of intensity exactly 0 is ignored in both (it carries no reconst
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from xrad.losses import masked_error_map, reconstruction_scores
 from xrad.methods.base import Scorer
-from xrad.models.autoencoder import Autoencoder, build_autoencoder
+from xrad.models.autoencoder import Autoencoder, UpResBlock, build_autoencoder
 
 __all__ = ["ReconstructionScorer", "autoencoder_args", "autoencoder_from", "input_support"]
 
@@ -31,7 +31,7 @@ def input_support(images: Tensor) -> Tensor:
 def autoencoder_args(ae: Autoencoder) -> dict[str, Any]:
     """JSON-able arguments of :func:`xrad.models.autoencoder.build_autoencoder` that rebuild ``ae``."""
     linears = [m for m in ae.encoder.head.modules() if isinstance(m, nn.Linear)]
-    stages = list(ae.decoder.stages)
+    stages = [cast(UpResBlock, block) for block in ae.decoder.stages]  # the decoder holds UpResBlocks only
     return {
         "image_size": ae.decoder.image_size,
         "head_dims": [linears[0].in_features] + [m.out_features for m in linears],
@@ -69,7 +69,8 @@ class ReconstructionScorer(Scorer):
 
     def reconstruct(self, images: Tensor) -> Tensor:
         """The reconstruction (B, 1, S, S) of prepared images."""
-        return self.autoencoder(images)[0]
+        recon: Tensor = self.autoencoder(images)[0]
+        return recon
 
     def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Image scores (B,) from the masked error; no sphere."""

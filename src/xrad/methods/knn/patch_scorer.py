@@ -33,6 +33,7 @@ class PatchKnnScorer(Scorer):
     """Cell distance to the nearest normal training cell; image score = top-k mean inside the body."""
 
     kind: ClassVar[str] = "patch_knn"
+    memory: Tensor  # buffer (N, C)
 
     def __init__(self, backbone: ResNet18Backbone, memory: Tensor, top_k: int = 3, smooth: int = 3) -> None:
         super().__init__()

@@ -17,6 +17,7 @@ class KnnScorer(Scorer):
     """Mean distance to the k nearest normal training embeddings (the paper's kNN-100 ablation)."""
 
     kind: ClassVar[str] = "knn"
+    memory: Tensor  # buffer (N, D)
 
     def __init__(
         self, encoder: Encoder, memory: Tensor, k: int = 100, chunk_size: int = 1024, feature: str = "h"

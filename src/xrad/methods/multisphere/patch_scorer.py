@@ -37,13 +37,15 @@ class PatchSphereNet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Cell embeddings ``(B, dims[-1], S/8, S/8)``."""
-        return self.head(patch_features(self.backbone, images))
+        cells: Tensor = self.head(patch_features(self.backbone, images))
+        return cells
 
 
 class PatchSphereScorer(Scorer):
     """Mean of the ``top_k`` largest cell distances to the nearest surviving centre, inside the body."""
 
     kind: ClassVar[str] = "patch_sphere"
+    centers: Tensor  # buffer (K, D)
 
     def __init__(self, net: PatchSphereNet, centers: Tensor, top_k: int = 1) -> None:
         super().__init__()

@@ -65,6 +65,11 @@ def new_net(config: Config, previous: ProvidesEncoder) -> PatchSphereNet:
 class PatchMADModule(StageModule):
     """Cell-level multi-sphere Deep SAD with synthetic and known anomalies, per-epoch pruning."""
 
+    # Buffers (registered in __init__), so checkpoints carry them.
+    centers: Tensor  # (K, D)
+    active: Tensor  # (K,) bool
+    initialised: Tensor  # () bool
+
     def __init__(self, net: PatchSphereNet, config: Config, metrics_path: Path | None, ctx: RunContext) -> None:
         super().__init__(config, config.finetune, metrics_path)
         self.net = net

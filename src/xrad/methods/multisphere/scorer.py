@@ -17,6 +17,7 @@ class SphereScorer(Scorer):
     centre is reported as ``sphere``."""
 
     kind: ClassVar[str] = "sphere"
+    centers: Tensor  # buffer (K, D)
 
     def __init__(self, encoder: Encoder, centers: Tensor) -> None:
         super().__init__()

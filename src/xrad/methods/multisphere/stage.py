@@ -57,6 +57,11 @@ class SpheresResult:
 class MADModule(StageModule):
     """Multi-sphere semi-supervised Deep SAD with per-epoch pruning of weak spheres."""
 
+    # Buffers (registered in __init__), so checkpoints carry them.
+    centers: Tensor  # (K, D)
+    active: Tensor  # (K,) bool
+    initialised: Tensor  # () bool
+
     def __init__(self, encoder: Encoder, config: Config, metrics_path: Path | None, ctx: RunContext) -> None:
         super().__init__(config, config.finetune, metrics_path)
         self.encoder = encoder
@@ -159,14 +164,19 @@ def _stage2_encoder(config: Config, encoder: Encoder) -> Encoder:
     return encoder
 
 
-def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Any:
-    """MAD fine-tuning of the previous stage's encoder (of its cells with ``finetune.level: patch``)."""
-    cfg = ctx.config
+def _require_previous(stage: str, previous: ProvidesEncoder | None) -> ProvidesEncoder:
     if previous is None:
         raise ConfigError(
             f"the {stage} stage needs a finished pretrain stage in this run folder; "
             "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from"
         )
+    return previous
+
+
+def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Any:
+    """MAD fine-tuning of the previous stage's encoder (of its cells with ``finetune.level: patch``)."""
+    cfg = ctx.config
+    previous = _require_previous(stage, previous)
     if cfg.finetune.level == "patch":
         from xrad.methods.multisphere import patch_stage
 
@@ -192,7 +202,7 @@ def load(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Any:
     if ctx.config.finetune.level == "patch":
         from xrad.methods.multisphere import patch_stage
 
-        return patch_stage.load(ctx, stage, previous)
+        return patch_stage.load(ctx, stage, _require_previous(stage, previous))
     tensors = load_tensors(ctx.stage_dir(stage) / MODEL_FILE)
     encoder = new_encoder(ctx.config)
     encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True)

@@ -25,7 +25,8 @@ class ClassifierScorer(Scorer):
 
     def logits(self, images: Tensor) -> Tensor:
         """Abnormality logits (B,)."""
-        return self.head(self.backbone(images)).squeeze(1)
+        logits: Tensor = self.head(self.backbone(images))
+        return logits.squeeze(1)
 
     def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """P(abnormal) (B,); the sigmoid runs in float64 so confident predictions do not all tie at 1.0."""

@@ -62,6 +62,8 @@ def new_classifier(ctx: RunContext) -> ClassifierScorer:
 class SupervisedModule(StageModule):
     """Class-balanced BCE on augmented labelled images; validation AUROC of the logits each epoch."""
 
+    pos_weight: Tensor  # buffer (1,)
+
     def __init__(
         self,
         classifier: ClassifierScorer,

@@ -67,6 +67,8 @@ MEMORY_FILE = "memory.safetensors"  # the PatchCore bank of score: knn
 class SyntheticModule(StageModule):
     """Per-cell BCE on clean and corrupted views; validation AUROC of the configured image score."""
 
+    pos_weight: Tensor  # buffer ()
+
     def __init__(self, network: PatchClassifier, config: Config, metrics_path: Path | None, ctx: RunContext) -> None:
         section: SyntheticConfig = config.section("synthetic")
         super().__init__(config, section, metrics_path)
