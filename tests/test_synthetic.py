@@ -38,6 +38,21 @@ def test_each_corruption_changes_only_the_body_and_is_reproducible(kind: str) ->
     assert moved[changed > 0].mean() > 0.5  # what is marked changed did change
 
 
+def test_the_config_checks_know_every_corruption_kind() -> None:
+    from xrad.config.sections import CORRUPTION_KINDS
+
+    assert set(CORRUPTION_KINDS) == set(KINDS)
+
+
+def test_a_lytic_spot_darkens_and_a_bump_brightens_around_the_bone() -> None:
+    image, body = _limb(seed=2)
+    for seed in range(6):
+        out, changed, _ = corrupt(image, body, np.random.default_rng(seed), ("density_spot",))
+        assert changed.sum() > 0 and not np.allclose(out, image)
+        out, changed, _ = corrupt(image, body, np.random.default_rng(seed), ("cortical_bump",))
+        assert (out[changed > 0] > image[changed > 0]).all()
+
+
 def test_metal_brightens_and_a_gap_darkens_the_bone() -> None:
     image, body = _limb(seed=1)
     out, changed, _ = corrupt(image, body, np.random.default_rng(0), ("bright_bar",))

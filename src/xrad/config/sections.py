@@ -18,7 +18,16 @@ from xrad.config.sizes import input_size_problem
 Check = tuple[str, bool, str]  # (key relative to the section, rule holds, what the rule is)
 
 # The local corruptions of xrad.training.corruptions, by name (listed here so configs are checked without it).
-CORRUPTION_KINDS = ("bright_bar", "screws", "gap_across_bone", "step_across_bone", "cut_paste", "blur_scar")
+CORRUPTION_KINDS = (
+    "bright_bar",
+    "screws",
+    "gap_across_bone",
+    "step_across_bone",
+    "cut_paste",
+    "blur_scar",
+    "density_spot",
+    "cortical_bump",
+)
 
 
 def milestone_checks(milestones: list[float]) -> list[Check]:

@@ -4,7 +4,8 @@ A detector that has only ever seen normal radiographs learns what varies in them
 exposure — and ranks images by that, not by the small local defects that make an image abnormal. These
 corruptions show it examples of *local* defects so that it learns to look for them: bright metal (a plate
 with screw heads, single screws or wires), a dark gap across a bone, a step where one part of a bone is
-shifted against the other, a patch of the image pasted elsewhere, a blurred or low-contrast scar. Sizes are
+shifted against the other, a lytic or sclerotic spot in a bone, a periosteal bump on its cortex, a patch of
+the image pasted elsewhere, a blurred or low-contrast scar. Sizes are
 fractions of the image, so the same settings mean the same anatomy at 64, 128 or 256 px.
 
 Each function takes a float image in [0, 1] (zero outside the body) and its 0/1 mask, both ``(S, S)``
@@ -48,7 +49,8 @@ def _box(shape: tuple[int, ...], cy: float, cx: float, length: float, width: flo
 
 def _paint_metal(image: np.ndarray, region: np.ndarray, level: float) -> np.ndarray:
     """Metal is brighter than anything it covers: raise the region to at least ``level``."""
-    return image * (1 - region) + np.maximum(image, level) * region
+    painted: np.ndarray = image * (1 - region) + np.maximum(image, level) * region
+    return painted
 
 
 def bright_bar(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
@@ -162,7 +164,8 @@ def _bone_component(bone: np.ndarray, cy: int, cx: int) -> np.ndarray:
         return np.zeros_like(bone)
     region = (bone > 0.4 * level).astype(np.uint8)
     _, labels = cv2.connectedComponents(region, connectivity=8)
-    return (labels == labels[cy, cx]).astype(np.float32)
+    component: np.ndarray = (labels == labels[cy, cx]).astype(np.float32)
+    return component
 
 
 def gap_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
@@ -244,6 +247,45 @@ def blur_scar(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> 
     return out, ((region > 0.3) & (np.abs(out - image) > 0.02)).astype(np.float32)
 
 
+def density_spot(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
+    """A lytic or sclerotic spot: inside one bone, an elongated soft-edged region where the bone's attenuation
+    is lowered (more often) or raised — the bone layer of :func:`_bone_layer` scaled, the soft tissue kept."""
+    size = image.shape[0]
+    cy, cx, across = _across_bone(image, mask, rng)
+    forward, backward, _ = _half_widths(image, cy, cx, across)
+    _, bone = _bone_layer(image)
+    this_bone = _bone_component(bone, cy, cx)
+    radius = max(1.0, 0.5 * (forward + backward)) * rng.uniform(0.5, 1.0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = (xx - cx) * across[1] - (yy - cy) * across[0]  # along the bone
+    v = (xx - cx) * across[0] + (yy - cy) * across[1]  # across it
+    rho2 = (u / (rng.uniform(1.0, 2.0) * radius)) ** 2 + (v / radius) ** 2
+    weight = np.exp(-2.0 * rho2) * this_bone
+    amplitude = rng.uniform(0.4, 0.9) * (-1.0 if rng.random() < 0.6 else 1.0)
+    out = np.clip(image + amplitude * bone * weight, 0, 1) * (mask > 0)
+    return out, ((rho2 < 1.0) & (np.abs(out - image) > 0.02)).astype(np.float32)
+
+
+def cortical_bump(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
+    """A periosteal bump: a small elongated bone-dense swelling on the outside of one bone's cortex."""
+    size = image.shape[0]
+    cy, cx, across = _across_bone(image, mask, rng)
+    forward, backward, _ = _half_widths(image, cy, cx, across)
+    _, bone = _bone_layer(image)
+    side = 1 if rng.random() < 0.5 else -1
+    edge = float(forward if side > 0 else backward)
+    level = float(np.clip(bone[cy, cx], 0.05, 0.5))
+    thickness = max(0.8, rng.uniform(0.25, 0.5) * 0.5 * (forward + backward))
+    length = max(2.0, rng.uniform(1.0, 2.5) * 0.5 * (forward + backward))
+    centre_x, centre_y = cx + side * across[0] * edge, cy + side * across[1] * edge
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = (xx - centre_x) * across[1] - (yy - centre_y) * across[0]
+    v = (xx - centre_x) * across[0] + (yy - centre_y) * across[1]
+    bump = np.exp(-2.0 * ((u / length) ** 2 + (v / thickness) ** 2))
+    out = np.clip(image + rng.uniform(0.6, 1.2) * level * bump, 0, 1) * (mask > 0)
+    return out, ((bump > 0.3) & (out - image > 0.02)).astype(np.float32)
+
+
 KINDS = {
     "bright_bar": bright_bar,
     "screws": screws,
@@ -251,6 +293,8 @@ KINDS = {
     "step_across_bone": step_across_bone,
     "cut_paste": cut_paste,
     "blur_scar": blur_scar,
+    "density_spot": density_spot,
+    "cortical_bump": cortical_bump,
 }
 
 
