@@ -31,7 +31,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 # ------------------------------------------------------------------------------------------------ YAML
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints: SafeLoader is Any
     """SafeLoader that refuses a mapping with a repeated key (PyYAML silently keeps the last one)."""
 
 
@@ -248,7 +248,7 @@ def build_config(data: Mapping[str, Any], sections: Mapping[str, type] | None = 
     clash = set(sections) & ({f.name for f in dataclasses.fields(Config)} | set(SHARED_SECTIONS))
     if clash:
         raise ValueError(f"detector sections {sorted(clash)} clash with the shared config")  # a registry bug
-    cfg = _build(Config, dict(data), "", where, extra_names=sections)
+    cfg: Config = _build(Config, dict(data), "", where, extra_names=sections)
     for name, cls in sections.items():
         if name in data:
             cfg.extra[name] = _build(cls, data[name], name, where)
@@ -285,7 +285,7 @@ def load_config(
 # ---------------------------------------------------------------------------------------------- output
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The resolved config as plain data (what ``config.yaml`` and the artefact store)."""
-    data = _plain(dataclasses.asdict(cfg))
+    data: dict[str, Any] = _plain(dataclasses.asdict(cfg))
     extra = data.pop("extra")
     data.update(extra)
     return data
@@ -308,7 +308,8 @@ def comparable_config(data: dict[str, Any]) -> dict[str, Any]:
 
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML text (section order as in the dataclass)."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    text: str = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return text
 
 
 def milestone_epochs(fractions: list[float], epochs: int) -> list[int]:

@@ -55,7 +55,9 @@ def _modality_range(ds: Any) -> tuple[float, float]:
     Pushing the stored range through pydicom's own ``apply_modality_lut`` handles both a rescale
     (possibly with a negative slope) and a Modality LUT Sequence without re-implementing either.
     """
-    from pydicom.pixels import apply_modality_lut
+    # From the defining modules: the package re-exports them without an __all__, so a type checker
+    # does not see them as exported from pydicom.pixels.
+    from pydicom.pixels.processing import apply_modality_lut
 
     lo, hi = _stored_range(ds)
     probe = np.arange(lo, hi + 1, dtype=np.int64) if hi - lo <= 65535 else np.array([lo, hi], np.int64)
@@ -65,7 +67,7 @@ def _modality_range(ds: Any) -> tuple[float, float]:
 
 def _voi(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, float, float]:
     """Apply the VOI transform (LUT preferred over window) and return (values, out_lo, out_hi)."""
-    from pydicom.pixels import apply_voi_lut
+    from pydicom.pixels.processing import apply_voi_lut
 
     lut_seq = ds.get("VOILUTSequence")
     if lut_seq:
@@ -101,7 +103,9 @@ def _quiet_pydicom() -> Any:
 def decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
     """Decode DICOM bytes (frame 0) into a :class:`~xrad.data.radiograph.Radiograph`; see the module docstring."""
     pydicom = _quiet_pydicom()
-    from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
+    from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.pixels.processing import apply_modality_lut
+    from pydicom.pixels.utils import pixel_array
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))

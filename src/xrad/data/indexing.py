@@ -39,10 +39,17 @@ _MURA_STUDY = re.compile(
     r"study(?P<study>\d+)_(?P<outcome>positive|negative)/?$"
 )
 
+
 _TRUE = {"1", "1.0", "true", "yes", "abnormal", "positive"}
 _FALSE = {"0", "0.0", "false", "no", "normal", "negative"}
 _UNKNOWN = {"", "nan", "na", "n/a", "none", "unknown", "?"}
 _RESERVED = set(CORE_COLUMNS) | set(SPLIT_COLUMNS) | set(CACHE_COLUMNS) | {"unit_id", "unit_kind"}
+
+
+def _listed_split(path: str) -> str | None:
+    """The split named by a MURA image path, None when it is not one."""
+    match = _MURA_IMAGE.match(path)
+    return match["split"] if match else None
 
 
 def parse_label(value: Any, where: str) -> Any:
@@ -125,7 +132,7 @@ def index_mura(root: str | Path) -> pd.DataFrame:
         studies_csv = mura / f"{split}_labeled_studies.csv"
         if paths_csv.is_file():
             listed = [row[0] for row in _read_headerless(paths_csv, 1)]
-            bad = [p for p in listed if not (_MURA_IMAGE.match(p) and _MURA_IMAGE.match(p)["split"] == split)]
+            bad = [p for p in listed if _listed_split(p) != split]
             if bad:
                 raise DataError(
                     f"{paths_csv}: {bad[0]!r} is not a MURA {split} image path "
@@ -321,7 +328,7 @@ def is_dicom(path: Path) -> bool:
 
 def find_dicom_files(folder: Path) -> list[Path]:
     """Every DICOM file under ``folder`` (recursive, hidden files skipped), sorted."""
-    found = []
+    found: list[Path] = []
     for dirpath, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(dirpath) / n for n in sorted(files) if not n.startswith(".") and is_dicom(Path(dirpath) / n))

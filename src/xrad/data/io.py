@@ -249,7 +249,8 @@ def _to_unit_grey(image: Any, data: bytes, fmt: str, name: str) -> tuple[np.ndar
 
 def _scale_int(arr: np.ndarray, bits: int) -> np.ndarray:
     scale = np.float32(2**bits - 1)
-    return np.clip(arr.astype(np.float32) / scale, 0.0, 1.0)
+    scaled: np.ndarray = np.clip(arr.astype(np.float32) / scale, 0.0, 1.0)
+    return scaled
 
 
 def _stored_bits(image: Any, data: bytes, fmt: str) -> int:
@@ -306,7 +307,9 @@ def read_cache_png(path: str, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
             f"declares {width}x{height} = {width * height} pixels, above max_pixels="
             f"{max_pixels} (decompression-bomb guard); delete it and re-run `xrad preprocess`",
         )
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    decoded: np.ndarray | None = (
+        cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    )
     if decoded is None or decoded.ndim not in (2, 3) or decoded.size == 0:
         raise ImageReadError(path, f"cannot decode {what} PNG; delete it and re-run `xrad preprocess`")
     if decoded.ndim == 3:

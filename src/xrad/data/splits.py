@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,16 +82,16 @@ def _units(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _halves(items: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
+def _halves(items: np.ndarray, rng: np.random.Generator) -> tuple[list[Any], list[Any]]:
     """Shuffle and split in two; the first (valid) gets ⌊n/2⌋ (as sklearn's test_size=0.5 split)."""
     perm = list(rng.permutation(items)) if len(items) else []
     half = len(perm) // 2
     return perm[:half], perm[half:]
 
 
-def _assign_units(units: pd.DataFrame, n_norm: int, n_abn: int, rng: np.random.Generator) -> dict:
+def _assign_units(units: pd.DataFrame, n_norm: int, n_abn: int, rng: np.random.Generator) -> dict[Any, str]:
     """The papers' arithmetic on units: unit id -> split."""
-    assign: dict = {}
+    assign: dict[Any, str] = {}
     for cls, n_train in (("normal", n_norm), ("abnormal", n_abn), ("mixed", 0)):
         ids = np.array(sorted(units.index[units["cls"] == cls]), dtype=object)
         perm = list(rng.permutation(ids)) if len(ids) else []
@@ -101,7 +102,7 @@ def _assign_units(units: pd.DataFrame, n_norm: int, n_abn: int, rng: np.random.G
     return assign
 
 
-def _assign_patients(units: pd.DataFrame, n_norm: int, n_abn: int, rng: np.random.Generator) -> dict:
+def _assign_patients(units: pd.DataFrame, n_norm: int, n_abn: int, rng: np.random.Generator) -> dict[Any, str]:
     """Whole groups (patients): greedy fill of the train unit targets in a seeded order, then halves.
 
     A group enters train only if it has no mixed unit and fits in both remaining targets, so the targets
@@ -111,7 +112,7 @@ def _assign_patients(units: pd.DataFrame, n_norm: int, n_abn: int, rng: np.rando
     counts = pd.crosstab(units["group"], units["cls"]).reindex(columns=["normal", "abnormal", "mixed"], fill_value=0)
     eligible = np.array(sorted(counts.index[counts["mixed"] == 0]), dtype=object)
     need_n, need_a = n_norm, n_abn
-    train_groups: set = set()
+    train_groups: set[Any] = set()
     for group in rng.permutation(eligible) if len(eligible) else []:
         if need_n == 0 and need_a == 0:
             break

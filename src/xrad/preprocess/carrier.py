@@ -69,7 +69,7 @@ def _binarisations(blurred: np.ndarray) -> list[np.ndarray]:
     levels = {int(low + f * (high - low)) for f in fractions}
     otsu, _ = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     levels.add(int(otsu))
-    binaries = [(blurred > t).astype(np.uint8) * 255 for t in sorted(levels)]
+    binaries: list[np.ndarray] = [(blurred > t).astype(np.uint8) * 255 for t in sorted(levels)]
     edges = cv2.Canny(blurred, 10, 50, apertureSize=3)
     binaries.append(cv2.dilate(edges, np.ones((3, 3), np.uint8)))
     return binaries

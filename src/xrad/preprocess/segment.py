@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
-from skimage import exposure, filters, morphology
+from skimage import exposure, filters, morphology  # py.typed, but these functions carry no annotations
 
 from xrad.preprocess.params import PreprocessParams
 
@@ -46,7 +46,7 @@ MARGIN_MIN_AREA = 0.02  # smallest film margin (fraction of the image)
 
 def _analysis_copy(gray: np.ndarray, px: int) -> np.ndarray:
     """Float copy in [0, 1] with the major axis at most ``px`` (the cues' pixel scales are fixed there)."""
-    image = gray.astype(np.float32) / 255.0
+    image: np.ndarray = gray.astype(np.float32) / 255.0
     scale = px / max(image.shape)
     if scale < 1:
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
@@ -64,8 +64,8 @@ def _plateaus(image: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray,
     if high - low < 1e-3:
         return None
     v = cv2.GaussianBlur(np.clip((image - low) / (high - low), 0, 1).astype(np.float64), (0, 0), 1.0)
-    bright = v - morphology.reconstruction(v - height, v, method="dilation")
-    dark = morphology.reconstruction(v + height, v, method="erosion") - v
+    bright = v - morphology.reconstruction(v - height, v, method="dilation")  # type: ignore[no-untyped-call]  # skimage: unannotated
+    dark = morphology.reconstruction(v + height, v, method="erosion") - v  # type: ignore[no-untyped-call]  # skimage: unannotated
     return v, bright > height / 2, dark > height / 2
 
 
@@ -184,7 +184,8 @@ def stretch_contrast(gray: np.ndarray, low_pct: float, high_pct: float) -> np.nd
     if high <= low:
         return gray.copy()
     scaled = (gray.astype(np.float32) - low) * (255.0 / (high - low))
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    stretched: np.ndarray = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    return stretched
 
 
 def _largest_component(mask: np.ndarray, max_hole_fraction: float) -> np.ndarray:
@@ -193,7 +194,7 @@ def _largest_component(mask: np.ndarray, max_hole_fraction: float) -> np.ndarray
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    body = labels == int(np.argmax(sizes))
+    body: np.ndarray = labels == int(np.argmax(sizes))
     # Fill holes smaller than a fraction of the body (noise); keep large ones (real background
     # enclosed by the body, e.g. between the thumb and the hand).
     holes, n_holes = ndimage.label(ndimage.binary_fill_holes(body) & ~body)
@@ -208,7 +209,7 @@ def _largest_component(mask: np.ndarray, max_hole_fraction: float) -> np.ndarray
 def _hysteresis_mask(
     equalised: np.ndarray, threshold: float, factor: float, radius: int, max_hole_fraction: float
 ) -> np.ndarray:
-    mask = filters.apply_hysteresis_threshold(equalised, factor * threshold, threshold)
+    mask = filters.apply_hysteresis_threshold(equalised, factor * threshold, threshold)  # type: ignore[no-untyped-call]  # skimage: unannotated
     if radius > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
         mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel) > 0
@@ -224,12 +225,12 @@ def _correlation(image: np.ndarray, mask: np.ndarray) -> float:
 
 def segment_body(gray: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, bool, float]:
     """(binary uint8 mask 0/1, fallback used, chosen hysteresis factor) for a normal-polarity image."""
-    equalised = exposure.equalize_hist(gray)
-    threshold = float(filters.threshold_yen(equalised))
+    equalised = exposure.equalize_hist(gray)  # type: ignore[no-untyped-call]  # skimage: unannotated
+    threshold = float(filters.threshold_yen(equalised))  # type: ignore[no-untyped-call]  # skimage: unannotated
     # Search the factor cheaply on a small copy; only the winner is computed at full size.
     scale = min(1.0, params.search_px / max(gray.shape))
     small_gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
-    small_eq = exposure.equalize_hist(small_gray)
+    small_eq = exposure.equalize_hist(small_gray)  # type: ignore[no-untyped-call]  # skimage: unannotated
     small_radius = max(1, int(round(params.opening_fraction * max(small_gray.shape))))
     best_factor, best_corr = params.hysteresis_grid[0], -np.inf
     for factor in params.hysteresis_grid:
@@ -247,4 +248,4 @@ def segment_body(gray: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray
 
 def is_low_contrast(gray: np.ndarray, fraction: float) -> bool:
     """scikit-image's low-contrast test (range of the 1–99 % percentiles below ``fraction``)."""
-    return bool(exposure.is_low_contrast(gray, fraction_threshold=fraction))
+    return bool(exposure.is_low_contrast(gray, fraction_threshold=fraction))  # type: ignore[no-untyped-call]  # skimage: unannotated

@@ -260,7 +260,7 @@ def load_image_bank(
     return _bank(images, masks, labels, semi_labels, frame, failed, flags, sources)
 
 
-class BankDataset(torch.utils.data.Dataset):
+class BankDataset(torch.utils.data.Dataset[dict[str, Tensor]]):
     """A Dataset over an :class:`ImageBank` (or a subset of its rows); items are uint8 tensors.
 
     ``index`` in each item is the row of the bank (not the position in ``indices``), so scores can be

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from xrad.errors import DataError
@@ -40,7 +41,7 @@ class EpochSampler(Sampler[int]):
 
 def train_loader(
     bank: ImageBank, indices: list[int], batch_size: int, seed: int, workers: int = 0, where: str = "train split"
-) -> DataLoader:
+) -> DataLoader[dict[str, Tensor]]:
     """A shuffled training loader over ``bank[indices]`` (incomplete last batches dropped: BatchNorm and
     InfoNCE need more than one sample)."""
     if len(indices) < batch_size:

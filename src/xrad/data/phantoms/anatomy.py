@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,8 @@ class Bone:
 
     def point(self, t: float) -> np.ndarray:
         """Point at fraction ``t`` along the axis."""
-        return np.asarray(self.p0) + t * (np.asarray(self.p1) - np.asarray(self.p0))
+        point: np.ndarray = np.asarray(self.p0) + t * (np.asarray(self.p1) - np.asarray(self.p0))
+        return point
 
     @property
     def length(self) -> float:
@@ -106,9 +108,10 @@ def _chain(
     return bones
 
 
-def sample_patient(part: str, rng: np.random.Generator) -> dict[str, float]:
+def sample_patient(part: str, rng: np.random.Generator) -> dict[str, Any]:
     """Draw the anatomical parameters of one patient's body part (shared by all its studies and views)."""
-    p = {
+    # Scalars, plus "jitter": a list of 24 floats.
+    p: dict[str, Any] = {
         "radius_scale": float(np.clip(rng.normal(1.0, 0.09), 0.8, 1.25)),
         "length_scale": float(rng.uniform(0.9, 1.1)),
         "soft_scale": float(rng.uniform(0.85, 1.2)),
@@ -123,7 +126,7 @@ def sample_patient(part: str, rng: np.random.Generator) -> dict[str, float]:
     return p
 
 
-def _hand(p: dict) -> Skeleton:
+def _hand(p: dict[str, Any]) -> Skeleton:
     """Full hand, PA: distal forearm, 8 carpals, 5 metacarpals, 14 phalanges."""
     rs, ls, ss, j = p["radius_scale"], p["length_scale"], p["soft_scale"], p["jitter"]
     bones = [
@@ -166,14 +169,15 @@ def _zoom(sk: Skeleton, centre: Point, zoom: float, rotate_deg: float = 0.0) -> 
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
 
     def f(q: Point) -> Point:
-        return tuple(float(v) for v in zoom * (rot @ (np.asarray(q) - c)))
+        x, y = zoom * (rot @ (np.asarray(q) - c))
+        return float(x), float(y)
 
     bones = [replace(b, p0=f(b.p0), p1=f(b.p1), radius=b.radius * zoom) for b in sk.bones]
     soft = [Soft(f(s.p0), f(s.p1), s.radius * zoom) for s in sk.soft]
     return Skeleton(sk.part, bones, soft, phys=sk.phys / zoom**0.5)
 
 
-def _elbow(p: dict, flexion: float) -> Skeleton:
+def _elbow(p: dict[str, Any], flexion: float) -> Skeleton:
     """Distal humerus with condyles, radial head and ulna with olecranon; forearm flexed by ``flexion``."""
     rs, ss, j = p["radius_scale"], p["soft_scale"], p["jitter"]
     bones = [
@@ -184,7 +188,8 @@ def _elbow(p: dict, flexion: float) -> Skeleton:
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
 
     def f(q: Point) -> Point:
-        return tuple(float(v) for v in joint + rot @ (np.asarray(q) - joint))
+        x, y = joint + rot @ (np.asarray(q) - joint)
+        return float(x), float(y)
 
     fore = [
         Bone("radius", (0.048, 0.06), (0.06 + 0.005 * j[0], 0.9), 0.029 * rs, flare0=0.45),
@@ -200,7 +205,7 @@ def _elbow(p: dict, flexion: float) -> Skeleton:
     return Skeleton("ELBOW", bones, soft)
 
 
-def _forearm(p: dict) -> Skeleton:
+def _forearm(p: dict[str, Any]) -> Skeleton:
     """Radius and ulna over the whole carrier, elbow above and carpals below, partly cut by the edges."""
     rs, ls, ss = p["radius_scale"], p["length_scale"], p["soft_scale"]
     bones = [
@@ -214,7 +219,7 @@ def _forearm(p: dict) -> Skeleton:
     return Skeleton("FOREARM", bones, soft)
 
 
-def _humerus(p: dict) -> Skeleton:
+def _humerus(p: dict[str, Any]) -> Skeleton:
     """Whole humerus: head and glenoid above, condyles below."""
     rs, ls, ss = p["radius_scale"], p["length_scale"], p["soft_scale"]
     bones = [
@@ -227,7 +232,7 @@ def _humerus(p: dict) -> Skeleton:
     return Skeleton("HUMERUS", bones, soft)
 
 
-def _shoulder(p: dict) -> Skeleton:
+def _shoulder(p: dict[str, Any]) -> Skeleton:
     """Humeral head and neck, glenoid, scapula body, acromion, clavicle and a few faint ribs."""
     rs, ss, j = p["radius_scale"], p["soft_scale"], p["jitter"]
     bones = [
@@ -245,7 +250,7 @@ def _shoulder(p: dict) -> Skeleton:
     return Skeleton("SHOULDER", bones, soft, phys=0.5)
 
 
-def build_skeleton(part: str, patient: dict, view: str) -> Skeleton:
+def build_skeleton(part: str, patient: dict[str, Any], view: str) -> Skeleton:
     """Bones and soft tissue of ``part`` for one view (``pa``, ``lateral`` or ``oblique``).
 
     Lateral views squeeze the lateral axis so bones overlap (and flex the elbow); oblique views squeeze

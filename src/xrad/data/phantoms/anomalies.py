@@ -29,6 +29,7 @@ from xrad.data.phantoms.render import (
     MU_MEDULLA,
     MU_SOFT,
     Geometry,
+    Window,
     bone_paths,
     box,
     carrier_coverage,
@@ -77,7 +78,8 @@ def _site_margin(point: np.ndarray, geom: Geometry) -> float:
     dx, dy = x - geom.centre[0], y - geom.centre[1]
     u, v = dx * math.cos(a) + dy * math.sin(a), -dx * math.sin(a) + dy * math.cos(a)
     inner = min(geom.carrier[0] / 2 - abs(u), geom.carrier[1] / 2 - abs(v)) - 0.08 * min(geom.carrier)
-    return min(inner, x - 6, y - 6, geom.width - 7 - x, geom.height - 7 - y)
+    margin: float = min(inner, x - 6, y - 6, geom.width - 7 - x, geom.height - 7 - y)
+    return margin
 
 
 def sample_spec(kind: str, skeletons: list[Skeleton], geoms: list[Geometry], rng: np.random.Generator) -> AnomalySpec:
@@ -98,7 +100,8 @@ def _perp(v: np.ndarray) -> np.ndarray:
 
 def _rot(v: np.ndarray, deg: float) -> np.ndarray:
     a = math.radians(deg)
-    return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ v
+    rotated: np.ndarray = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ v
+    return rotated
 
 
 def render_view(
@@ -248,14 +251,14 @@ def _plant(
     return []
 
 
-def _metal(cov, strength: float, metal: np.ndarray, amask: np.ndarray) -> None:
+def _metal(cov: tuple[Window, np.ndarray] | None, strength: float, metal: np.ndarray, amask: np.ndarray) -> None:
     if cov is not None:
         np.maximum(metal[cov[0]], cov[1] * min(1.5, strength), out=metal[cov[0]])
         amask[cov[0]] |= cov[1] > 0.5
 
 
 def _screw(
-    shape,
+    shape: tuple[int, int],
     centre: np.ndarray,
     direction: np.ndarray,
     r_px: float,
@@ -276,7 +279,18 @@ def _screw(
     _metal(box(shape, head, direction, max(0.8, 0.15 * r_px), max(1.0, 0.4 * r_px * size_k)), strength, metal, amask)
 
 
-def _displaced(spec: AnomalySpec, bone: Bone, shape, matrix, shift, scale, strength, cortex, medulla, amask) -> None:
+def _displaced(
+    spec: AnomalySpec,
+    bone: Bone,
+    shape: tuple[int, int],
+    matrix: np.ndarray,
+    shift: np.ndarray,
+    scale: float,
+    strength: float,
+    cortex: np.ndarray,
+    medulla: np.ndarray,
+    amask: np.ndarray,
+) -> None:
     """Break ``bone`` at ``t``: the distal fragment is shifted sideways and angled about the break."""
     p0, p1 = np.asarray(bone.p0), np.asarray(bone.p1)
     gap = min(0.04, 0.6 * bone.radius / max(bone.length, 1e-9))

@@ -32,9 +32,11 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -159,7 +161,7 @@ class SynthConfig:
             if not ok:
                 raise ConfigError(f"synth config: {message}")
 
-    def identity(self) -> dict:
+    def identity(self) -> dict[str, Any]:
         """The fields that determine the output (everything but ``workers``)."""
         out = asdict(self)
         out.pop("workers")
@@ -167,11 +169,20 @@ class SynthConfig:
         return out
 
 
+class Unit(TypedDict):
+    """One (patient, body part) of the census: its split and its studies, each ``(label, number of views)``."""
+
+    patient: int
+    part: int  # index into PARTS
+    split: str
+    studies: list[tuple[int, int]]
+
+
 def _rng(config: SynthConfig, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=tuple(int(k) for k in key)))
 
 
-def plan_census(config: SynthConfig) -> list[dict]:
+def plan_census(config: SynthConfig) -> list[Unit]:
     """The units: one dict per (patient, body part) with its split and studies (label, number of views)."""
     rng = _rng(config, 0)
     n = config.n_patients
@@ -179,7 +190,7 @@ def plan_census(config: SynthConfig) -> list[dict]:
     if config.valid_fraction > 0 and n >= 2:
         n_valid = min(max(n_valid, 1), n - 1)
     weights = np.array([config.part_weights.get(p, 0.0) for p in PARTS], float)
-    units = []
+    units: list[Unit] = []
     for pid in range(1, n + 1):
         # at most as many parts as have weight (a one-part data set must not ask for three distinct parts)
         n_parts = min(int(rng.choice([1, 2, 3], p=[0.8, 0.15, 0.05])), int((weights > 0).sum()))
@@ -213,7 +224,7 @@ def plan_census(config: SynthConfig) -> list[dict]:
     return units
 
 
-def _relpaths(unit: dict, study: int, image: int, label: int) -> tuple[str, str, str, str]:
+def _relpaths(unit: Unit, study: int, image: int, label: int) -> tuple[str, str, str, str]:
     folder = (
         f"MURA-v1.1/{unit['split']}/XR_{PARTS[unit['part']]}/patient{unit['patient']:05d}/"
         f"study{study}_{'positive' if label else 'negative'}"
@@ -232,7 +243,7 @@ def _anomaly_kind(config: SynthConfig, rng: np.random.Generator) -> str:
     return kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
 
 
-def render_unit(config: SynthConfig, unit: dict, out_dir: str) -> list[dict]:
+def render_unit(config: SynthConfig, unit: Unit, out_dir: str) -> list[dict[str, Any]]:
     """Render (or, on resume, skip existing) every image of one unit; return its ground-truth rows."""
     from xrad.data.io import write_png
 
@@ -322,7 +333,7 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one process per core: cv2's own threads would only oversubscribe
 
 
-def _render_unit_star(args: tuple) -> list[dict]:
+def _render_unit_star(args: tuple[SynthConfig, Unit, str]) -> list[dict[str, Any]]:
     return render_unit(*args)
 
 
@@ -372,7 +383,8 @@ def generate_phantoms(
     units = plan_census(config)
     total = sum(n for u in units for _, n in u["studies"])
     tasks = [(config, u, str(out)) for u in units]
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
+    results: Iterator[list[dict[str, Any]]]
     with progress_bar(total, "xrad synth", "img", enabled=progress) as bar:
         if config.workers == 1:
             results = map(_render_unit_star, tasks)

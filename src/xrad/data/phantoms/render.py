@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xrad.data.phantoms.anatomy import Bone, Skeleton
+from xrad.data.phantoms.anatomy import Bone, Skeleton, Soft
+
+# The pixels of a window: (rows, columns) slices of the image.
+Window = tuple[slice, slice]
 
 MU_SOFT, MU_CORTEX, MU_MEDULLA, METAL = 2.0, 12.0, 3.5, 4.0  # attenuation per carrier unit; metal per px
 
@@ -136,7 +139,7 @@ def plan_geometry(
     )
 
 
-def _window(shape: tuple[int, int], pts: np.ndarray, margin: float):
+def _window(shape: tuple[int, int], pts: np.ndarray, margin: float) -> tuple[Window, np.ndarray, np.ndarray] | None:
     """Pixel-centre grids (X, Y) of the bounding box of ``pts`` grown by ``margin``; None if off-image."""
     x0, y0 = np.floor(pts.min(axis=0) - margin).astype(int)
     x1, y1 = np.ceil(pts.max(axis=0) + margin).astype(int) + 1
@@ -148,7 +151,7 @@ def _window(shape: tuple[int, int], pts: np.ndarray, margin: float):
     return (slice(y0, y1), slice(x0, x1)), xs, ys
 
 
-def _axis(xs: np.ndarray, ys: np.ndarray, p0: np.ndarray, p1: np.ndarray):
+def _axis(xs: np.ndarray, ys: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Clamped position ``t`` along p0→p1 and distance to the segment, for every pixel of a window."""
     d = p1 - p0
     length2 = max(float(d @ d), 1e-6)
@@ -158,10 +161,13 @@ def _axis(xs: np.ndarray, ys: np.ndarray, p0: np.ndarray, p1: np.ndarray):
 
 def _chord(r: np.ndarray | float, dist: np.ndarray) -> np.ndarray:
     """Path length of a ray at distance ``dist`` from the axis through a cylinder of radius ``r``."""
-    return 2.0 * np.sqrt(np.maximum(np.square(r) - np.square(dist), 0.0))
+    chord: np.ndarray = 2.0 * np.sqrt(np.maximum(np.square(r) - np.square(dist), 0.0))
+    return chord
 
 
-def bone_paths(shape: tuple[int, int], bone: Bone, matrix: np.ndarray, shift: np.ndarray, scale: float):
+def bone_paths(
+    shape: tuple[int, int], bone: Bone, matrix: np.ndarray, shift: np.ndarray, scale: float
+) -> tuple[Window, np.ndarray, np.ndarray, np.ndarray] | None:
     """(window, cortex path, medulla path, outer path) of one bone in pixels; None when off-image."""
     p0, p1 = matrix @ np.asarray(bone.p0) + shift, matrix @ np.asarray(bone.p1) + shift
     r = bone.radius * scale
@@ -186,7 +192,7 @@ def soft_path(
     matrix: np.ndarray,
     shift: np.ndarray,
     scale: float,
-    extra: list | None = None,
+    extra: list[Soft] | None = None,
 ) -> np.ndarray:
     """Soft-tissue path length (pixels): the maximum over soft capsules, so unions stay smooth."""
     out = np.zeros(shape, np.float32)
@@ -202,7 +208,9 @@ def soft_path(
     return out
 
 
-def box(shape: tuple[int, int], centre: np.ndarray, axis: np.ndarray, half_len: float, half_width: float):
+def box(
+    shape: tuple[int, int], centre: np.ndarray, axis: np.ndarray, half_len: float, half_width: float
+) -> tuple[Window, np.ndarray] | None:
     """Anti-aliased oriented rectangle (coverage in [0, 1]) as (window, coverage); None when off-image."""
     axis = axis / max(np.linalg.norm(axis), 1e-9)
     normal = np.array([-axis[1], axis[0]])
@@ -249,7 +257,7 @@ def compose(
     ys = (np.arange(h, dtype=np.float32)[:, None] - geom.centre[1]) / max(geom.carrier[1], 1.0)
     gain = 1.0 + lk["gx"] * xs + lk["gy"] * ys
     inside = (lk["base"] + (lk["peak"] - lk["base"]) * (1.0 - np.exp(-lk["exposure"] * attenuation))) * gain
-    v = carrier * inside + (1.0 - carrier) * lk["surround"]
+    v: np.ndarray = carrier * inside + (1.0 - carrier) * lk["surround"]
     sigma = 0.35 + 0.4 * max(h, w) / 256
     v = cv2.GaussianBlur(v.astype(np.float32), (0, 0), sigma)
     if geom.marker:
