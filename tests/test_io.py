@@ -171,6 +171,26 @@ def test_truncated_png_flagged_and_pillow_global_restored(tmp_path: Path) -> Non
     assert read_radiograph(tmp_path / "full.png").meta.truncated is False
 
 
+def test_truncated_files_are_flagged_while_other_threads_retry_truncated_ones(tmp_path: Path) -> None:
+    """Pillow's truncation switch is global: a strict decode overlapping another thread's tolerant retry used to
+    accept a truncated file silently (a flaky failure of the malformed-input tests with 2 workers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xrad.data.io import decode_radiograph
+
+    arr = grey8((300, 400))
+    data = (save_pil(tmp_path / "full.png", arr, "PNG")).read_bytes()
+    cut = data[: len(data) // 2]
+    jobs = [(cut, True), (data, False)] * 40
+
+    def decode(job: tuple[bytes, bool]) -> bool:
+        return bool(decode_radiograph(job[0], "x.png").meta.truncated) == job[1]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert all(pool.map(decode, jobs))
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
 def test_decode_bytes_equals_read_path(tmp_path: Path) -> None:
     paths = [save_pil(tmp_path / "a.png", grey8(), "PNG"), save_pil(tmp_path / "b.jpg", grey8(), "JPEG")]
     make_dicom(stored12(), tmp_path / "c.dcm", PixelSpacing=[0.2, 0.3])

@@ -21,8 +21,10 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,49 @@ DEFAULT_MAX_PIXELS: int = 60_000_000
 """Decompression-bomb limit: larger declared images are refused (a 43x43 cm plate at 0.1 mm is ~18 Mpx)."""
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
-# Pillow's truncation switch is a module global: the retry flips it under this lock and restores it.
-_TRUNCATED_LOCK = threading.Lock()
+
+
+class _DecodeGate:
+    """Pillow's truncation switch is a module global, so a strict decode in one thread and the tolerant retry
+    in another must not overlap (the strict one would silently accept a truncated file). Strict decodes share
+    the gate; a retry holds it alone, and a waiting retry keeps new strict decodes out so it cannot starve."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._strict = 0
+        self._tolerant_waiting = 0
+        self._tolerant = False
+
+    @contextlib.contextmanager
+    def strict(self) -> Iterator[None]:
+        with self._cond:
+            while self._tolerant or self._tolerant_waiting:
+                self._cond.wait()
+            self._strict += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._strict -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def tolerant(self) -> Iterator[None]:
+        with self._cond:
+            self._tolerant_waiting += 1
+            while self._tolerant or self._strict:
+                self._cond.wait()
+            self._tolerant_waiting -= 1
+            self._tolerant = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._tolerant = False
+                self._cond.notify_all()
+
+
+_DECODE_GATE = _DecodeGate()
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -164,14 +207,17 @@ def _load(data: bytes, name: str, fmt: str, max_pixels: int) -> tuple[Any, str, 
     """Open and decode; on a truncation error decode again tolerating it. Returns (image, mode, truncated)."""
     from PIL import ImageFile
 
-    image, opened_mode = _open(data, name, fmt, max_pixels)
-    try:
-        image.load()
-        return image, opened_mode, False
-    except Exception as exc:
-        if not _is_truncation(exc):
-            raise ImageReadError(name, f"corrupt {fmt.upper()} data ({short_reason(exc)}); re-export the file") from exc
-    with _TRUNCATED_LOCK:
+    with _DECODE_GATE.strict():
+        image, opened_mode = _open(data, name, fmt, max_pixels)
+        try:
+            image.load()
+            return image, opened_mode, False
+        except Exception as exc:
+            if not _is_truncation(exc):
+                raise ImageReadError(
+                    name, f"corrupt {fmt.upper()} data ({short_reason(exc)}); re-export the file"
+                ) from exc
+    with _DECODE_GATE.tolerant():
         previous = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
