@@ -160,7 +160,12 @@ def make_split(frame: pd.DataFrame, config: SplitConfig | None = None, *, where:
     # Sorting first makes the result independent of the input's row order.
     frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
     has_pid = frame["patient_id"] != ""
-    frame["unit_id"] = np.where(has_pid, frame["patient_id"] + "|" + frame["body_part"], frame["path"])
+    # Without patient ids the unit is the image — byte-identical files (FracAtlas ships some) one unit, so a
+    # duplicate never lands in two splits.
+    same_file = _same_content(frame.loc[~has_pid, "path"].astype(str).tolist())
+    frame["unit_id"] = np.where(
+        has_pid, frame["patient_id"] + "|" + frame["body_part"], frame["path"].map(lambda p: same_file.get(p, p))
+    )
     frame["unit_kind"] = np.where(has_pid, UNIT_PATIENT_PART, UNIT_IMAGE)
     frame["_group"] = np.where(has_pid & (config.group == "patient"), frame["patient_id"], frame["unit_id"])
     units = _units(frame)
@@ -277,6 +282,37 @@ def check_image_leakage(frame: pd.DataFrame, where: str = "manifest") -> None:
             "two splits); fix the split (or pass --allow-leakage if you mean it)"
         )
     _check_content_leakage(rows, where)
+
+
+def _same_content(paths: list[str]) -> dict[str, str]:
+    """For files whose bytes equal an earlier file's (in ``paths`` order), that earlier path; others absent.
+
+    Only files of equal size are hashed, so a set without duplicates costs one ``stat`` per file; unreadable
+    files are skipped (the loaders report them)."""
+    import os
+
+    from xrad.utils.hashing import sha256_file
+
+    sizes: dict[int, list[str]] = {}
+    for path in paths:
+        try:
+            sizes.setdefault(os.stat(path).st_size, []).append(path)
+        except OSError:
+            continue
+    first: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for group in sizes.values():
+        if len(group) < 2:
+            continue
+        for path in group:
+            try:
+                digest = sha256_file(path)
+            except OSError:
+                continue
+            canonical = first.setdefault(digest, path)
+            if canonical != path:
+                out[path] = canonical
+    return out
 
 
 def _check_content_leakage(rows: pd.DataFrame, where: str) -> None:
