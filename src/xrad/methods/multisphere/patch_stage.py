@@ -21,18 +21,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xrad.config import Config
-from xrad.evaluation.metrics import auroc
 from xrad.losses import balanced_deep_sad, nearest_center
 from xrad.methods.base import ProvidesEncoder
-from xrad.methods.multisphere.centres import kmeans_centers, mean_center, prune_mask, sphere_counts
 from xrad.methods.multisphere.patch_scorer import PatchSphereNet, PatchSphereScorer
+from xrad.methods.multisphere.sphere_module import SphereModule
 from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
 from xrad.models.patch import cell_mask
 from xrad.training.augment import augment_ad_with_masks
 from xrad.training.context import RunContext
 from xrad.training.corruptions import corrupt_batch
 from xrad.training.loaders import train_loader
-from xrad.training.module import StageModule
 
 MAX_KMEANS_CELLS = 20_000  # k-means on a seeded subsample of the normal cells: bounded time and memory
 
@@ -62,34 +60,19 @@ def new_net(config: Config, previous: ProvidesEncoder) -> PatchSphereNet:
         )
 
 
-class PatchMADModule(StageModule):
+class PatchMADModule(SphereModule):
     """Cell-level multi-sphere Deep SAD with synthetic and known anomalies, per-epoch pruning."""
 
-    # Buffers (registered in __init__), so checkpoints carry them.
-    centers: Tensor  # (K, D)
-    active: Tensor  # (K,) bool
-    initialised: Tensor  # () bool
-
     def __init__(self, net: PatchSphereNet, config: Config, metrics_path: Path | None, ctx: RunContext) -> None:
-        super().__init__(config, config.finetune, metrics_path)
+        super().__init__(config, metrics_path, ctx)
         self.net = net
-        self.ctx = ctx
-        k, dim = config.finetune.n_spheres, config.model.head_dims[-1]
-        self.register_buffer("centers", torch.zeros(k, dim))
-        self.register_buffer("active", torch.ones(k, dtype=torch.bool))
-        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
-        self._counts = torch.zeros(k, dtype=torch.long)
-
-    def on_fit_start(self) -> None:
-        if not bool(self.initialised):
-            self.init_centers()
 
     @torch.no_grad()
     def init_centers(self) -> None:
         """k-means (or the mean) of normal training cells' embeddings, in eval mode on clean inputs."""
         from xrad.data.model_input import prepare_eval
 
-        bank, fin = self.ctx.banks["train"], self.section
+        bank = self.ctx.banks["train"]
         rows = torch.tensor(self.ctx.normal_train_rows())
         was_training = self.training
         self.eval()
@@ -105,23 +88,10 @@ class PatchMADModule(StageModule):
         if len(z) > MAX_KMEANS_CELLS:
             pick = torch.randperm(len(z), generator=torch.Generator().manual_seed(self.config.seed))[:MAX_KMEANS_CELLS]
             z = z[pick]
-        found = (
-            mean_center(z.numpy(), min_abs=fin.center_min_abs)
-            if fin.n_spheres == 1
-            else kmeans_centers(z.numpy(), fin.n_spheres, seed=self.config.seed, min_abs=fin.center_min_abs)
-        )
-        self.centers.zero_()
-        self.centers[: len(found)] = torch.from_numpy(found).to(self.centers)
-        self.active.copy_(torch.arange(len(self.active), device=self.active.device) < len(found))
-        self.initialised.fill_(True)
-
-    def active_centers(self) -> tuple[Tensor, Tensor]:
-        index = self.active.nonzero().flatten()
-        return index, self.centers[index]
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self._counts = torch.zeros(len(self.active), dtype=torch.long)
+        found = self.find_centers(z.numpy())
+        centers = torch.zeros_like(self.centers)
+        centers[: len(found)] = torch.from_numpy(found).to(centers)
+        self.set_centers(centers, len(found))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         fin = self.section
@@ -153,27 +123,13 @@ class PatchMADModule(StageModule):
         flat_z = z.permute(0, 2, 3, 1)[keep]
         flat_y = labels[keep]
         loss = balanced_deep_sad(flat_z, centers, flat_y, eta=fin.eta, eps=fin.eps)
-        with torch.no_grad():
-            _, nearest = nearest_center(flat_z.detach(), centers)
-            self._counts += sphere_counts(index[nearest[flat_y == 0]].cpu(), len(self.active))
+        self.count_normals(flat_z[flat_y == 0], index, centers)
         self.record_loss(loss, images.shape[0])
         return loss
 
     def epoch_end(self) -> dict[str, float]:
-        counts = self.trainer.strategy.reduce(self._counts.to(self.device), reduce_op="sum")
-        if self.current_epoch >= self.section.prune_warmup:
-            index, _ = self.active_centers()
-            keep = prune_mask(counts[index], self.section.gamma)
-            self.active[index[~keep.to(index.device)]] = False
-        metrics = {"n_spheres": float(self.active.sum())}
-        valid = self.ctx.banks.get("valid")
-        if valid is not None and len(valid) and self.trainer.is_global_zero:
-            scorer = PatchSphereScorer(self.net, self.active_centers()[1], self.section.top_k)
-            scores = self.eval_outputs(
-                valid.images, valid.masks, lambda x: scorer.score(x)[0], self.config.data.eval_batch_size
-            )
-            metrics["valid_auroc"] = auroc(valid.labels.numpy(), scores.numpy())
-        return metrics
+        scorer = PatchSphereScorer(self.net, self.active_centers()[1], self.section.top_k)
+        return self.prune_and_validate(lambda x: scorer.score(x)[0])
 
 
 def run(ctx: RunContext, stage: str, previous: ProvidesEncoder) -> PatchSpheresResult:

@@ -26,19 +26,17 @@ from torch import Tensor
 from xrad.config import Config
 from xrad.data.model_input import prepare_eval
 from xrad.errors import ConfigError
-from xrad.evaluation.metrics import auroc
 from xrad.losses import multisphere_deep_sad, nearest_center
 from xrad.methods.base import ProvidesEncoder
 from xrad.methods.contrastive.stage import new_encoder
-from xrad.methods.multisphere.centres import kmeans_centers, mean_center, prune_mask, sphere_counts
 from xrad.methods.multisphere.scorer import SphereScorer
+from xrad.methods.multisphere.sphere_module import SphereModule
 from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
 from xrad.models.encoder import Encoder
 from xrad.models.heads import MLPHead
 from xrad.training.augment import augment_ad
 from xrad.training.context import RunContext
 from xrad.training.loaders import train_loader
-from xrad.training.module import StageModule
 
 
 @dataclass
@@ -54,37 +52,18 @@ class SpheresResult:
         return SphereScorer(self.encoder, self.centers[self.active.bool()])
 
 
-class MADModule(StageModule):
+class MADModule(SphereModule):
     """Multi-sphere semi-supervised Deep SAD with per-epoch pruning of weak spheres."""
 
-    # Buffers (registered in __init__), so checkpoints carry them.
-    centers: Tensor  # (K, D)
-    active: Tensor  # (K,) bool
-    initialised: Tensor  # () bool
-
     def __init__(self, encoder: Encoder, config: Config, metrics_path: Path | None, ctx: RunContext) -> None:
-        super().__init__(config, config.finetune, metrics_path)
+        super().__init__(config, metrics_path, ctx)
         self.encoder = encoder
-        self.ctx = ctx
-        k, dim = config.finetune.n_spheres, config.model.head_dims[-1]
-        self.register_buffer("centers", torch.zeros(k, dim))
-        self.register_buffer("active", torch.ones(k, dtype=torch.bool))
-        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         self.augment = config.finetune.augment
-        # Not a buffer: DDP re-broadcasts buffers from rank 0 at every forward, which would erase the
-        # other ranks' counts. Reset at each epoch start, so checkpoints (taken at epoch ends) need none.
-        self._counts = torch.zeros(k, dtype=torch.long)
-
-    # -- centres -----------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        if not bool(self.initialised):
-            self.init_centers()
 
     @torch.no_grad()
     def init_centers(self) -> None:
         """k-means (or the mean, for one sphere) of deterministic normal train embeddings; rank 0 computes,
         everyone receives the same centres."""
-        fin = self.section
         centers = torch.zeros_like(self.centers)
         n_found = torch.zeros((), dtype=torch.long)
         trainer = self._trainer  # None when called outside fit (finetune.epochs = 0)
@@ -94,29 +73,15 @@ class MADModule(StageModule):
             z = self.eval_outputs(
                 bank.images[idx], bank.masks[idx], lambda x: self.encoder(x)[1], self.config.data.eval_batch_size
             ).numpy()
-            if fin.n_spheres == 1:
-                found = mean_center(z, min_abs=fin.center_min_abs)
-            else:
-                found = kmeans_centers(z, fin.n_spheres, seed=self.config.seed, min_abs=fin.center_min_abs)
+            found = self.find_centers(z)
             centers[: len(found)] = torch.from_numpy(found).to(centers)
             n_found = torch.tensor(len(found))
         if trainer is not None and trainer.world_size > 1:
             centers = trainer.strategy.broadcast(centers.cpu(), src=0).to(self.device)
             n_found = trainer.strategy.broadcast(n_found, src=0)
-        self.centers.copy_(centers)
-        self.active.copy_(torch.arange(len(self.active), device=self.active.device) < int(n_found))
-        self.initialised.fill_(True)
-
-    def active_centers(self) -> tuple[Tensor, Tensor]:
-        """(indices of the surviving centres, their coordinates)."""
-        index = self.active.nonzero().flatten()
-        return index, self.centers[index]
+        self.set_centers(centers, int(n_found))
 
     # -- training ----------------------------------------------------------------------------------
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self._counts = torch.zeros(len(self.active), dtype=torch.long)
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images, masks, semi = batch["image"], batch["mask"], batch["semi_label"]
         if self.section.augment.enabled:
@@ -126,27 +91,13 @@ class MADModule(StageModule):
         _, z = self.encoder(x)
         index, centers = self.active_centers()
         loss = multisphere_deep_sad(z, centers, semi, eta=self.section.eta, eps=self.section.eps)
-        with torch.no_grad():  # Algorithm 1 line 16: normal samples per centre, from this epoch's passes
-            _, nearest = nearest_center(z.detach(), centers)
-            normal = semi != -1
-            # bincount on the CPU: CUDA's bincount refuses to run under deterministic mode.
-            self._counts += sphere_counts(index[nearest[normal]].cpu(), len(self.active))
+        self.count_normals(z[semi != -1], index, centers)  # Algorithm 1 line 16, from this epoch's passes
         self.record_loss(loss, x.shape[0])
         return loss
 
     def epoch_end(self) -> dict[str, float]:
         """Prune (after the warm-up), then validation AUROC with the surviving spheres."""
-        counts = self.trainer.strategy.reduce(self._counts.to(self.device), reduce_op="sum")
-        if self.current_epoch >= self.section.prune_warmup:
-            index, _ = self.active_centers()
-            keep = prune_mask(counts[index], self.section.gamma)
-            self.active[index[~keep.to(index.device)]] = False
-        metrics = {"n_spheres": float(self.active.sum())}
-        valid = self.ctx.banks.get("valid")
-        if valid is not None and len(valid) and self.trainer.is_global_zero:
-            scores = self.eval_outputs(valid.images, valid.masks, self.score, self.config.data.eval_batch_size)
-            metrics["valid_auroc"] = auroc(valid.labels.numpy(), scores.numpy())
-        return metrics
+        return self.prune_and_validate(self.score)
 
     def score(self, x: Tensor) -> Tensor:
         """Distance to the nearest surviving centre."""
