@@ -58,7 +58,7 @@ class RunOptions:
     """Options of ``xrad run``; defaults finish in minutes on 2 CPU cores."""
 
     output: Path = Path("runs/default")
-    config: str = "self_taught_cpu"
+    config: str = "synthetic_knn_cpu"
     patients: int = 160
     difficulty: float = 1.0
     seed: int = 0
