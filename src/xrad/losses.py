@@ -270,6 +270,15 @@ def memory_update(memory: Tensor, index: Tensor, z: Tensor, momentum: float = 0.
 SALAD_SCORE_FORMULAS = ("paper", "mean_angle")
 
 
+def check_query_bank(queries: Tensor, memory: Tensor, bank: str, holds: str) -> None:
+    """Refuse an empty or non-(M, D) ``memory`` with a :class:`DataError` naming ``bank`` and what it should
+    hold, and queries whose dimension differs (a programming error: :class:`ValueError`)."""
+    if memory.ndim != 2 or memory.shape[0] == 0:
+        raise DataError(f"{bank} is empty or not (M, D) (shape {tuple(memory.shape)}); it needs {holds}")
+    if queries.ndim != 2 or queries.shape[1] != memory.shape[1]:
+        raise ValueError(f"queries {tuple(queries.shape)} and memory {tuple(memory.shape)} dimensions differ")
+
+
 def arccos_knn_score(
     queries: Tensor,
     memory: Tensor,
@@ -291,13 +300,7 @@ def arccos_knn_score(
         raise ConfigError(f"SALAD score formula {formula!r} is unknown; use one of {SALAD_SCORE_FORMULAS}")
     if k < 1 or query_chunk < 1 or memory_chunk < 1:
         raise ConfigError(f"k and the chunk sizes must be ≥ 1 (got k={k}, {query_chunk}, {memory_chunk})")
-    if memory.ndim != 2 or memory.shape[0] == 0:
-        raise DataError(
-            f"the SALAD memory bank is empty or not (N, D) (shape {tuple(memory.shape)}); "
-            "it needs the embeddings of the normal training images"
-        )
-    if queries.ndim != 2 or queries.shape[1] != memory.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and memory {tuple(memory.shape)} dimensions differ")
+    check_query_bank(queries, memory, "the SALAD memory bank", "the embeddings of the normal training images")
     dtype = torch.promote_types(torch.promote_types(queries.dtype, memory.dtype), torch.float32)
     k = min(int(k), memory.shape[0])
     out = []

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from xrad.errors import ConfigError, DataError
+from xrad.errors import ConfigError
+from xrad.losses import check_query_bank
 
 __all__ = ["greedy_coreset", "knn_mean_distance", "nearest_distance"]
 
@@ -21,13 +22,7 @@ def knn_mean_distance(queries: Tensor, memory: Tensor, k: int = 100, chunk_size:
     """
     if k < 1 or chunk_size < 1:
         raise ConfigError(f"k and chunk_size must be >= 1 (got k={k}, chunk_size={chunk_size})")
-    if memory.ndim != 2 or memory.shape[0] == 0:
-        raise DataError(
-            f"the kNN memory bank is empty or not (M, D) (shape {tuple(memory.shape)}); "
-            "it needs the embeddings of the normal training images"
-        )
-    if queries.ndim != 2 or queries.shape[1] != memory.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and memory {tuple(memory.shape)} dimensions differ")
+    check_query_bank(queries, memory, "the kNN memory bank", "the embeddings of the normal training images")
     dtype = torch.promote_types(torch.promote_types(queries.dtype, memory.dtype), torch.float32)
     mem = memory.detach().to(dtype)
     shift = mem.mean(dim=0, keepdim=True)
@@ -53,13 +48,7 @@ def nearest_distance(queries: Tensor, memory: Tensor, query_chunk: int = 2048, m
     bounded footprint (``benchmarks/bench_patch_memory.py``). Same centring and Gram expansion as
     :func:`knn_mean_distance`.
     """
-    if memory.ndim != 2 or memory.shape[0] == 0:
-        raise DataError(
-            f"the patch memory bank is empty or not (M, D) (shape {tuple(memory.shape)}); "
-            "it needs the patch features of the normal training images"
-        )
-    if queries.ndim != 2 or queries.shape[1] != memory.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and memory {tuple(memory.shape)} dimensions differ")
+    check_query_bank(queries, memory, "the patch memory bank", "the patch features of the normal training images")
     dtype = torch.promote_types(torch.promote_types(queries.dtype, memory.dtype), torch.float32)
     shift = memory[: min(len(memory), 65_536)].to(dtype).mean(dim=0, keepdim=True)
     out = []
