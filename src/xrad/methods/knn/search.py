@@ -58,7 +58,8 @@ def nearest_distance(queries: Tensor, memory: Tensor, query_chunk: int = 2048, m
         best = torch.full((q.shape[0],), float("inf"), dtype=dtype, device=q.device)
         for m_start in range(0, memory.shape[0], memory_chunk):
             m = memory[m_start : m_start + memory_chunk].to(dtype) - shift
-            d2 = q_sq + m.pow(2).sum(dim=1)[None, :] - 2.0 * (q @ m.T)
+            # In place: one (query_chunk × memory_chunk) matrix at a time, not three temporaries.
+            d2 = (q @ m.T).mul_(-2.0).add_(q_sq).add_(m.pow(2).sum(dim=1)[None, :])
             best = torch.minimum(best, d2.amin(dim=1))
         out.append(best.clamp_min(0).sqrt())
     if not out:
