@@ -60,3 +60,22 @@ class PatchClassifier(nn.Module):
         """Logits ``(B, S/8, S/8)``: how likely each cell is to hold a local defect."""
         logits: Tensor = self.head(self.features(images))
         return logits[:, 0]
+
+
+def top_k_cell_mean(cell_map: Tensor, top_k: int) -> Tensor:
+    """Image scores ``(B,)`` of a ``(B, g, g)`` cell-score map: the mean of its ``top_k`` largest cells."""
+    flat = cell_map.flatten(1)
+    return flat.topk(min(top_k, flat.shape[1]), dim=1).values.mean(dim=1)
+
+
+def upsample_cell_map(cell_map: Tensor, size: tuple[int, ...]) -> Tensor:
+    """A ``(B, g, g)`` non-negative cell map as a ``(B, 1, *size)`` heatmap (bilinear)."""
+    up = F.interpolate(cell_map[:, None], size=size, mode="bilinear", align_corners=False)
+    return up.clamp_min(0)
+
+
+def body_average(features: Tensor, images: Tensor) -> Tensor:
+    """The ``(B, C, g, g)`` cell features of ``images`` averaged over the body's cells: ``(B, C)``."""
+    inside = cell_mask(images, features.shape[-1]).to(features.dtype)[:, None]
+    averaged: Tensor = (features * inside).sum(dim=(2, 3)) / inside.sum(dim=(2, 3)).clamp_min(1.0)
+    return averaged

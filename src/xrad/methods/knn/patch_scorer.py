@@ -17,7 +17,7 @@ from torch import Tensor
 
 from xrad.methods.base import Scorer
 from xrad.methods.knn.search import nearest_distance
-from xrad.models.patch import cell_mask, patch_features
+from xrad.models.patch import body_average, cell_mask, patch_features, top_k_cell_mean, upsample_cell_map
 from xrad.models.resnet import ResNet18Backbone
 
 
@@ -51,20 +51,16 @@ class PatchKnnScorer(Scorer):
 
     def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Mean of the ``top_k`` largest cell distances."""
-        flat = self.cell_distances(images).flatten(1)
-        return flat.topk(min(self.top_k, flat.shape[1]), dim=1).values.mean(dim=1), None
+        return top_k_cell_mean(self.cell_distances(images), self.top_k), None
 
     def heatmap(self, images: Tensor) -> Tensor:
         """The cell distance map, bilinearly upsampled to ``(B, 1, S, S)``."""
         with torch.no_grad():
-            cells = self.cell_distances(images)[:, None]
-        return F.interpolate(cells, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False).clamp_min(0)
+            return upsample_cell_map(self.cell_distances(images), tuple(images.shape[-2:]))
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """The cell features averaged over the body (B, C), for plots."""
-        features = cell_features(self.backbone, images, self.smooth)
-        inside = cell_mask(images, features.shape[-1]).to(features.dtype)[:, None]
-        return {"h": (features * inside).sum(dim=(2, 3)) / inside.sum(dim=(2, 3)).clamp_min(1.0)}
+        return {"h": body_average(cell_features(self.backbone, images, self.smooth), images)}
 
     def artefact_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Backbone weights (``backbone.*``) and the ``memory`` bank; ``top_k`` and ``smooth``."""

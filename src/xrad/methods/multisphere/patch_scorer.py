@@ -11,11 +11,17 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xrad.methods.base import Scorer
-from xrad.models.patch import PATCH_CHANNELS, cell_mask, patch_features
+from xrad.models.patch import (
+    PATCH_CHANNELS,
+    body_average,
+    cell_mask,
+    patch_features,
+    top_k_cell_mean,
+    upsample_cell_map,
+)
 from xrad.models.resnet import ResNet18Backbone
 
 
@@ -64,20 +70,16 @@ class PatchSphereScorer(Scorer):
 
     def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Mean of the ``top_k`` largest cell distances; no single sphere index at image level."""
-        flat = self.cell_distances(images).flatten(1)
-        return flat.topk(min(self.top_k, flat.shape[1]), dim=1).values.mean(dim=1), None
+        return top_k_cell_mean(self.cell_distances(images), self.top_k), None
 
     def heatmap(self, images: Tensor) -> Tensor:
         """The distance map, bilinearly upsampled to ``(B, 1, S, S)``."""
         with torch.no_grad():
-            cells = self.cell_distances(images)[:, None]
-        return F.interpolate(cells, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False).clamp_min(0)
+            return upsample_cell_map(self.cell_distances(images), tuple(images.shape[-2:]))
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """Cell embeddings averaged over the body (B, D), for plots."""
-        z = self.net(images)
-        inside = cell_mask(images, z.shape[-1]).to(z.dtype)[:, None]
-        return {"z": (z * inside).sum(dim=(2, 3)) / inside.sum(dim=(2, 3)).clamp_min(1.0)}
+        return {"z": body_average(self.net(images), images)}
 
     def artefact_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Network weights (``net.*``) and ``centers``; head widths and ``top_k`` as arguments."""

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from xrad.methods.base import Scorer
-from xrad.models.patch import PatchClassifier, cell_mask
+from xrad.models.patch import PatchClassifier, cell_mask, top_k_cell_mean, upsample_cell_map
 
 
 class PatchClassifierScorer(Scorer):
@@ -34,16 +33,15 @@ class PatchClassifierScorer(Scorer):
 
     def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """The largest cell probability (or the mean of the ``top_k`` largest)."""
-        flat = self.cell_probabilities(images).flatten(1)
+        cells = self.cell_probabilities(images)
         if self.score_kind == "top_k":
-            return flat.topk(min(self.top_k, flat.shape[1]), dim=1).values.mean(dim=1), None
-        return flat.amax(dim=1), None
+            return top_k_cell_mean(cells, self.top_k), None
+        return cells.flatten(1).amax(dim=1), None
 
     def heatmap(self, images: Tensor) -> Tensor:
         """The probability map, bilinearly upsampled to ``(B, 1, S, S)``."""
         with torch.no_grad():
-            cells = self.cell_probabilities(images)[:, None]
-        return F.interpolate(cells, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False).clamp_min(0)
+            return upsample_cell_map(self.cell_probabilities(images), tuple(images.shape[-2:]))
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """The patch features averaged over the body (B, 384), for plots."""
