@@ -1,8 +1,10 @@
 """How often does the heatmap maximum of a fractured FracAtlas image fall inside an annotated fracture box?
 
 usage: .venv/bin/python benchmarks/bench_localisation.py ARTEFACT SPLIT_MANIFEST [--splits test,valid]
-       [--layer encoder.backbone.layer3]
-Compares with chance: (a) a point uniform over the image, (b) uniform over the body (pixels above the
+       [--layers encoder.backbone.layer4,encoder.backbone.layer3]
+The detector's own heatmap (what `xrad score --heatmaps` draws: the patch-score map of the local detectors,
+Grad-CAM or the residual of the others), mapped back to the original image through the preprocessing
+homography, and optionally Grad-CAM at the given layers (empty: skip). Compares with chance: (a) a point uniform over the image, (b) uniform over the body (pixels above the
 image's Otsu threshold), (c) the image centre.
 """
 
@@ -18,7 +20,7 @@ import pandas as pd
 
 from xrad.data.io import read_radiograph
 from xrad.data.model_input import prepare_eval
-from xrad.inference.heatmaps import normalise, to_original
+from xrad.inference.heatmaps import explain_pixels, normalise, to_original
 from xrad.inference.input import prepare_input
 from xrad.inference.scoring import load_scorer
 from xrad.models.gradcam import grad_cam
@@ -38,7 +40,7 @@ parser.add_argument(
     ),
 )
 parser.add_argument("--splits", default="test,valid")
-parser.add_argument("--layers", default="encoder.backbone.layer4,encoder.backbone.layer3")
+parser.add_argument("--layers", default="", help="Grad-CAM layers, comma-separated (default: none)")
 parser.add_argument("--limit", type=int, default=0)
 args = parser.parse_args()
 
@@ -54,12 +56,14 @@ if args.limit:
     frame = frame.head(args.limit)
 scorer = load_scorer(args.artefact)
 spec = scorer.artefact_meta.input_spec()
-layers = args.layers.split(",")
-hits = {layer: [] for layer in layers}
+layers = [layer for layer in args.layers.split(",") if layer]
+hits: dict[str, list[bool]] = {layer: [] for layer in layers}
+own_hits: list[bool] = []
 chance_img, chance_body, centre = [], [], []
 t0 = time.time()
 for path in frame["path"]:
-    pixels = read_radiograph(path).pixels
+    radiograph = read_radiograph(path)
+    pixels = radiograph.pixels
     h, w = pixels.shape
     inside = np.zeros((h, w), bool)
     for x, y, bw, bh in boxes[Path(path).name]:
@@ -72,6 +76,11 @@ for path in frame["path"]:
     chance_img.append(inside.mean())
     chance_body.append(inside[body].mean() if body.any() else inside.mean())
     centre.append(inside[h // 2, w // 2])
+    own = explain_pixels(scorer, radiograph, allow_truncated=True).heat
+    r, c = np.unravel_index(int(own.argmax()), own.shape)
+    own_hits.append(bool(inside[r, c]) if own.shape == inside.shape else False)
+    if not layers:
+        continue
     prepared = prepare_input(pixels, spec)
     image, mask, base = prepared.image, prepared.mask, prepared.base
     x = prepare_eval(image[None], mask[None])
@@ -81,10 +90,13 @@ for path in frame["path"]:
         hits[layer].append(bool(inside[r, c]))
 n = len(frame)
 print(f"{n} fractured images with boxes (splits {args.splits}), image size {spec.image_size}, {time.time() - t0:.0f} s")
+from xrad.inference.calibration import clopper_pearson
+
+k = int(np.sum(own_hits))
+lo, hi = clopper_pearson(k, n)
+print(f"detector heatmap ({scorer.artefact_meta.method}): peak inside a fracture box {k}/{n} = {k / n:.3f} (95% CI {lo:.3f}-{hi:.3f})")
 for layer in layers:
     k = int(np.sum(hits[layer]))
-    from xrad.inference.calibration import clopper_pearson
-
     lo, hi = clopper_pearson(k, n)
     print(f"Grad-CAM {layer}: peak inside a fracture box {k}/{n} = {k / n:.3f} (95% CI {lo:.3f}-{hi:.3f})")
 print(f"chance, uniform over the image: {np.mean(chance_img):.3f}")
