@@ -4,12 +4,20 @@ heatmaps)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from training_helpers import make_dataset
 
 from xrad import losses
 from xrad.errors import ConfigError
+from xrad.jobs.train import run_training
+from xrad.methods.gan.scorer import GanScorer, networks_from
+from xrad.methods.registry import load_config
 from xrad.models.gan import GAN_VARIANTS, build_gan
 
 
@@ -110,3 +118,155 @@ def test_widths_double_up_to_the_cap_and_sizes_must_be_powers_of_two() -> None:
         build_gan("dcgan", 48)
     with pytest.raises(ConfigError, match="variant"):
         build_gan("wgan", 32)
+
+
+# ------------------------------------------------------------------------------------------- scorer
+def _scorer(variant: str, **settings: object) -> GanScorer:
+    torch.manual_seed(0)
+    architecture = {
+        "variant": variant,
+        "image_size": 32,
+        "latent_dim": 8,
+        "width": 4,
+        "max_width": 16,
+        "spectral_norm": variant == "alpha_gan",
+        "joint_hidden": 8,
+        "code_hidden": 8,
+    }
+    return GanScorer(networks_from(architecture).eval(), architecture, **settings)
+
+
+def _images(n: int = 5, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 32, 32, generator=g)
+    x[:, :, :4] = 0  # padding outside the body part
+    return x
+
+
+def test_scores_are_the_discriminators_probabilities_and_their_mixes() -> None:
+    x = _images()
+    scorer = _scorer("alpha_gan", score="mean_discriminators")
+    with torch.no_grad():
+        d = torch.sigmoid(scorer.nets.discriminate(x).double())
+        c = torch.sigmoid(scorer.nets.code_discriminator(scorer.nets.encode(x)).double())  # type: ignore[misc]
+        torch.testing.assert_close(scorer(x), 1 - (d + c) / 2)  # Davletshina et al.'s α-GAN score
+        scorer.score_kind = "discriminator"
+        torch.testing.assert_close(scorer(x), 1 - d)
+        scorer.score_kind = "reconstruction"
+        recon = scorer.nets.generator(scorer.nets.encode(x))
+        support = (x > 0).float()
+        mse = (((recon - x) ** 2) * support).flatten(1).sum(1) / support.flatten(1).sum(1)
+        torch.testing.assert_close(scorer(x), mse.double())
+        scorer.score_kind, scorer.mix_weight = "residual_mix", 0.25
+        torch.testing.assert_close(scorer(x), 0.75 * mse.double() + 0.25 * (1 - d))  # AnoGAN's mix
+
+
+def test_dcgan_latent_search_lowers_the_error_and_ignores_batch_company() -> None:
+    x = _images(4)
+    scorer = _scorer("dcgan", score="reconstruction", reconstruction_score="l1", latent_steps=0, latent_lr=0.1)
+    with torch.no_grad():
+        at_zero = scorer(x)
+        scorer.latent_steps = 25
+        searched = scorer(x)
+        assert bool((searched < at_zero).all())
+        torch.testing.assert_close(scorer(x[1:3]), searched[1:3])  # per image: the batch does not matter
+        assert all(p.grad is None for p in scorer.parameters())  # only z was differentiated
+        maps = scorer.heatmap(x)
+    assert maps.shape == x.shape and float(maps[:, :, :4].abs().sum()) == 0.0  # nothing outside the body
+
+
+def test_artefact_round_trip_with_spectral_norm_gives_the_same_scores() -> None:
+    x = _images()
+    scorer = _scorer("alpha_gan", score="mean_discriminators")
+    tensors, args = scorer.artefact_state()
+    assert any("parametrizations" in k for k in tensors)
+    again = GanScorer.from_artefact(tensors, args)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), scorer(x), rtol=0, atol=0)
+        torch.testing.assert_close(again.heatmap(x), scorer.heatmap(x), rtol=0, atol=0)
+
+
+def test_scores_that_the_variant_cannot_give_are_refused_at_load_time() -> None:
+    with pytest.raises(ConfigError, match="gan.score.*code discriminator"):
+        load_config("tiny_bigan", ["gan.score=mean_discriminators"])
+    with pytest.raises(ConfigError, match="image_size.*power of two"):
+        load_config("tiny_dcgan", ["data.image_size=96"])
+    with pytest.raises(ConfigError, match="latent_steps"):
+        load_config("tiny_dcgan", ["gan.score=reconstruction", "gan.latent_steps=0"])
+
+
+# ----------------------------------------------------------------------------------------- training
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashAtEpoch(L.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise _Crash(f"simulated crash before epoch {self.epoch}")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("gans") / "data")
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "train" / "model.safetensors"))
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+# Two time-scale rates, two critic steps per generator step and spectral norm: every option in the game.
+GAME = ["gan.epochs=2", "gan.lr_discriminator=4e-4", "gan.lr_generator=1e-4", "gan.d_steps=2"]
+
+
+@pytest.mark.parametrize("method", ["dcgan", "alpha_gan"])
+def test_adversarial_training_is_deterministic_for_a_seed(method: str, tiny_data: Path, tmp_path: Path) -> None:
+    overrides = [*GAME, "gan.spectral_norm=true"]
+    first = run_training(f"tiny_{method}", tiny_data, tmp_path / "a", progress=False, overrides=overrides)
+    run_training(f"tiny_{method}", tiny_data, tmp_path / "b", progress=False, overrides=overrides)
+    _assert_same_weights(tmp_path / "a", tmp_path / "b")
+    from xrad.methods.gan.stage import new_networks
+
+    initial = new_networks(load_config(f"tiny_{method}", overrides)).state_dict()
+    trained = _weights(tmp_path / "a")
+    for part in ("generator", "discriminator"):  # both players moved: the game was played
+        assert any(not torch.equal(initial[k], trained[k]) for k in trained if k.startswith(part + "."))
+    other = run_training(f"tiny_{method}", tiny_data, tmp_path / "c", progress=False, overrides=[*overrides, "seed=1"])
+    assert not torch.equal(
+        _weights(tmp_path / "a")["generator.net.0.weight"], _weights(tmp_path / "c")["generator.net.0.weight"]
+    )
+    assert first["method"] == other["method"] == method
+
+
+@pytest.mark.parametrize("method", ["bigan", "alpha_gan"])
+def test_resumed_adversarial_training_equals_uninterrupted(method: str, tiny_data: Path, tmp_path: Path) -> None:
+    reference = run_training(f"tiny_{method}", tiny_data, tmp_path / "ref", progress=False, overrides=GAME)
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(_Crash):
+        run_training(
+            f"tiny_{method}",
+            tiny_data,
+            run_dir,
+            progress=False,
+            overrides=GAME,
+            trainer_overrides={"callbacks": [_CrashAtEpoch(1)]},
+        )
+    assert (run_dir / "train/checkpoints/last.ckpt").exists() and not (run_dir / "train/model.safetensors").exists()
+    resumed = run_training(f"tiny_{method}", tiny_data, run_dir, progress=False, overrides=GAME)
+    _assert_same_weights(tmp_path / "ref", run_dir)
+    a = pd.read_csv(tmp_path / "ref" / "scores_test.csv")
+    b = pd.read_csv(run_dir / "scores_test.csv")
+    np.testing.assert_array_equal(b["score"], a["score"])
+    assert resumed["test_auroc"] == reference["test_auroc"]
