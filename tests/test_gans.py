@@ -270,3 +270,17 @@ def test_resumed_adversarial_training_equals_uninterrupted(method: str, tiny_dat
     b = pd.read_csv(run_dir / "scores_test.csv")
     np.testing.assert_array_equal(b["score"], a["score"])
     assert resumed["test_auroc"] == reference["test_auroc"]
+
+
+def test_packaged_configs_carry_the_papers_sizes_and_scores() -> None:
+    # Davletshina et al.: "padding the images to 512x512 (AE + DCGAN) or 128x128 (BiGAN + αGAN)"; α-GAN's score is
+    # the mean of the two discriminators' probabilities; k = 200 pixels for the top-k residual.
+    sizes = {"dcgan": 512, "bigan": 128, "alpha_gan": 128, "ocgan": 128}
+    for method, size in sizes.items():
+        paper, cpu = load_config(f"{method}_paper"), load_config(f"{method}_cpu")
+        assert (paper.method, cpu.method, paper.data.image_size, cpu.data.image_size) == (method, method, size, 64)
+        assert round(paper.section("gan").top_k_fraction * size * size) == 200
+        assert round(cpu.section("gan").top_k_fraction * 64 * 64) == 205  # ≈ 200 at 64 px
+        expected = "mean_discriminators" if method == "alpha_gan" else "discriminator"
+        assert paper.section("gan").score == cpu.section("gan").score == expected
+        assert paper.section("gan").betas == (0.5, 0.999)
