@@ -284,3 +284,38 @@ def test_packaged_configs_carry_the_papers_sizes_and_scores() -> None:
         expected = "mean_discriminators" if method == "alpha_gan" else "discriminator"
         assert paper.section("gan").score == cpu.section("gan").score == expected
         assert paper.section("gan").betas == (0.5, 0.999)
+
+
+# ------------------------------------------------------------------------------------- localisation
+@pytest.mark.parametrize("method", ["dcgan", "bigan", "alpha_gan", "ocgan"])
+def test_reconstruction_heatmaps_point_at_a_planted_bright_bar(
+    method: str, squares_split: Path, tmp_path: Path
+) -> None:
+    """Four short epochs on the tiny radiograph-like discs; bright bars planted into held-out normals.
+
+    Measured at this setting (seed 0, 32 images): heatmap maximum within 2 px of the bar in 0.66 (DCGAN, 20 latent
+    steps), 0.62 (BiGAN), 0.31 (α-GAN), 0.59 (one-class GAN) of the images; chance (the dilated bar's share of the
+    body) 0.11. The image scores are not
+    asserted: at this size they are at or below chance, as Davletshina et al. report for these GANs on MURA.
+    """
+    from xrad.data.model_input import prepare_eval
+    from xrad.inference.scoring import load_scorer
+    from xrad.training.banks import load_image_bank
+    from xrad.training.corruptions import corrupt_batch
+
+    overrides = ["gan.epochs=4", "gan.latent_steps=20"]
+    run_training(f"tiny_{method}", squares_split, tmp_path / "run", progress=False, overrides=overrides)
+    scorer = load_scorer(tmp_path / "run" / "artefact")
+    frame = pd.read_csv(squares_split)
+    normals = frame[(frame["label"] == 0) & (frame["split"] != "train")].reset_index(drop=True)
+    bank = load_image_bank(normals, 32, workers=1, progress=False)
+    clean, body = prepare_eval(bank.images, bank.masks), (bank.masks > 0).float()
+    planted, changed = corrupt_batch(clean, body, np.random.default_rng(11), ("bright_bar",))
+    with torch.no_grad():
+        maps = scorer.heatmap(planted)[:, 0]
+    near = torch.nn.functional.max_pool2d(changed, 5, stride=1, padding=2)[:, 0] > 0
+    peaks = maps.flatten(1).argmax(dim=1)
+    hits = near.flatten(1)[torch.arange(len(peaks)), peaks].float().mean().item()
+    inside = body[:, 0] > 0
+    chance = ((near & inside).flatten(1).sum(1).float() / inside.flatten(1).sum(1)).mean().item()
+    assert len(peaks) >= 24 and hits >= 2 * chance, f"{method}: heatmap max on the bar {hits:.2f}, chance {chance:.2f}"
