@@ -159,6 +159,12 @@ def test_scores_are_the_discriminators_probabilities_and_their_mixes() -> None:
         torch.testing.assert_close(scorer(x), mse.double())
         scorer.score_kind, scorer.mix_weight = "residual_mix", 0.25
         torch.testing.assert_close(scorer(x), 0.75 * mse.double() + 0.25 * (1 - d))  # AnoGAN's mix
+        # The local form: the mean of the k largest masked squared residuals, k = ⌈fraction · body pixels⌉.
+        scorer.score_kind, scorer.reconstruction_score, scorer.top_k_fraction = "reconstruction", "topk", 0.1
+        errors = (((recon - x) ** 2) * support).flatten(1).numpy()
+        k = np.ceil(0.1 * support.flatten(1).sum(1).numpy()).astype(int)
+        top = [np.sort(e)[::-1][:kk].mean() for e, kk in zip(errors, k)]
+        np.testing.assert_allclose(scorer(x).numpy(), top, rtol=1e-5)
 
 
 def test_dcgan_latent_search_lowers_the_error_and_ignores_batch_company() -> None:
