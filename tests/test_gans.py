@@ -325,3 +325,33 @@ def test_reconstruction_heatmaps_point_at_a_planted_bright_bar(
     inside = body[:, 0] > 0
     chance = ((near & inside).flatten(1).sum(1).float() / inside.flatten(1).sum(1)).mean().item()
     assert len(peaks) >= 24 and hits >= 2 * chance, f"{method}: heatmap max on the bar {hits:.2f}, chance {chance:.2f}"
+
+
+def test_alpha_gan_gives_encoder_and_generator_each_the_gradient_of_its_own_loss(tmp_path: Path) -> None:
+    """Rosca et al.: G minimises λ·L_rec + its adversarial terms, E minimises λ·L_rec − log C(E(x)); the image
+    discriminator's verdict on G(E(x)) must not reach E, and the critics get no gradient from the player step."""
+    from xrad.methods.gan.stage import GanModule, new_networks
+
+    cfg = load_config("tiny_alpha_gan", ["gan.reconstruction_weight=3.0"])
+    nets = new_networks(cfg)
+    module = GanModule(nets, cfg, None, ctx=None)  # type: ignore[arg-type]
+    module.manual_backward = lambda loss, *a, **k: loss.backward(*a, **k)  # type: ignore[method-assign]
+    x, z = _images(4), torch.randn(4, nets.latent_dim, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    nets.train()
+    state = {k: v.clone() for k, v in nets.state_dict().items()}
+    module.player_step(x, z)
+    got = {name: p.grad.clone() for name, p in nets.named_parameters() if p.grad is not None}
+    assert got and not any(n.startswith(("discriminator.", "code_discriminator.")) for n in got)
+    nets.load_state_dict(state)  # same BatchNorm statistics, so the same forward pass
+    code = nets.encode(x)
+    recon = nets.generator(code)
+    rec = losses.masked_reconstruction_loss(recon, x, (x > 0).float(), "l1")
+    g_loss = losses.alpha_gan_generator_loss(nets.discriminator(recon), nets.discriminator(nets.generator(z)), rec, 3.0)
+    e_loss = losses.alpha_gan_encoder_loss(nets.code_discriminator(code), rec, 3.0)  # type: ignore[misc]
+    g_params = dict(nets.generator.named_parameters())
+    e_params = dict(nets.encoder.named_parameters())  # type: ignore[union-attr]
+    for name, grad in zip(g_params, torch.autograd.grad(g_loss, list(g_params.values()), retain_graph=True)):
+        torch.testing.assert_close(got[f"generator.{name}"], grad)
+    for name, grad in zip(e_params, torch.autograd.grad(e_loss, list(e_params.values()))):
+        torch.testing.assert_close(got[f"encoder.{name}"], grad)
