@@ -1,5 +1,6 @@
 """Pure loss functions (no state): contrastive pre-training, (multi-sphere) Deep SAD, masked reconstruction,
-SALAD's memory-bank losses (instance discrimination, aggregation) and its Eq. 4 weighted-kNN score.
+SALAD's memory-bank losses (instance discrimination, aggregation) and its Eq. 4 weighted-kNN score, and the
+adversarial losses of the GAN detectors (DCGAN, BiGAN/ALI, α-GAN, the one-class GAN).
 
 Every function is a transcription of one equation, pinned by NumPy re-implementations in tests/test_losses.py.
 Reduced-precision inputs (fp16/bf16 under autocast) are promoted to float32 before exponentials and sums.
@@ -33,6 +34,13 @@ __all__ = [
     "memory_update",
     "arccos_knn_score",
     "SALAD_SCORE_FORMULAS",
+    "discriminator_loss",
+    "generator_loss",
+    "bigan_encoder_generator_loss",
+    "alpha_gan_discriminator_loss",
+    "alpha_gan_generator_loss",
+    "alpha_gan_encoder_loss",
+    "real_probability",
 ]
 
 RECONSTRUCTION_KINDS = ("mse", "l1", "topk")
@@ -321,3 +329,62 @@ def arccos_knn_score(
     if not out:
         return torch.zeros(0, dtype=dtype, device=memory.device)
     return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------ GANs
+# Every adversarial term is written with logits, in the numerically stable BCE-with-logits form
+# (−log σ(l) = softplus(−l), −log(1 − σ(l)) = softplus(l)), and averaged over its batch.
+def _real(logits: Tensor) -> Tensor:
+    """−mean log σ(l): the BCE of logits labelled "real" (1)."""
+    return F.softplus(-_f32(logits)).mean()
+
+
+def _fake(logits: Tensor) -> Tensor:
+    """−mean log(1 − σ(l)): the BCE of logits labelled "fake" (0)."""
+    return F.softplus(_f32(logits)).mean()
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """The discriminator's BCE of Goodfellow et al.: −E log D(real) − E log(1 − D(fake)), D = σ(logit).
+
+    DCGAN's image discriminator, BiGAN/ALI's joint one (real = D(x, E(x)), fake = D(G(z), z)) and α-GAN's
+    code discriminator (real = C(z) for prior samples z, fake = C(E(x))) all minimise this form.
+    """
+    return _real(real_logits) + _fake(fake_logits)
+
+
+def generator_loss(fake_logits: Tensor) -> Tensor:
+    """The non-saturating generator loss −E log D(G(z)) (Goodfellow et al.'s practical form, DCGAN's)."""
+    return _real(fake_logits)
+
+
+def bigan_encoder_generator_loss(real_pair_logits: Tensor, fake_pair_logits: Tensor) -> Tensor:
+    """BiGAN/ALI's encoder + generator loss: the joint discriminator's labels inverted,
+    −E log(1 − D(x, E(x))) − E log D(G(z), z) (the non-saturating form of Donahue et al. / Dumoulin et al.)."""
+    return _fake(real_pair_logits) + _real(fake_pair_logits)
+
+
+def alpha_gan_discriminator_loss(real_logits: Tensor, recon_logits: Tensor, sample_logits: Tensor) -> Tensor:
+    """α-GAN's image discriminator (Rosca et al. 2017): real images against both kinds of generated ones,
+    −E log D(x) − E log(1 − D(G(E(x)))) − E log(1 − D(G(z)))."""
+    return _real(real_logits) + _fake(recon_logits) + _fake(sample_logits)
+
+
+def alpha_gan_generator_loss(
+    recon_logits: Tensor, sample_logits: Tensor, reconstruction: Tensor, weight: float = 1.0
+) -> Tensor:
+    """α-GAN's generator loss: λ·L_rec − E log D(G(E(x))) − E log D(G(z)) (non-saturating), where
+    ``reconstruction`` is the (masked) reconstruction term L_rec of G(E(x)) and λ = ``weight``."""
+    return weight * reconstruction + _real(recon_logits) + _real(sample_logits)
+
+
+def alpha_gan_encoder_loss(code_logits: Tensor, reconstruction: Tensor, weight: float = 1.0) -> Tensor:
+    """α-GAN's encoder loss: λ·L_rec − E log C(E(x)) — the code discriminator C plays the part of the VAE's KL
+    term, pulling the codes towards the prior."""
+    return weight * reconstruction + _real(code_logits)
+
+
+def real_probability(logits: Tensor) -> Tensor:
+    """σ(l) in float64: the probability a discriminator gives "real" (the GAN detectors' image score is
+    1 − this, computed as σ(−l) so that confident "real" logits do not round to exactly 1)."""
+    return torch.sigmoid(logits.double())

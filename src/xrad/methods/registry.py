@@ -32,6 +32,7 @@ from xrad.config.loader import apply_overrides
 from xrad.config.sections import Check
 from xrad.errors import ConfigError
 from xrad.methods.autoencoder.config import AEConfig, image_size_checks
+from xrad.methods.gan.config import GanConfig, gan_checks
 from xrad.methods.imagenet.config import ImageNetConfig
 from xrad.methods.salad.config import SaladConfig, salad_checks
 from xrad.methods.supervised.config import SupervisedConfig
@@ -154,6 +155,16 @@ SALAD_STAGE = StageSpec(
     checks=salad_checks,
 )
 
+GAN_STAGE = StageSpec(
+    "gan",
+    "xrad.methods.gan.stage",
+    "model.safetensors",
+    reads=(*_SHARED_READS, "gan"),
+    schedule="gan",
+    sections={"gan": GanConfig},
+    checks=gan_checks,
+)
+
 SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
 KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
 RECONSTRUCTION = ScorerRef("reconstruction", "xrad.methods.autoencoder.scorer:ReconstructionScorer")
@@ -162,6 +173,7 @@ PATCH_SPHERE = ScorerRef("patch_sphere", "xrad.methods.multisphere.patch_scorer:
 PATCH_KNN = ScorerRef("patch_knn", "xrad.methods.knn.patch_scorer:PatchKnnScorer")
 PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
 SALAD_KNN = ScorerRef("salad", "xrad.methods.salad.scorer:SaladScorer")
+GAN = ScorerRef("gan", "xrad.methods.gan.scorer:GanScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
 DETECTORS: dict[str, Detector] = {
@@ -221,6 +233,30 @@ DETECTORS: dict[str, Detector] = {
             (SALAD_KNN, PATCH_KNN),
             "SALAD: autoencoder + memory bank, progressive aggregation rounds, Eq. 4 weighted-kNN score "
             "(MemDAE and the ablations are its configs)",
+        ),
+        Detector(
+            "dcgan",
+            (("train", GAN_STAGE),),
+            (GAN,),
+            "DCGAN (Davletshina et al.): score 1 − D(x); reconstruction by a bounded latent search",
+        ),
+        Detector(
+            "bigan",
+            (("train", GAN_STAGE),),
+            (GAN,),
+            "BiGAN/ALI: encoder + generator against a joint discriminator D(x, z); score 1 − D(x, E(x))",
+        ),
+        Detector(
+            "alpha_gan",
+            (("train", GAN_STAGE),),
+            (GAN,),
+            "α-GAN: encoder, generator, image and code discriminators + reconstruction; score 1 − mean(D, C)",
+        ),
+        Detector(
+            "ocgan",
+            (("train", GAN_STAGE),),
+            (GAN,),
+            "one-class GAN (Tang et al. 2019): adversarially trained autoencoder; score 1 − D(x)",
         ),
     )
 }

@@ -158,7 +158,13 @@ class StageModule(L.LightningModule):
             prepare_eval(dataset.bank.images[rows].to(self.device), dataset.bank.masks[rows].to(self.device))
             for rows in (dataset.indices[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
         )
-        batchnorm.recalibrate_batchnorm(self, batches, forward=lambda x: [network(x) for network in networks])
+        batchnorm.recalibrate_batchnorm(self, batches, forward=lambda x: self.calibration_forward(networks, x))
+
+    def calibration_forward(self, networks: list[nn.Module], x: Tensor) -> None:
+        """One batch of :meth:`recalibrate_batchnorm`: each network child runs on the prepared images ``x``.
+        A module whose networks take other inputs (a GAN's generator takes codes) runs its scoring path here."""
+        for network in networks:
+            network(x)
 
     @torch.no_grad()
     def eval_outputs(self, images: Tensor, masks: Tensor, fn: Any, batch_size: int) -> Tensor:
