@@ -148,3 +148,59 @@ def test_resumed_training_equals_uninterrupted(tiny_data: Path, reference_run: P
     b = pd.read_csv(run_dir / "scores_test.csv")
     assert list(a["path"]) == list(b["path"])
     np.testing.assert_allclose(b["score"], a["score"], rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- localisation
+LOCALISATION = ["data.image_size=64", "pretrain.epochs=3", "pretrain.batch_size=8", "vae.score=mse"]
+
+
+@pytest.mark.slow
+def test_heatmap_maximum_falls_on_planted_metal_in_phantoms(phantoms: Path, tmp_path: Path) -> None:
+    """The VAE trained 3 epochs on the normal phantoms (xrad's preprocessing, 64 px); metal (bright bars,
+    screws) planted into held-out normal phantoms; the heatmap's maximum must fall on the planted pixels
+    (or 1 px beside them) far more often than chance (their share of the body) and than the same network
+    before training (whose smooth output already misses the brightest pixels).
+
+    Measured (seed 0, 1 thread): hits 0.62 bright bars / 0.50 screws against chance 0.066 / 0.041, and
+    0.31 / 0.28 untrained; ~20 CPU s (preprocessing 6, training 12). Density spots (low contrast) are not
+    found at this budget (0.16 against 0.05) and are not asserted.
+    """
+    from xrad.data.indexing import index_source
+    from xrad.data.manifest import read_manifest, write_manifest
+    from xrad.data.model_input import prepare_eval
+    from xrad.inference.scoring import load_scorer
+    from xrad.methods.vae.stage import new_vae
+    from xrad.preprocess import PreprocessParams
+    from xrad.preprocess.cache import build_cache
+    from xrad.training.banks import load_image_bank
+    from xrad.training.corruptions import corrupt_batch
+
+    frame = index_source(phantoms)
+    frame = frame[frame["label"].astype(int) == 0].sort_values("path").reset_index(drop=True)
+    u = np.random.default_rng(0).random(len(frame))
+    frame["split"] = np.where(u < 0.65, "train", np.where(u < 0.75, "valid", "test"))
+    frame["semi_label"] = 0
+    write_manifest(frame, tmp_path / "split.csv")
+    cache = build_cache(
+        read_manifest(tmp_path / "split.csv"), tmp_path / "cache", PreprocessParams(size=64), workers=1, progress=False
+    )
+    run_training("tiny_vae", Path(cache["manifest"]), tmp_path / "run", progress=False, overrides=LOCALISATION)
+
+    cached = read_manifest(Path(cache["manifest"]))
+    test = cached[cached["split"] == "test"].reset_index(drop=True)
+    bank = load_image_bank(test, 64, workers=1, progress=False)
+    clean = prepare_eval(bank.images, bank.masks)
+    body = (bank.masks > 0).float()
+    trained = load_scorer(tmp_path / "run" / "artefact")
+    untrained = VAEScorer(new_vae(load_config("tiny_vae", LOCALISATION))).eval()
+    for kind in ("bright_bar", "screws"):
+        planted, changed = corrupt_batch(clean, body, np.random.default_rng(11), (kind,))
+        near = torch.nn.functional.max_pool2d(changed, 3, stride=1, padding=1)[:, 0].flatten(1) > 0
+        chance = ((near & (body[:, 0].flatten(1) > 0)).sum(1) / body.flatten(1).sum(1)).mean().item()
+        hits = {}
+        for name, scorer in (("trained", trained), ("untrained", untrained)):
+            peaks = scorer.heatmap(planted)[:, 0].flatten(1).argmax(dim=1)
+            hits[name] = near[torch.arange(len(peaks)), peaks].float().mean().item()
+        assert len(test) >= 25
+        assert hits["trained"] >= max(0.4, 5 * chance), f"{kind}: maximum on the planted pixels in {hits}"
+        assert hits["trained"] >= hits["untrained"] + 0.1, f"{kind}: training did not sharpen the map: {hits}"
