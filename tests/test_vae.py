@@ -204,3 +204,18 @@ def test_heatmap_maximum_falls_on_planted_metal_in_phantoms(phantoms: Path, tmp_
         assert len(test) >= 25
         assert hits["trained"] >= max(0.4, 5 * chance), f"{kind}: maximum on the planted pixels in {hits}"
         assert hits["trained"] >= hits["untrained"] + 0.1, f"{kind}: training did not sharpen the map: {hits}"
+
+
+def test_onnx_export_of_the_kld_score_passes_its_parity_check(tiny_data: Path, tmp_path: Path) -> None:
+    """The KL divergence is summed over the latent, so its scores run into the tens: the export's parity check
+    compares relative to that scale (absolute 1e-4 would refuse float32 rounding); the scores agree."""
+    from xrad.inference.export import export_onnx, onnx_scores, parity_batch
+    from xrad.inference.scoring import load_scorer
+
+    run_training("tiny_vae", tiny_data, tmp_path / "run", progress=False, overrides=["vae.score=kld"])
+    report = export_onnx(tmp_path / "run" / "artefact", tmp_path / "vae.onnx")
+    images, masks = parity_batch(32)
+    want = load_scorer(tmp_path / "run" / "artefact").score_batches(images, masks)["score"].numpy()
+    got = onnx_scores(tmp_path / "vae.onnx", images.numpy(), masks.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert report["max_abs_diff"] <= 1e-4 * max(1.0, float(np.abs(want).max()))
