@@ -42,23 +42,25 @@ def _randomise_bn(module: torch.nn.Module, seed: int) -> None:
             m.running_var.uniform_(0.5, 1.5, generator=g)
 
 
-@pytest.mark.parametrize("kind", ["mse", "l1", "topk"])
-def test_reconstruction_scorer_matches_numpy_and_survives_the_artefact(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "top_k_pixels"), [("mse", 0), ("l1", 0), ("topk", 0), ("topk", 30), ("l1_topk", 0), ("l1_topk", 30)]
+)
+def test_reconstruction_scorer_matches_numpy_and_survives_the_artefact(kind: str, top_k_pixels: int) -> None:
     torch.manual_seed(0)
     ae = build_autoencoder(32, head_dims=(512, 64, 16), bias=False, channels=(32, 16, 16, 8, 8)).eval()
     _randomise_bn(ae, 1)
-    scorer = ReconstructionScorer(ae, kind, top_k_fraction=0.1).eval()
+    scorer = ReconstructionScorer(ae, kind, top_k_fraction=0.1, top_k_pixels=top_k_pixels).eval()
     x = _masked_batch(0)
     with torch.no_grad():
         scores = scorer(x).numpy()
         recon = scorer.reconstruct(x).numpy()
     xn, support = x.numpy(), (x.numpy() > 0)
-    err = np.abs(recon - xn) if kind == "l1" else (recon - xn) ** 2
+    err = np.abs(recon - xn) if kind.startswith("l1") else (recon - xn) ** 2
     expected = []
     for i in range(len(xn)):
         inside = err[i][support[i]]
-        if kind == "topk":
-            k = int(np.ceil(0.1 * support[i].sum()))
+        if kind.endswith("topk"):
+            k = top_k_pixels or int(np.ceil(0.1 * support[i].sum()))
             expected.append(np.sort(inside)[::-1][:k].mean())
         else:
             expected.append(inside.mean())

@@ -17,7 +17,7 @@ from xrad.config import merge_overrides
 from xrad.errors import ConfigError
 from xrad.evaluation.statistics import significance_code
 from xrad.jobs.benchmark import RESULT_COLUMNS, run_benchmark
-from xrad.jobs.benchmark_grid import iter_cells, load_benchmark_config, resolve_method
+from xrad.jobs.benchmark_grid import iter_cells, load_benchmark_config, method_config, resolve_method
 
 
 @pytest.fixture()
@@ -391,3 +391,30 @@ def test_tiny_real_benchmark_end_to_end(tmp_path):
     assert table["n"].tolist() == [2, 2]
     page = render_report(config.output).read_text()
     assert page.count("data:image/png;base64,") >= 8 and "<td>tiny_uni</td>" in page
+
+
+def test_davletshina_ablation_grid_loads_and_runs_on_another_cache(tmp_path, toy_manifest, fake_run_training):
+    """benchmarks/davletshina/ablation.yaml: every method is a loadable config, and --manifest / -o point the
+    same grid at another preprocessing variant's cache without touching the first one's records."""
+    from xrad.methods.registry import load_config
+
+    path = Path(__file__).parents[1] / "benchmarks" / "davletshina" / "ablation.yaml"
+    bench = load_benchmark_config(path, output=tmp_path / "raw", manifest=toy_manifest)
+    assert bench.manifest == toy_manifest.resolve() and bench.output == tmp_path / "raw"
+    assert list(bench.methods) == ["ae_cpu", "ae_top200_cpu", "vae_cpu", "vae_kld_cpu"]
+    scores = {}
+    for label in bench.methods:
+        cfg = load_config(method_config(bench, iter_cells(bench)[list(bench.methods).index(label)]))
+        assert cfg.pretrain.epochs == 10
+        scores[label] = (cfg.method, cfg.section("ae" if cfg.method == "autoencoder" else "vae").score)
+    assert scores == {
+        "ae_cpu": ("autoencoder", "mse"),
+        "ae_top200_cpu": ("autoencoder", "topk"),
+        "vae_cpu": ("vae", "mse"),
+        "vae_kld_cpu": ("vae", "kld"),
+    }
+    assert load_config(method_config(bench, iter_cells(bench)[1])).section("ae").top_k_pixels == 200
+    bench.training_seeds = [0]
+    results = run_benchmark(bench, train=fake_run_training)
+    assert sorted(results["method"].unique()) == sorted(bench.methods)
+    assert json.loads((tmp_path / "raw" / "benchmark.json").read_text())["manifest"] == str(toy_manifest.resolve())

@@ -9,6 +9,7 @@ import torch
 from xrad.errors import ConfigError
 from xrad.losses import (
     balanced_deep_sad,
+    gaussian_kld,
     info_nce,
     masked_error_map,
     masked_mse,
@@ -16,6 +17,7 @@ from xrad.losses import (
     nearest_center,
     reconstruction_scores,
     supervised_contrastive,
+    vae_loss,
 )
 
 
@@ -210,8 +212,54 @@ def test_reconstruction_scores_match_numpy() -> None:
         k = max(1, int(np.ceil(frac * mask[i].sum())))
         want.append(vals[:k].mean() if len(vals) else 0.0)
     np.testing.assert_allclose(reconstruction_scores(*tr, kind="topk", top_k_fraction=frac).numpy(), want, rtol=1e-12)
+    # The paper's fixed-count form (k pixels, capped at the body part) for both pixel errors.
+    for kind, err in (("topk", sq), ("l1_topk", ab)):
+        for k_px in (5, 1000):
+            want = []
+            for i in range(3):
+                vals = np.sort(err[i][mask[i] > 0])[::-1]
+                want.append(vals[: max(1, min(k_px, len(vals)))].mean() if len(vals) else 0.0)
+            got = reconstruction_scores(*tr, kind=kind, top_k_fraction=0.5, top_k_pixels=k_px).numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+    with pytest.raises(ConfigError, match="top_k_pixels"):
+        reconstruction_scores(*tr, kind="topk", top_k_pixels=-1)
     emap = masked_error_map(*tr, kind="l1")
     assert emap.shape == (3, 1, 8, 10)
     np.testing.assert_allclose(emap.numpy(), ab * mask, rtol=1e-12)
     with pytest.raises(ConfigError):
         reconstruction_scores(*tr, kind="ssim")
+
+
+# ---------------------------------------------------------------- VAE
+def np_gaussian_kld(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(N(μ, σ²) ‖ N(0, 1)) summed over dimensions, from the densities: log(1/σ) + (σ² + μ²)/2 − 1/2."""
+    sigma2 = np.exp(logvar)
+    return (np.log(1.0 / np.sqrt(sigma2)) + (sigma2 + mu**2) / 2.0 - 0.5).sum(axis=1)
+
+
+def test_gaussian_kld_matches_numpy_and_is_zero_at_the_prior() -> None:
+    rng = np.random.default_rng(3)
+    mu, logvar = rng.normal(size=(4, 6)), rng.normal(scale=0.7, size=(4, 6))
+    got = gaussian_kld(torch.tensor(mu), torch.tensor(logvar)).numpy()
+    np.testing.assert_allclose(got, np_gaussian_kld(mu, logvar), rtol=1e-12)
+    assert (got > 0).all()
+    assert gaussian_kld(torch.zeros(2, 5), torch.zeros(2, 5)).abs().max().item() == 0.0
+    # A Monte-Carlo estimate E_q[log q(z) − log p(z)] agrees with the closed form (one row, 200k samples).
+    z = mu[0] + np.exp(0.5 * logvar[0]) * rng.normal(size=(200_000, 6))
+    log_q = -0.5 * (((z - mu[0]) ** 2) / np.exp(logvar[0]) + logvar[0] + np.log(2 * np.pi)).sum(axis=1)
+    log_p = -0.5 * (z**2 + np.log(2 * np.pi)).sum(axis=1)
+    assert (log_q - log_p).mean() == pytest.approx(got[0], rel=0.02)
+    with pytest.raises(ValueError):
+        gaussian_kld(torch.zeros(2, 5), torch.zeros(2, 4))
+
+
+def test_vae_loss_is_masked_mse_plus_weighted_kld_per_pixel() -> None:
+    recon, target, mask = _recon_batch()
+    rng = np.random.default_rng(4)
+    mu, logvar = rng.normal(size=(3, 7)), rng.normal(scale=0.5, size=(3, 7))
+    beta = 0.3
+    want = ((recon - target) ** 2 * mask).sum() / mask.sum() + beta * np_gaussian_kld(mu, logvar).mean() / (8 * 10)
+    got = vae_loss(*map(torch.tensor, (recon, target, mask, mu, logvar)), kld_weight=beta).item()
+    assert got == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ConfigError):
+        vae_loss(*map(torch.tensor, (recon, target, mask, mu, logvar)), kld_weight=-1.0)

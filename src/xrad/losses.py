@@ -28,6 +28,8 @@ __all__ = [
     "RECONSTRUCTION_KINDS",
     "masked_l1",
     "masked_reconstruction_loss",
+    "gaussian_kld",
+    "vae_loss",
     "instance_discrimination",
     "aggregation_loss",
     "salad_loss",
@@ -43,7 +45,8 @@ __all__ = [
     "real_probability",
 ]
 
-RECONSTRUCTION_KINDS = ("mse", "l1", "topk")
+# Pixel error (squared or absolute) × aggregation (mean over the mask, or mean of its top k pixels).
+RECONSTRUCTION_KINDS = ("mse", "l1", "topk", "l1_topk")
 
 
 def _f32(t: Tensor) -> Tensor:
@@ -169,38 +172,76 @@ def masked_mse(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 def masked_error_map(recon: Tensor, target: Tensor, mask: Tensor, kind: str = "mse") -> Tensor:
     """Per-pixel reconstruction error (B, 1, H, W) inside the mask (0 outside), averaged over channels.
 
-    ``kind`` "mse" and "topk" use the squared error, "l1" the absolute error. Used for heatmaps.
+    ``kind`` "mse" and "topk" use the squared error, "l1" and "l1_topk" the absolute error. Used for heatmaps.
     """
     _check_kind(kind)
     recon, target = _f32(recon), _f32(target)
     diff = recon - target
-    err = diff.abs() if kind == "l1" else diff.pow(2)
+    err = diff.abs() if kind.startswith("l1") else diff.pow(2)
     return err.mean(dim=1, keepdim=True) * mask.to(err.dtype)
 
 
 def reconstruction_scores(
-    recon: Tensor, target: Tensor, mask: Tensor, kind: str = "mse", top_k_fraction: float = 0.05
+    recon: Tensor,
+    target: Tensor,
+    mask: Tensor,
+    kind: str = "mse",
+    top_k_fraction: float = 0.05,
+    top_k_pixels: int = 0,
 ) -> Tensor:
     """Per-image anomaly scores (B,) from a reconstruction.
 
     - ``"mse"``: Σ(e²·m)/Σm per image (the per-image :func:`masked_mse`);
     - ``"l1"``: Σ(|e|·m)/Σm per image;
-    - ``"topk"``: mean of the k largest masked squared pixel errors, k = ⌈top_k_fraction·Σm⌉ (at least 1) — a
-      small lesion is not averaged away by a large well-reconstructed body part.
+    - ``"topk"`` / ``"l1_topk"``: mean of the k largest masked squared / absolute pixel errors — a small lesion
+      is not averaged away by a large well-reconstructed body part. k is ``top_k_pixels`` when it is > 0 (a
+      fixed count: Davletshina et al. use 200), else ⌈top_k_fraction·Σm⌉ (the fraction form); k is at least
+      1 and at most Σm (an image whose body part is smaller than k pixels gets its mean error).
     An image with an empty mask scores 0.
     """
     _check_kind(kind)
     err = masked_error_map(recon, target, mask, kind=kind).flatten(1)  # (B, P)
     m = mask.to(err.dtype).flatten(1)
     area = m.sum(dim=1)
-    if kind != "topk":
+    if not kind.endswith("topk"):
         return err.sum(dim=1) / area.clamp_min(1e-12)
-    if not 0.0 < top_k_fraction <= 1.0:
-        raise ConfigError(f"top_k_fraction must be in (0, 1] (got {top_k_fraction})")
-    k = torch.ceil(top_k_fraction * area).clamp(1, err.shape[1]).long()  # per-image k, (B,)
+    if top_k_pixels < 0:
+        raise ConfigError(f"top_k_pixels must be ≥ 0 (0: use top_k_fraction; got {top_k_pixels})")
+    if top_k_pixels > 0:
+        k = torch.minimum(area, torch.full_like(area, float(top_k_pixels)))
+    else:
+        if not 0.0 < top_k_fraction <= 1.0:
+            raise ConfigError(f"top_k_fraction must be in (0, 1] (got {top_k_fraction})")
+        k = torch.ceil(top_k_fraction * area)
+    k = k.clamp(1, err.shape[1]).long()  # per-image k, (B,)
     # Outside-mask errors are 0 and sort last, so the first k of each sorted row are the top in-mask errors.
     ranked = err.sort(dim=1, descending=True).values.cumsum(dim=1)
     return ranked.gather(1, (k - 1)[:, None]).squeeze(1) / k.to(err.dtype)
+
+
+# ------------------------------------------------------------------------------------------------ VAE
+def gaussian_kld(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) per sample (B,): −½ Σ_j (1 + log σ²_j − μ_j² − σ²_j) (Kingma & Welling,
+    App. B), the VAE's latent term and one of its image scores (Davletshina et al.). ``logvar`` is log σ²."""
+    if mu.shape != logvar.shape or mu.ndim != 2:
+        raise ValueError(f"mu and logvar must both be (B, D); got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+    mu, logvar = _f32(mu), _f32(logvar)
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+
+
+def vae_loss(
+    recon: Tensor, target: Tensor, mask: Tensor, mu: Tensor, logvar: Tensor, kld_weight: float = 1.0
+) -> Tensor:
+    """The VAE's training objective with the masked reconstruction loss of Davletshina et al.:
+    :func:`masked_mse` + β · mean_b KLD_b / P, with P the pixels of one image (H·W·C).
+
+    Dividing the KLD by P puts it on the per-pixel scale of the masked MSE, so β = 1 keeps the ratio of the
+    usual summed-error ELBO (Σ_i (x_i − x̂_i)² + KLD) whatever the image size.
+    """
+    if kld_weight < 0:
+        raise ConfigError(f"the VAE's kld_weight must be ≥ 0 (got {kld_weight})")
+    pixels = target[0].numel()
+    return masked_mse(recon, target, mask) + kld_weight * gaussian_kld(mu, logvar).mean() / pixels
 
 
 # ---------------------------------------------------------------------------------------------- SALAD

@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="benchmark YAML (methods, training_seeds, split_seeds, abnormal_ratios, data, overrides, output)",
     )
     parser.add_argument("-o", "--output", type=Path, default=None, help="output folder (overrides the config's)")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="data manifest (overrides the config's data.manifest), e.g. the same grid on caches preprocessed "
+        "differently (benchmarks/davletshina/ablation.yaml); give each its own -o",
+    )
     parser.add_argument("--progress", action="store_true", help="show the training progress bars of each cell")
     parser.add_argument("--report", action="store_true", help="render the HTML report when the grid is done")
     parser.add_argument(
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from xrad.config import merge_overrides, parse_override
     from xrad.jobs.benchmark import load_benchmark_config, run_benchmark
 
-    config = load_benchmark_config(args.config, output=args.output)
+    config = load_benchmark_config(args.config, output=args.output, manifest=args.manifest)
     if args.overrides:
         config.overrides = merge_overrides(config.overrides, dict(parse_override(text) for text in args.overrides))
     print(

@@ -22,6 +22,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write contact_sheet.png with K random images",
     )
     parser.add_argument("--limit", type=int_at_least(1), default=None, help="only the first N rows (for a quick look)")
+    ablation = parser.add_argument_group(
+        "ablation switches (Davletshina et al.: raw / carrier crop / crop + body mask, each ± equalisation)"
+    )
+    ablation.add_argument(
+        "--no-carrier-crop", action="store_true", help="keep the whole image (no carrier detection and crop)"
+    )
+    ablation.add_argument(
+        "--no-body-mask", action="store_true", help="no body-part segmentation: the mask is the whole image"
+    )
+    ablation.add_argument(
+        "--equalize",
+        choices=("none", "global", "clahe"),
+        default="none",
+        help="histogram equalisation inside the body part of the cached image (OpenCV)",
+    )
+    ablation.add_argument("--clahe-clip-limit", type=float, default=2.0, help="CLAHE clip limit (OpenCV's clipLimit)")
+    ablation.add_argument(
+        "--clahe-tile-grid", type=int_at_least(1), default=8, help="CLAHE tiles per side (OpenCV's tileGridSize)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +59,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.limit is not None:
         frame = frame.head(args.limit)
-    params = PreprocessParams(size=args.size)
+    params = PreprocessParams(
+        size=args.size,
+        carrier_crop=not args.no_carrier_crop,
+        body_mask=not args.no_body_mask,
+        equalize=args.equalize,
+        clahe_clip_limit=args.clahe_clip_limit,
+        clahe_tile_grid=args.clahe_tile_grid,
+    )
     summary = build_cache(frame, args.output, params, workers=args.workers)
     rate = summary["images_per_second"]
     cached = summary["images"] - summary["failed"]

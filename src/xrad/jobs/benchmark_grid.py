@@ -88,8 +88,11 @@ def _list(raw: dict[str, Any], key: str, kind: Callable[[Any], _T], where: str) 
         raise ConfigError(f"{where}: '{key}' must hold {kind.__name__} values, got {value!r}") from None
 
 
-def load_benchmark_config(path: str | Path, output: str | Path | None = None) -> BenchmarkConfig:
-    """Read and validate a benchmark YAML; ``output`` overrides its ``output`` entry."""
+def load_benchmark_config(
+    path: str | Path, output: str | Path | None = None, manifest: str | Path | None = None
+) -> BenchmarkConfig:
+    """Read and validate a benchmark YAML; ``output`` overrides its ``output`` entry and ``manifest`` its
+    ``data.manifest`` (both relative to the working directory, not to the YAML)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: benchmark config not found")
@@ -104,6 +107,8 @@ def load_benchmark_config(path: str | Path, output: str | Path | None = None) ->
         )
     base = path.resolve().parent
     data = raw.get("data") or {}
+    if manifest is not None:
+        data = {**data, "manifest": str(Path(manifest).resolve())}
     if not data.get("manifest"):
         raise ConfigError(f"{where}: data.manifest is required (an indexed, preprocessed manifest CSV)")
     bad = set(data) - {"manifest", "body_parts", *_SPLIT_KEYS}

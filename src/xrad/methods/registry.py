@@ -38,6 +38,7 @@ from xrad.methods.salad.config import SaladConfig, salad_checks
 from xrad.methods.supervised.config import SupervisedConfig
 from xrad.methods.synthetic.config import SyntheticConfig
 from xrad.methods.synthetic.config import image_size_checks as patch_size_checks
+from xrad.methods.vae.config import VAEConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from xrad.methods.base import Scorer
@@ -119,6 +120,15 @@ AUTOENCODER = StageSpec(
     sections={"ae": AEConfig},
     checks=image_size_checks,
 )
+VAE_STAGE = StageSpec(
+    "vae",
+    "xrad.methods.vae.stage",
+    "vae.safetensors",
+    reads=(*_SHARED_READS, "vae"),
+    schedule="pretrain",
+    sections={"vae": VAEConfig},
+    checks=image_size_checks,  # the same decoder: a multiple of 32
+)
 IMAGENET = StageSpec(
     "imagenet",
     "xrad.methods.imagenet.stage",
@@ -169,6 +179,7 @@ SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
 KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
 RECONSTRUCTION = ScorerRef("reconstruction", "xrad.methods.autoencoder.scorer:ReconstructionScorer")
 CLASSIFIER = ScorerRef("classifier", "xrad.methods.supervised.scorer:ClassifierScorer")
+VAE_SCORER = ScorerRef("vae", "xrad.methods.vae.scorer:VAEScorer")
 PATCH_SPHERE = ScorerRef("patch_sphere", "xrad.methods.multisphere.patch_scorer:PatchSphereScorer")
 PATCH_KNN = ScorerRef("patch_knn", "xrad.methods.knn.patch_scorer:PatchKnnScorer")
 PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
@@ -196,6 +207,12 @@ DETECTORS: dict[str, Detector] = {
             (("pretrain", AUTOENCODER),),
             (RECONSTRUCTION,),
             "masked-MSE convolutional autoencoder, reconstruction-error score",
+        ),
+        Detector(
+            "vae",
+            (("train", VAE_STAGE),),
+            (VAE_SCORER,),
+            "variational autoencoder (Davletshina et al.): masked MSE + KLD; reconstruction, top-k or KLD score",
         ),
         Detector(
             "deep_sad_ae",

@@ -15,7 +15,11 @@ Order of operations, on a float image in [0, 1]:
    ``uncropped``;
 3. ``low_contrast`` flag (scikit-image's test), then AutoContrast (1–99 % percentile stretch);
 4. body-part mask (:mod:`xrad.preprocess.segment`), binary 0/1; ``mask_fallback`` when none was found;
-5. major axis resized to ``size`` (area interpolation; nearest for the mask), centred zero padding.
+5. major axis resized to ``size`` (area interpolation; nearest for the mask), centred zero padding; then, if
+   asked, histogram equalisation inside the resized mask (:mod:`xrad.preprocess.equalise`).
+
+The ablation switches of :class:`PreprocessParams` skip step 2 (``carrier_crop``) or replace the mask of
+step 4 by the whole image (``body_mask``).
 
 ``meta["transform"]`` is the 3×3 matrix mapping source pixel coordinates to output coordinates, so
 masks, heatmaps and boxes can be mapped between the two.
@@ -29,7 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from xrad.preprocess.carrier import crop_homography, detect_carrier
+from xrad.preprocess.carrier import CarrierResult, crop_homography, detect_carrier
+from xrad.preprocess.equalise import equalise_inside
 from xrad.preprocess.params import PreprocessParams
 from xrad.preprocess.segment import NO_EVIDENCE, inversion_evidence, is_low_contrast, segment_body, stretch_contrast
 
@@ -95,7 +100,11 @@ def preprocess_image(
     inverted = evidence.inverted
     if inverted:
         gray = 255 - gray
-    carrier = detect_carrier(gray, params.carrier_min_area, params.carrier_max_cos)
+    carrier = (
+        detect_carrier(gray, params.carrier_min_area, params.carrier_max_cos)
+        if params.carrier_crop
+        else CarrierResult(None)
+    )
     h, w = gray.shape
     if carrier.polygon is None:
         crop_matrix, crop_w, crop_h = np.eye(3), w, h
@@ -111,7 +120,10 @@ def preprocess_image(
     )
     low_contrast = is_low_contrast(cropped, params.low_contrast_fraction)
     stretched = stretch_contrast(cropped, params.contrast_low, params.contrast_high)
-    mask, fallback, factor = segment_body(stretched, params)
+    factor: float | None = None  # the hysteresis factor of the segmentation (none without it)
+    mask, fallback = np.ones(stretched.shape, np.uint8), False
+    if params.body_mask:
+        mask, fallback, factor = segment_body(stretched, params)
     fit, new_h, new_w = resize_pad_matrix(out_h, out_w, params.size)
     top, left = int(fit[1, 2]), int(fit[0, 2])
     interpolation = cv2.INTER_AREA if max(out_h, out_w) > params.size else cv2.INTER_LINEAR
@@ -119,6 +131,8 @@ def preprocess_image(
     image[top : top + new_h, left : left + new_w] = cv2.resize(stretched, (new_w, new_h), interpolation=interpolation)
     out_mask = np.zeros((params.size, params.size), np.uint8)
     out_mask[top : top + new_h, left : left + new_w] = cv2.resize(mask, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+    # Equalised in the cache's frame, after the resize: exactly the pixels the mask keeps, nothing beside them.
+    image = equalise_inside(image, out_mask, params.equalize, params.clahe_clip_limit, params.clahe_tile_grid)
     transform = fit @ to_crop
     meta = {
         "inverted": int(inverted),
@@ -135,6 +149,7 @@ def preprocess_image(
         "carrier_candidates": len(carrier.candidates),
         "crop_polygon": None if carrier.polygon is None else np.round(carrier.polygon, 2).tolist(),
         "hysteresis_factor": factor,
+        "equalized": params.equalize,
         "source_shape": [h, w],
         "transform": np.round(transform, 9).tolist(),
     }

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from xrad.data.manifest import write_manifest
-from xrad.errors import DataError, XradError
+from xrad.errors import ConfigError, DataError, XradError
 from xrad.preprocess.params import PreprocessParams
 from xrad.utils.atomic import write_csv, write_json
 from xrad.utils.hashing import short_hash
@@ -75,7 +75,12 @@ def _check_params(cache: Path, params: PreprocessParams) -> None:
     params_path = cache / "params.json"
     if params_path.is_file():
         previous = json.loads(params_path.read_text(encoding="utf-8"))
-        if previous != params.to_dict():
+        # Through from_dict: a cache written before a parameter existed has that parameter's default.
+        try:
+            recorded = PreprocessParams.from_dict(previous).to_dict()
+        except (ConfigError, TypeError) as exc:
+            raise DataError(f"{params_path}: not usable by this xrad version ({exc}); use another -o folder") from None
+        if recorded != params.to_dict():
             raise DataError(
                 f"{cache}: this cache was made with other preprocessing parameters; use another -o folder or delete it"
             )

@@ -33,6 +33,11 @@ class PreprocessParams:
     (searched once per image at ``search_px``), an opening of radius ``opening_fraction`` × major axis,
     the largest component, holes smaller than ``max_hole_fraction`` of it filled.
     Output: major axis resized to ``size`` (the cache size, :mod:`xrad.config.sizes`) and padded to a square.
+    Ablation switches (Davletshina et al.: raw vs carrier crop vs crop + body mask, each ± histogram
+    equalisation): ``carrier_crop`` off keeps the whole image (no carrier search; flag ``uncropped``),
+    ``body_mask`` off makes the mask the whole image (every pixel is "body"), and ``equalize`` (``none``,
+    ``global`` or ``clahe`` with ``clahe_clip_limit`` and a ``clahe_tile_grid`` × ``clahe_tile_grid`` grid,
+    OpenCV's) equalises the body part of the resized image (:mod:`xrad.preprocess.equalise`).
     """
 
     size: int = 512
@@ -51,6 +56,11 @@ class PreprocessParams:
     search_px: int = 128
     opening_fraction: float = 0.01
     max_hole_fraction: float = 0.02
+    carrier_crop: bool = True
+    body_mask: bool = True
+    equalize: str = "none"
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: int = 8
 
     def __post_init__(self) -> None:
         if cache_size_problem(self.size):
@@ -75,6 +85,12 @@ class PreprocessParams:
             raise ConfigError("inversion_min_extrema/_texture/_tissue and inversion_margin_dark must be in [0, 1)")
         if not self.hysteresis_grid or not all(0.0 < f <= 1.0 for f in self.hysteresis_grid):
             raise ConfigError("hysteresis_grid must hold factors in (0, 1]")
+        if self.equalize not in ("none", "global", "clahe"):
+            raise ConfigError(f"equalize must be none, global or clahe, got {self.equalize!r}")
+        if not self.clahe_clip_limit > 0:
+            raise ConfigError(f"clahe_clip_limit must be > 0, got {self.clahe_clip_limit}")
+        if not 1 <= self.clahe_tile_grid <= 64:
+            raise ConfigError(f"clahe_tile_grid must be in [1, 64], got {self.clahe_tile_grid}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (tuples become lists)."""

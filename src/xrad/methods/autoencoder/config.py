@@ -18,14 +18,16 @@ class AEConfig:
 
     Its training schedule is the ``pretrain`` section (paper: 100 epochs, batch 16, Adam 1e-4, ×0.1 at
     70/90). ``score`` is the image score of the ``autoencoder`` detector: ``mse`` (masked mean squared
-    error), ``l1`` (masked mean absolute error) or ``topk`` (mean of the ``top_k_fraction`` largest masked
-    squared pixel errors).
+    error), ``l1`` (masked mean absolute error), ``topk`` / ``l1_topk`` (mean of the k largest masked squared /
+    absolute pixel errors: k = ``top_k_pixels`` when > 0 — Davletshina et al.'s "top-200" —, else the
+    ``top_k_fraction`` of the body part).
     """
 
     decode_from: str = "z"  # z: the 128-d head output is the bottleneck (Ruff et al.); h: the 512-d features
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 64, 32])
     score: str = "mse"
     top_k_fraction: float = 0.05
+    top_k_pixels: int = 0  # 0: the fraction form; Davletshina et al. use k = 200 pixels
     # Ruff et al. pre-train the AE on every training image; a reconstruction *detector* should not learn to
     # reconstruct the anomalies it is told about, so known abnormal rows (semi-label −1) are left out by default.
     exclude_known_abnormal: bool = True
@@ -38,6 +40,7 @@ class AEConfig:
         return [
             ("decode_from", self.decode_from in ("z", "h"), f"must be 'z' or 'h', got {self.decode_from!r}"),
             ("score", self.score in RECONSTRUCTION_KINDS, f"must be one of {RECONSTRUCTION_KINDS}, got {self.score!r}"),
+            ("top_k_pixels", self.top_k_pixels >= 0, f"must be ≥ 0 (0: the fraction form), got {self.top_k_pixels}"),
             ("top_k_fraction", 0.0 < self.top_k_fraction <= 1.0, f"must be in (0, 1], got {self.top_k_fraction}"),
             (
                 "decoder_channels",

@@ -61,11 +61,14 @@ class ReconstructionScorer(Scorer):
 
     kind: ClassVar[str] = "reconstruction"
 
-    def __init__(self, autoencoder: Autoencoder, score_kind: str = "mse", top_k_fraction: float = 0.05) -> None:
+    def __init__(
+        self, autoencoder: Autoencoder, score_kind: str = "mse", top_k_fraction: float = 0.05, top_k_pixels: int = 0
+    ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.score_kind = str(score_kind)
         self.top_k_fraction = float(top_k_fraction)
+        self.top_k_pixels = int(top_k_pixels)
 
     def reconstruct(self, images: Tensor) -> Tensor:
         """The reconstruction (B, 1, S, S) of prepared images."""
@@ -76,11 +79,17 @@ class ReconstructionScorer(Scorer):
         """Image scores (B,) from the masked error; no sphere."""
         recon = self.reconstruct(images)
         return reconstruction_scores(
-            recon, images, input_support(images), kind=self.score_kind, top_k_fraction=self.top_k_fraction
+            recon,
+            images,
+            input_support(images),
+            kind=self.score_kind,
+            top_k_fraction=self.top_k_fraction,
+            top_k_pixels=self.top_k_pixels,
         ), None
 
     def heatmap(self, images: Tensor) -> Tensor:
-        """The per-pixel reconstruction error inside the body part (B, 1, S, S) (squared, or absolute for L1)."""
+        """The per-pixel reconstruction error inside the body part (B, 1, S, S) (absolute for the L1 scores,
+        squared otherwise)."""
         with torch.no_grad():
             recon = self.reconstruct(images)
             return masked_error_map(recon, images, input_support(images), kind=self.score_kind)
@@ -94,11 +103,14 @@ class ReconstructionScorer(Scorer):
         """Autoencoder weights (``ae.*``); the architecture and score kind as arguments."""
         tensors = {_AE + k: v for k, v in self.autoencoder.state_dict().items()}
         args = autoencoder_args(self.autoencoder)
-        args.update(score_kind=self.score_kind, top_k_fraction=self.top_k_fraction)
+        args.update(score_kind=self.score_kind, top_k_fraction=self.top_k_fraction, top_k_pixels=self.top_k_pixels)
         return tensors, args
 
     @classmethod
     def from_artefact(cls, tensors: dict[str, Tensor], args: dict[str, Any]) -> ReconstructionScorer:
         """Rebuild from an artefact's tensors and scorer arguments."""
         state = {k[len(_AE) :]: v for k, v in tensors.items() if k.startswith(_AE)}
-        return cls(autoencoder_from(state, args), args["score_kind"], args["top_k_fraction"])
+        # Artefacts written before top_k_pixels existed used the fraction form (0).
+        return cls(
+            autoencoder_from(state, args), args["score_kind"], args["top_k_fraction"], args.get("top_k_pixels", 0)
+        )

@@ -53,7 +53,7 @@ class AutoencoderResult:
     def scorer(self, config: Config) -> ReconstructionScorer:
         """The autoencoder with the configured image score."""
         ae: AEConfig = config.section("ae")
-        return ReconstructionScorer(self.autoencoder, ae.score, ae.top_k_fraction)
+        return ReconstructionScorer(self.autoencoder, ae.score, ae.top_k_fraction, ae.top_k_pixels)
 
 
 def new_autoencoder(config: Config) -> Autoencoder:
@@ -95,7 +95,12 @@ class AEModule(StageModule):
     def score(self, x: Tensor) -> Tensor:
         """The configured image score of prepared images."""
         return reconstruction_scores(
-            self.autoencoder(x)[0], x, input_support(x), kind=self.ae.score, top_k_fraction=self.ae.top_k_fraction
+            self.autoencoder(x)[0],
+            x,
+            input_support(x),
+            kind=self.ae.score,
+            top_k_fraction=self.ae.top_k_fraction,
+            top_k_pixels=self.ae.top_k_pixels,
         )
 
     def epoch_end(self) -> dict[str, float]:

@@ -1,0 +1,2 @@
+"""The variational autoencoder (Davletshina et al.): its config section, its reconstruction / KLD scorer and its
+training stage."""
