@@ -1,0 +1,249 @@
+"""What keeps the scoring service responsive under load: bounded scoring, budgets, upload timeouts, quiet logs.
+
+- **Bounded scoring** (:class:`ScoringPool`): decoding and scoring run in a dedicated pool of ``workers``
+  threads, off the event loop, so ``/health`` and uploads in progress are never starved. At most
+  ``workers + queue`` requests are admitted; one more is answered 503 at once with a ``Retry-After`` header
+  (the expected wait). The queue is short by default (one per worker) so an admitted request waits for at
+  most one other image: it is answered within about twice its unloaded time, or refused.
+- **Per-request budgets**: an image declaring more than ``max_pixels`` is refused (413) from its header,
+  before decoding. A request still unanswered after ``time_budget_s`` gets 504; the work it started stops
+  at the next step boundary (:func:`check_time`, called between preparing, scoring and drawing the
+  heatmap) and a request whose time ran out while queued never starts, so an over-budget image cannot keep
+  the workers from the others.
+- **Upload timeouts**: the body must arrive within ``upload_timeout_s`` and never pause longer than
+  ``upload_idle_s`` (408, connection closed): a stalled or trickling client cannot hold a connection and its
+  buffer forever. At most ``max_uploads`` bodies are read at once (503 beyond).
+- **Quiet**: a client that disconnects is one info line, not a traceback; the access log keeps the path
+  without the query string (a ``body_part`` value may carry anything a user typed, a patient name included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import HTTPException, Request
+from starlette.requests import ClientDisconnect
+
+__all__ = [
+    "ClientGone",
+    "OverTimeBudget",
+    "ScoringPool",
+    "ServiceLimits",
+    "check_time",
+    "hide_query_strings",
+    "read_body",
+    "uvicorn_server",
+]
+
+log = logging.getLogger("xrad.service")
+T = TypeVar("T")
+
+# The monotonic time by which the current scoring job must be done (None outside a job).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("xrad_service_deadline", default=None)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """The service's load limits (``xrad serve`` options of the same names); see the module docstring."""
+
+    workers: int = 1  # 2 cores: torch already uses both for one image
+    queue: int = 1
+    max_pixels: int = 25_000_000  # a 43x43 cm plate at 0.1 mm is ~18.5 Mpx
+    time_budget_s: float = 30.0
+    upload_timeout_s: float = 60.0
+    upload_idle_s: float = 10.0
+    max_uploads: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "max_pixels", "max_uploads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ServiceLimits.{name} must be >= 1, got {getattr(self, name)}")
+        if self.queue < 0:
+            raise ValueError(f"ServiceLimits.queue must be >= 0, got {self.queue}")
+        for name in ("time_budget_s", "upload_timeout_s", "upload_idle_s"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"ServiceLimits.{name} must be a finite number > 0, got {value}")
+
+
+class OverTimeBudget(Exception):
+    """Raised inside a scoring job whose request has run out of time (the request is already answered 504)."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its upload was complete."""
+
+
+def check_time(step: str) -> None:
+    """Stop the current scoring job before ``step`` when its request's time budget is spent.
+
+    Long steps call this at their boundaries; outside a job (``xrad score``, tests) it does nothing."""
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise OverTimeBudget(step)
+
+
+class ScoringPool:
+    """A fixed pool of scoring threads with an admission limit (see the module docstring)."""
+
+    def __init__(self, limits: ServiceLimits) -> None:
+        self.limits = limits
+        self.capacity = limits.workers + limits.queue
+        self._admitted = 0  # running + waiting
+        self._lock = threading.Lock()  # jobs are released from the pool's threads
+        self._executor = ThreadPoolExecutor(limits.workers, thread_name_prefix="xrad-score")
+        self._seconds_per_job = 1.0  # running mean, for Retry-After
+
+    @property
+    def admitted(self) -> int:
+        """Requests running or waiting for a worker."""
+        return self._admitted
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: the queue ahead divided among the workers."""
+        ahead = self._admitted / self.limits.workers
+        return max(1, math.ceil(ahead * self._seconds_per_job))
+
+    async def run(self, job: Callable[[], T]) -> T:
+        """Run ``job()`` in the pool within the time budget: 503 when full, 504 when over time."""
+        with self._lock:
+            full = self._admitted >= self.capacity
+            if not full:
+                self._admitted += 1
+        if full:
+            raise HTTPException(
+                503,
+                f"the service is busy ({self.capacity} images being scored or queued); retry after the "
+                "Retry-After seconds",
+                headers={"Retry-After": str(self.retry_after())},
+            )
+        budget = self.limits.time_budget_s
+        context = contextvars.copy_context()
+        context.run(_DEADLINE.set, time.monotonic() + budget)
+        started = time.monotonic()
+
+        def release(_: object) -> None:
+            with self._lock:
+                self._admitted -= 1
+                self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.monotonic() - started)
+
+        # The slot is freed when the thread is really done (or the job is cancelled before it started),
+        # not when the request gives up: the number of images in memory stays bounded.
+        future = self._executor.submit(context.run, job)
+        future.add_done_callback(release)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), budget)
+        except (asyncio.TimeoutError, OverTimeBudget):
+            future.cancel()  # never starts if it was still queued
+            log.warning("a request exceeded the time budget of %g s", budget)
+            raise HTTPException(
+                504,
+                f"scoring took longer than this service's time budget of {budget:g} s; send a smaller image "
+                "or retry when the service is less busy",
+            ) from None
+
+    def shutdown(self) -> None:
+        """Stop the threads (queued jobs are dropped)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class UploadGate:
+    """Counts bodies being received, so a flood of slow uploads is refused (503) instead of buffered."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+
+async def read_body(request: Request, limit: int, limits: ServiceLimits, gate: UploadGate) -> bytes:
+    """The request body within the size limit (413), the upload timeouts (408) and the upload count (503).
+
+    A client disconnect raises :class:`ClientGone` (answered quietly by the app)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(
+            413,
+            f"upload is {int(declared)} bytes, above the limit of {limit} bytes; "
+            "send a smaller image or raise --max-upload-mb",
+        )
+    if gate.active >= gate.limit:
+        raise HTTPException(
+            503,
+            f"the service is receiving {gate.active} uploads already; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+    gate.active += 1
+    try:
+        return await _receive(request, limit, limits)
+    finally:
+        gate.active -= 1
+
+
+async def _receive(request: Request, limit: int, limits: ServiceLimits) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    deadline = time.monotonic() + limits.upload_timeout_s
+    stream = request.stream().__aiter__()
+    while True:
+        wait = min(limits.upload_idle_s, deadline - time.monotonic())
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(wait, 0.0))
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            overall = time.monotonic() >= deadline
+            raise HTTPException(
+                408,
+                f"the upload {'did not complete within' if overall else 'paused for more than'} "
+                f"{limits.upload_timeout_s if overall else limits.upload_idle_s:g} s; send the file again",
+                headers={"Connection": "close"},
+            ) from None
+        except ClientDisconnect:
+            raise ClientGone() from None
+        total += len(chunk)
+        if total > limit:
+            raise HTTPException(
+                413, f"upload is above the limit of {limit} bytes; send a smaller image or raise --max-upload-mb"
+            )
+        chunks.append(chunk)
+
+
+class _NoQueryString(logging.Filter):
+    """Drops the query string from uvicorn's access-log lines (its 3rd argument is the path with query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+        return True
+
+
+def hide_query_strings(logger_name: str = "uvicorn.access") -> None:
+    """Install the query-string filter on the access logger (idempotent)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _NoQueryString) for f in logger.filters):
+        logger.addFilter(_NoQueryString())
+
+
+def uvicorn_server(app: Any, host: str, port: int, limits: ServiceLimits, log_level: str = "info") -> Any:
+    """The uvicorn server ``xrad serve`` runs: access log without query strings, connections bounded.
+
+    Connections beyond the admitted uploads plus the scoring capacity (and room for ``/health``) get
+    uvicorn's own 503 before any work is done; idle keep-alive connections close after 5 s."""
+    import uvicorn
+
+    connections = limits.max_uploads + limits.workers + limits.queue + 32
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, limit_concurrency=connections, timeout_keep_alive=5
+    )
+    hide_query_strings()  # after Config, which (re)configures the loggers
+    return uvicorn.Server(config)
