@@ -116,8 +116,8 @@ def _decode(data: bytes, allow_truncated: bool, max_pixels: int) -> Radiograph:
     try:  # the declared size is checked from the header, before any pixel is decoded
         radiograph = decode_radiograph(data, _UPLOAD_NAME, max_pixels=max_pixels)
     except ImageReadError as exc:
-        if _BOMB_GUARD in exc.reason:
-            size = exc.reason.split(", above", 1)[0]
+        if _BOMB_GUARD in exc.reason or "decompression-bomb" in exc.reason:
+            size = exc.reason.split(", above", 1)[0] if _BOMB_GUARD in exc.reason else "is too large to decode"
             raise HTTPException(
                 413,
                 f"the image {size}: above this service's per-request budget of {max_pixels} pixels; "
