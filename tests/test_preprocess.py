@@ -108,6 +108,26 @@ def test_failure_is_recorded_and_run_continues(phantoms, tmp_path):
     assert len(out) == 6 and out["cache_path"].map(lambda p: Path(p).is_file()).all()
 
 
+def test_an_empty_manifest_is_one_clear_error(tmp_path):
+    """Was ``KeyError: 'failed'`` from the table step when no image was listed (an empty or header-only CSV)."""
+    from xrad.errors import DataError
+
+    for frame in (pd.DataFrame({"path": []}), pd.DataFrame(columns=["path", "body_part", "split", "label"])):
+        with pytest.raises(DataError, match="the manifest has no rows"):
+            build_cache(frame, tmp_path / "cache", PARAMS, workers=1, progress=False)
+
+
+@pytest.mark.parametrize("shape", [(1, 300), (300, 1), (1, 5000), (2, 3000), (1, 1), (1, 2)])
+def test_one_pixel_high_or_wide_images_preprocess(shape):
+    """A 1xN image made the body-mask search's small copy 0 px high (an OpenCV resize assertion); every thin
+    image now gives the square output, a mask of its size and finite values."""
+    pixels = np.random.default_rng(0).random(shape).astype(np.float32)
+    result = preprocess_image(pixels, PARAMS)
+    assert result.image.shape == result.mask.shape == (256, 256)
+    assert set(np.unique(result.mask)) <= {0, 1} and result.mask.any()
+    assert result.meta["source_shape"] == list(shape)
+
+
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
     skip = {"timings.csv", "manifest.csv"}
     return {

@@ -186,17 +186,29 @@ def test_create_app_with_any_callable_and_no_operating_point() -> None:
 
 
 def test_an_image_the_model_cannot_be_fed_is_422_and_degenerate_ones_are_flagged(tiny_artefact, tmp_path) -> None:
-    """A 1-pixel-high image made OpenCV assert inside preprocessing: HTTP 500. Now 422 naming the problem; a
-    1x1 or all-black image that can be scored is answered with its degenerate reason."""
+    """A 1-pixel-high image made OpenCV assert inside preprocessing: HTTP 500. Preprocessing handles it now
+    (scored, flagged tiny); an image that cannot be prepared is 422 naming the problem; a 1x1 or all-black
+    image that can be scored is answered with its degenerate reason."""
     from conftest import make_tiny_artefact
 
+    from xrad.errors import ImageReadError
     from xrad.preprocess import PreprocessParams
 
     pre = make_tiny_artefact(tmp_path / "pre", preprocessing=PreprocessParams().to_dict())
     client = fastapi_testclient.TestClient(app_from_artefact(pre), raise_server_exceptions=False)
     response = client.post("/score", content=png_bytes(shape=(1, 300)))
-    assert response.status_code == 422, response.text
-    assert response.json()["detail"].startswith("cannot score the image: cannot be prepared for the model")
+    assert response.status_code == 200, response.text
+    assert response.json()["image"]["degenerate"].startswith("tiny image (300x1 px")
+
+    def unpreparable(radiograph, want_heatmap, body_part):
+        raise ImageReadError("<upload>", "cannot be prepared for the model (error: an OpenCV assertion)")
+
+    refused = fastapi_testclient.TestClient(create_app(unpreparable)).post("/score", content=png_bytes())
+    assert refused.status_code == 422
+    assert (
+        refused.json()["detail"]
+        == "cannot score the image: cannot be prepared for the model (error: an OpenCV assertion)"
+    )
     plain = fastapi_testclient.TestClient(app_from_artefact(tiny_artefact))
     tiny = plain.post("/score", content=png_bytes(shape=(1, 1)))
     assert tiny.status_code == 200 and tiny.json()["image"]["degenerate"].startswith("tiny image (1x1 px")

@@ -98,6 +98,8 @@ def build_cache(
     from tqdm.auto import tqdm
 
     params = params or PreprocessParams()
+    if len(frame) == 0:  # else the tables below have no columns to select (a KeyError, not a message)
+        raise DataError(f"{cache_dir}: the manifest has no rows; index some images with `xrad index` first")
     cache = Path(cache_dir).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     _check_params(cache, params)
