@@ -4,7 +4,8 @@ Starts ``xrad serve ARTEFACT`` in a subprocess (its own limits: ``--serve-arg=--
 options through), measures normal uploads one at a time (unloaded), then at once: ``--requests`` normal
 uploads from ``--concurrency`` clients, one near-limit 16-bit PNG declaring ``--near-limit-px`` squared
 (compressed to ~100 kB), ``--stalled`` uploads that send their headers and a few bytes and then stall, and a
-``/health`` poll every 50 ms. Prints ``/health`` latency (max, p95), normal-upload latency unloaded vs
+``/health`` poll every 50 ms; a client answered 503 waits its ``Retry-After`` (at most ``--max-backoff``
+seconds) before its next upload. Prints ``/health`` latency (max, p95), normal-upload latency unloaded vs
 loaded, the share answered within 2x the unloaded median, how many 503s, what became of the near-limit
 image and the stalled uploads, the server's peak RSS (``VmHWM``) and any traceback in its log.
 
@@ -119,6 +120,9 @@ def main() -> int:
     parser.add_argument("--near-limit-px", type=int, default=7700, help="side of the near-limit 16-bit PNG (0: none)")
     parser.add_argument("--upload-px", type=int, default=512, help="side of a normal upload")
     parser.add_argument("--unloaded", type=int, default=15, help="normal uploads one at a time, first")
+    parser.add_argument(
+        "--max-backoff", type=float, default=5.0, help="longest pause of a client after a 503 (its Retry-After)"
+    )
     parser.add_argument("--serve-arg", action="append", default=[], help="option passed to xrad serve (repeat)")
     args = parser.parse_args()
 
@@ -170,13 +174,16 @@ def main() -> int:
                     if index is None:
                         return
                     tick = time.perf_counter()
+                    retry_after = 0.0
                     try:
-                        status = client.post("/score", content=uploads[index % len(uploads)]).status_code
+                        answer = client.post("/score", content=uploads[index % len(uploads)])
+                        status = answer.status_code
+                        retry_after = float(answer.headers.get("Retry-After", 0))
                     except httpx.HTTPError:
                         status = -1
                     loaded.append((status, time.perf_counter() - tick))
-                    if status == 503:
-                        time.sleep(float(rng.uniform(0.0, 0.2)))  # keep the pressure on, without a busy loop
+                    if status == 503:  # a well-behaved client: back off for about the time the server asked
+                        time.sleep(min(args.max_backoff, retry_after) * float(rng.uniform(0.5, 1.0)))
 
         near: list[tuple[int, float, str]] = []
 

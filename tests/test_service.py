@@ -562,3 +562,50 @@ def test_real_server_keeps_query_strings_out_of_the_access_log_and_disconnects_q
     assert all("?" not in line and "Doe" not in line for line in lines), lines
     assert not any(record.exc_info for record in records), lines
     assert "a client disconnected during its upload" in lines
+
+
+def test_a_large_image_in_progress_turns_small_ones_away_instead_of_making_them_wait() -> None:
+    """The queue has room, but the work ahead (a 4 Mpx image) is far longer than a small image's own: a small
+    upload gets 503 at once with a Retry-After covering that work, not a wait of many times its own time."""
+    import asyncio
+
+    import httpx
+
+    release, started = threading.Event(), threading.Event()
+
+    def predict(radiograph, want_heatmap, body_part):
+        if radiograph.pixels.size > 1_000_000:
+            started.set()
+            assert release.wait(10)
+        return {"score": 0.5, "sphere": None, "heatmap_png": None, "heatmap_on": None}
+
+    app = _stub_app(predict, workers=1, queue=3)
+    large = io.BytesIO()
+    Image.fromarray(np.zeros((2000, 2000), np.uint8)).save(large, format="PNG")
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            big = asyncio.create_task(http.post("/score", content=large.getvalue()))
+            for _ in range(500):
+                if started.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            small = await http.post("/score", content=png_bytes())
+            release.set()
+            done = await big
+            return done, small, await http.post("/score", content=png_bytes())
+
+    big, small, after = _run(scenario())
+    assert small.status_code == 503 and int(small.headers["Retry-After"]) >= 2  # 4.5 units x 0.5 s
+    assert big.status_code == 200 and after.status_code == 200  # once it is done, small ones are served
+
+
+def test_the_heatmap_overlay_is_drawn_at_most_heatmap_px(tiny_artefact) -> None:
+    from xrad.service.limits import ServiceLimits
+
+    client = fastapi_testclient.TestClient(app_from_artefact(tiny_artefact, limits=ServiceLimits(heatmap_px=40)))
+    body = client.post("/score", content=png_bytes(shape=(96, 72))).json()
+    png = base64.b64decode(body["heatmap_png"].split(",", 1)[1])
+    assert Image.open(io.BytesIO(png)).size == (30, 40)  # the same aspect, major axis 40
+    assert body["image"]["width"] == 72 and body["image"]["height"] == 96  # the image itself as uploaded

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="seconds an upload may pause (408 after)",
     )
+    load.add_argument(
+        "--heatmap-px", type=int_at_least(16), default=1024, help="largest side of the returned heatmap overlay"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget,
         upload_timeout_s=args.upload_timeout,
         upload_idle_s=args.upload_idle,
+        heatmap_px=args.heatmap_px,
     )
     app = app_from_artefact(
         args.artefact,

@@ -25,6 +25,7 @@ Upload handling (why each step):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import threading
 import time
@@ -32,12 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
 from xrad.data.io import Radiograph, decode_radiograph, sniff_format
 from xrad.errors import ImageReadError
 from xrad.inference.artefact import ArtefactMeta, meta_of
+from xrad.inference.heatmaps import Explanation
 from xrad.inference.input import check_complete
 from xrad.service.limits import (
     ClientGone,
@@ -45,6 +48,7 @@ from xrad.service.limits import (
     ServiceLimits,
     UploadGate,
     check_time,
+    declared_pixels,
     read_body,
 )
 
@@ -199,7 +203,7 @@ def create_app(
             except ImageReadError as exc:  # decoded but cannot be prepared for the model: the client's file
                 raise HTTPException(422, f"cannot score the image: {exc.reason}") from None
 
-        radiograph, result = await pool.run(job)
+        radiograph, result = await pool.run(job, declared_pixels(data))
         value = float(result["score"])
         flagged = None if point is None else bool(value >= float(point["threshold"]))
         png = result.get("heatmap_png")
@@ -237,13 +241,14 @@ def create_app(
 
 
 def artefact_predictor(
-    artefact_dir: str | Path, device: str = "cpu", *, allow_truncated: bool = False
+    artefact_dir: str | Path, device: str = "cpu", *, allow_truncated: bool = False, heatmap_px: int = 1024
 ) -> tuple[Predict, ArtefactMeta]:
     """A :data:`Predict` over an artefact folder, and the artefact's metadata. Images are prepared by
     :func:`xrad.inference.input.prepare_input` (as :func:`~xrad.inference.heatmaps.explain_pixels` does) and
     explained by :func:`~xrad.inference.heatmaps.explain_input`, with a time-budget check between the steps;
     a truncated radiograph is refused unless ``allow_truncated``. An unusable image size or preprocessing is
-    refused here, at start-up, not per upload."""
+    refused here, at start-up, not per upload. The overlay is drawn with its major axis at most
+    ``heatmap_px`` (the same picture, scaled: the page shows it at screen size)."""
     from xrad.inference.heatmaps import explain_input
     from xrad.inference.input import prepare_input
     from xrad.inference.scoring import load_scorer
@@ -261,7 +266,8 @@ def artefact_predictor(
         with lock:
             result = explain_input(scorer, model_input, heatmap=want_heatmap)
         if want_heatmap:
-            check_time("drawing the heatmap")  # the overlay PNG of a large image is the slowest step
+            check_time("drawing the heatmap")
+            result = _at_most(result, heatmap_px)  # a full-size overlay of a large image took seconds
         return {
             "score": result.score,
             "sphere": result.sphere if result.sphere >= 0 else None,
@@ -273,6 +279,20 @@ def artefact_predictor(
     return predict, meta
 
 
+def _at_most(result: Explanation, side: int) -> Explanation:
+    """The explanation with its base image and heatmap scaled down so the major axis is at most ``side``."""
+    import cv2
+
+    height, width = result.base.shape
+    scale = side / max(height, width)
+    if scale >= 1:
+        return result
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    base = cv2.resize(result.base, size, interpolation=cv2.INTER_AREA)
+    heat = cv2.resize(np.ascontiguousarray(result.heat, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
+    return dataclasses.replace(result, base=base, heat=heat)
+
+
 def app_from_artefact(
     artefact_dir: str | Path,
     *,
@@ -282,7 +302,10 @@ def app_from_artefact(
     limits: ServiceLimits | None = None,
 ) -> FastAPI:
     """The service for one artefact folder (its operating point decides ``flagged``)."""
-    predict, meta = artefact_predictor(artefact_dir, device, allow_truncated=allow_truncated)
+    limits = limits or ServiceLimits()
+    predict, meta = artefact_predictor(
+        artefact_dir, device, allow_truncated=allow_truncated, heatmap_px=limits.heatmap_px
+    )
     info = {
         "method": meta.method,
         "scorer": meta.scorer_kind,

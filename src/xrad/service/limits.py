@@ -1,10 +1,11 @@
 """What keeps the scoring service responsive under load: bounded scoring, budgets, upload timeouts, quiet logs.
 
 - **Bounded scoring** (:class:`ScoringPool`): decoding and scoring run in a dedicated pool of ``workers``
-  threads, off the event loop, so ``/health`` and uploads in progress are never starved. At most
-  ``workers + queue`` requests are admitted; one more is answered 503 at once with a ``Retry-After`` header
-  (the expected wait). The queue is short by default (one per worker) so an admitted request waits for at
-  most one other image: it is answered within about twice its unloaded time, or refused.
+  threads, off the event loop, so ``/health`` and uploads in progress are never starved. A request that
+  cannot start at once waits only when fewer than ``queue`` wait and the work ahead of it (estimated from
+  the images' declared sizes) is no longer than its own: it is answered within about twice its unloaded
+  time, or refused at once with 503 and a ``Retry-After`` header (the expected wait). A large image in
+  progress therefore turns small ones away instead of making them wait behind it.
 - **Per-request budgets**: an image declaring more than ``max_pixels`` is refused (413) from its header,
   before decoding. A request still unanswered after ``time_budget_s`` gets 504; the work it started stops
   at the next step boundary (:func:`check_time`, called between preparing, scoring and drawing the
@@ -39,6 +40,7 @@ __all__ = [
     "ScoringPool",
     "ServiceLimits",
     "check_time",
+    "declared_pixels",
     "hide_query_strings",
     "read_body",
     "uvicorn_server",
@@ -62,9 +64,10 @@ class ServiceLimits:
     upload_timeout_s: float = 60.0
     upload_idle_s: float = 10.0
     max_uploads: int = 64
+    heatmap_px: int = 1024  # the overlay's major axis at most: drawing it at 9 Mpx took longer than scoring
 
     def __post_init__(self) -> None:
-        for name in ("workers", "max_pixels", "max_uploads"):
+        for name in ("workers", "max_pixels", "max_uploads", "heatmap_px"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ServiceLimits.{name} must be >= 1, got {getattr(self, name)}")
         if self.queue < 0:
@@ -92,53 +95,92 @@ def check_time(step: str) -> None:
         raise OverTimeBudget(step)
 
 
+class _Job:
+    """One admitted request: its estimated cost and when a worker took it (None while queued)."""
+
+    def __init__(self, estimate: float) -> None:
+        self.estimate = estimate
+        self.started: float | None = None
+
+    def remaining(self, now: float) -> float:
+        return self.estimate if self.started is None else max(0.0, self.estimate - (now - self.started))
+
+
 class ScoringPool:
-    """A fixed pool of scoring threads with an admission limit (see the module docstring)."""
+    """A fixed pool of scoring threads with an admission rule (see the module docstring).
+
+    A request is admitted when a worker is free, or, to wait, when fewer than ``queue`` wait already and
+    the work ahead of it (the estimated remaining time of the admitted images, shared by the workers) is
+    no longer than its own estimated time: it is then answered within about twice its unloaded time.
+    Estimates are per megapixel (plus a fixed half megapixel for the per-request overhead), learned
+    from the images scored so far.
+    """
 
     def __init__(self, limits: ServiceLimits) -> None:
         self.limits = limits
         self.capacity = limits.workers + limits.queue
-        self._admitted = 0  # running + waiting
+        self._jobs: set[_Job] = set()  # running + waiting
         self._lock = threading.Lock()  # jobs are released from the pool's threads
         self._executor = ThreadPoolExecutor(limits.workers, thread_name_prefix="xrad-score")
-        self._seconds_per_job = 1.0  # running mean, for Retry-After
+        self._seconds_per_unit = 0.5  # running mean of seconds / (megapixels + 0.5)
 
     @property
     def admitted(self) -> int:
         """Requests running or waiting for a worker."""
-        return self._admitted
+        return len(self._jobs)
+
+    def _units(self, pixels: int) -> float:
+        return pixels / 1e6 + 0.5
+
+    def _wait(self, now: float) -> float:
+        """Estimated seconds before a worker is free for a new request."""
+        return sum(job.remaining(now) for job in self._jobs) / self.limits.workers
 
     def retry_after(self) -> int:
-        """Seconds until a slot is likely free: the queue ahead divided among the workers."""
-        ahead = self._admitted / self.limits.workers
-        return max(1, math.ceil(ahead * self._seconds_per_job))
-
-    async def run(self, job: Callable[[], T]) -> T:
-        """Run ``job()`` in the pool within the time budget: 503 when full, 504 when over time."""
+        """Seconds until a worker is likely free (the Retry-After of a 503)."""
         with self._lock:
-            full = self._admitted >= self.capacity
-            if not full:
-                self._admitted += 1
-        if full:
+            return max(1, math.ceil(self._wait(time.monotonic())))
+
+    def _admit(self, pixels: int) -> _Job | None:
+        with self._lock:
+            now = time.monotonic()
+            job = _Job(self._seconds_per_unit * self._units(pixels))
+            if len(self._jobs) < self.limits.workers or (
+                len(self._jobs) < self.capacity and self._wait(now) <= job.estimate
+            ):
+                self._jobs.add(job)
+                return job
+            return None
+
+    async def run(self, job: Callable[[], T], pixels: int = 0) -> T:
+        """Run ``job()`` (an image of ``pixels``, 0 when unknown) in the pool within the time budget: 503
+        when it would wait too long, 504 when over time."""
+        admitted = self._admit(pixels)
+        if admitted is None:
             raise HTTPException(
                 503,
-                f"the service is busy ({self.capacity} images being scored or queued); retry after the "
-                "Retry-After seconds",
+                "the service is busy (images being scored or queued); retry after the Retry-After seconds",
                 headers={"Retry-After": str(self.retry_after())},
             )
         budget = self.limits.time_budget_s
         context = contextvars.copy_context()
         context.run(_DEADLINE.set, time.monotonic() + budget)
-        started = time.monotonic()
+        units = self._units(pixels)
+
+        def timed() -> T:
+            admitted.started = time.monotonic()
+            return job()
 
         def release(_: object) -> None:
             with self._lock:
-                self._admitted -= 1
-                self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.monotonic() - started)
+                self._jobs.discard(admitted)
+                if admitted.started is not None:
+                    seconds = time.monotonic() - admitted.started
+                    self._seconds_per_unit = 0.7 * self._seconds_per_unit + 0.3 * seconds / units
 
         # The slot is freed when the thread is really done (or the job is cancelled before it started),
         # not when the request gives up: the number of images in memory stays bounded.
-        future = self._executor.submit(context.run, job)
+        future = self._executor.submit(context.run, timed)
         future.add_done_callback(release)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), budget)
@@ -154,6 +196,26 @@ class ScoringPool:
     def shutdown(self) -> None:
         """Stop the threads (queued jobs are dropped)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def declared_pixels(data: bytes) -> int:
+    """The pixel count an image's header declares (0 when it cannot be read: decoding will say why).
+
+    Header only (Pillow opens lazily; DICOM stops before the pixel data), cheap enough for the event loop."""
+    import io
+
+    try:
+        if data[128:132] == b"DICM":
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.size[0]) * int(image.size[1])
+    except Exception:  # any damaged header: the decoder's one-line reason comes later
+        return 0
 
 
 class UploadGate:
