@@ -103,7 +103,12 @@ class _Job:
         self.started: float | None = None
 
     def remaining(self, now: float) -> float:
-        return self.estimate if self.started is None else max(0.0, self.estimate - (now - self.started))
+        """Estimated seconds left. A job past its estimate was underestimated (large images cost more per
+        pixel than small ones): it is taken to need half as long again as it has run so far."""
+        if self.started is None:
+            return self.estimate
+        elapsed = now - self.started
+        return max(self.estimate - elapsed, 0.5 * elapsed)
 
 
 class ScoringPool:
