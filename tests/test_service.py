@@ -315,8 +315,10 @@ def _run(coroutine):
 
 
 def test_scoring_is_bounded_full_means_503_with_retry_after_and_health_stays_fast() -> None:
-    """1 worker + 1 queued: a 3rd concurrent upload is refused at once with Retry-After, /health answers
-    while the worker is busy, and the two admitted uploads are answered when the worker is free."""
+    """1 worker + 1 place to wait. An image whose wait would exceed half its own estimated time (0.5 s per
+    megapixel + 0.5 s at first) is refused at once; once the running one is nearly done a second waits;
+    with both places taken the next upload gets 503 before its body is read, with Retry-After, while
+    /health still answers; the admitted images are answered when the worker is free."""
     import asyncio
 
     import httpx
@@ -329,31 +331,41 @@ def test_scoring_is_bounded_full_means_503_with_retry_after_and_health_stays_fas
         return {"score": 0.5, "sphere": None, "heatmap_png": None, "heatmap_on": None}
 
     app = _stub_app(slow, workers=1, queue=1)
+    megapixel = io.BytesIO()
+    Image.fromarray(np.zeros((1000, 1000), np.uint8)).save(megapixel, format="PNG")  # estimated 0.75 s
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            first = asyncio.create_task(http.post("/score", content=png_bytes()))
-            second = asyncio.create_task(http.post("/score", content=png_bytes(seed=1)))
-            for _ in range(200):
-                busy = (await http.get("/health")).json()["busy"]
-                if busy["scoring"] == 2 and started.is_set():
+            first = asyncio.create_task(http.post("/score", content=megapixel.getvalue()))
+            for _ in range(500):
+                if started.is_set():
                     break
                 await asyncio.sleep(0.01)
-            assert busy == {"scoring": 2, "capacity": 2, "uploads": 0}
+            at_once = await http.post("/score", content=megapixel.getvalue())  # 0.75 s ahead > 0.375 s
+            await asyncio.sleep(0.42)  # now ~0.3 s ahead: <= half its own 0.75 s, so it may wait
+            second = asyncio.create_task(http.post("/score", content=megapixel.getvalue()))
+            for _ in range(200):
+                busy = (await http.get("/health")).json()["busy"]
+                if busy["scoring"] == 2:
+                    break
+                await asyncio.sleep(0.01)
             tick = time.perf_counter()
             third = await http.post("/score", content=png_bytes(seed=2))
             health = await http.get("/health")
             waited = time.perf_counter() - tick
             release.set()
-            return await first, await second, third, health, waited, (await http.get("/health")).json()["busy"]
+            results = await first, await second
+            return at_once, busy, third, health, waited, results, (await http.get("/health")).json()["busy"]
 
-    first, second, third, health, waited, after = _run(scenario())
+    at_once, busy, third, health, waited, (first, second), after = _run(scenario())
+    assert at_once.status_code == 503 and int(at_once.headers["Retry-After"]) >= 1
+    assert busy == {"scoring": 2, "capacity": 2, "uploads": 0}
     assert third.status_code == 503 and "busy" in third.json()["detail"]
-    assert int(third.headers["Retry-After"]) >= 1
+    assert int(third.headers["Retry-After"]) >= 1 and third.headers["Connection"] == "close"
     assert health.status_code == 200 and waited < 1.0  # refused and health answered while scoring is blocked
     assert first.status_code == 200 and second.status_code == 200
-    assert after["scoring"] == 0  # both slots were given back
+    assert after["scoring"] == 0  # both places were given back
 
 
 def test_a_request_over_its_time_budget_gets_504_and_stops_without_blocking_the_next() -> None:

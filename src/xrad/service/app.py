@@ -188,6 +188,7 @@ def create_app(
     async def score(request: Request, heatmap: bool = True, body_part: str | None = None) -> dict[str, Any]:
         """Score one uploaded image (multipart field ``file`` or the raw body)."""
         started = time.perf_counter()
+        pool.refuse_if_full()
         try:
             data = await _upload_bytes(request, max_upload_bytes, limits, uploads)
         except ClientGone:  # nobody to answer: one quiet line, no traceback
