@@ -219,15 +219,27 @@ def test_old_artefact_fixtures_round_trip_when_present() -> None:
         assert _round_trip(data) == data, path
 
 
-def test_a_preprocessing_or_resize_failure_is_the_images_one_line_error(tiny_artefact: Path, tmp_path: Path) -> None:
+def test_a_preprocessing_or_resize_failure_is_the_images_one_line_error(
+    tiny_artefact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """OpenCV's own assertion (a 1-pixel-high image inside preprocessing) escaped as cv2.error and stopped a
-    batch; it is now an ImageReadError naming the file. Degenerate but usable images carry their reason."""
+    batch. Preprocessing handles that image now (flagged tiny); any such failure left is an ImageReadError
+    naming the file. Degenerate but usable images carry their reason."""
+    import cv2
     from conftest import make_tiny_artefact
 
+    import xrad.preprocess
     from xrad.preprocess import PreprocessParams
 
     Image.fromarray(np.full((1, 300), 90, np.uint8)).save(tmp_path / "row.png")
     pre = make_tiny_artefact(tmp_path / "pre", preprocessing=PreprocessParams().to_dict())
+    row = prepare_input(tmp_path / "row.png", read_meta(pre).input_spec())
+    assert row.degenerate.startswith("tiny image (300x1 px") and tuple(row.image.shape) == (1, 64, 64)
+
+    def asserting(*args, **kwargs):
+        raise cv2.error("OpenCV(5.0.0) resize.cpp:4223: error: (-215:Assertion failed) !dsize.empty()")
+
+    monkeypatch.setattr(xrad.preprocess, "preprocess_image", asserting)
     with pytest.raises(ImageReadError, match=r"row.png: cannot be prepared for the model \(error: OpenCV") as info:
         prepare_input(tmp_path / "row.png", read_meta(pre).input_spec())
     assert "\n" not in str(info.value)

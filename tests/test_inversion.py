@@ -157,6 +157,21 @@ def test_cache_passes_dicom_polarity_on(white_background, tmp_path: Path) -> Non
     assert meta.loc["mono1.dcm", "inverted"] == 0 and meta.loc["mono1.dcm", "polarity_from"] == "dicom"
     assert meta.loc["same.png", "inverted"] == 1 and meta.loc["same.png", "polarity_from"] == "image"
     assert summary["inverted"] == 1
+    # Scoring a raw file (xrad score without a cache, the service) takes the polarity from the DICOM the
+    # same way: each file's model input equals the one made from its cached image.
+    from xrad.inference.artefact import InputSpec
+    from xrad.inference.input import CachedImage, prepare_input
+
+    spec = InputSpec(64, PARAMS)
+    rows = pd.read_csv(tmp_path / "cache" / "manifest.csv")
+    rows.index = rows["path"].map(lambda p: Path(p).name)
+    direct = {}
+    for name in ("mono2.dcm", "mono1.dcm", "same.png"):
+        cached = prepare_input(CachedImage(rows.loc[name, "cache_path"], rows.loc[name, "mask_path"]), spec)
+        direct[name] = prepare_input(tmp_path / name, spec)
+        assert np.array_equal(direct[name].image.numpy(), cached.image.numpy()), name
+        assert np.array_equal(direct[name].mask.numpy(), cached.mask.numpy()), name
+    assert not np.array_equal(direct["mono1.dcm"].image.numpy(), direct["same.png"].image.numpy())
 
 
 def test_flat_image_has_no_evidence_and_is_left_alone() -> None:

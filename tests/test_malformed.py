@@ -327,6 +327,7 @@ def test_score_with_a_preprocessing_artefact_turns_opencv_failures_into_rows(
             assert np.isfinite(row["score"])
     outcome = dict(zip(kinds, scored["error"], strict=True))
     assert outcome["good-png"] == "" and outcome["good-dicom"] == "" and "window" in outcome["dicom-window-width-0"]
+    assert outcome["one-by-n"] == outcome["n-by-one"] == ""  # preprocessing handles them now (flagged tiny)
 
 
 # ------------------------------------------------------------------------------------------------ worklist

@@ -108,6 +108,55 @@ def test_failure_is_recorded_and_run_continues(phantoms, tmp_path):
     assert len(out) == 6 and out["cache_path"].map(lambda p: Path(p).is_file()).all()
 
 
+def test_a_replaced_image_is_preprocessed_again(phantoms, tmp_path):
+    """The cache was keyed by path only: replace an image, re-run, and the old pixels stayed. A record now
+    holds its source's SHA-256; a changed file is redone, the unchanged ones are skipped."""
+    import shutil
+
+    frame = index_source(phantoms).sort_values("path").head(3).reset_index(drop=True)
+    copies = []
+    for i, source in enumerate(frame["path"]):
+        copies.append(tmp_path / f"image{i}.png")
+        shutil.copyfile(source, copies[-1])
+    frame["path"] = [str(c) for c in copies]
+    first = build_cache(frame, tmp_path / "cache", PARAMS, workers=1, progress=False)
+    assert first["processed"] == 3
+    out = read_manifest(tmp_path / "cache" / "manifest.csv")
+    before = [(tmp_path / "cache" / "images" / Path(c).name).read_bytes() for c in out["cache_path"]]
+    shutil.copyfile(index_source(phantoms).sort_values("path")["path"].iloc[5], copies[1])  # same path, new image
+    again = build_cache(frame, tmp_path / "cache", PARAMS, workers=1, progress=False)
+    assert again["processed"] == 1 and again["skipped"] == 2
+    after = [Path(c).read_bytes() for c in out["cache_path"]]
+    assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1]
+    fresh = build_cache(frame.iloc[[1]], tmp_path / "fresh", PARAMS, workers=1, progress=False)
+    fresh_path = read_manifest(fresh["manifest"])["cache_path"].iloc[0]
+    assert Path(fresh_path).read_bytes() == after[1]  # exactly what a new cache makes of the new file
+    meta = pd.read_csv(tmp_path / "cache" / "metadata.csv")
+    from xrad.utils.hashing import sha256_file
+
+    assert sorted(meta["source_sha256"]) == sorted(sha256_file(c) for c in copies)
+
+
+def test_an_empty_manifest_is_one_clear_error(tmp_path):
+    """Was ``KeyError: 'failed'`` from the table step when no image was listed (an empty or header-only CSV)."""
+    from xrad.errors import DataError
+
+    for frame in (pd.DataFrame({"path": []}), pd.DataFrame(columns=["path", "body_part", "split", "label"])):
+        with pytest.raises(DataError, match="the manifest has no rows"):
+            build_cache(frame, tmp_path / "cache", PARAMS, workers=1, progress=False)
+
+
+@pytest.mark.parametrize("shape", [(1, 300), (300, 1), (1, 5000), (2, 3000), (1, 1), (1, 2)])
+def test_one_pixel_high_or_wide_images_preprocess(shape):
+    """A 1xN image made the body-mask search's small copy 0 px high (an OpenCV resize assertion); every thin
+    image now gives the square output, a mask of its size and finite values."""
+    pixels = np.random.default_rng(0).random(shape).astype(np.float32)
+    result = preprocess_image(pixels, PARAMS)
+    assert result.image.shape == result.mask.shape == (256, 256)
+    assert set(np.unique(result.mask)) <= {0, 1} and result.mask.any()
+    assert result.meta["source_shape"] == list(shape)
+
+
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
     skip = {"timings.csv", "manifest.csv"}
     return {

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from xrad.cli.options import float_at_least, int_in
+from xrad.cli.options import float_at_least, int_at_least, int_in
 
 _LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -29,22 +29,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score truncated files from what decodes (default: refuse them with 422)",
     )
     parser.add_argument("--device", default="cpu", help="torch device for scoring")
+    load = parser.add_argument_group("load limits (see xrad.service.limits)")
+    load.add_argument("--workers", type=int_at_least(1), default=1, help="images scored at the same time")
+    load.add_argument(
+        "--queue",
+        type=int_at_least(0),
+        default=1,
+        help="images waiting for a worker; more get 503 with Retry-After (default 1: an answer within ~2x)",
+    )
+    load.add_argument(
+        "--max-megapixels",
+        type=float_at_least(0.0, strict=True),
+        default=25.0,
+        help="largest image accepted per request, from its header (413 above)",
+    )
+    load.add_argument(
+        "--time-budget",
+        type=float_at_least(0.0, strict=True),
+        default=30.0,
+        help="seconds a request may take once its upload is in, queueing included (504 after)",
+    )
+    load.add_argument(
+        "--upload-timeout",
+        type=float_at_least(0.0, strict=True),
+        default=60.0,
+        help="seconds an upload may take in all (408 after)",
+    )
+    load.add_argument(
+        "--upload-idle",
+        type=float_at_least(0.0, strict=True),
+        default=10.0,
+        help="seconds an upload may pause (408 after)",
+    )
+    load.add_argument(
+        "--heatmap-px", type=int_at_least(16), default=1024, help="largest side of the returned heatmap overlay"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the artefact and serve it until interrupted."""
     import logging
 
-    import uvicorn
-
     from xrad.service.app import app_from_artefact
+    from xrad.service.limits import ServiceLimits, uvicorn_server
 
     _check_device_and_port(args.device, args.host, args.port)
+    limits = ServiceLimits(
+        workers=args.workers,
+        queue=args.queue,
+        max_pixels=max(1, int(args.max_megapixels * 1_000_000)),
+        time_budget_s=args.time_budget,
+        upload_timeout_s=args.upload_timeout,
+        upload_idle_s=args.upload_idle,
+        heatmap_px=args.heatmap_px,
+    )
     app = app_from_artefact(
         args.artefact,
         device=args.device,
         allow_truncated=args.allow_truncated,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        limits=limits,
     )
     if args.host not in _LOCAL:
         print(
@@ -54,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     # One line per scored upload (sizes, score, time; never names or DICOM tags) next to uvicorn's access log.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     print(f"serving {args.artefact} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn_server(app, args.host, args.port, limits).run()
     return 0
 
 

@@ -11,8 +11,9 @@ through :func:`prepare_input`, which applies, for every artefact alike:
 2. the truncated-file rule: a raw file of which only part decodes is refused with an
    :class:`~xrad.errors.ImageReadError` naming it (:func:`check_complete`) — a score of a partial image
    would be confident and meaningless. ``allow_truncated=True`` (the service's option) accepts it;
-3. preprocessing with the artefact's parameters (:class:`~xrad.inference.artefact.InputSpec`); cached rows
-   are preprocessed already; without parameters the image is rounded to 8 bits, as the training banks do;
+3. preprocessing with the artefact's parameters (:class:`~xrad.inference.artefact.InputSpec`), a DICOM's
+   polarity taken from its Photometric Interpretation as the cache does; cached rows are preprocessed
+   already; without parameters the image is rounded to 8 bits, as the training banks do;
 4. the one resize (:func:`xrad.data.model_input.resize_image_and_mask`).
 
 The result also carries what a heatmap needs to be drawn where the model looked: the image the input was
@@ -180,9 +181,10 @@ def prepare_input(
         return _guarded(source.cache_path, lambda: _from_cache(base, mask, spec))
     if isinstance(source, (str, Path)):
         source = read_radiograph(source, max_pixels=max_pixels)
+    photometric = None  # bare pixels: polarity unknown, so preprocessing decides it from the image
     if isinstance(source, Radiograph):
         pixels = check_complete(source, allow_truncated).pixels
-        name = source.meta.path
+        name, photometric = source.meta.path, source.meta.photometric
     else:
         pixels, name = np.asarray(source), "<pixels>"
     if pixels.ndim != 2:
@@ -190,7 +192,7 @@ def prepare_input(
     _check_pixels(name, pixels.shape[1], pixels.shape[0], max_pixels, "raise max_pixels if trusted")
     if pixels.size == 0:
         raise ImageReadError(name, "image has no pixels; re-export it")
-    return _guarded(name, lambda: _from_pixels(pixels, spec, body_part))
+    return _guarded(name, lambda: _from_pixels(pixels, spec, body_part, photometric))
 
 
 def _guarded(name: str, build: Callable[[], ModelInput]) -> ModelInput:
@@ -218,7 +220,7 @@ def _from_cache(base: np.ndarray, mask: np.ndarray | None, spec: InputSpec) -> M
     return ModelInput(image, model_mask, base, None, None, degenerate_reason(base, mask))
 
 
-def _from_pixels(pixels: np.ndarray, spec: InputSpec, body_part: str | None) -> ModelInput:
+def _from_pixels(pixels: np.ndarray, spec: InputSpec, body_part: str | None, photometric: str | None) -> ModelInput:
     from xrad.data.model_input import degenerate_reason, resize_image_and_mask
 
     degenerate = degenerate_reason(pixels)
@@ -228,7 +230,9 @@ def _from_pixels(pixels: np.ndarray, spec: InputSpec, body_part: str | None) -> 
         return ModelInput(image, model_mask, original, None, original, degenerate)
     from xrad.preprocess import preprocess_image
 
-    result = preprocess_image(pixels, spec.preprocessing, body_part=body_part)
+    # As the cache does (xrad.preprocess.cache): a DICOM's pixels are already in display convention
+    # (MONOCHROME1 inverted by the reader), so its polarity is taken as read, never guessed again.
+    result = preprocess_image(pixels, spec.preprocessing, body_part=body_part, photometric=photometric)
     base = np.asarray(result.image, dtype=np.uint8)
     image, model_mask = resize_image_and_mask(base, np.asarray(result.mask), spec.image_size)
     transform = result.meta.get("transform")

@@ -11,6 +11,10 @@ Layout of ``CACHE``::
     manifest.csv          the input manifest + cache_path, mask_path and the flags; failed rows left out
     contact_sheet.png     with --visualize K
 
+An image is done when its record exists *and* records the SHA-256 of the file's current content: an image
+replaced under the same path (or a record from before content hashes were kept) is preprocessed again, so
+stale pixels are never served from the cache.
+
 Every file is written atomically and every table is rebuilt, sorted, from the per-image records, so a run
 killed at any point and started again produces byte-identical outputs (timings.csv aside). A failing image
 is recorded (its record says why) and never stops the run.
@@ -30,7 +34,7 @@ from xrad.data.manifest import write_manifest
 from xrad.errors import ConfigError, DataError, XradError
 from xrad.preprocess.params import PreprocessParams
 from xrad.utils.atomic import write_csv, write_json
-from xrad.utils.hashing import short_hash
+from xrad.utils.hashing import sha256_file, short_hash
 from xrad.utils.processes import die_with_parent
 
 FLAG_COLUMNS = ("uncropped", "inverted", "inversion_uncertain", "low_contrast", "mask_fallback", "truncated")
@@ -39,6 +43,25 @@ FLAG_COLUMNS = ("uncropped", "inverted", "inversion_uncertain", "low_contrast", 
 def cache_key(path: str) -> str:
     """A stable, readable file key: the image stem plus a hash of its absolute path."""
     return f"{Path(path).stem}_{short_hash(path)}"
+
+
+def _content_hash(path: str) -> str:
+    """SHA-256 of the file's content; "" when it cannot be hashed (not a regular file, unreadable): the
+    reader then records why."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""
+
+
+def _up_to_date(record_path: Path, path: str) -> bool:
+    """True when the image's record exists and was made from the file's current content."""
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # absent (not done yet) or unreadable (redo it)
+    recorded = record.get("source_sha256")
+    return bool(recorded) and recorded == _content_hash(path)
 
 
 def _process_one(task: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
@@ -52,6 +75,7 @@ def _process_one(task: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
     record: dict[str, Any] = {"key": key, "path": path}
     start = time.perf_counter()
     try:
+        record["source_sha256"] = _content_hash(path)
         radiograph = read_radiograph(path)
         result = preprocess_image(
             radiograph.pixels,
@@ -103,6 +127,8 @@ def build_cache(
     from tqdm.auto import tqdm
 
     params = params or PreprocessParams()
+    if len(frame) == 0:  # else the tables below have no columns to select (a KeyError, not a message)
+        raise DataError(f"{cache_dir}: the manifest has no rows; index some images with `xrad index` first")
     cache = Path(cache_dir).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     _check_params(cache, params)
@@ -118,7 +144,7 @@ def build_cache(
     todo = [
         (p, str(b), str(cache), params.to_dict())
         for p, b, k in zip(frame["path"], body_parts, keys)
-        if not (cache / "meta" / f"{k}.json").is_file()
+        if not _up_to_date(cache / "meta" / f"{k}.json", p)
     ]
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -229,7 +229,10 @@ def segment_body(gray: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray
     threshold = float(filters.threshold_yen(equalised))  # type: ignore[no-untyped-call]  # skimage: unannotated
     # Search the factor cheaply on a small copy; only the winner is computed at full size.
     scale = min(1.0, params.search_px / max(gray.shape))
-    small_gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    # An explicit size of at least 1 px a side: scaling by ``fx``/``fy`` rounds a 1-pixel-high (1xN)
+    # image's short side to 0, which OpenCV refuses with an assertion.
+    small_size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+    small_gray = cv2.resize(gray, small_size, interpolation=cv2.INTER_AREA) if scale < 1 else gray
     small_eq = exposure.equalize_hist(small_gray)  # type: ignore[no-untyped-call]  # skimage: unannotated
     small_radius = max(1, int(round(params.opening_fraction * max(small_gray.shape))))
     best_factor, best_corr = params.hysteresis_grid[0], -np.inf

@@ -25,6 +25,7 @@ Upload handling (why each step):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import threading
 import time
@@ -32,14 +33,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from xrad.data.io import Radiograph, decode_radiograph, sniff_format
 from xrad.errors import ImageReadError
 from xrad.inference.artefact import ArtefactMeta, meta_of
+from xrad.inference.heatmaps import Explanation
 from xrad.inference.input import check_complete
+from xrad.service.limits import (
+    ClientGone,
+    ScoringPool,
+    ServiceLimits,
+    UploadGate,
+    check_time,
+    declared_pixels,
+    read_body,
+)
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "Predict", "app_from_artefact", "artefact_predictor", "create_app"]
 
@@ -47,6 +58,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Room for multipart boundaries and part headers on top of the file itself.
 _MULTIPART_SLACK = 64 * 1024
 _UPLOAD_NAME = "<upload>"  # used in place of the client's filename in every message
+_BOMB_GUARD = "(decompression-bomb guard)"  # the reader's wording when a declared size is over max_pixels
 STATIC = Path(__file__).with_name("static")
 log = logging.getLogger("xrad.service")
 
@@ -55,32 +67,12 @@ log = logging.getLogger("xrad.service")
 Predict = Callable[[Radiograph, bool, "str | None"], dict[str, Any]]
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(
-            413,
-            f"upload is {int(declared)} bytes, above the limit of {limit} bytes; "
-            "send a smaller image or raise --max-upload-mb",
-        )
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise HTTPException(
-                413, f"upload is above the limit of {limit} bytes; send a smaller image or raise --max-upload-mb"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _upload_bytes(request: Request, limit: int) -> bytes:
+async def _upload_bytes(request: Request, limit: int, limits: ServiceLimits, gate: UploadGate) -> bytes:
     """The uploaded file: the ``file`` field of a multipart form, or the raw body otherwise."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        return await _read_body(request, limit)
-    body = await _read_body(request, limit + _MULTIPART_SLACK)
+        return await read_body(request, limit, limits, gate)
+    body = await read_body(request, limit + _MULTIPART_SLACK, limits, gate)
     sent = False
 
     async def replay() -> dict[str, Any]:
@@ -116,14 +108,25 @@ async def _upload_bytes(request: Request, limit: int) -> bytes:
     return data
 
 
-def _decode(data: bytes, allow_truncated: bool) -> Radiograph:
+def _check_type(data: bytes) -> None:
+    """Cheap refusals on the event loop, before a scoring slot is taken."""
     if not data:
         raise HTTPException(422, "upload is empty (0 bytes); choose an image file")
     if sniff_format(data) is None:
         raise HTTPException(415, "unsupported file type (by content): send a PNG, JPEG, TIFF or DICOM image")
-    try:
-        radiograph = decode_radiograph(data, _UPLOAD_NAME)
+
+
+def _decode(data: bytes, allow_truncated: bool, max_pixels: int) -> Radiograph:
+    try:  # the declared size is checked from the header, before any pixel is decoded
+        radiograph = decode_radiograph(data, _UPLOAD_NAME, max_pixels=max_pixels)
     except ImageReadError as exc:
+        if _BOMB_GUARD in exc.reason or "decompression-bomb" in exc.reason:
+            size = exc.reason.split(", above", 1)[0] if _BOMB_GUARD in exc.reason else "is too large to decode"
+            raise HTTPException(
+                413,
+                f"the image {size}: above this service's per-request budget of {max_pixels} pixels; "
+                "send a downsampled image (or restart the service with a larger --max-megapixels)",
+            ) from None
         raise HTTPException(422, f"cannot decode the image: {exc.reason}") from None
     try:  # before any predict callable sees it, so the rule holds for every back-end
         return check_complete(radiograph, allow_truncated)
@@ -138,12 +141,15 @@ def create_app(
     operating_point: dict[str, Any] | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     allow_truncated: bool = False,
+    limits: ServiceLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app around a scoring callable.
 
     ``predict(radiograph, want_heatmap, body_part)`` returns ``score`` (float), ``sphere`` (int or None),
     ``heatmap_png`` (bytes or None) and ``heatmap_on`` (``original``/``preprocessed``). ``info`` is shown by
-    ``/health``; ``operating_point`` (as stored by ``xrad calibrate``) decides ``flagged``.
+    ``/health``; ``operating_point`` (as stored by ``xrad calibrate``) decides ``flagged``. ``limits``
+    bound the work in flight (:mod:`xrad.service.limits`); ``predict`` runs in their scoring pool and may
+    call :func:`~xrad.service.limits.check_time` between its steps.
     """
     from xrad import __version__
 
@@ -152,6 +158,9 @@ def create_app(
     if operating_point:
         point = {k: v for k, v in operating_point.items() if k != "study"}  # one upload = one image
     page = (STATIC / "index.html").read_text(encoding="utf-8")
+    limits = limits or ServiceLimits()
+    pool = ScoringPool(limits)
+    uploads = UploadGate(limits.max_uploads)
     app = FastAPI(
         title="xrad scoring service",
         version=__version__,
@@ -159,15 +168,16 @@ def create_app(
     )
 
     @app.get("/", response_class=HTMLResponse)
-    def index() -> HTMLResponse:
+    async def index() -> HTMLResponse:
         """The upload page."""
         return HTMLResponse(page)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness plus what is being served."""
+    async def health() -> dict[str, Any]:
+        """Liveness plus what is being served; answered on the event loop, never behind scoring."""
         return {
             "status": "ok",
+            "busy": {"scoring": pool.admitted, "capacity": pool.capacity, "uploads": uploads.active},
             "xrad_version": __version__,
             "max_upload_bytes": max_upload_bytes,
             "operating_point": point,
@@ -178,12 +188,23 @@ def create_app(
     async def score(request: Request, heatmap: bool = True, body_part: str | None = None) -> dict[str, Any]:
         """Score one uploaded image (multipart field ``file`` or the raw body)."""
         started = time.perf_counter()
-        data = await _upload_bytes(request, max_upload_bytes)
-        radiograph = await run_in_threadpool(_decode, data, allow_truncated)
+        pool.refuse_if_full()
         try:
-            result = await run_in_threadpool(predict, radiograph, heatmap, body_part)
-        except ImageReadError as exc:  # the image decoded but cannot be prepared for the model: the client's file
-            raise HTTPException(422, f"cannot score the image: {exc.reason}") from None
+            data = await _upload_bytes(request, max_upload_bytes, limits, uploads)
+        except ClientGone:  # nobody to answer: one quiet line, no traceback
+            log.info("a client disconnected during its upload")
+            return Response(status_code=499)  # type: ignore[return-value]
+        _check_type(data)
+
+        def job() -> tuple[Radiograph, dict[str, Any]]:
+            radiograph = _decode(data, allow_truncated, limits.max_pixels)
+            check_time("scoring")
+            try:
+                return radiograph, predict(radiograph, heatmap, body_part)
+            except ImageReadError as exc:  # decoded but cannot be prepared for the model: the client's file
+                raise HTTPException(422, f"cannot score the image: {exc.reason}") from None
+
+        radiograph, result = await pool.run(job, declared_pixels(data))
         value = float(result["score"])
         flagged = None if point is None else bool(value >= float(point["threshold"]))
         png = result.get("heatmap_png")
@@ -216,28 +237,38 @@ def create_app(
             "method": info.get("method"),
         }
 
+    app.router.on_shutdown.append(pool.shutdown)
     return app
 
 
 def artefact_predictor(
-    artefact_dir: str | Path, device: str = "cpu", *, allow_truncated: bool = False
+    artefact_dir: str | Path, device: str = "cpu", *, allow_truncated: bool = False, heatmap_px: int = 1024
 ) -> tuple[Predict, ArtefactMeta]:
     """A :data:`Predict` over an artefact folder, and the artefact's metadata. Images are prepared by
-    :func:`xrad.inference.input.prepare_input` (through :func:`~xrad.inference.heatmaps.explain_pixels`);
-    a truncated radiograph is refused there unless ``allow_truncated``."""
-    from xrad.inference.heatmaps import explain_pixels
+    :func:`xrad.inference.input.prepare_input` (as :func:`~xrad.inference.heatmaps.explain_pixels` does) and
+    explained by :func:`~xrad.inference.heatmaps.explain_input`, with a time-budget check between the steps;
+    a truncated radiograph is refused unless ``allow_truncated``. An unusable image size or preprocessing is
+    refused here, at start-up, not per upload. The overlay is drawn with its major axis at most
+    ``heatmap_px`` (the same picture, scaled: the page shows it at screen size)."""
+    from xrad.inference.heatmaps import explain_input
+    from xrad.inference.input import prepare_input
     from xrad.inference.scoring import load_scorer
 
     scorer = load_scorer(artefact_dir, device=device)
     meta = meta_of(scorer)
-    meta.input_spec()  # an unusable image size or preprocessing is refused at start-up, not per upload
-    lock = threading.Lock()  # one image at a time: 2 cores are already used by torch's own threads
+    spec = meta.input_spec()
+    # The model one image at a time (Grad-CAM hooks are per model; torch already uses both cores);
+    # preparing and drawing run in parallel when the pool has more than one worker.
+    lock = threading.Lock()
 
     def predict(radiograph: Radiograph, want_heatmap: bool, body_part: str | None) -> dict[str, Any]:
+        model_input = prepare_input(radiograph, spec, body_part=body_part, allow_truncated=allow_truncated)
+        check_time("scoring")
         with lock:
-            result = explain_pixels(
-                scorer, radiograph, body_part=body_part, heatmap=want_heatmap, allow_truncated=allow_truncated
-            )
+            result = explain_input(scorer, model_input, heatmap=want_heatmap)
+        if want_heatmap:
+            check_time("drawing the heatmap")
+            result = _at_most(result, heatmap_px)  # a full-size overlay of a large image took seconds
         return {
             "score": result.score,
             "sphere": result.sphere if result.sphere >= 0 else None,
@@ -249,15 +280,33 @@ def artefact_predictor(
     return predict, meta
 
 
+def _at_most(result: Explanation, side: int) -> Explanation:
+    """The explanation with its base image and heatmap scaled down so the major axis is at most ``side``."""
+    import cv2
+
+    height, width = result.base.shape
+    scale = side / max(height, width)
+    if scale >= 1:
+        return result
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    base = cv2.resize(result.base, size, interpolation=cv2.INTER_AREA)
+    heat = cv2.resize(np.ascontiguousarray(result.heat, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
+    return dataclasses.replace(result, base=base, heat=heat)
+
+
 def app_from_artefact(
     artefact_dir: str | Path,
     *,
     device: str = "cpu",
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     allow_truncated: bool = False,
+    limits: ServiceLimits | None = None,
 ) -> FastAPI:
     """The service for one artefact folder (its operating point decides ``flagged``)."""
-    predict, meta = artefact_predictor(artefact_dir, device, allow_truncated=allow_truncated)
+    limits = limits or ServiceLimits()
+    predict, meta = artefact_predictor(
+        artefact_dir, device, allow_truncated=allow_truncated, heatmap_px=limits.heatmap_px
+    )
     info = {
         "method": meta.method,
         "scorer": meta.scorer_kind,
@@ -270,4 +319,5 @@ def app_from_artefact(
         operating_point=meta.operating_point,
         max_upload_bytes=max_upload_bytes,
         allow_truncated=allow_truncated,
+        limits=limits,
     )
