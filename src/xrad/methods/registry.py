@@ -34,6 +34,7 @@ from xrad.errors import ConfigError
 from xrad.methods.autoencoder.config import AEConfig, image_size_checks
 from xrad.methods.imagenet.config import ImageNetConfig
 from xrad.methods.salad.config import SaladConfig, salad_checks
+from xrad.methods.subspace.config import SubspaceConfig
 from xrad.methods.supervised.config import SupervisedConfig
 from xrad.methods.synthetic.config import SyntheticConfig
 from xrad.methods.synthetic.config import image_size_checks as patch_size_checks
@@ -154,6 +155,10 @@ SALAD_STAGE = StageSpec(
     checks=salad_checks,
 )
 
+SUBSPACE = StageSpec(
+    "subspace", "xrad.methods.subspace.stage", "subspace.safetensors", sections={"subspace": SubspaceConfig}
+)
+
 SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
 KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
 RECONSTRUCTION = ScorerRef("reconstruction", "xrad.methods.autoencoder.scorer:ReconstructionScorer")
@@ -162,6 +167,7 @@ PATCH_SPHERE = ScorerRef("patch_sphere", "xrad.methods.multisphere.patch_scorer:
 PATCH_KNN = ScorerRef("patch_knn", "xrad.methods.knn.patch_scorer:PatchKnnScorer")
 PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
 SALAD_KNN = ScorerRef("salad", "xrad.methods.salad.scorer:SaladScorer")
+SUBSPACE_DISTANCE = ScorerRef("subspace", "xrad.methods.subspace.scorer:SubspaceScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
 DETECTORS: dict[str, Detector] = {
@@ -196,6 +202,18 @@ DETECTORS: dict[str, Detector] = {
             (("pretrain", AUTOENCODER), ("finetune", KNN_MEMORY)),
             (KNN,),
             "kNN on the autoencoder's embeddings",
+        ),
+        Detector(
+            "subspace",
+            (("pretrain", CONTRASTIVE), ("finetune", SUBSPACE)),
+            (SUBSPACE_DISTANCE,),
+            "distance ‖e − P e‖² of the contrastive embedding to the subspace of the normal train embeddings",
+        ),
+        Detector(
+            "subspace_ae",
+            (("pretrain", AUTOENCODER), ("finetune", SUBSPACE)),
+            (SUBSPACE_DISTANCE,),
+            "subspace distance on the autoencoder's embeddings (the paper's joint subspace row, un-jointed)",
         ),
         Detector(
             "deep_sad_imagenet",
