@@ -32,6 +32,7 @@ from xrad.config.loader import apply_overrides
 from xrad.config.sections import Check
 from xrad.errors import ConfigError
 from xrad.methods.autoencoder.config import AEConfig, image_size_checks
+from xrad.methods.drocc.config import DroccConfig
 from xrad.methods.imagenet.config import ImageNetConfig
 from xrad.methods.salad.config import SaladConfig, salad_checks
 from xrad.methods.subspace.config import SubspaceConfig
@@ -158,6 +159,9 @@ SALAD_STAGE = StageSpec(
 SUBSPACE = StageSpec(
     "subspace", "xrad.methods.subspace.stage", "subspace.safetensors", sections={"subspace": SubspaceConfig}
 )
+DROCC_STAGE = StageSpec(
+    "drocc", "xrad.methods.drocc.stage", "model.safetensors", schedule="drocc", sections={"drocc": DroccConfig}
+)
 
 SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
 KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
@@ -167,6 +171,7 @@ PATCH_SPHERE = ScorerRef("patch_sphere", "xrad.methods.multisphere.patch_scorer:
 PATCH_KNN = ScorerRef("patch_knn", "xrad.methods.knn.patch_scorer:PatchKnnScorer")
 PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
 SALAD_KNN = ScorerRef("salad", "xrad.methods.salad.scorer:SaladScorer")
+DROCC_LOGIT = ScorerRef("drocc", "xrad.methods.drocc.scorer:DroccScorer")
 SUBSPACE_DISTANCE = ScorerRef("subspace", "xrad.methods.subspace.scorer:SubspaceScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
@@ -226,6 +231,13 @@ DETECTORS: dict[str, Detector] = {
             (("train", SUPERVISED),),
             (CLASSIFIER,),
             "supervised ResNet-50, class-balanced BCE on the labelled train images",
+        ),
+        Detector(
+            "drocc",
+            (("train", DROCC_STAGE),),
+            (DROCC_LOGIT,),
+            "DROCC: ResNet-18 classifier against adversarial negatives searched in an annulus around the "
+            "normal images (known anomalies as labelled negatives optional)",
         ),
         Detector(
             "synthetic",
