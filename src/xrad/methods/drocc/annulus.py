@@ -34,4 +34,5 @@ def normalised_ascent_step(h: Tensor, grad: Tensor, step_size: float) -> Tensor:
     """h + step·g/‖g‖ per sample (a zero gradient leaves the sample where it is)."""
     g = grad.flatten(1)
     g = g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
-    return h + step_size * g.reshape(h.shape)
+    stepped: Tensor = h + step_size * g.reshape(h.shape)
+    return stepped
