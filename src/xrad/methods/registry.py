@@ -34,6 +34,8 @@ from xrad.errors import ConfigError
 from xrad.methods.autoencoder.config import AEConfig, image_size_checks
 from xrad.methods.drocc.config import DroccConfig
 from xrad.methods.imagenet.config import ImageNetConfig
+from xrad.methods.joint.config import JointConfig
+from xrad.methods.moco.config import MocoConfig
 from xrad.methods.salad.config import SaladConfig, salad_checks
 from xrad.methods.subspace.config import SubspaceConfig
 from xrad.methods.supervised.config import SupervisedConfig
@@ -162,6 +164,18 @@ SUBSPACE = StageSpec(
 DROCC_STAGE = StageSpec(
     "drocc", "xrad.methods.drocc.stage", "model.safetensors", schedule="drocc", sections={"drocc": DroccConfig}
 )
+JOINT = StageSpec(
+    "joint", "xrad.methods.joint.stage", "model.safetensors", schedule="finetune", sections={"joint": JointConfig}
+)
+MOCO = StageSpec(
+    "moco",
+    "xrad.methods.moco.stage",
+    "encoder.safetensors",
+    reads=(*_SHARED_READS, "moco"),
+    schedule="pretrain",
+    shareable=True,
+    sections={"moco": MocoConfig},
+)
 
 SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
 KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
@@ -185,6 +199,13 @@ DETECTORS: dict[str, Detector] = {
             "contrastive pre-training + multi-sphere semi-supervised Deep SAD (n_spheres 1: uni-modal)",
         ),
         Detector(
+            "moco_multi_sphere",
+            (("pretrain", MOCO), ("finetune", MULTISPHERE)),
+            (SPHERE, PATCH_SPHERE),
+            "MoCo v2 pre-training (momentum encoder, queue of negatives) + the multi-sphere fine-tuning "
+            "(the paper's He et al. row)",
+        ),
+        Detector(
             "knn",
             (("pretrain", CONTRASTIVE), ("finetune", KNN_MEMORY)),
             (KNN,),
@@ -201,6 +222,13 @@ DETECTORS: dict[str, Detector] = {
             (("pretrain", AUTOENCODER), ("finetune", MULTISPHERE)),
             (SPHERE, PATCH_SPHERE),
             "Deep SAD (one or several spheres) on autoencoder pre-training (Ruff et al.)",
+        ),
+        Detector(
+            "joint_deep_sad",
+            (("pretrain", AUTOENCODER), ("finetune", JOINT)),
+            (SPHERE,),
+            "autoencoder and (multi-sphere) Deep SAD trained together: reconstruction + one-class loss "
+            "(n_spheres 1: the paper's joint Deep SAD)",
         ),
         Detector(
             "knn_ae",
