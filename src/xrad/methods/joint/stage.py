@@ -15,6 +15,7 @@ run uses the same ones.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,8 @@ def run(ctx: RunContext, stage: str, previous: AutoencoderResult | None) -> Join
             f"the {stage} stage needs a finished autoencoder pretrain stage in this run folder; "
             "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from=AE_RUN"
         )
-    module = JointModule(previous.autoencoder, cfg, ctx.metrics_path(stage), ctx)
+    # A copy: stage 1's autoencoder stays what stage 1 produced (the pretext embeddings of Fig. 9).
+    module = JointModule(copy.deepcopy(previous.autoencoder), cfg, ctx.metrics_path(stage), ctx)
     bank = ctx.banks["train"]
     if cfg.finetune.epochs > 0:
         loader = train_loader(bank, list(range(len(bank))), cfg.finetune.batch_size, cfg.seed, cfg.data.workers)
