@@ -78,3 +78,14 @@ def test_one_step_moves_the_key_encoder_by_the_formula_and_enqueues_the_keys() -
     assert torch.equal(module.queue[4:], queue_before[4:]) and not torch.equal(module.queue[:4], queue_before[:4])
     np.testing.assert_allclose(module.queue[:4].norm(dim=1).numpy(), 1.0, rtol=1e-5)
     assert all(p.grad is None for p in module.key_encoder.parameters())
+
+
+def test_moco_stage_one_is_its_own_sharing_family(tmp_path) -> None:
+    from xrad.methods.registry import shared_stage_key
+
+    manifest = tmp_path / "split.csv"
+    moco = shared_stage_key(load_config("moco_multi_sphere_cpu"), manifest)
+    assert moco is not None and moco[0] == "encoder.safetensors"
+    assert moco != shared_stage_key(load_config("self_taught_cpu"), manifest)  # same file name, other pretext
+    assert shared_stage_key(load_config("moco_multi_sphere_cpu", ["finetune.epochs=3"]), manifest) == moco
+    assert shared_stage_key(load_config("moco_multi_sphere_cpu", ["moco.queue_size=128"]), manifest) != moco
