@@ -11,7 +11,7 @@ from xrad.errors import ConfigError
 from xrad.evaluation import metrics
 from xrad.evaluation.aggregate import aggregate_scores, bootstrap_unit, parse_aggregation, unit_codes
 from xrad.evaluation.bootstrap import percentile_interval, resample_counts, row_weights
-from xrad.evaluation.statistics import significance_code, t_interval, welch_t
+from xrad.evaluation.statistics import papers_band, significance_code, t_interval, welch_t
 
 # patient, study, body part, label, score
 _ROWS = [
@@ -137,3 +137,48 @@ def test_t_interval_matches_scipy():
     low, high = stats.t.interval(0.95, df=3, loc=np.mean(values), scale=stats.sem(values))
     assert (out["low"], out["high"], out["n"]) == (pytest.approx(low), pytest.approx(high), 4)
     assert np.isnan(t_interval([0.7])["half_width"]) and t_interval([0.7])["mean"] == 0.7
+
+
+def test_papers_band_is_mean_plus_minus_1_96_std_beside_the_t_interval():
+    values = [0.77, 0.78, 0.775, 0.79, float("nan")]
+    band = papers_band(values)
+    x = np.array(values[:4])
+    assert (band["low"], band["high"], band["n"]) == (
+        pytest.approx(x.mean() - 1.96 * x.std()),
+        pytest.approx(x.mean() + 1.96 * x.std()),
+        4,
+    )
+    # Not the t-interval: 1.96·std(ddof=0) vs t_{0.975,3}·std(ddof=1)/√4.
+    assert band["half_width"] != pytest.approx(t_interval(values)["half_width"])
+    from xrad.evaluation.tables import table1
+
+    results = pd.DataFrame(
+        {
+            "method": "m",
+            "abnormal_ratio": 0.05,
+            "split": ["test"] * 4 + ["valid"] * 4,
+            "auroc": list(x) * 2,
+            "auprc_abnormal": 0.5,
+            "auprc_normal": 0.5,
+            "prevalence": 0.3,
+            "cell": [f"c{i}" for i in range(4)] * 2,
+            "split_seed": 0,
+            "training_seed": list(range(4)) * 2,
+            "seconds": 1.0,
+        }
+    )
+    plain, banded = table1(results), table1(results, with_papers_band=True)
+    assert "test_auroc_band_low" not in plain and banded.loc[0, "test_auroc_band_low"] == pytest.approx(band["low"])
+    assert banded.loc[0, "test_auroc_low"] == pytest.approx(t_interval(values)["low"])
+
+
+def test_comparison_figure_draws_either_band():
+    from xrad.evaluation.plots import comparison_figure
+
+    results = pd.DataFrame(
+        {"method": ["a"] * 3 + ["b"] * 3, "abnormal_ratio": 0.05, "split": "test", "auroc": [0.7, 0.72, 0.74] * 2}
+    )
+    for band in ("t", "1.96std"):
+        assert comparison_figure(results, pd.DataFrame(), "x", band=band).axes
+    with pytest.raises(ValueError, match="band"):
+        comparison_figure(results, pd.DataFrame(), "x", band="2sd")

@@ -15,6 +15,8 @@ Written by :func:`xrad.jobs.train.run_training`, read by the benchmark, the repo
     run/artefact/                    model.safetensors + artefact.json (xrad.inference.artefact)
     run/scores_{valid,test}.csv      path, patient_id, study_id, body_part, label, split, score, sphere
     run/embeddings_test.safetensors  h, z, sphere, labels, score of the test images (for t-SNE)
+    run/embeddings_valid.safetensors, embeddings_valid_pretext.safetensors  h, z, labels of the validation images
+                                     with the final and with the stage-1 encoder (Fig. 9: pretext beside fine-tuned)
     run/summary.json                 method, AUROCs, sphere history, timings, images per split
 """
 
@@ -54,6 +56,10 @@ class RunFolder:
     @property
     def embeddings(self) -> Path:
         return self.root / "embeddings_test.safetensors"
+
+    def valid_embeddings(self, pretext: bool = False) -> Path:
+        """Validation embeddings of the final scorer, or of the stage-1 encoder with ``pretext``."""
+        return self.root / ("embeddings_valid_pretext.safetensors" if pretext else "embeddings_valid.safetensors")
 
     @property
     def bank_cache(self) -> Path:

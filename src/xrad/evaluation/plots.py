@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from xrad.evaluation import metrics
-from xrad.evaluation.statistics import t_interval
+from xrad.evaluation.statistics import papers_band, t_interval
 from xrad.utils.atomic import write_bytes
 
 NORMAL, ABNORMAL = "#1f77b4", "#d62728"
@@ -254,8 +254,13 @@ def epoch_figure(
     return fig
 
 
-def comparison_figure(results: pd.DataFrame, pairs: pd.DataFrame, title: str) -> Figure:
-    """Fig. 7 layout: test AUROC per method (replicates, mean ± 95 % t-interval) and Welch links."""
+def comparison_figure(results: pd.DataFrame, pairs: pd.DataFrame, title: str, band: str = "t") -> Figure:
+    """Fig. 7 layout: test AUROC per method (replicates, mean ± 95 % t-interval) and Welch links.
+
+    ``band="1.96std"`` draws the papers' mean ± 1.96·std instead of the t-interval (to compare with them).
+    """
+    if band not in ("t", "1.96std"):
+        raise ValueError(f"band must be 't' or '1.96std', got {band!r}")
     data = results[results["split"] == "test"]
     ratios = list(dict.fromkeys(data["abnormal_ratio"]))
     fig, axes = plt.subplots(
@@ -270,7 +275,7 @@ def comparison_figure(results: pd.DataFrame, pairs: pd.DataFrame, title: str) ->
         tops = []
         for i, method in enumerate(methods):
             values = group.loc[group["method"] == method, "auroc"].astype(float).to_numpy()
-            stats = t_interval(values)
+            stats = t_interval(values) if band == "t" else papers_band(values)
             jitter = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else np.zeros(1)
             ax.scatter(i + jitter, values, s=18, color=color(i), alpha=0.6, zorder=3)
             err = stats["half_width"] if np.isfinite(stats["half_width"]) else 0.0
@@ -295,7 +300,10 @@ def comparison_figure(results: pd.DataFrame, pairs: pd.DataFrame, title: str) ->
         )
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
-        title + "\n(dots: replicates; squares: mean with 95 % t-interval; links: Welch t-test codes)",
+        title
+        + "\n(dots: replicates; squares: mean with "
+        + ("95 % t-interval" if band == "t" else "the papers' ±1.96·std")
+        + "; links: Welch t-test codes)",
         fontsize=11,
     )
     fig.tight_layout()

@@ -160,6 +160,35 @@ def _tsne_section(
         )
 
 
+def _pretext_tsne_section(b: _Builder, run_dir: Path, seed: int, max_points: int) -> None:
+    """Fig. 9: t-SNE of the validation images' embeddings by the stage-1 (pretext) encoder beside the final
+    (fine-tuned) one, coloured by label."""
+    from safetensors.numpy import load_file
+
+    paths = [run_dir / "embeddings_valid_pretext.safetensors", run_dir / "embeddings_valid.safetensors"]
+    if not all(p.is_file() for p in paths):
+        return
+    pretext, final = (load_file(str(p)) for p in paths)
+    key = "z" if "z" in pretext and "z" in final else "h"
+    if key not in pretext or key not in final:
+        return
+    n = len(pretext[key])
+    keep = np.arange(n)
+    if n > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    labels = np.where(final["labels"][keep] > 0, "1", "0")
+    b.section("t-SNE of the validation embeddings: pretext beside fine-tuned (Fig. 9)")
+    for name, emb in (("pretext", pretext), ("fine-tuned", final)):
+        coords = plots.tsne_coordinates(emb[key][keep].reshape(len(keep), -1), seed=seed)
+        b.figure(
+            plots.tsne_figure(
+                coords, {"label": labels}, f"{name} encoder: t-SNE of '{key}' ({len(keep)} valid images)"
+            ),
+            f"tsne_valid_{name}",
+            f"t-SNE valid {name}",
+        )
+
+
 def _curves_section(b: _Builder, histories_by_stage: dict[str, dict[str, list[pd.DataFrame]]], prefix: str) -> None:
     """Validation AUROC (Fig. 8), surviving spheres and loss per epoch."""
 
@@ -271,6 +300,7 @@ def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_poi
         b.add(_missing("scores_test.csv not found"))
     b.section("Embeddings (t-SNE, coloured by label, body part and sphere)")
     _tsne_section(b, run_dir, "run", run_dir.name, ("h", "z"), seed, max_points)
+    _pretext_tsne_section(b, run_dir, seed, max_points)
     _curves_section(b, {s: {s: [f]} for s, f in stage_metrics(run_dir).items()}, "run")
     b.section("Table 1")
     b.add(

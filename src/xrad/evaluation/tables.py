@@ -9,15 +9,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xrad.evaluation.statistics import SIGNIFICANCE_LEGEND, significance_code, t_interval, welch_t
+from xrad.evaluation.statistics import SIGNIFICANCE_LEGEND, papers_band, significance_code, t_interval, welch_t
 
 __all__ = ["format_percent", "pairwise_tests", "table1", "table1_markdown"]
 
 
-def table1(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+def table1(results: pd.DataFrame, confidence: float = 0.95, with_papers_band: bool = False) -> pd.DataFrame:
     """Per method × ratio: valid and test AUROC as mean with a t-interval over replicates, and N.
 
     Replicates are all (training seed, split seed) cells, so the interval includes split variance.
+    ``with_papers_band`` adds ``<split>_auroc_band_low/high``, the papers' mean ± 1.96·std
+    (:func:`~xrad.evaluation.statistics.papers_band`), beside the t-interval.
     """
     rows = []
     if results.empty:
@@ -35,6 +37,9 @@ def table1(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                     f"{split}_auroc_half_width": stats["half_width"],
                 }
             )
+            if with_papers_band:
+                band = papers_band(values.to_numpy())
+                row.update({f"{split}_auroc_band_low": band["low"], f"{split}_auroc_band_high": band["high"]})
         test = group[group["split"] == "test"]
         row["test_auprc_abnormal_mean"] = float(test["auprc_abnormal"].astype(float).mean())
         row["test_auprc_normal_mean"] = float(test["auprc_normal"].astype(float).mean())

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from xrad.config import Config, comparable_config, config_to_dict, dump_config
 from xrad.data.manifest import CORE_COLUMNS, read_manifest
@@ -127,10 +128,36 @@ def _score_split(scorer: Any, bank: ImageBank, batch_size: int, with_embeddings:
     return {"frame": frame[list(SCORE_COLUMNS)], "raw": out}
 
 
+@torch.no_grad()
+def _encoder_embeddings(encoder: Any, bank: ImageBank, batch_size: int, device: torch.device) -> dict[str, Tensor]:
+    """h and z of a stage-1 encoder on deterministic inputs of ``bank`` (eval mode), on the CPU."""
+    from xrad.data.model_input import prepare_eval
+
+    encoder = encoder.eval().to(device)
+    parts: dict[str, list[Tensor]] = {"h": [], "z": []}
+    for start in range(0, len(bank), batch_size):
+        x = prepare_eval(
+            bank.images[start : start + batch_size].to(device), bank.masks[start : start + batch_size].to(device)
+        )
+        h, z = encoder(x)
+        parts["h"].append(h.float().cpu())
+        parts["z"].append(z.float().cpu())
+    encoder.cpu()
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
 def _finalise(
-    ctx: RunContext, detector: Detector, final: Any, frame: pd.DataFrame, manifest: Path, started: float
+    ctx: RunContext,
+    detector: Detector,
+    final: Any,
+    frame: pd.DataFrame,
+    manifest: Path,
+    started: float,
+    pretext: Any = None,
 ) -> dict[str, Any]:
-    """Artefact, test/valid scores (through the reloaded artefact), embeddings and summary."""
+    """Artefact, test/valid scores (through the reloaded artefact), embeddings and summary. ``pretext`` is
+    the first stage's result of a multi-stage detector: when it carries an encoder, the validation images'
+    embeddings by it are written beside the final ones (Fig. 9)."""
     from safetensors.torch import save
 
     from xrad.inference.scoring import load_scorer
@@ -157,9 +184,17 @@ def _finalise(
     results: dict[str, Any] = {}
     for split in ("valid", "test"):
         bank = ctx.banks[split]
-        scored = _score_split(scorer, bank, cfg.data.eval_batch_size, with_embeddings=split == "test")
+        scored = _score_split(scorer, bank, cfg.data.eval_batch_size, with_embeddings=True)
         write_csv(folder.scores(split), scored["frame"])
         results[split] = auroc(bank.labels.numpy(), scored["raw"]["score"].numpy())
+        if split == "valid" and len(bank):
+            raw = scored["raw"]
+            valid = {k: raw[k] for k in ("h", "z") if k in raw}
+            write_bytes(folder.valid_embeddings(), save({**valid, "labels": bank.labels.clone().contiguous()}))
+            if pretext is not None and hasattr(pretext, "encoder"):
+                emb = _encoder_embeddings(pretext.encoder, bank, cfg.data.eval_batch_size, ctx.device)
+                emb["labels"] = bank.labels.clone()
+                write_bytes(folder.valid_embeddings(pretext=True), save({k: v.contiguous() for k, v in emb.items()}))
         if split == "test":
             raw = scored["raw"]
             embeddings = {k: raw[k] for k in ("h", "z") if k in raw}
@@ -292,8 +327,11 @@ def run_training(
     ctx = RunContext(cfg, run_dir, banks, dict(trainer_overrides or {}), progress, global_rank=0 if rank0 else 1)
     ran_any = False
     result: Any = None  # the result of the last stage reached, handed to the next one
+    first: Any = None  # stage 1's result (its encoder's validation embeddings: Fig. 9)
     for index, (stage, spec) in enumerate(detector.stages):
         done = folder.stage_done(stage)
+        if index == 1:
+            first = result
         if done.is_file():
             result = spec.implementation().load(ctx, stage, result)
             ctx.timings[stage] = float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
@@ -322,4 +360,4 @@ def run_training(
     if not ran_any and folder.summary.is_file() and (folder.artefact / "artefact.json").is_file():
         summary: dict[str, Any] = json.loads(folder.summary.read_text(encoding="utf-8"))
         return summary
-    return _finalise(ctx, detector, result, frame, manifest, started)
+    return _finalise(ctx, detector, result, frame, manifest, started, pretext=first)

@@ -32,9 +32,13 @@ from xrad.config.loader import apply_overrides
 from xrad.config.sections import Check
 from xrad.errors import ConfigError
 from xrad.methods.autoencoder.config import AEConfig, image_size_checks
+from xrad.methods.drocc.config import DroccConfig
 from xrad.methods.gan.config import GanConfig, gan_checks
 from xrad.methods.imagenet.config import ImageNetConfig
+from xrad.methods.joint.config import JointConfig
+from xrad.methods.moco.config import MocoConfig
 from xrad.methods.salad.config import SaladConfig, salad_checks
+from xrad.methods.subspace.config import SubspaceConfig
 from xrad.methods.supervised.config import SupervisedConfig
 from xrad.methods.synthetic.config import SyntheticConfig
 from xrad.methods.synthetic.config import image_size_checks as patch_size_checks
@@ -174,6 +178,24 @@ GAN_STAGE = StageSpec(
     sections={"gan": GanConfig},
     checks=gan_checks,
 )
+SUBSPACE = StageSpec(
+    "subspace", "xrad.methods.subspace.stage", "subspace.safetensors", sections={"subspace": SubspaceConfig}
+)
+DROCC_STAGE = StageSpec(
+    "drocc", "xrad.methods.drocc.stage", "model.safetensors", schedule="drocc", sections={"drocc": DroccConfig}
+)
+JOINT = StageSpec(
+    "joint", "xrad.methods.joint.stage", "model.safetensors", schedule="finetune", sections={"joint": JointConfig}
+)
+MOCO = StageSpec(
+    "moco",
+    "xrad.methods.moco.stage",
+    "encoder.safetensors",
+    reads=(*_SHARED_READS, "moco"),
+    schedule="pretrain",
+    shareable=True,
+    sections={"moco": MocoConfig},
+)
 
 SPHERE = ScorerRef("sphere", "xrad.methods.multisphere.scorer:SphereScorer")
 KNN = ScorerRef("knn", "xrad.methods.knn.scorer:KnnScorer")
@@ -185,6 +207,8 @@ PATCH_KNN = ScorerRef("patch_knn", "xrad.methods.knn.patch_scorer:PatchKnnScorer
 PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
 SALAD_KNN = ScorerRef("salad", "xrad.methods.salad.scorer:SaladScorer")
 GAN = ScorerRef("gan", "xrad.methods.gan.scorer:GanScorer")
+DROCC_LOGIT = ScorerRef("drocc", "xrad.methods.drocc.scorer:DroccScorer")
+SUBSPACE_DISTANCE = ScorerRef("subspace", "xrad.methods.subspace.scorer:SubspaceScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
 DETECTORS: dict[str, Detector] = {
@@ -195,6 +219,13 @@ DETECTORS: dict[str, Detector] = {
             (("pretrain", CONTRASTIVE), ("finetune", MULTISPHERE)),
             (SPHERE, PATCH_SPHERE),
             "contrastive pre-training + multi-sphere semi-supervised Deep SAD (n_spheres 1: uni-modal)",
+        ),
+        Detector(
+            "moco_multi_sphere",
+            (("pretrain", MOCO), ("finetune", MULTISPHERE)),
+            (SPHERE, PATCH_SPHERE),
+            "MoCo v2 pre-training (momentum encoder, queue of negatives) + the multi-sphere fine-tuning "
+            "(the paper's He et al. row)",
         ),
         Detector(
             "knn",
@@ -221,10 +252,29 @@ DETECTORS: dict[str, Detector] = {
             "Deep SAD (one or several spheres) on autoencoder pre-training (Ruff et al.)",
         ),
         Detector(
+            "joint_deep_sad",
+            (("pretrain", AUTOENCODER), ("finetune", JOINT)),
+            (SPHERE,),
+            "autoencoder and (multi-sphere) Deep SAD trained together: reconstruction + one-class loss "
+            "(n_spheres 1: the paper's joint Deep SAD)",
+        ),
+        Detector(
             "knn_ae",
             (("pretrain", AUTOENCODER), ("finetune", KNN_MEMORY)),
             (KNN,),
             "kNN on the autoencoder's embeddings",
+        ),
+        Detector(
+            "subspace",
+            (("pretrain", CONTRASTIVE), ("finetune", SUBSPACE)),
+            (SUBSPACE_DISTANCE,),
+            "distance ‖e − P e‖² of the contrastive embedding to the subspace of the normal train embeddings",
+        ),
+        Detector(
+            "subspace_ae",
+            (("pretrain", AUTOENCODER), ("finetune", SUBSPACE)),
+            (SUBSPACE_DISTANCE,),
+            "subspace distance on the autoencoder's embeddings (the paper's joint subspace row, un-jointed)",
         ),
         Detector(
             "deep_sad_imagenet",
@@ -237,6 +287,13 @@ DETECTORS: dict[str, Detector] = {
             (("train", SUPERVISED),),
             (CLASSIFIER,),
             "supervised ResNet-50, class-balanced BCE on the labelled train images",
+        ),
+        Detector(
+            "drocc",
+            (("train", DROCC_STAGE),),
+            (DROCC_LOGIT,),
+            "DROCC: ResNet-18 classifier against adversarial negatives searched in an annulus around the "
+            "normal images (known anomalies as labelled negatives optional)",
         ),
         Detector(
             "synthetic",

@@ -45,6 +45,25 @@ class SphereModule(StageModule):
         """Place the centres (each form from its own normal embeddings); called once, before training."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def init_centers_from(self, embed: Callable[[Tensor], Tensor]) -> None:
+        """Centres from ``embed`` (prepared images → z) of the deterministic normal train images; rank 0
+        computes, everyone receives the same centres."""
+        centers = torch.zeros_like(self.centers)
+        n_found = torch.zeros((), dtype=torch.long)
+        trainer = self._trainer  # None when called outside fit (finetune.epochs = 0)
+        if trainer is None or trainer.is_global_zero:
+            bank = self.ctx.banks["train"]
+            idx = torch.tensor(self.ctx.normal_train_rows())
+            z = self.eval_outputs(bank.images[idx], bank.masks[idx], embed, self.config.data.eval_batch_size).numpy()
+            found = self.find_centers(z)
+            centers[: len(found)] = torch.from_numpy(found).to(centers)
+            n_found = torch.tensor(len(found))
+        if trainer is not None and trainer.world_size > 1:
+            centers = trainer.strategy.broadcast(centers.cpu(), src=0).to(self.device)
+            n_found = trainer.strategy.broadcast(n_found, src=0)
+        self.set_centers(centers, int(n_found))
+
     def find_centers(self, z: np.ndarray) -> np.ndarray:
         """k-means centres of normal embeddings ``z`` (N, D), or their mean for one sphere."""
         fin = self.section

@@ -60,26 +60,9 @@ class MADModule(SphereModule):
         self.encoder = encoder
         self.augment = config.finetune.augment
 
-    @torch.no_grad()
     def init_centers(self) -> None:
-        """k-means (or the mean, for one sphere) of deterministic normal train embeddings; rank 0 computes,
-        everyone receives the same centres."""
-        centers = torch.zeros_like(self.centers)
-        n_found = torch.zeros((), dtype=torch.long)
-        trainer = self._trainer  # None when called outside fit (finetune.epochs = 0)
-        if trainer is None or trainer.is_global_zero:
-            bank = self.ctx.banks["train"]
-            idx = torch.tensor(self.ctx.normal_train_rows())
-            z = self.eval_outputs(
-                bank.images[idx], bank.masks[idx], lambda x: self.encoder(x)[1], self.config.data.eval_batch_size
-            ).numpy()
-            found = self.find_centers(z)
-            centers[: len(found)] = torch.from_numpy(found).to(centers)
-            n_found = torch.tensor(len(found))
-        if trainer is not None and trainer.world_size > 1:
-            centers = trainer.strategy.broadcast(centers.cpu(), src=0).to(self.device)
-            n_found = trainer.strategy.broadcast(n_found, src=0)
-        self.set_centers(centers, int(n_found))
+        """k-means (or the mean, for one sphere) of deterministic normal train embeddings z."""
+        self.init_centers_from(lambda x: self.encoder(x)[1])
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

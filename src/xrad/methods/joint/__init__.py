@@ -1,0 +1,1 @@
+"""Joint Deep SAD: the autoencoder and the (multi-sphere) Deep SAD objective trained together."""

@@ -1,0 +1,1 @@
+"""Subspace Deep SAD scoring: distance of an embedding to the span of the normal training embeddings."""

@@ -1,0 +1,29 @@
+"""The ``subspace`` config section (Lightning-free: the registry reads it without the training stack)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from xrad.config.sections import Check
+
+
+@dataclass
+class SubspaceConfig:
+    """Distance to the subspace of the normal training embeddings (the paper's "joint subspace" row).
+
+    With S the (d, N) matrix of the embeddings ``feature`` (h: 512-d backbone, z: 128-d head) of the training
+    images with semi-label ≠ −1, P = S Sᵀ (S Sᵀ + λI)⁻¹ (the d×d form) and the score is ‖e − P e‖².
+    ``lam`` is λ (the authors' 1e-3). ``max_embeddings`` caps N (the authors stopped at 10,000; 0 = all).
+    """
+
+    lam: float = 1e-3
+    feature: str = "h"
+    max_embeddings: int = 0
+
+    def checks(self) -> Iterable[Check]:
+        return [
+            ("lam", self.lam > 0, f"must be > 0 (the ridge keeps S Sᵀ + λI invertible), got {self.lam}"),
+            ("feature", self.feature in ("h", "z"), f"must be one of ('h', 'z'), got {self.feature!r}"),
+            ("max_embeddings", self.max_embeddings >= 0, "must be ≥ 0 (0 = every normal training image)"),
+        ]

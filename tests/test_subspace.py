@@ -1,0 +1,63 @@
+"""Subspace Deep SAD: the projection and score against NumPy transcriptions of reference-spec §8.4."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xrad.errors import ConfigError, DataError
+from xrad.evaluation.metrics import auroc
+from xrad.methods.subspace.projection import subspace_distance, subspace_projection
+
+
+def np_projection_authors(s: np.ndarray, lam: float) -> np.ndarray:
+    """The authors' N×N form: P = S (SᵀS + λI_N)⁻¹ Sᵀ, S (d, N)."""
+    return s @ np.linalg.inv(s.T @ s + lam * np.eye(s.shape[1])) @ s.T
+
+
+def np_projection_dxd(s: np.ndarray, lam: float) -> np.ndarray:
+    """The d×d form of the issue: P = S Sᵀ (S Sᵀ + λI_d)⁻¹."""
+    g = s @ s.T
+    return g @ np.linalg.inv(g + lam * np.eye(s.shape[0]))
+
+
+@pytest.mark.parametrize(("n", "d", "lam"), [(7, 12, 1e-3), (40, 6, 0.5), (12, 12, 2.0)])
+def test_projection_equals_numpy_in_both_forms(n: int, d: int, lam: float) -> None:
+    rng = np.random.default_rng(n * d)
+    emb = rng.normal(size=(n, d))
+    p = subspace_projection(torch.from_numpy(emb), lam).numpy()
+    np.testing.assert_allclose(p, np_projection_dxd(emb.T, lam), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(p, np_projection_authors(emb.T, lam), rtol=1e-7, atol=1e-9)
+
+
+def test_distance_equals_numpy_residual() -> None:
+    rng = np.random.default_rng(3)
+    emb, e = rng.normal(size=(9, 5)), rng.normal(size=(4, 5))
+    p = np_projection_dxd(emb.T, 0.1)
+    want = np.array([np.sum((x - p @ x) ** 2) for x in e])
+    got = subspace_distance(torch.from_numpy(e), torch.from_numpy(p)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # e − P e = λ (S Sᵀ + λI)⁻¹ e: the ridge-whitened residual of the spec.
+    ridge = 0.1 * np.linalg.solve(emb.T @ emb + 0.1 * np.eye(5), e.T).T
+    np.testing.assert_allclose(got, (ridge**2).sum(axis=1), rtol=1e-9)
+
+
+def test_points_in_the_span_score_near_zero_and_off_span_points_do_not() -> None:
+    """N < d: the normal embeddings span a 3-d subspace of R^16; anomalies leave it."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(16, 3)))[0]
+    normal = rng.normal(size=(10, 3)) @ basis.T
+    p = subspace_projection(torch.from_numpy(normal), 1e-6)
+    test_normal = torch.from_numpy(rng.normal(size=(50, 3)) @ basis.T)
+    test_abnormal = test_normal + 0.3 * torch.from_numpy(rng.normal(size=(50, 16)))
+    scores = torch.cat([subspace_distance(test_normal, p), subspace_distance(test_abnormal, p)]).numpy()
+    assert scores[:50].max() < 1e-6
+    assert auroc(np.r_[np.zeros(50), np.ones(50)], scores) == 1.0
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(ConfigError, match="lam"):
+        subspace_projection(torch.ones(3, 2), 0.0)
+    with pytest.raises(DataError, match="normal training embeddings"):
+        subspace_projection(torch.zeros(0, 4), 1e-3)
