@@ -4,8 +4,8 @@ usage: .venv/bin/python benchmarks/bench_localisation.py ARTEFACT SPLIT_MANIFEST
        [--layers encoder.backbone.layer4,encoder.backbone.layer3]
 The detector's own heatmap (what `xrad score --heatmaps` draws: the patch-score map of the local detectors,
 Grad-CAM or the residual of the others), mapped back to the original image through the preprocessing
-homography, and optionally Grad-CAM at the given layers (empty: skip). Compares with chance: (a) a point uniform over the image, (b) uniform over the body (pixels above the
-image's Otsu threshold), (c) the image centre.
+homography, and optionally Grad-CAM at the given layers (empty: skip). Compares with chance: (a) a point
+uniform over the image, (b) uniform over the body (pixels above the image's Otsu threshold), (c) the image centre.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pandas as pd
 
 from xrad.data.io import read_radiograph
 from xrad.data.model_input import prepare_eval
+from xrad.inference.calibration import clopper_pearson
 from xrad.inference.heatmaps import explain_pixels, normalise, to_original
 from xrad.inference.input import prepare_input
 from xrad.inference.scoring import load_scorer
@@ -90,11 +91,10 @@ for path in frame["path"]:
         hits[layer].append(bool(inside[r, c]))
 n = len(frame)
 print(f"{n} fractured images with boxes (splits {args.splits}), image size {spec.image_size}, {time.time() - t0:.0f} s")
-from xrad.inference.calibration import clopper_pearson
-
 k = int(np.sum(own_hits))
 lo, hi = clopper_pearson(k, n)
-print(f"detector heatmap ({scorer.artefact_meta.method}): peak inside a fracture box {k}/{n} = {k / n:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+method = scorer.artefact_meta.method
+print(f"detector heatmap ({method}): peak inside a fracture box {k}/{n} = {k / n:.3f} (95% CI {lo:.3f}-{hi:.3f})")
 for layer in layers:
     k = int(np.sum(hits[layer]))
     lo, hi = clopper_pearson(k, n)
