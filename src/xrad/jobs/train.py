@@ -133,6 +133,8 @@ def _finalise(
     """Artefact, test/valid scores (through the reloaded artefact), embeddings and summary."""
     from safetensors.torch import save
 
+    from xrad.inference.artefact import update_artefact_meta
+    from xrad.inference.readout import normal_reference
     from xrad.inference.scoring import load_scorer
     from xrad.utils.atomic import write_bytes
 
@@ -160,6 +162,9 @@ def _finalise(
         scored = _score_split(scorer, bank, cfg.data.eval_batch_size, with_embeddings=split == "test")
         write_csv(folder.scores(split), scored["frame"])
         results[split] = auroc(bank.labels.numpy(), scored["raw"]["score"].numpy())
+        if split == "valid":  # every later score is read as a percentile among these normals
+            reference = normal_reference(bank.labels.numpy(), scored["raw"]["score"].numpy(), split)
+            update_artefact_meta(folder.artefact, normal_reference=reference)
         if split == "test":
             raw = scored["raw"]
             embeddings = {k: raw[k] for k in ("h", "z") if k in raw}
