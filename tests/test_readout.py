@@ -100,3 +100,89 @@ def test_an_old_artefact_loads_and_says_percentile_unavailable(
     assert main(["score", str(folder), str(tmp_path / "data" / "image000.png")]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert "percentile unavailable" in line and "score " in line
+
+
+def test_service_replies_with_percentile_flag_text_and_notice() -> None:
+    fastapi_testclient = pytest.importorskip("fastapi.testclient")
+    from test_service import png_bytes
+
+    from xrad.inference.calibration import threshold_for
+    from xrad.service.app import create_app
+
+    def predict(radiograph, want_heatmap, body_part):
+        return {"score": 1.5, "sphere": None, "heatmap_png": None, "heatmap_on": None}
+
+    point = threshold_for(np.array([0, 0, 0, 0, 1, 1]), np.array([0.5, 1.0, 1.2, 2.0, 1.4, 3.0]), specificity=0.7)
+    reference = normal_reference(np.zeros(4), np.array([1.0, 2.0, 3.0, 4.0]))
+    app = create_app(predict, operating_point=point, normal_reference=reference)
+    client = fastapi_testclient.TestClient(app)
+    body = client.post("/score", content=png_bytes()).json()
+    assert body["percentile"] == 25.0 and body["n_reference_normals"] == 4 and body["notice"] == RESEARCH_NOTICE
+    assert body["flagged"] is (point["threshold"] <= 1.5)
+    assert "sensitivity" in body["operating_point_text"] and "specificity" in body["operating_point_text"]
+    assert client.get("/health").json()["notice"] == RESEARCH_NOTICE
+    page = client.get("/").text
+    assert 'id="percentile"' in page and 'id="notice"' in page and "Research use only" in page
+    bare = fastapi_testclient.TestClient(create_app(predict)).post("/score", content=png_bytes()).json()
+    assert bare["percentile"] is None and bare["flagged"] is None
+
+
+def test_calibrate_then_worklist_with_defaults_flags_the_studies_above_the_stored_threshold(
+    tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from xrad.cli import calibrate as calibrate_cli
+    from xrad.evaluation.aggregate import DEFAULT_AGGREGATION
+    from xrad.inference.artefact import read_meta
+
+    parser = argparse.ArgumentParser()
+    calibrate_cli.add_arguments(parser)
+    assert parser.get_default("aggregation") == DEFAULT_AGGREGATION  # the CLI spells the one default out
+
+    artefact = tmp_path / "artefact"
+    shutil.copytree(tiny_run["run_dir"] / "artefact", artefact)
+    run_dir = tiny_run["run_dir"]
+    assert main(["calibrate", str(artefact), str(run_dir / "scores_valid.csv"), "--specificity", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    point = read_meta(artefact).operating_point
+    rates = point["study"]["rates"]
+    valid = pd.read_csv(run_dir / "scores_valid.csv")
+    normals, anomalies = valid.loc[valid["label"] == 0, "score"], valid.loc[valid["label"] == 1, "score"]
+    # Both rates, counted by hand (each study is one image here), each with its interval printed.
+    assert rates["specificity"]["k"] == int((normals < point["study"]["threshold"]).sum())
+    assert rates["sensitivity"]["k"] == int((anomalies >= point["study"]["threshold"]).sum())
+    for name in ("specificity", "sensitivity"):
+        low, high = rates[name]["interval"]
+        assert f"{name} {rates[name]['value']:.3f} (95% CI {low:.3f}–{high:.3f})" in printed or (
+            f"achieved {rates[name]['value']:.3f} (95% CI {low:.3f}–{high:.3f})" in printed
+        )
+    assert point["aggregation"] == point["study"]["aggregation"] == DEFAULT_AGGREGATION
+
+    out = tmp_path / "worklist"
+    assert main(["worklist", str(run_dir / "scores_test.csv"), "-o", str(out), "--artefact", str(artefact)]) == 0
+    table = pd.read_csv(out / "worklist.csv", dtype={"study_id": str})
+    test = pd.read_csv(run_dir / "scores_test.csv", dtype={"study_id": str})
+    study_max = test.groupby("study_id")["score"].max()
+    expected = set(study_max[study_max >= point["study"]["threshold"]].index)
+    assert expected and set(table.loc[table["flagged"].astype(bool), "study_id"]) == expected
+    assert f"{len(expected)} flagged" in capsys.readouterr().out
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert 'id="notice"' in page and "Research use only" in page and "sensitivity" in page
+
+    # Another rule than the stored one: no flags, and the page says why and how to fix it.
+    other = tmp_path / "worklist_mean"
+    assert main(["worklist", str(run_dir / "scores_test.csv"), "-o", str(other), "--artefact", str(artefact),
+                 "--aggregation", "mean"]) == 0  # fmt: skip
+    assert "use --aggregation max" in (other / "index.html").read_text(encoding="utf-8")
+
+
+def test_worklist_shows_each_study_s_top_image_percentile(tiny_run: dict, tmp_path: Path) -> None:
+    artefact = tiny_run["run_dir"] / "artefact"
+    assert main(["score", str(artefact), str(tiny_run["manifest"]), "-o", str(tmp_path / "s.csv")]) == 0
+    assert main(["worklist", str(tmp_path / "s.csv"), "-o", str(tmp_path / "w")]) == 0
+    scores = pd.read_csv(tmp_path / "s.csv", dtype={"study_id": str})
+    table = pd.read_csv(tmp_path / "w" / "worklist.csv", dtype={"study_id": str}).set_index("study_id")
+    expected = scores.groupby("study_id")["percentile"].max()
+    np.testing.assert_allclose(table.loc[expected.index, "top_percentile"], expected)
+    assert "top image percentile" in (tmp_path / "w" / "index.html").read_text(encoding="utf-8")

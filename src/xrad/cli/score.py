@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--aggregation",
         default=None,
-        help="study/patient score: mean, max or topK (default: the operating point's, else mean)",
+        help="study/patient score: mean, max or topK (default: the operating point's rule, else max)",
     )
     parser.add_argument(
         "--heatmaps",
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     from xrad.evaluation.aggregate import parse_aggregation
     from xrad.inference.artefact import meta_of
-    from xrad.inference.calibration import level_tables
+    from xrad.inference.calibration import level_tables, stored_aggregation
     from xrad.inference.readout import score_images
     from xrad.inference.scoring import load_scorer
     from xrad.inference.sources import collect_inputs
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     )
     point = meta_of(scorer).operating_point
     failed = int((scored.get("error", "") != "").sum()) if "error" in scored else 0
-    aggregation = args.aggregation or ((point or {}).get("study") or {}).get("aggregation") or "mean"
+    aggregation = args.aggregation or stored_aggregation(point)
     level_paths = {
         level: args.output.with_name(f"{args.output.stem}_{plural}.csv")
         for level, plural in (("study", "studies"), ("patient", "patients"))

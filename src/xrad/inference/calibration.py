@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from xrad.errors import DataError
+from xrad.evaluation.aggregate import DEFAULT_AGGREGATION
 from xrad.evaluation.metrics import threshold_at_sensitivity, threshold_at_specificity
 
 METHOD = "clopper-pearson"
@@ -139,7 +140,7 @@ def calibrate(
     specificity: float | None = None,
     sensitivity: float | None = None,
     confidence: float = 0.95,
-    aggregation: str = "mean",
+    aggregation: str = DEFAULT_AGGREGATION,
     where: str = "validation scores",
 ) -> dict[str, Any]:
     """The operating point of a validation scores table (``score``, ``label``; ``study_id`` optional).
@@ -159,7 +160,9 @@ def calibrate(
         confidence=confidence,
         where=where,
     )
-    point.update(level="image", date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    point.update(
+        level="image", aggregation=aggregation, date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
     if "study" in available_levels(frame):
         studies = aggregate_scores(frame, "study", aggregation)
         try:
@@ -187,6 +190,13 @@ def flag(scores: np.ndarray | pd.Series, point: dict[str, Any] | None, level: st
     if not entry:
         return None
     return np.asarray(scores, dtype=float) >= float(entry["threshold"])
+
+
+def stored_aggregation(point: dict[str, Any] | None) -> str:
+    """The study aggregation the operating point was calibrated with, else the default rule
+    (:data:`xrad.evaluation.aggregate.DEFAULT_AGGREGATION`): what scoring and the worklist use unless told."""
+    study = (point or {}).get("study") or {}
+    return str(study.get("aggregation") or (point or {}).get("aggregation") or DEFAULT_AGGREGATION)
 
 
 def study_threshold(point: dict[str, Any] | None, aggregation: str) -> tuple[float | None, str]:

@@ -138,14 +138,19 @@ def create_app(
     operating_point: dict[str, Any] | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     allow_truncated: bool = False,
+    normal_reference: dict[str, Any] | None = None,
 ) -> FastAPI:
     """The FastAPI app around a scoring callable.
 
     ``predict(radiograph, want_heatmap, body_part)`` returns ``score`` (float), ``sphere`` (int or None),
     ``heatmap_png`` (bytes or None) and ``heatmap_on`` (``original``/``preprocessed``). ``info`` is shown by
-    ``/health``; ``operating_point`` (as stored by ``xrad calibrate``) decides ``flagged``.
+    ``/health``; ``operating_point`` (as stored by ``xrad calibrate``) decides ``flagged``;
+    ``normal_reference`` (stored by training) gives each score its ``percentile`` among the validation normals
+    (None for artefacts without it). Every reply carries the research-use ``notice``.
     """
     from xrad import __version__
+    from xrad.inference.readout import operating_point_text, percentiles
+    from xrad.utils.notice import RESEARCH_NOTICE
 
     info = dict(info or {})
     point = None
@@ -171,6 +176,8 @@ def create_app(
             "xrad_version": __version__,
             "max_upload_bytes": max_upload_bytes,
             "operating_point": point,
+            "operating_point_text": operating_point_text(point),
+            "notice": RESEARCH_NOTICE,
             **info,
         }
 
@@ -186,6 +193,7 @@ def create_app(
             raise HTTPException(422, f"cannot score the image: {exc.reason}") from None
         value = float(result["score"])
         flagged = None if point is None else bool(value >= float(point["threshold"]))
+        percentile = float(percentiles([value], normal_reference)[0])
         png = result.get("heatmap_png")
         meta = radiograph.meta
         # Only numbers about the image: never its name, never DICOM tags.
@@ -200,8 +208,12 @@ def create_app(
         )
         return {
             "score": value,
+            "percentile": percentile if percentile == percentile else None,  # NaN: the artefact has no reference
+            "n_reference_normals": (normal_reference or {}).get("n_normals"),
             "flagged": flagged,
             "operating_point": point,
+            "operating_point_text": operating_point_text(point),
+            "notice": RESEARCH_NOTICE,
             "sphere": result.get("sphere"),
             "heatmap_png": None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
             "heatmap_on": result.get("heatmap_on"),
@@ -270,4 +282,5 @@ def app_from_artefact(
         operating_point=meta.operating_point,
         max_upload_bytes=max_upload_bytes,
         allow_truncated=allow_truncated,
+        normal_reference=meta.normal_reference,
     )
