@@ -196,26 +196,30 @@ def write_heatmaps(scorer: Any, frame: Any, out_dir: Any, *, progress: bool = Fa
     has an ``error`` or cannot be read). Files are named ``<row number>_<file stem>.png``."""
     from pathlib import Path
 
-    from tqdm.auto import tqdm
+    from xrad.utils.progress import progress as progress_bar
 
+    out_dir = Path(out_dir)
+    paths: list[str] = []
+    with progress_bar(len(frame), "heatmaps", "img", enabled=progress) as bar:
+        for i, (_, row) in enumerate(frame.iterrows()):
+            paths.append(_write_one_heatmap(scorer, row, out_dir / f"{i:06d}_{Path(str(row['path'])).stem}.png", i))
+            bar.update(1)
+    return paths
+
+
+def _write_one_heatmap(scorer: Any, row: Any, target: Any, i: int) -> str:
+    """Write the overlay of ``row`` to ``target`` and return its path; "" when the row has an ``error`` or
+    cannot be explained (an unexpected failure is logged by type, never stopping the other rows)."""
     from xrad.errors import XradError
     from xrad.utils.atomic import write_bytes
 
-    out_dir = Path(out_dir)
-    paths = []
-    for i, (_, row) in enumerate(tqdm(frame.iterrows(), total=len(frame), desc="heatmaps", disable=not progress)):
-        if str(row.get("error", "") or "") not in ("", "nan"):
-            paths.append("")
-            continue
-        try:
-            explanation = explain_row(scorer, row)
-            png = explanation.overlay_png()
-        except Exception as exc:
-            if not isinstance(exc, XradError):
-                log.warning("heatmap of row %d failed: %s", i, type(exc).__name__)
-            paths.append("")
-            continue
-        target = out_dir / f"{i:06d}_{Path(str(row['path'])).stem}.png"
-        write_bytes(target, png)
-        paths.append(str(target.resolve()))
-    return paths
+    if str(row.get("error", "") or "") not in ("", "nan"):
+        return ""
+    try:
+        png = explain_row(scorer, row).overlay_png()
+    except Exception as exc:
+        if not isinstance(exc, XradError):
+            log.warning("heatmap of row %d failed: %s", i, type(exc).__name__)
+        return ""
+    write_bytes(target, png)
+    return str(target.resolve())

@@ -120,9 +120,9 @@ def score_frame(
     scores = np.full(n, np.nan)
     spheres = np.full(n, -1, dtype=np.int64)
     errors, flags = [""] * n, [""] * n
-    from tqdm.auto import tqdm
+    from xrad.utils.progress import progress as progress_bar
 
-    with tqdm(total=n, desc="scoring", unit="img", disable=not progress) as bar:
+    with progress_bar(n, "scoring", "img", enabled=progress) as bar:
         for start in range(0, n, chunk_size):
             rows = list(range(start, min(n, start + chunk_size)))
             images, masks, chunk_errors, chunk_flags = _decode(out.iloc[rows], spec, workers, on_error == "raise")

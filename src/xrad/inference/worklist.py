@@ -340,9 +340,7 @@ def _build(
             cells.append("" if pd.isna(study["label"]) else str(int(study["label"])))
         row_class = "flagged" if flag_text == "FLAGGED" else ""
         lines.append(
-            f'<tr class="{row_class}">'
-            + "".join(f'<td class="{c}">{v}</td>' for c, v in zip(columns, cells))
-            + "</tr>"
+            f'<tr class="{row_class}">' + "".join(f'<td class="{c}">{v}</td>' for c, v in zip(columns, cells)) + "</tr>"
         )
     if not threshold_drawn:  # every study is above the threshold
         lines.append(f'<tr class="threshold"><td colspan="{len(header)}">threshold {threshold:.6g}</td></tr>')
