@@ -134,6 +134,7 @@ def _finalise(
     from safetensors.torch import save
 
     from xrad.inference.artefact import update_artefact_meta
+    from xrad.inference.heatmaps import heat_scale_of
     from xrad.inference.readout import normal_reference
     from xrad.inference.scoring import load_scorer
     from xrad.utils.atomic import write_bytes
@@ -164,6 +165,9 @@ def _finalise(
         results[split] = auroc(bank.labels.numpy(), scored["raw"]["score"].numpy())
         if split == "valid":  # every later score is read as a percentile among these normals
             reference = normal_reference(bank.labels.numpy(), scored["raw"]["score"].numpy(), split)
+            if reference is not None:  # and every heatmap is drawn on one scale fixed by their maps
+                normals = torch.nonzero(bank.labels == 0).flatten()
+                reference["heat_scale"] = heat_scale_of(scorer, bank.images[normals], bank.masks[normals])
             update_artefact_meta(folder.artefact, normal_reference=reference)
         if split == "test":
             raw = scored["raw"]

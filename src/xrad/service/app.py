@@ -217,6 +217,9 @@ def create_app(
             "sphere": result.get("sphere"),
             "heatmap_png": None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
             "heatmap_on": result.get("heatmap_on"),
+            # the raw map value drawn as the colour bar's top (fixed per artefact; None: each map's own maximum)
+            "heat_scale": result.get("heat_scale"),
+            "warnings": [w for w in (str(result.get("mask_warning") or ""),) if w],
             "image": {
                 "format": meta.format,
                 "width": meta.shape[1],
@@ -256,6 +259,8 @@ def artefact_predictor(
             "heatmap_png": result.overlay_png() if want_heatmap else None,
             "heatmap_on": "original" if result.on_original else "preprocessed",
             "degenerate": result.degenerate,
+            "heat_scale": result.heat_scale,
+            "mask_warning": result.mask_warning,
         }
 
     return predict, meta
