@@ -186,3 +186,47 @@ def test_worklist_shows_each_study_s_top_image_percentile(tiny_run: dict, tmp_pa
     expected = scores.groupby("study_id")["percentile"].max()
     np.testing.assert_allclose(table.loc[expected.index, "top_percentile"], expected)
     assert "top image percentile" in (tmp_path / "w" / "index.html").read_text(encoding="utf-8")
+
+
+def test_out_of_distribution_inputs_are_warned_about_everywhere(
+    tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from PIL import Image
+
+    from xrad.inference.artefact import read_meta, update_artefact_meta
+    from xrad.inference.readout import input_warnings
+
+    meta = read_meta(tiny_run["run_dir"] / "artefact")
+    ranges = meta.normal_reference["statistics"]
+    assert meta.training_data["phantoms"] is False and meta.training_data["train_body_parts"] == {"HAND": 32}
+    low, high = ranges["mean"]
+    assert input_warnings(meta, body_part="HAND", mean=(low + high) / 2, std=sum(ranges["std"]) / 2) == []
+    assert "body part SHOULDER was not in training (HAND)" in input_warnings(meta, body_part="SHOULDER")
+    assert "brightness 1.00 is outside" in "; ".join(input_warnings(meta, mean=1.0))
+    phantom_meta = dataclasses.replace(meta, training_data={**meta.training_data, "phantoms": True})
+    assert "phantoms only" in input_warnings(phantom_meta)[0] and input_warnings(phantom_meta, phantom=True) == []
+
+    # CLI: a white image (brightness far outside training) from a phantom-trained artefact.
+    artefact = tmp_path / "artefact"
+    shutil.copytree(tiny_run["run_dir"] / "artefact", artefact)
+    update_artefact_meta(artefact, training_data={**meta.training_data, "phantoms": True})
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "imgs" / "white.png")
+    assert main(["score", str(artefact), str(tmp_path / "imgs" / "white.png")]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "[WARNING: trained on generated phantoms only" in line and "brightness 1.00 is outside" in line
+    # The table and the worklist page carry it.
+    assert main(["score", str(artefact), str(tmp_path / "imgs"), "-o", str(tmp_path / "s.csv")]) == 0
+    table = pd.read_csv(tmp_path / "s.csv", keep_default_na=False)
+    assert "phantoms only" in table.loc[0, "warnings"]
+    assert main(["worklist", str(tmp_path / "s.csv"), "-o", str(tmp_path / "w")]) == 0
+    assert "warning: trained on generated phantoms only" in (tmp_path / "w" / "index.html").read_text()
+    # The service reply.
+    fastapi_testclient = pytest.importorskip("fastapi.testclient")
+    from xrad.service.app import app_from_artefact
+
+    client = fastapi_testclient.TestClient(app_from_artefact(artefact))
+    body = client.post("/score", content=(tmp_path / "imgs" / "white.png").read_bytes()).json()
+    assert any("phantoms only" in w for w in body["warnings"]) and any("brightness" in w for w in body["warnings"])

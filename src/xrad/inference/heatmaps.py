@@ -192,6 +192,7 @@ class Explanation:
     heat_scale: float | None = None  # the raw map value drawn as 1 (fixed per artefact); None: per-image maximum
     mask: np.ndarray | None = None  # bool (h, w): the body mask in the geometry of base
     mask_warning: str = ""  # mask_problem() of the model input, else ""
+    statistics: tuple[float, float] = (float("nan"), float("nan"))  # input mean, std (readout.input_statistics)
 
     def overlay_png(self, alpha: float = 0.45) -> bytes:
         """The overlay as PNG bytes (same size as ``base``)."""
@@ -257,7 +258,15 @@ def explain_input(scorer: Any, model_input: ModelInput, *, heatmap: bool = True)
         heat_scale=scale,
         mask=back(mask_grid) > 0.5,
         mask_warning=mask_problem(model_input.image[0].numpy(), model_input.mask[0].numpy()),
+        statistics=_statistics(model_input),
     )
+
+
+def _statistics(model_input: ModelInput) -> tuple[float, float]:
+    from xrad.inference.readout import input_statistics
+
+    mean, std = input_statistics(model_input.image[None].numpy(), model_input.mask[None].numpy())[0]
+    return float(mean), float(std)
 
 
 def _artefact_heat_scale(scorer: Any) -> float | None:

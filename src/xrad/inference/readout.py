@@ -25,6 +25,10 @@ from xrad.inference.artefact import ArtefactMeta, meta_of
 __all__ = [
     "MAX_REFERENCE_VALUES",
     "annotate",
+    "input_statistics",
+    "input_warnings",
+    "is_phantom_path",
+    "statistics_reference",
     "normal_reference",
     "operating_point_text",
     "percentiles",
@@ -54,6 +58,62 @@ def normal_reference(labels: Any, scores: Any, split: str = "valid") -> dict[str
     }
 
 
+PHANTOM_MARK = "synth_config.json"  # written by xrad synth at the root of every phantom folder
+STAT_QUANTILES = (0.005, 0.995)  # the training range of an input statistic; outside it (by a margin) = warning
+STAT_MARGIN = 0.1  # of the range's width, on each side
+
+
+def is_phantom_path(path: str | Path) -> bool:
+    """Whether an image lies in a phantom folder made by ``xrad synth`` (a parent holds its config file)."""
+    return any((parent / PHANTOM_MARK).is_file() for parent in list(Path(str(path)).parents)[:8])
+
+
+def input_statistics(images: Any, masks: Any) -> np.ndarray:
+    """(N, 2): mean and standard deviation, in [0, 1], of each uint8 model input (N,1,S,S) inside its mask —
+    the statistics an input is compared with the training images on (whole image when the mask is empty)."""
+    x = np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0
+    m = np.asarray(masks).reshape(len(masks), -1) > 0
+    m[~m.any(axis=1)] = True
+    count = m.sum(axis=1)
+    mean = (x * m).sum(axis=1) / count
+    std = np.sqrt((((x - mean[:, None]) ** 2) * m).sum(axis=1) / count)
+    return np.stack([mean, std], axis=1)
+
+
+def statistics_reference(stats: np.ndarray) -> dict[str, list[float]]:
+    """The training range of each input statistic: its :data:`STAT_QUANTILES` over the training images."""
+    low, high = np.quantile(np.asarray(stats, dtype=float), STAT_QUANTILES, axis=0)
+    return {"mean": [float(low[0]), float(high[0])], "std": [float(low[1]), float(high[1])]}
+
+
+def input_warnings(
+    meta: ArtefactMeta, *, body_part: str = "", mean: float = np.nan, std: float = np.nan, phantom: bool = False
+) -> list[str]:
+    """Why an input may be out of the detector's distribution (its score then means even less):
+
+    - the detector was trained on generated phantoms only and the input is not one (``phantom``);
+    - the input's body part is not one of the training images' (``training_data.train_body_parts``);
+    - its mean or contrast inside the body mask is outside the training range (``normal_reference.statistics``,
+      widened by :data:`STAT_MARGIN` of its width), e.g. an inverted, over-exposed or non-radiograph image.
+    """
+    out: list[str] = []
+    training = meta.training_data or {}
+    if training.get("phantoms") and not phantom:
+        out.append("trained on generated phantoms only: a score of a real radiograph means nothing")
+    parts = training.get("train_body_parts") or {}
+    if body_part and parts and str(body_part).upper() not in {str(k).upper() for k in parts}:
+        out.append(f"body part {body_part} was not in training ({', '.join(sorted(parts))})")
+    ranges = (meta.normal_reference or {}).get("statistics") or {}
+    for name, value in (("mean", mean), ("std", std)):
+        if name in ranges and np.isfinite(value):
+            low, high = ranges[name]
+            margin = STAT_MARGIN * (high - low)
+            if not low - margin <= value <= high + margin:
+                what = "brightness" if name == "mean" else "contrast"
+                out.append(f"image {what} {value:.2f} is outside the training range {low:.2f}–{high:.2f}")
+    return out
+
+
 def percentiles(scores: Any, reference: dict[str, Any] | None) -> np.ndarray:
     """Percentage of the reference normals scoring at or below each score (NaN without a reference or for a
     non-finite score). With stored quantiles the value is exact to 0.1 percentage point."""
@@ -68,12 +128,27 @@ def percentiles(scores: Any, reference: dict[str, Any] | None) -> np.ndarray:
 
 
 def annotate(scored: pd.DataFrame, meta: ArtefactMeta) -> pd.DataFrame:
-    """Add ``percentile`` (NaN when the artefact has no reference) and, with an operating point, ``flagged``
+    """Add ``percentile`` (NaN when the artefact has no reference), ``warnings`` (:func:`input_warnings`, "; "
+    joined, "" for none) and, with an operating point, ``flagged``
     (``score >= threshold``; False for unreadable rows) to a table of :func:`~xrad.inference.scoring.score_frame`."""
     from xrad.inference.calibration import flag
 
     out = scored.copy()
     out["percentile"] = percentiles(out["score"], meta.normal_reference)
+    warnings = []
+    for _, row in out.iterrows():
+        if str(row.get("error", "") or ""):
+            warnings.append("")
+            continue
+        found = input_warnings(
+            meta,
+            body_part=str(row.get("body_part", "") or "").strip() if "body_part" in out else "",
+            mean=float(row.get("input_mean", np.nan)),
+            std=float(row.get("input_std", np.nan)),
+            phantom=is_phantom_path(row["path"]) if "path" in out else False,
+        )
+        warnings.append("; ".join(found))
+    out["warnings"] = warnings
     flags = flag(out["score"], meta.operating_point)
     if flags is not None:
         out["flagged"] = flags
@@ -131,4 +206,7 @@ def readout_line(row: Any, meta: ArtefactMeta) -> str:
     degenerate = str(row.get("degenerate", "") or "")
     if degenerate:
         text += f" [degenerate: {degenerate}]"
+    warnings = str(row.get("warnings", "") or "")
+    if warnings:
+        text += f" [WARNING: {warnings}]"
     return text

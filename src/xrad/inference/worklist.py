@@ -55,6 +55,10 @@ def worklist_table(
     if "percentile" in images.columns:  # `xrad score` output: each image's percentile among validation normals
         top = pd.to_numeric(images["percentile"], errors="coerce").groupby(images["study_id"]).max()
         studies["top_percentile"] = studies["study_id"].map(top)
+    if "warnings" in images.columns:  # out-of-distribution warnings of its images (xrad.inference.readout)
+        texts = images["warnings"].fillna("").astype(str)
+        joined = texts[texts != ""].groupby(images["study_id"]).agg(lambda t: "; ".join(sorted(set(t))))
+        studies["warnings"] = studies["study_id"].map(joined).fillna("")
     studies["flagged"] = (studies["score"] >= threshold) if threshold is not None else pd.NA
     # An image that could not be read must not silently drop out of a triage list: its study keeps a count,
     # and a study with no readable image at all is listed (unranked, no score) so a person reads it.
@@ -323,7 +327,12 @@ def _build(
             str(study["rank"]),
             thumbs,
             heats,
-            html.escape(str(study["study_id"])),
+            html.escape(str(study["study_id"]))
+            + (
+                f'<div class="bad warning">warning: {html.escape(str(study["warnings"]))}</div>'
+                if str(study.get("warnings", "") or "") not in ("", "nan")
+                else ""
+            ),
             html.escape(str(study.get("body_part", "") or "")),
             f"{study['score']:.4g}",
             *([_percentile_text(study["top_percentile"])] if has_pct else []),

@@ -88,6 +88,8 @@ def _preprocessing_params(frame: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def _data_summary(frame: pd.DataFrame, manifest: Path) -> dict[str, Any]:
+    from xrad.inference.readout import is_phantom_path
+
     train = frame[frame["split"] == "train"]
     semi = train["semi_label"] if "semi_label" in train.columns else pd.Series(0, index=train.index)
     summary: dict[str, Any] = {
@@ -104,6 +106,8 @@ def _data_summary(frame: pd.DataFrame, manifest: Path) -> dict[str, Any]:
             for s in SPLITS
         },
     }
+    # A detector trained on generated phantoms says so whenever it scores (xrad.inference.readout).
+    summary["phantoms"] = bool(len(train)) and all(is_phantom_path(p) for p in train["path"].head(5))
     if "body_part" in frame.columns:
         summary["train_body_parts"] = {str(k): int(v) for k, v in train["body_part"].value_counts().items()}
     return summary
@@ -135,7 +139,7 @@ def _finalise(
 
     from xrad.inference.artefact import update_artefact_meta
     from xrad.inference.heatmaps import heat_scale_of
-    from xrad.inference.readout import normal_reference
+    from xrad.inference.readout import input_statistics, normal_reference, statistics_reference
     from xrad.inference.scoring import load_scorer
     from xrad.utils.atomic import write_bytes
 
@@ -168,6 +172,8 @@ def _finalise(
             if reference is not None:  # and every heatmap is drawn on one scale fixed by their maps
                 normals = torch.nonzero(bank.labels == 0).flatten()
                 reference["heat_scale"] = heat_scale_of(scorer, bank.images[normals], bank.masks[normals])
+                train = ctx.banks["train"]  # the brightness/contrast range an input is compared with
+                reference["statistics"] = statistics_reference(input_statistics(train.images, train.masks))
             update_artefact_meta(folder.artefact, normal_reference=reference)
         if split == "test":
             raw = scored["raw"]

@@ -219,7 +219,8 @@ def create_app(
             "heatmap_on": result.get("heatmap_on"),
             # the raw map value drawn as the colour bar's top (fixed per artefact; None: each map's own maximum)
             "heat_scale": result.get("heat_scale"),
-            "warnings": [w for w in (str(result.get("mask_warning") or ""),) if w],
+            # out of distribution (xrad.inference.readout.input_warnings) or a failed body mask
+            "warnings": [w for w in (str(result.get("mask_warning") or ""), *result.get("warnings", [])) if w],
             "image": {
                 "format": meta.format,
                 "width": meta.shape[1],
@@ -241,6 +242,7 @@ def artefact_predictor(
     :func:`xrad.inference.input.prepare_input` (through :func:`~xrad.inference.heatmaps.explain_pixels`);
     a truncated radiograph is refused there unless ``allow_truncated``."""
     from xrad.inference.heatmaps import explain_pixels
+    from xrad.inference.readout import input_warnings
     from xrad.inference.scoring import load_scorer
 
     scorer = load_scorer(artefact_dir, device=device)
@@ -261,6 +263,9 @@ def artefact_predictor(
             "degenerate": result.degenerate,
             "heat_scale": result.heat_scale,
             "mask_warning": result.mask_warning,
+            "warnings": input_warnings(
+                meta, body_part=body_part or "", mean=result.statistics[0], std=result.statistics[1]
+            ),
         }
 
     return predict, meta
