@@ -57,3 +57,13 @@ def test_xrad_run_on_a_non_terminal_is_short_and_has_no_lightning_banner(tmp_pat
     # --quiet: the resumed run says its result in one line.
     quiet = subprocess.run(command + ["--quiet"], capture_output=True, text=True, env=env, check=True, timeout=300)
     assert quiet.stdout.count("\n") == 1 and quiet.stdout.startswith("test AUROC") and quiet.stderr == ""
+
+
+def test_help_shows_no_default_where_there_is_none() -> None:
+    for verb, parser in _verb_parsers().items():
+        assert "(default: None)" not in parser.format_help(), verb
+    train = _verb_parsers()["train"].format_help()
+    from xrad.config import packaged_configs
+
+    assert all(name in train for name in packaged_configs())  # every packaged config is listed
+    assert "(default: all)" in train  # real defaults are still shown

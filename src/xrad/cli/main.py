@@ -47,6 +47,16 @@ VERBS: dict[str, str] = {
 }
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except where there is none to show (required options, flags, unset values):
+    ``(default: None)`` on a required option only confuses."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with one sub-parser per verb."""
     parser = argparse.ArgumentParser(
@@ -62,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
             verb,
             help=help_line,
             description=help_line[0].upper() + help_line[1:] + ".",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_DefaultsFormatter,
         )
         module.add_arguments(verb_parser)
         _add_console_options(verb_parser)
