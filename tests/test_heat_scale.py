@@ -83,3 +83,12 @@ def test_service_reply_carries_the_scale_and_the_page_a_colour_bar(tiny_run: dic
     assert body["warnings"] == []  # this artefact does not preprocess: its mask is the whole image, never failed
     page = client.get("/").text
     assert 'id="colourbar"' in page and 'id="warnings"' in page
+
+
+def test_service_serves_no_cdn_backed_docs_page_but_its_schema() -> None:
+    fastapi_testclient = pytest.importorskip("fastapi.testclient")
+    from xrad.service.app import create_app
+
+    client = fastapi_testclient.TestClient(create_app(lambda *a: {"score": 0.0}))
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert "/score" in client.get("/openapi.json").json()["paths"]

@@ -161,6 +161,10 @@ def create_app(
         title="xrad scoring service",
         version=__version__,
         description="Anomaly scores for radiographs (PNG, JPEG, TIFF, DICOM).",
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN and stay blank offline (the service is
+        # meant to run without a network): off; the machine-readable schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.get("/", response_class=HTMLResponse)
