@@ -263,7 +263,7 @@ def explain_input(scorer: Any, model_input: ModelInput, *, heatmap: bool = True)
 
 
 def _statistics(model_input: ModelInput) -> tuple[float, float]:
-    from xrad.inference.readout import input_statistics
+    from xrad.data.model_input import input_statistics
 
     mean, std = input_statistics(model_input.image[None].numpy(), model_input.mask[None].numpy())[0]
     return float(mean), float(std)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xrad.data.model_input import input_statistics
 from xrad.inference.artefact import ArtefactMeta, meta_of
 
 __all__ = [
@@ -60,24 +61,15 @@ def normal_reference(labels: Any, scores: Any, split: str = "valid") -> dict[str
 
 PHANTOM_MARK = "synth_config.json"  # written by xrad synth at the root of every phantom folder
 STAT_QUANTILES = (0.005, 0.995)  # the training range of an input statistic; outside it (by a margin) = warning
-STAT_MARGIN = 0.1  # of the range's width, on each side
+STAT_MARGIN = 0.1  # of the range's width, on each side ...
+# ... and at least this much (of the [0, 1] intensity scale): a homogeneous training set has a very narrow range,
+# and an input scored without the training cache's body mask (an upload) shifts its statistics a little.
+STAT_FLOOR = 0.05
 
 
 def is_phantom_path(path: str | Path) -> bool:
     """Whether an image lies in a phantom folder made by ``xrad synth`` (a parent holds its config file)."""
     return any((parent / PHANTOM_MARK).is_file() for parent in list(Path(str(path)).parents)[:8])
-
-
-def input_statistics(images: Any, masks: Any) -> np.ndarray:
-    """(N, 2): mean and standard deviation, in [0, 1], of each uint8 model input (N,1,S,S) inside its mask —
-    the statistics an input is compared with the training images on (whole image when the mask is empty)."""
-    x = np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0
-    m = np.asarray(masks).reshape(len(masks), -1) > 0
-    m[~m.any(axis=1)] = True
-    count = m.sum(axis=1)
-    mean = (x * m).sum(axis=1) / count
-    std = np.sqrt((((x - mean[:, None]) ** 2) * m).sum(axis=1) / count)
-    return np.stack([mean, std], axis=1)
 
 
 def statistics_reference(stats: np.ndarray) -> dict[str, list[float]]:
@@ -94,7 +86,8 @@ def input_warnings(
     - the detector was trained on generated phantoms only and the input is not one (``phantom``);
     - the input's body part is not one of the training images' (``training_data.train_body_parts``);
     - its mean or contrast inside the body mask is outside the training range (``normal_reference.statistics``,
-      widened by :data:`STAT_MARGIN` of its width), e.g. an inverted, over-exposed or non-radiograph image.
+      widened by :data:`STAT_MARGIN` of its width, at least :data:`STAT_FLOOR`), e.g. an inverted, over-exposed
+      or non-radiograph image.
     """
     out: list[str] = []
     training = meta.training_data or {}
@@ -107,7 +100,7 @@ def input_warnings(
     for name, value in (("mean", mean), ("std", std)):
         if name in ranges and np.isfinite(value):
             low, high = ranges[name]
-            margin = STAT_MARGIN * (high - low)
+            margin = max(STAT_MARGIN * (high - low), STAT_FLOOR)
             if not low - margin <= value <= high + margin:
                 what = "brightness" if name == "mean" else "contrast"
                 out.append(f"image {what} {value:.2f} is outside the training range {low:.2f}–{high:.2f}")

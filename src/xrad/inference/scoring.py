@@ -122,7 +122,7 @@ def score_frame(
     spheres = np.full(n, -1, dtype=np.int64)
     errors, flags = [""] * n, [""] * n
     stats = np.full((n, 2), np.nan)
-    from xrad.inference.readout import input_statistics
+    from xrad.data.model_input import input_statistics
     from xrad.utils.progress import progress as progress_bar
 
     with progress_bar(n, "scoring", "img", enabled=progress) as bar:

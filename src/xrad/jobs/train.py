@@ -173,7 +173,8 @@ def _finalise(
                 normals = torch.nonzero(bank.labels == 0).flatten()
                 reference["heat_scale"] = heat_scale_of(scorer, bank.images[normals], bank.masks[normals])
                 train = ctx.banks["train"]  # the brightness/contrast range an input is compared with
-                reference["statistics"] = statistics_reference(input_statistics(train.images, train.masks))
+                stats = input_statistics(train.images.numpy(), train.masks.numpy())
+                reference["statistics"] = statistics_reference(stats)
             update_artefact_meta(folder.artefact, normal_reference=reference)
         if split == "test":
             raw = scored["raw"]
