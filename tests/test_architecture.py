@@ -35,7 +35,9 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("xrad.service", 9),
     ("xrad.cli", 9),
     ("xrad.api", 9),
-    ("xrad", 0),  # the package itself: its version only (xrad/__init__.py)
+    # The package itself (xrad/__init__.py): its version, and the front door of xrad.api re-exported lazily — so
+    # it sits on top. Imports of `xrad` itself (`from xrad import __version__`) are not edges of the graph.
+    ("xrad", 10),
 )
 _MODULE_STRING = re.compile(r"(xrad(?:\.\w+)+)(?::\w+)?")
 

@@ -140,7 +140,16 @@ def test_heatmaps_of_cached_rows_match_scoring(tiny_run: dict, tmp_path) -> None
     assert not explanation.on_original and explanation.heat.shape == (40, 40)
     assert explanation.score == pytest.approx(float(scored["score"][0]), abs=1e-5)
     paths = write_heatmaps(scorer, scored, tmp_path / "heat")
-    assert len(paths) == 4 and all(Image.open(p).size == (40, 40) for p in paths)
+    # Each file is the overlay on the image's own 40×40 pixel grid, then the colour bar and its labels.
+    assert len(paths) == 4 and all(Image.open(p).size[1] == 40 and Image.open(p).size[0] > 40 for p in paths)
+    first = np.asarray(Image.open(paths[0]).convert("RGB"))[:, :40]
+    from xrad.inference.heatmaps import overlay
+
+    plain = overlay(explanation.base, explanation.heat)
+    from scipy.ndimage import binary_erosion
+
+    outline = explanation.mask ^ binary_erosion(explanation.mask)
+    assert np.array_equal(first[~outline], plain[~outline])  # the overlay itself, pixel-aligned
 
 
 def test_all_negative_grad_cam_falls_back_to_contribution_magnitude() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -18,16 +19,16 @@ from xrad.evaluation.report import render_report, stage_metrics
 from xrad.jobs.benchmark import load_benchmark_config, run_benchmark
 
 RUN_SECTIONS = (
-    "Summary",
-    "Evaluation (test)",
+    "Headline",
+    "Per body part (test)",
     "ROC and precision–recall curves",
     "Score distributions",
     "Embeddings (t-SNE",
     "Validation AUROC per epoch",
     "Surviving spheres per epoch",
     "Loss curves",
-    "Table 1",
-    "Environment",
+    "Appendix: run summary and every metric",
+    "Appendix: environment",
 )
 BENCH_SECTIONS = (
     "Table 1: validation and test AUROC",
@@ -153,3 +154,27 @@ def test_report_renders_in_headless_chromium(bench_dir, tmp_path):
     assert pixels.std() > 20  # a blank (all white) page has std 0
     # The figures are drawn: a good share of rows is not plain white.
     assert (pixels.min(axis=1) < 200).mean() > 0.3
+
+
+def test_run_report_opens_with_the_headline_and_accepts_the_xrad_run_folder(run_dir, tmp_path) -> None:
+    import pandas as pd
+
+    from xrad.utils.notice import RESEARCH_NOTICE
+
+    pipeline = tmp_path / "default"  # the layout `xrad run` writes: pipeline.json and detector/
+    pipeline.mkdir()
+    (pipeline / "pipeline.json").write_text("{}")
+    shutil.copytree(run_dir, pipeline / "detector")
+    (pipeline / "detector" / "artefact").mkdir()
+    (pipeline / "detector" / "artefact" / "artefact.json").write_text('{"operating_point": {"threshold": 0.5}}')
+    page = render_report(pipeline, n_bootstrap=20).read_text(encoding="utf-8")
+    first_section = re.findall(r"<h2>(.*?)</h2>", page)[0]
+    assert first_section == "Headline" and page.index(html.escape(RESEARCH_NOTICE)) < page.index("Per body part")
+    assert re.search(r"Test AUROC <b>0\.\d\d</b> \(95% interval 0\.\d\d–[01]\.\d\d\)", page)
+    assert "threshold 0.5, stored by xrad calibrate" in page
+    test = pd.read_csv(run_dir / "scores_test.csv")
+    tp = int(((test["score"] >= 0.5) & (test["label"] == 1)).sum())
+    tn = int(((test["score"] < 0.5) & (test["label"] == 0)).sum())
+    confusion = re.search(r"<table id='confusion'>.*?</table>", page).group(0)
+    assert f"<th>abnormal</th><td>{tp}</td>" in confusion and f"<td>{tn}</td></tr></table>" in confusion
+    assert "Fig. 9" not in page and page.index("Appendix: run summary") > page.index("Loss curves")

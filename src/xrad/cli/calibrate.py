@@ -25,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sensitivity", type=open_fraction, help="target sensitivity on validation anomalies (e.g. 0.9)"
     )
     parser.add_argument("--split", default="valid", help="rows whose `split` equals this are used ('' = all rows)")
-    parser.add_argument("--aggregation", default="mean", help="study score: mean, max or topK (as in evaluation)")
+    parser.add_argument(
+        "--aggregation",
+        default="max",
+        help="study score: mean, max or topK; stored with the threshold, and then used by `xrad score` and "
+        "`xrad worklist`",
+    )
     parser.add_argument("--confidence", type=open_fraction, default=0.95, help="level of the Clopper-Pearson interval")
     parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per forward pass when scoring")
     parser.add_argument("--workers", type=int_at_least(1), default=2, help="threads decoding images when scoring")
@@ -89,5 +94,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"image level: {describe(point)}")
     if "study" in point:
         print(f"study level ({point['study']['aggregation']}): {describe(point['study'])}")
-    print(f"stored in {path}")
+    else:
+        print("study level: not calibrated (validation rows have no study_id, or no study of the needed label)")
+    print(f"stored in {path}; `xrad score` and `xrad worklist --artefact` use it (and its {args.aggregation} rule)")
     return 0

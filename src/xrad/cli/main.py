@@ -6,12 +6,17 @@ and never imports torch. A user error (:class:`xrad.errors.XradError`) is printe
 with status 2, as is an operating-system error on a path (not writable, a folder where a file is expected);
 Ctrl-C exits with 130 after the verb had a chance to leave its outputs consistent. Any other exception
 is printed as one line with its type and exits with 1; ``XRAD_TRACEBACK=1`` shows the traceback instead.
+
+Every verb takes ``-q/--quiet`` (no progress displays, no step lines: warnings, errors and the results only)
+and ``-v/--verbose`` (also the ``xrad`` loggers' debug detail); messages of library code go through
+:mod:`logging` (logger ``xrad.*``) to stderr, results to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -42,6 +47,16 @@ VERBS: dict[str, str] = {
 }
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except where there is none to show (required options, flags, unset values):
+    ``(default: None)`` on a required option only confuses."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with one sub-parser per verb."""
     parser = argparse.ArgumentParser(
@@ -57,11 +72,55 @@ def build_parser() -> argparse.ArgumentParser:
             verb,
             help=help_line,
             description=help_line[0].upper() + help_line[1:] + ".",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_DefaultsFormatter,
         )
         module.add_arguments(verb_parser)
+        _add_console_options(verb_parser)
         verb_parser.set_defaults(_module=module)
     return parser
+
+
+def _add_console_options(parser: argparse.ArgumentParser) -> None:
+    console = parser.add_argument_group("console").add_mutually_exclusive_group()
+    console.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress displays and no step lines: warnings, errors and results only",
+    )
+    console.add_argument("-v", "--verbose", action="store_true", help="also debug detail (e.g. the split table)")
+
+
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler ``main`` puts on the ``xrad`` logger (and takes off again): one line per message,
+    ``warning:`` in front of warnings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return prefix + record.getMessage()
+
+
+def _configure_console(args: argparse.Namespace) -> tuple[_ConsoleHandler, int]:
+    """Logging level and progress displays for one verb; returns what :func:`_restore_console` undoes."""
+    from xrad.utils.progress import set_progress
+
+    logger = logging.getLogger("xrad")
+    previous = logger.level
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
+    logger.setLevel(level)
+    handler = _ConsoleHandler(sys.stderr)
+    logger.addHandler(handler)
+    set_progress(not args.quiet)
+    return handler, previous
+
+
+def _restore_console(handler: _ConsoleHandler, level: int) -> None:
+    from xrad.utils.progress import set_progress
+
+    logger = logging.getLogger("xrad")
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    set_progress(True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 0
+    handler, level = _configure_console(args)
     try:
         return int(args._module.run(args) or 0)
     except XradError as exc:
@@ -103,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        _restore_console(handler, level)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,12 @@ from xrad.cli.options import int_at_least
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``xrad report``."""
-    parser.add_argument("folder", type=Path, help="a run folder (xrad train -o) or a benchmark output folder")
+    parser.add_argument(
+        "folder",
+        type=Path,
+        help="a run folder (xrad train -o), the folder of xrad run (its detector/ is reported) or a benchmark "
+        "output folder",
+    )
     parser.add_argument("-o", "--output", type=Path, default=None, help="HTML file (default: FOLDER/report.html)")
     parser.add_argument(
         "--n-bootstrap", type=int_at_least(0), default=1000, help="bootstrap resamples for the run evaluation"

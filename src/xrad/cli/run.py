@@ -78,5 +78,13 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         overrides=tuple(args.overrides),
     )
-    run_pipeline(options)
+    if args.quiet:  # no step lines; the result only
+        done = run_pipeline(options, log=lambda line: None)
+        train = done.get("train", {})
+        print(
+            f"test AUROC {train.get('test_auroc', float('nan')):.3f} (validation "
+            f"{train.get('valid_auroc', float('nan')):.3f}); artefact: {train.get('artefact')}"
+        )
+    else:
+        run_pipeline(options)
     return 0

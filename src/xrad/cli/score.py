@@ -1,4 +1,8 @@
-"""``xrad score ARTEFACT INPUT -o scores.csv``: score new images with a trained artefact.
+"""``xrad score ARTEFACT INPUT [-o scores.csv]``: score new images with a trained artefact.
+
+Without ``-o`` it prints one line per image: the raw score, its percentile among the validation normals and
+the flag at the stored operating point (with the sensitivity and specificity that point achieved); with
+``-o`` it writes the tables below. Either way the research-use notice is printed.
 
 INPUT may be one image file (PNG, JPEG, TIFF or DICOM), a folder of such files (searched recursively;
 DICOM recognised by content), a MURA tree, or a manifest CSV (needs a ``path`` column; ``cache_path``
@@ -12,7 +16,6 @@ aggregated as in evaluation; with a calibrated artefact (``xrad calibrate``) eve
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from xrad.methods.base import Scorer
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``xrad score``."""
@@ -36,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", type=Path, help="an image, a folder of images/DICOM files, a MURA tree or a manifest CSV"
     )
-    parser.add_argument("-o", "--output", type=Path, required=True, help="scores CSV to write")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="scores CSV to write (without it: one line per image is printed and nothing is written)",
+    )
     parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per forward pass")
     parser.add_argument("--workers", type=int_at_least(1), default=2, help="processes decoding images")
     parser.add_argument(
@@ -47,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--aggregation",
         default=None,
-        help="study/patient score: mean, max or topK (default: the operating point's, else mean)",
+        help="study/patient score: mean, max or topK (default: the operating point's rule, else max)",
     )
     parser.add_argument(
         "--heatmaps",
@@ -57,58 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def collect_inputs(source: Path) -> pd.DataFrame:
-    """Turn INPUT into a table with at least ``path`` (and ids where the source has them)."""
-    import pandas as pd
-
-    from xrad.data.indexing import index_dicom_folder, index_mura, is_dicom
-    from xrad.data.manifest import read_manifest
-    from xrad.errors import DataError
-    from xrad.utils.files import entry_kind
-
-    kind = entry_kind(source)
-    if kind == "missing":
-        raise DataError(f"{source}: not found; pass an image, a folder or a manifest CSV")
-    if kind == "file":
-        if source.suffix.lower() == ".csv":
-            return read_manifest(source, require=("path",))
-        return pd.DataFrame({"path": [str(source.resolve())], "study_id": [source.stem]})
-    if kind != "directory":
-        raise DataError(f"{source}: is a {kind}, not an image, a folder or a manifest CSV; check the path")
-    if source.name == "MURA-v1.1" or (source / "MURA-v1.1").is_dir():
-        return index_mura(source)
-    files: list[Path] = []
-    special: list[Path] = []
-    for dirpath, dirs, names in os.walk(source):  # links to folders are not followed (no loops)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            (files if entry_kind(path) == "file" else special).append(path)
-    dicoms = [p for p in files if is_dicom(p)]
-    dicom_set = set(dicoms)  # built once: membership per file, not a new set per file
-    # An entry named like an image that is not a regular file (a FIFO, a broken link ...) is never opened, but
-    # listed: its row says why it was not scored instead of it vanishing from the table.
-    images = [p for p in files + special if p.suffix.lower() in IMAGE_SUFFIXES and p not in dicom_set]
-    parts = []
-    if dicoms:
-        # The other images are read below; a damaged DICOM header is kept as a row, which will say why.
-        parts.append(index_dicom_folder(source, warn_left_out=False, keep_unreadable=True))
-    if images:
-        parts.append(
-            pd.DataFrame(
-                {
-                    "path": [str(p.absolute()) for p in images],
-                    "study_id": [str(p.parent.relative_to(source) / p.stem) for p in images],
-                }
-            )
-        )
-    if not parts:
-        raise DataError(f"{source}: no PNG, JPEG, TIFF or DICOM files found")
-    return pd.concat(parts, ignore_index=True)
-
-
 def run(args: argparse.Namespace) -> int:
     """Score INPUT and write the scores table (and its study/patient tables, published together)."""
     import contextlib
@@ -116,13 +70,21 @@ def run(args: argparse.Namespace) -> int:
 
     from xrad.evaluation.aggregate import parse_aggregation
     from xrad.inference.artefact import meta_of
-    from xrad.inference.calibration import flag, level_tables
-    from xrad.inference.scoring import load_scorer, score_frame
+    from xrad.inference.calibration import level_tables, stored_aggregation
+    from xrad.inference.readout import score_images
+    from xrad.inference.scoring import load_scorer
+    from xrad.inference.sources import collect_inputs
     from xrad.utils.atomic import FileSet, check_writable
 
     # Everything that can be refused is refused before scoring starts.
     if args.aggregation is not None:
         parse_aggregation(args.aggregation)
+    if args.output is None:
+        if args.heatmaps is not None:
+            from xrad.errors import ConfigError
+
+            raise ConfigError("--heatmaps needs -o scores.csv (the overlays are listed in its `heatmap` column)")
+        return _print_scores(args)
     check_writable(args.output)
     if args.heatmaps is not None:
         from xrad.utils.atomic import check_replaceable
@@ -130,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         check_replaceable(args.heatmaps, _heatmap_entry)
     frame = collect_inputs(args.input)
     scorer = load_scorer(args.artefact)
-    scored = score_frame(
+    # percentile among the validation normals, and flagged (score >= the calibrated image threshold;
+    # unreadable rows: False) when the artefact has an operating point
+    scored = score_images(
         scorer,
         frame,
         batch_size=args.batch_size,
@@ -139,10 +103,8 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
     )
     point = meta_of(scorer).operating_point
-    if point:  # score >= the calibrated image threshold (unreadable rows: False)
-        scored["flagged"] = flag(scored["score"], point)
     failed = int((scored.get("error", "") != "").sum()) if "error" in scored else 0
-    aggregation = args.aggregation or ((point or {}).get("study") or {}).get("aggregation") or "mean"
+    aggregation = args.aggregation or stored_aggregation(point)
     level_paths = {
         level: args.output.with_name(f"{args.output.stem}_{plural}.csv")
         for level, plural in (("study", "studies"), ("patient", "patients"))
@@ -160,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
             files.remove_stale(path)
             if level in tables:
                 files.write_csv(path, tables[level])
+    from xrad.utils.notice import RESEARCH_NOTICE
+
+    print(RESEARCH_NOTICE)
     print(
         f"scored {len(scored) - failed} image(s) → {args.output}"
         + (f"; {failed} unreadable (see the `error` column)" if failed else "")
@@ -182,6 +147,36 @@ def run(args: argparse.Namespace) -> int:
         plural = {"study": "studies", "patient": "patients"}[level]
         flagged = f", {int(table['flagged'].sum())} flagged" if "flagged" in table else ""
         print(f"{len(table)} {plural} ({aggregation} of image scores{flagged}) → {level_paths[level]}")
+    return 0
+
+
+def _print_scores(args: argparse.Namespace) -> int:
+    """Score INPUT and print one line per image (score, percentile, flag) after the research-use notice."""
+    from xrad.inference.artefact import meta_of
+    from xrad.inference.readout import readout_line, score_images
+    from xrad.inference.scoring import load_scorer
+    from xrad.inference.sources import collect_inputs
+    from xrad.utils.notice import RESEARCH_NOTICE
+
+    frame = collect_inputs(args.input)
+    scorer = load_scorer(args.artefact)
+    scored = score_images(
+        scorer,
+        frame,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        on_error="raise" if args.strict else "skip",
+        progress=len(frame) > 1,
+    )
+    meta = meta_of(scorer)
+    print(RESEARCH_NOTICE)
+    for _, row in scored.iterrows():
+        print(readout_line(row, meta))
+    failed = int((scored["error"] != "").sum()) if "error" in scored else 0
+    if failed and failed == len(scored):
+        from xrad.errors import DataError
+
+        raise DataError(f"{args.input}: none of the {failed} image(s) could be read (reasons above)")
     return 0
 
 

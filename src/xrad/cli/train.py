@@ -49,7 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train although one image (same path or same content) is in two splits",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _devices(value: str) -> Any:

@@ -15,7 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for index.html, worklist.csv, thumbs/")
     parser.add_argument("--artefact", type=Path, help="artefact whose stored operating point flags studies")
     parser.add_argument("--threshold", type=finite_float, help="study threshold to flag at (overrides --artefact)")
-    parser.add_argument("--aggregation", default="max", help="study score: mean, max or topK (as in evaluation)")
+    parser.add_argument(
+        "--aggregation",
+        help="study score: mean, max or topK (default: the rule stored with --artefact's operating point, else max)",
+    )
     parser.add_argument("--top", type=int_at_least(0), default=200, help="studies shown with thumbnails and heatmaps")
     parser.add_argument("--thumb-size", type=int_at_least(16), default=160, help="thumbnail major axis in pixels")
     parser.add_argument("--title", default="xrad worklist", help="page title")
@@ -42,15 +45,18 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(
             f"{args.scores}: not a readable scores CSV ({str(exc).splitlines()[0]}); write one with `xrad score`"
         ) from None
+    from xrad.inference.calibration import stored_aggregation
+
     point = None
     if args.artefact is not None:
         from xrad.inference.artefact import read_meta
 
         point = read_meta(args.artefact).operating_point
+    aggregation = args.aggregation or stored_aggregation(point)
     result = build_worklist(
         frame,
         args.output,
-        aggregation=args.aggregation,
+        aggregation=aggregation,
         threshold=args.threshold,
         operating_point=point,
         top=args.top,

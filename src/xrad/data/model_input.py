@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_SIDE", "degenerate_reason", "prepare_eval", "resize_image_and_mask", "to_float"]
+__all__ = ["MIN_SIDE", "degenerate_reason", "input_statistics", "prepare_eval", "resize_image_and_mask", "to_float"]
 
 MIN_SIDE = 32
 """An image with a side shorter than this (in pixels, as decoded) is flagged tiny: no radiograph is that small,
@@ -99,3 +99,15 @@ def check_batch(images: Tensor, masks: Tensor) -> None:
         raise ValueError(f"expected a square one-channel batch (B, 1, S, S), got {tuple(images.shape)}")
     if masks.shape != images.shape:
         raise ValueError(f"mask batch {tuple(masks.shape)} does not match image batch {tuple(images.shape)}")
+
+
+def input_statistics(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(N, 2): mean and standard deviation, in [0, 1], of each uint8 model input (N,1,S,S) inside its mask —
+    the statistics an input is compared with the training images on (whole image when the mask is empty)."""
+    x = np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0
+    m = np.asarray(masks).reshape(len(masks), -1) > 0
+    m[~m.any(axis=1)] = True
+    count = m.sum(axis=1)
+    mean = (x * m).sum(axis=1) / count
+    std = np.sqrt((((x - mean[:, None]) ** 2) * m).sum(axis=1) / count)
+    return np.stack([mean, std], axis=1)

@@ -19,6 +19,10 @@ from xrad.errors import ConfigError
 
 _TOPK = re.compile(r"^top(\d+)$")
 LEVEL_KEYS: dict[str, str] = {"study": "study_id", "patient": "patient_id"}
+# The one study rule of calibration, scoring and the worklist when none is stored or given: a study with one
+# abnormal view is an abnormal study (triage reads the worst image). `xrad calibrate` stores the rule it used
+# with the operating point, and scoring and the worklist then use that stored rule.
+DEFAULT_AGGREGATION = "max"
 
 
 def parse_aggregation(name: str) -> tuple[str, int]:

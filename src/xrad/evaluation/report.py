@@ -30,6 +30,7 @@ _STAGE_ORDER = ("pretrain", "finetune")
 _CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:24px auto;
 padding:0 16px;color:#222}h1{border-bottom:2px solid #444}h2{margin-top:36px;border-bottom:1px solid #bbb}
 img{max-width:100%;border:1px solid #ddd;margin:8px 0}
+.notice{background:#fff4e5;border-left:4px solid #e65100;padding:6px 10px}.headline{font-size:18px}
 table{border-collapse:collapse;margin:8px 0;font-size:14px}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child{text-align:left}
@@ -241,6 +242,89 @@ def _curves_section(b: _Builder, histories_by_stage: dict[str, dict[str, list[pd
         b.add(_missing("no train_loss column in any <stage>/metrics.csv"))
 
 
+def _stored_operating_point(run_dir: Path) -> dict[str, Any] | None:
+    """The image-level operating point stored by ``xrad calibrate`` in the run's artefact, if any (read as
+    JSON: the report does not load the model)."""
+    meta = run_dir / "artefact" / "artefact.json"
+    if not meta.is_file():
+        return None
+    try:
+        point = json.loads(meta.read_text(encoding="utf-8")).get("operating_point")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return point if isinstance(point, dict) and "threshold" in point else None
+
+
+def _headline(b: _Builder, frames: dict[str, pd.DataFrame], run_dir: Path, n_bootstrap: int, seed: int) -> Any:
+    """AUROC with its interval, the operating point and the confusion matrix at it; returns the evaluation."""
+    from xrad.utils.notice import RESEARCH_NOTICE
+
+    b.section("Headline")
+    b.add(f'<p class="notice" id="notice">{html.escape(RESEARCH_NOTICE)}</p>')
+    if "test" not in frames:
+        b.add(_missing("scores_test.csv not found"))
+        return None
+    test = frames["test"]
+    point = _stored_operating_point(run_dir)
+    if point is not None:
+        threshold, how = float(point["threshold"]), "stored by xrad calibrate (chosen on validation)"
+    elif "valid" in frames and frames["valid"]["label"].nunique() > 1:
+        choice = choose_threshold(frames["valid"], "youden")
+        threshold, how = choice["threshold"], f"Youden's J on validation ({choice['n_valid']} images); not calibrated"
+    else:
+        threshold, how = None, "none (no calibrated operating point and no labelled validation scores)"
+    result = evaluate_scores(test, threshold=threshold, n_bootstrap=n_bootstrap, seed=seed)
+    image = result["levels"]["image"]
+    auroc = image["auroc"]
+    level = round(100 * result["bootstrap"]["confidence"])
+    interval = f" ({level}% interval {auroc['low']:.2f}–{auroc['high']:.2f})" if "low" in auroc else ""
+    chance = " — no better than chance" if "low" in auroc and auroc["low"] <= 0.5 else ""
+    lines = [
+        f"<p class='headline' id='auroc'>Test AUROC <b>{auroc['value']:.2f}</b>{interval}{chance}, on "
+        f"{image['n']} test images ({image['n_abnormal']} abnormal).</p>"
+    ]
+    if threshold is not None:
+        labelled = test[test["label"].notna()]
+        flagged = labelled["score"].to_numpy(float) >= threshold
+        truth = labelled["label"].to_numpy(int) == 1
+        tp, fp = int((flagged & truth).sum()), int((flagged & ~truth).sum())
+        fn, tn = int((~flagged & truth).sum()), int((~flagged & ~truth).sum())
+        sens = tp / (tp + fn) if tp + fn else float("nan")
+        spec = tn / (tn + fp) if tn + fp else float("nan")
+        lines.append(
+            f"<p id='operating'>Operating point: threshold {threshold:.4g}, {html.escape(how)}. On test: "
+            f"sensitivity {sens:.2f}, specificity {spec:.2f}.</p>"
+            "<table id='confusion'><tr><th></th><th>flagged</th><th>not flagged</th></tr>"
+            f"<tr><th>abnormal</th><td>{tp}</td><td>{fn}</td></tr>"
+            f"<tr><th>normal</th><td>{fp}</td><td>{tn}</td></tr></table>"
+        )
+    else:
+        lines.append(f"<p id='operating'>Operating point: {html.escape(how)}.</p>")
+    b.add("".join(lines))
+    return result
+
+
+def _body_part_table(test: pd.DataFrame) -> str:
+    """Test AUROC per body part (with its image counts); "–" where a part lacks normals or anomalies."""
+    from xrad.evaluation.metrics import auroc
+
+    if "body_part" not in test.columns:
+        return _missing("no body_part column")
+    rows = []
+    for part, group in test[test["label"].notna()].groupby("body_part"):
+        labels = group["label"].to_numpy(int)
+        value = auroc(labels, group["score"].to_numpy(float)) if 0 < labels.sum() < len(labels) else None
+        rows.append(
+            {
+                "body part": part,
+                "images": len(group),
+                "abnormal": int(labels.sum()),
+                "AUROC": "–" if value is None else f"{value:.2f}",
+            }
+        )
+    return _table(pd.DataFrame(rows)) if rows else _missing("no labelled test rows")
+
+
 def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_points: int) -> str:
     summary = (
         json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
@@ -248,32 +332,14 @@ def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_poi
         else {}
     )
     title = f"xrad run report: {run_dir.name}"
-    b.section("Summary")
-    scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) or v is None}
-    b.add(
-        _table(pd.DataFrame({"key": list(scalars), "value": [str(v) for v in scalars.values()]}))
-        if scalars
-        else _missing("summary.json not found")
-    )
     frames = {
         s: read_scores(run_dir / f"scores_{s}.csv")
         for s in ("valid", "test")
         if (run_dir / f"scores_{s}.csv").is_file()
     }
-    b.section("Evaluation (test) with bootstrap intervals")
-    if "test" in frames:
-        threshold = None
-        note = "no validation scores: no threshold, no κ"
-        if "valid" in frames and frames["valid"]["label"].nunique() > 1:
-            choice = choose_threshold(frames["valid"], "youden")
-            threshold, note = (
-                choice["threshold"],
-                f"threshold chosen by Youden's J on validation ({choice['n_valid']} images)",
-            )
-        result = evaluate_scores(frames["test"], threshold=threshold, n_bootstrap=n_bootstrap, seed=seed)
-        b.add(f'<p class="note">{html.escape(note)}</p><pre>{html.escape(format_table(result))}</pre>')
-    else:
-        b.add(_missing("scores_test.csv not found"))
+    result = _headline(b, frames, run_dir, n_bootstrap, seed)
+    b.section("Per body part (test)")
+    b.add(_body_part_table(frames["test"]) if "test" in frames else _missing("scores_test.csv not found"))
     b.section("ROC and precision–recall curves")
     curves = [
         (
@@ -284,15 +350,13 @@ def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_poi
         for split, f in frames.items()
     ]
     if curves:
-        b.figure(plots.roc_pr_figure(curves, f"{run_dir.name}: validation and test"), "roc_pr", "ROC and PR curves")
+        b.figure(plots.roc_pr_figure(curves, "ROC and precision–recall, validation and test"), "roc_pr", "ROC and PR")
     else:
         b.add(_missing("no scores_valid.csv / scores_test.csv"))
     b.section("Score distributions (test, overall and per body part)")
     if "test" in frames:
         b.figure(
-            plots.score_distribution_figure(
-                frames["test"], f"{run_dir.name}: test score distributions (Fig. 9 bottom)"
-            ),
+            plots.score_distribution_figure(frames["test"], "Test scores of normal and abnormal images"),
             "scores_test",
             "score distributions",
         )
@@ -302,12 +366,16 @@ def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_poi
     _tsne_section(b, run_dir, "run", run_dir.name, ("h", "z"), seed, max_points)
     _pretext_tsne_section(b, run_dir, seed, max_points)
     _curves_section(b, {s: {s: [f]} for s, f in stage_metrics(run_dir).items()}, "run")
-    b.section("Table 1")
+    b.section("Appendix: run summary and every metric")
+    scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) or v is None}
     b.add(
-        '<p class="note">Table 1 and significance tests summarise replicates: render a benchmark folder '
-        "(<code>xrad benchmark</code>) to get them. This run is one replicate.</p>"
+        _table(pd.DataFrame({"key": list(scalars), "value": [str(v) for v in scalars.values()]}))
+        if scalars
+        else _missing("summary.json not found")
     )
-    b.section("Environment")
+    if result is not None:
+        b.add(f"<pre>{html.escape(format_table(result))}</pre>")
+    b.section("Appendix: environment")
     config = run_dir / "config.yaml"
     b.add(
         _environment(
@@ -448,6 +516,8 @@ def render_report(
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder; pass a run folder (xrad train -o) or a benchmark output folder")
     output = Path(output) if output else folder / "report.html"
+    if (folder / "pipeline.json").is_file() and (folder / "detector").is_dir():  # the folder of `xrad run`
+        folder = folder / "detector"
     builder = _Builder(
         output.parent / f"{output.stem}_figures" if output.stem != "report" else output.parent / "report"
     )

@@ -6,7 +6,9 @@ Layout::
     ARTEFACT/artefact.json       what the numbers mean: format, method, scorer kind and arguments,
                                  image_size, preprocessing parameters (or null), centres (readable copy),
                                  resolved config, package versions, training-data summary, xrad version,
-                                 SHA-256 of model.safetensors, and (after ``xrad calibrate``) the operating point
+                                 SHA-256 of model.safetensors, the validation normals' score distribution
+                                 (``normal_reference``: every score's percentile) and (after ``xrad calibrate``)
+                                 the operating point
 
 ``artefact.json`` is written last, so its presence means the folder is complete; the checksum catches a
 weights file swapped or truncated afterwards.
@@ -65,6 +67,7 @@ _SCHEMA = (
     "config",
     "training_data",
     "operating_point",
+    "normal_reference",
     "xrad_version",
     "sha256",
     "versions",
@@ -99,6 +102,9 @@ class ArtefactMeta:
     config: dict[str, Any] | None = None
     training_data: dict[str, Any] | None = None
     operating_point: dict[str, Any] | None = None
+    # The validation normals' scores (sorted, or quantiles of many): see xrad.inference.readout. Artefacts
+    # written before it existed have none; their percentiles are reported as unavailable.
+    normal_reference: dict[str, Any] | None = None
     format: str | None = None
     xrad_version: str | None = None
     sha256: str | None = None
@@ -130,7 +136,7 @@ class ArtefactMeta:
                 raise DataError(
                     f"{where}: 'scorer.args' is not an object; re-train or use the xrad version that wrote it"
                 )
-        for key in ("preprocessing", "operating_point", "config", "training_data", "versions"):
+        for key in ("preprocessing", "operating_point", "normal_reference", "config", "training_data", "versions"):
             if data.get(key) is not None and not isinstance(data[key], Mapping):
                 raise DataError(f"{where}: {key!r} is not an object; re-train or use the xrad version that wrote it")
         return cls(
@@ -143,6 +149,7 @@ class ArtefactMeta:
             config=data.get("config"),
             training_data=data.get("training_data"),
             operating_point=data.get("operating_point"),
+            normal_reference=data.get("normal_reference"),
             format=data.get("format"),
             xrad_version=data.get("xrad_version"),
             sha256=data.get("sha256"),
@@ -168,7 +175,7 @@ class ArtefactMeta:
         for key in ("image_size", "input", "preprocessing", "config", "training_data"):
             put(key, getattr(self, key))
         out.update(self.extra)
-        for key in ("format", "xrad_version", "sha256", "versions", "operating_point"):
+        for key in ("format", "xrad_version", "sha256", "versions", "normal_reference", "operating_point"):
             put(key, getattr(self, key))
         return out
 

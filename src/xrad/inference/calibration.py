@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from xrad.errors import DataError
+from xrad.evaluation.aggregate import DEFAULT_AGGREGATION
 from xrad.evaluation.metrics import threshold_at_sensitivity, threshold_at_specificity
 
 METHOD = "clopper-pearson"
@@ -77,8 +78,9 @@ def threshold_for(
     """Threshold at a target specificity or sensitivity with its achieved value and exact interval.
 
     ``labels`` are 0 (normal), 1 (abnormal) or NaN (unlabelled; ignored). Returns ``{threshold, target,
-    achieved, interval: [low, high], confidence, n, k, n_normal, n_abnormal, method}``; ``flagged`` means
-    ``score >= threshold``.
+    achieved, interval: [low, high], confidence, n, k, n_normal, n_abnormal, method, rates}``; ``rates`` holds
+    ``specificity`` and ``sensitivity`` at the threshold (``{value, interval, k, n}``, each where validation has
+    normals / anomalies); ``flagged`` means ``score >= threshold``.
     """
     name, value = _target(specificity, sensitivity)
     labels = np.asarray(labels, dtype=float)
@@ -103,8 +105,23 @@ def threshold_for(
         threshold = threshold_at_sensitivity(labels, scores, value)
         k, n = int((scores[labels == 1] >= threshold).sum()), n_abnormal
     low, high = clopper_pearson(k, n, confidence)
+    # Both rates at this threshold, each with its exact interval, as far as validation has normals and
+    # anomalies: a reader needs the sensitivity a specificity target buys, not only the target.
+    rates: dict[str, dict[str, Any]] = {}
+    for rate, hits, total in (
+        ("specificity", int((scores[labels == 0] < threshold).sum()), n_normal),
+        ("sensitivity", int((scores[labels == 1] >= threshold).sum()), n_abnormal),
+    ):
+        if total:
+            rates[rate] = {
+                "value": hits / total,
+                "interval": list(clopper_pearson(hits, total, confidence)),
+                "k": hits,
+                "n": total,
+            }
     return {
         "threshold": float(threshold),
+        "rates": rates,
         "target": {name: value},
         "achieved": k / n,
         "interval": [low, high],
@@ -123,7 +140,7 @@ def calibrate(
     specificity: float | None = None,
     sensitivity: float | None = None,
     confidence: float = 0.95,
-    aggregation: str = "mean",
+    aggregation: str = DEFAULT_AGGREGATION,
     where: str = "validation scores",
 ) -> dict[str, Any]:
     """The operating point of a validation scores table (``score``, ``label``; ``study_id`` optional).
@@ -143,7 +160,9 @@ def calibrate(
         confidence=confidence,
         where=where,
     )
-    point.update(level="image", date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    point.update(
+        level="image", aggregation=aggregation, date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
     if "study" in available_levels(frame):
         studies = aggregate_scores(frame, "study", aggregation)
         try:
@@ -171,6 +190,13 @@ def flag(scores: np.ndarray | pd.Series, point: dict[str, Any] | None, level: st
     if not entry:
         return None
     return np.asarray(scores, dtype=float) >= float(entry["threshold"])
+
+
+def stored_aggregation(point: dict[str, Any] | None) -> str:
+    """The study aggregation the operating point was calibrated with, else the default rule
+    (:data:`xrad.evaluation.aggregate.DEFAULT_AGGREGATION`): what scoring and the worklist use unless told."""
+    study = (point or {}).get("study") or {}
+    return str(study.get("aggregation") or (point or {}).get("aggregation") or DEFAULT_AGGREGATION)
 
 
 def study_threshold(point: dict[str, Any] | None, aggregation: str) -> tuple[float | None, str]:
@@ -227,7 +253,15 @@ def describe(point: dict[str, Any]) -> str:
     low, high = point["interval"]
     unit = "normals" if name == "specificity" else "anomalies"
     pct = round(100 * point.get("confidence", 0.95))
-    return (
+    text = (
         f"threshold {point['threshold']:.6g} at {name} {value:g}: achieved {point['achieved']:.3f} "
         f"({pct}% CI {low:.3f}–{high:.3f}) on {point['n']} validation {unit}"
     )
+    other = "sensitivity" if name == "specificity" else "specificity"
+    entry = (point.get("rates") or {}).get(other)
+    if entry:
+        o_low, o_high = entry["interval"]
+        text += f"; {other} {entry['value']:.3f} ({pct}% CI {o_low:.3f}–{o_high:.3f}) on {entry['n']}"
+    elif "rates" in point:
+        text += f"; {other} not measured (no validation {'anomalies' if other == 'sensitivity' else 'normals'})"
+    return text

@@ -103,7 +103,8 @@ def score_frame(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Score every row of ``frame`` (needs ``path`` or ``cache_path``); returns a copy with ``score``
-    (and ``sphere``, the nearest centre, for sphere detectors).
+    (and ``sphere``, the nearest centre, for sphere detectors), ``input_mean`` and ``input_std`` (the model
+    input's brightness and contrast inside its mask, :func:`xrad.inference.readout.input_statistics`).
 
     ``on_error="skip"`` gives unreadable rows a NaN score and a one-line ``error`` naming the file instead of
     raising; one bad file never stops the others. ``degenerate`` names images whose score cannot be trusted
@@ -120,9 +121,11 @@ def score_frame(
     scores = np.full(n, np.nan)
     spheres = np.full(n, -1, dtype=np.int64)
     errors, flags = [""] * n, [""] * n
-    from tqdm.auto import tqdm
+    stats = np.full((n, 2), np.nan)
+    from xrad.data.model_input import input_statistics
+    from xrad.utils.progress import progress as progress_bar
 
-    with tqdm(total=n, desc="scoring", unit="img", disable=not progress) as bar:
+    with progress_bar(n, "scoring", "img", enabled=progress) as bar:
         for start in range(0, n, chunk_size):
             rows = list(range(start, min(n, start + chunk_size)))
             images, masks, chunk_errors, chunk_flags = _decode(out.iloc[rows], spec, workers, on_error == "raise")
@@ -134,12 +137,14 @@ def score_frame(
                 result = scorer.score_batches(images[index], masks[index], batch_size=batch_size)
                 rows_ok = [rows[j] for j in ok]
                 scores[rows_ok] = result["score"].numpy()
+                stats[rows_ok] = input_statistics(images[index].numpy(), masks[index].numpy())
                 spheres[rows_ok] = result["sphere"].numpy()
             bar.update(len(rows))
     out["score"] = scores
     if meta.scorer_kind == "sphere" or (spheres >= 0).any():
         out["sphere"] = spheres
     out["degenerate"] = flags
+    out["input_mean"], out["input_std"] = stats[:, 0], stats[:, 1]  # compared with training (readout)
     if on_error == "skip":
         out["error"] = errors
     return out

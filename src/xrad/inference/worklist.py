@@ -52,6 +52,13 @@ def worklist_table(
     studies = aggregate_scores(images, "study", aggregation)
     studies = studies.sort_values("score", ascending=False, kind="mergesort").reset_index(drop=True)
     studies.insert(0, "rank", pd.array(np.arange(1, len(studies) + 1), dtype="Int64"))
+    if "percentile" in images.columns:  # `xrad score` output: each image's percentile among validation normals
+        top = pd.to_numeric(images["percentile"], errors="coerce").groupby(images["study_id"]).max()
+        studies["top_percentile"] = studies["study_id"].map(top)
+    if "warnings" in images.columns:  # out-of-distribution warnings of its images (xrad.inference.readout)
+        texts = images["warnings"].fillna("").astype(str)
+        joined = texts[texts != ""].groupby(images["study_id"]).agg(lambda t: "; ".join(sorted(set(t))))
+        studies["warnings"] = studies["study_id"].map(joined).fillna("")
     studies["flagged"] = (studies["score"] >= threshold) if threshold is not None else pd.NA
     # An image that could not be read must not silently drop out of a triage list: its study keeps a count,
     # and a study with no readable image at all is listed (unranked, no score) so a person reads it.
@@ -190,6 +197,11 @@ def _images_html(rows: pd.DataFrame, out_dir: Path, size: int, previous: Path | 
     return "".join(thumbs), "".join(heats)
 
 
+def _percentile_text(value: Any) -> str:
+    """A study's highest image percentile among the validation normals, for the page."""
+    return "unavailable" if pd.isna(value) else f"{float(value):.1f}"
+
+
 def _reason(exc: BaseException) -> str:
     """The reason of a thumbnail failure, without the file name (the page must not show file names)."""
     if isinstance(exc, ImageReadError):
@@ -206,6 +218,7 @@ vertical-align:middle;text-align:left}th{background:#f3f3f3;position:sticky;top:
 tr.flagged td.flag{color:#b00020;font-weight:600}td.score{font-variant-numeric:tabular-nums;font-weight:600}
 tr.threshold td{border-top:3px dashed #b00020;border-bottom:none;color:#b00020;font-weight:600;padding:.2rem .6rem}
 .bad{color:#b00020;font-size:.8rem}
+.notice{background:#fff4e5;border-left:4px solid #e65100;padding:.4rem .6rem;max-width:60rem}
 """
 
 
@@ -267,19 +280,32 @@ def _build(
     thumb_size: int,
     title: str,
 ) -> dict[str, Any]:
-    from xrad.inference.calibration import study_threshold
+    from xrad.inference.calibration import stored_aggregation, study_threshold
     from xrad.utils.atomic import write_csv, write_text
+    from xrad.utils.notice import RESEARCH_NOTICE
 
     note = ""
+    missing = "no study-level operating point (run `xrad calibrate` or pass --threshold)"
     if threshold is None:
         threshold, note = study_threshold(operating_point, aggregation)
+        stored = stored_aggregation(operating_point)
+        if threshold is None and (operating_point or {}).get("study") and stored != aggregation:
+            missing = (
+                f"the stored study threshold is for {stored} scores, these are {aggregation} scores "
+                f"(use --aggregation {stored}, or calibrate with --aggregation {aggregation})"
+            )
+        elif threshold is None and operating_point:
+            missing = "the operating point has no study-level threshold (validation had no study ids)"
     elif operating_point is None:
         note = f"threshold {threshold:.6g} (given)"
     studies, images = worklist_table(scores, aggregation=aggregation, threshold=threshold)
     by_study = {key: rows for key, rows in images.groupby("study_id", sort=False)}
     write_csv(out_dir / "worklist.csv", studies)
     has_label = "label" in studies.columns and studies["label"].notna().any()
-    header = ["#", "images", "heatmaps", "study", "body part", "score", "flag", "n"] + (["label"] if has_label else [])
+    has_pct = "top_percentile" in studies.columns and studies["top_percentile"].notna().any()
+    header = ["#", "images", "heatmaps", "study", "body part", "score"]
+    header += (["top image percentile"] if has_pct else []) + ["flag", "n"] + (["label"] if has_label else [])
+    columns = ["rank", "img", "heat", "id", "part", "score"] + (["pct"] if has_pct else []) + ["flag", "n", "label"]
     lines = []
     threshold_drawn = threshold is None
     unscored = studies[studies["rank"].isna()]
@@ -301,9 +327,15 @@ def _build(
             str(study["rank"]),
             thumbs,
             heats,
-            html.escape(str(study["study_id"])),
+            html.escape(str(study["study_id"]))
+            + (
+                f'<div class="bad warning">warning: {html.escape(str(study["warnings"]))}</div>'
+                if str(study.get("warnings", "") or "") not in ("", "nan")
+                else ""
+            ),
             html.escape(str(study.get("body_part", "") or "")),
             f"{study['score']:.4g}",
+            *([_percentile_text(study["top_percentile"])] if has_pct else []),
             flag_text,
             str(study["n_images"])
             + (f' <span class="bad">+{study["unreadable"]} unreadable</span>' if study["unreadable"] else "")
@@ -317,20 +349,13 @@ def _build(
             cells.append("" if pd.isna(study["label"]) else str(int(study["label"])))
         row_class = "flagged" if flag_text == "FLAGGED" else ""
         lines.append(
-            f'<tr class="{row_class}">'
-            + "".join(
-                f'<td class="{c}">{v}</td>'
-                for c, v in zip(["rank", "img", "heat", "id", "part", "score", "flag", "n", "label"], cells)
-            )
-            + "</tr>"
+            f'<tr class="{row_class}">' + "".join(f'<td class="{c}">{v}</td>' for c, v in zip(columns, cells)) + "</tr>"
         )
     if not threshold_drawn:  # every study is above the threshold
         lines.append(f'<tr class="threshold"><td colspan="{len(header)}">threshold {threshold:.6g}</td></tr>')
     n_flagged = int(studies["flagged"].fillna(False).astype(bool).sum()) if threshold is not None else 0
     summary = f"{len(studies) - len(unscored)} studies ({len(images)} images), sorted by {aggregation} score" + (
-        f"; {n_flagged} flagged at {note or f'threshold {threshold:.6g}'}"
-        if threshold is not None
-        else "; no study-level operating point (run `xrad calibrate` or pass --threshold)"
+        f"; {n_flagged} flagged at {note or f'threshold {threshold:.6g}'}" if threshold is not None else f"; {missing}"
     )
     n_unreadable = int(studies["unreadable"].sum())
     unreadable_html = ""
@@ -345,6 +370,7 @@ def _build(
     page = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f'<style>{_CSS}</style></head><body style="--s:{thumb_size}px"><h1>{html.escape(title)}</h1>'
+        f'<p class="notice" id="notice">{html.escape(RESEARCH_NOTICE)}</p>'
         f'<div class="muted" id="summary">{html.escape(summary)}</div>{unreadable_html}'
         '<table id="worklist"><thead><tr>'
         + "".join(f"<th>{h}</th>" for h in header)

@@ -20,6 +20,7 @@ the step's own resume check would otherwise refuse it.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -275,11 +276,14 @@ def run_pipeline(options: RunOptions, log: Callable[[str], None] = print, until:
             ),
         )
         write_manifest(frame, split_path)
-        summary = split_summary(frame)
-        log(summary.to_string(index=False))
+        images = {s: int((frame["split"] == s).sum()) for s in ("train", "valid", "test")}
+        abnormal = {s: int(((frame["split"] == s) & (frame["label"] == 1)).sum()) for s in images}
+        log("split: " + ", ".join(f"{s} {images[s]} images ({abnormal[s]} abnormal)" for s in images))
+        # The per-body-part table is detail (`--verbose`): at 160 patients it alone was 4 kB of the console.
+        logging.getLogger("xrad.pipeline").debug(split_summary(frame).to_string(index=False))
         return {
             "manifest": str(split_path),
-            "images": {s: int((frame["split"] == s).sum()) for s in ("train", "valid", "test")},
+            "images": images,
         }
 
     def preprocess() -> dict[str, Any]:

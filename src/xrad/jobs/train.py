@@ -89,6 +89,8 @@ def _preprocessing_params(frame: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def _data_summary(frame: pd.DataFrame, manifest: Path) -> dict[str, Any]:
+    from xrad.inference.readout import is_phantom_path
+
     train = frame[frame["split"] == "train"]
     semi = train["semi_label"] if "semi_label" in train.columns else pd.Series(0, index=train.index)
     summary: dict[str, Any] = {
@@ -105,6 +107,8 @@ def _data_summary(frame: pd.DataFrame, manifest: Path) -> dict[str, Any]:
             for s in SPLITS
         },
     }
+    # A detector trained on generated phantoms says so whenever it scores (xrad.inference.readout).
+    summary["phantoms"] = bool(len(train)) and all(is_phantom_path(p) for p in train["path"].head(5))
     if "body_part" in frame.columns:
         summary["train_body_parts"] = {str(k): int(v) for k, v in train["body_part"].value_counts().items()}
     return summary
@@ -160,6 +164,9 @@ def _finalise(
     embeddings by it are written beside the final ones (Fig. 9)."""
     from safetensors.torch import save
 
+    from xrad.inference.artefact import update_artefact_meta
+    from xrad.inference.heatmaps import heat_scale_of
+    from xrad.inference.readout import input_statistics, normal_reference, statistics_reference
     from xrad.inference.scoring import load_scorer
     from xrad.utils.atomic import write_bytes
 
@@ -195,6 +202,15 @@ def _finalise(
                 emb = _encoder_embeddings(pretext.encoder, bank, cfg.data.eval_batch_size, ctx.device)
                 emb["labels"] = bank.labels.clone()
                 write_bytes(folder.valid_embeddings(pretext=True), save({k: v.contiguous() for k, v in emb.items()}))
+        if split == "valid":  # every later score is read as a percentile among these normals
+            reference = normal_reference(bank.labels.numpy(), scored["raw"]["score"].numpy(), split)
+            if reference is not None:  # and every heatmap is drawn on one scale fixed by their maps
+                normals = torch.nonzero(bank.labels == 0).flatten()
+                reference["heat_scale"] = heat_scale_of(scorer, bank.images[normals], bank.masks[normals])
+                train = ctx.banks["train"]  # the brightness/contrast range an input is compared with
+                stats = input_statistics(train.images.numpy(), train.masks.numpy())
+                reference["statistics"] = statistics_reference(stats)
+            update_artefact_meta(folder.artefact, normal_reference=reference)
         if split == "test":
             raw = scored["raw"]
             embeddings = {k: raw[k] for k in ("h", "z") if k in raw}

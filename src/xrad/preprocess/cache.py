@@ -124,7 +124,7 @@ def build_cache(
 
     Returns a summary: counts of processed/skipped/failed images, flag counts, images per second.
     """
-    from tqdm.auto import tqdm
+    from xrad.utils.progress import progress as progress_bar
 
     params = params or PreprocessParams()
     if len(frame) == 0:  # else the tables below have no columns to select (a KeyError, not a message)
@@ -148,7 +148,7 @@ def build_cache(
     ]
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    with tqdm(total=len(todo), desc="preprocess", unit="img", disable=not progress) as bar:
+    with progress_bar(len(todo), "preprocess", "img", enabled=progress) as bar:
         if workers <= 1:
             for task in todo:
                 done = _process_one(task)

@@ -142,6 +142,7 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     allow_truncated: bool = False,
     limits: ServiceLimits | None = None,
+    normal_reference: dict[str, Any] | None = None,
 ) -> FastAPI:
     """The FastAPI app around a scoring callable.
 
@@ -149,9 +150,13 @@ def create_app(
     ``heatmap_png`` (bytes or None) and ``heatmap_on`` (``original``/``preprocessed``). ``info`` is shown by
     ``/health``; ``operating_point`` (as stored by ``xrad calibrate``) decides ``flagged``. ``limits``
     bound the work in flight (:mod:`xrad.service.limits`); ``predict`` runs in their scoring pool and may
-    call :func:`~xrad.service.limits.check_time` between its steps.
+    call :func:`~xrad.service.limits.check_time` between its steps. ``normal_reference`` (stored by training)
+    gives each score its ``percentile`` among the validation normals (None for artefacts without it). Every
+    reply carries the research-use ``notice``.
     """
     from xrad import __version__
+    from xrad.inference.readout import operating_point_text, percentiles
+    from xrad.utils.notice import RESEARCH_NOTICE
 
     info = dict(info or {})
     point = None
@@ -165,6 +170,10 @@ def create_app(
         title="xrad scoring service",
         version=__version__,
         description="Anomaly scores for radiographs (PNG, JPEG, TIFF, DICOM).",
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN and stay blank offline (the service is
+        # meant to run without a network): off; the machine-readable schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.get("/", response_class=HTMLResponse)
@@ -181,6 +190,8 @@ def create_app(
             "xrad_version": __version__,
             "max_upload_bytes": max_upload_bytes,
             "operating_point": point,
+            "operating_point_text": operating_point_text(point),
+            "notice": RESEARCH_NOTICE,
             **info,
         }
 
@@ -207,6 +218,7 @@ def create_app(
         radiograph, result = await pool.run(job, declared_pixels(data))
         value = float(result["score"])
         flagged = None if point is None else bool(value >= float(point["threshold"]))
+        percentile = float(percentiles([value], normal_reference)[0])
         png = result.get("heatmap_png")
         meta = radiograph.meta
         # Only numbers about the image: never its name, never DICOM tags.
@@ -221,11 +233,19 @@ def create_app(
         )
         return {
             "score": value,
+            "percentile": percentile if percentile == percentile else None,  # NaN: the artefact has no reference
+            "n_reference_normals": (normal_reference or {}).get("n_normals"),
             "flagged": flagged,
             "operating_point": point,
+            "operating_point_text": operating_point_text(point),
+            "notice": RESEARCH_NOTICE,
             "sphere": result.get("sphere"),
             "heatmap_png": None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
             "heatmap_on": result.get("heatmap_on"),
+            # the raw map value drawn as the colour bar's top (fixed per artefact; None: each map's own maximum)
+            "heat_scale": result.get("heat_scale"),
+            # out of distribution (xrad.inference.readout.input_warnings) or a failed body mask
+            "warnings": [w for w in (str(result.get("mask_warning") or ""), *result.get("warnings", [])) if w],
             "image": {
                 "format": meta.format,
                 "width": meta.shape[1],
@@ -252,6 +272,7 @@ def artefact_predictor(
     ``heatmap_px`` (the same picture, scaled: the page shows it at screen size)."""
     from xrad.inference.heatmaps import explain_input
     from xrad.inference.input import prepare_input
+    from xrad.inference.readout import input_warnings
     from xrad.inference.scoring import load_scorer
 
     scorer = load_scorer(artefact_dir, device=device)
@@ -275,6 +296,11 @@ def artefact_predictor(
             "heatmap_png": result.overlay_png() if want_heatmap else None,
             "heatmap_on": "original" if result.on_original else "preprocessed",
             "degenerate": result.degenerate,
+            "heat_scale": result.heat_scale,
+            "mask_warning": result.mask_warning,
+            "warnings": input_warnings(
+                meta, body_part=body_part or "", mean=result.statistics[0], std=result.statistics[1]
+            ),
         }
 
     return predict, meta
@@ -320,4 +346,5 @@ def app_from_artefact(
         max_upload_bytes=max_upload_bytes,
         allow_truncated=allow_truncated,
         limits=limits,
+        normal_reference=meta.normal_reference,
     )

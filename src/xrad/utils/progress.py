@@ -13,8 +13,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+_ENABLED = True  # the process-wide switch of the CLI's --quiet (set_progress)
+
 PLAIN_LINES = 4  # lines per task when not on a terminal: 25 %, 50 %, 75 %, done
 QUIET_SECONDS = 10.0  # a task that is this young writes no intermediate line (short tasks: one line)
+
+
+def set_progress(enabled: bool) -> None:
+    """Turn every progress display of this process on or off (``xrad VERB --quiet`` turns them off)."""
+    global _ENABLED
+    _ENABLED = bool(enabled)
 
 
 def is_terminal(stream: IO[str] | None = None) -> bool:
@@ -62,7 +70,7 @@ def progress(
 ) -> Iterator[Any]:
     """A progress reporter: a tqdm bar on a terminal, a few plain lines otherwise, nothing when disabled."""
     stream = stream if stream is not None else sys.stderr
-    if not enabled:
+    if not (enabled and _ENABLED):
         from tqdm.auto import tqdm
 
         with tqdm(total=total, disable=True) as bar:
