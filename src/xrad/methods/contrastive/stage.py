@@ -8,6 +8,7 @@ so a benchmark trains it once for every detector that shares it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,15 @@ def new_encoder(config: Config) -> Encoder:
 
 def run(ctx: RunContext, stage: str, previous: Any = None) -> EncoderResult:
     """Train (or load via ``pretrain.encoder_from``) the contrastive encoder."""
+    return train_encoder(ctx, stage, ContrastiveModule)
+
+
+def train_encoder(
+    ctx: RunContext, stage: str, module_class: Callable[[Encoder, Config, Path], StageModule]
+) -> EncoderResult:
+    """The pre-training stage every pretext shares: load a finished encoder (``pretrain.encoder_from``) or
+    train a fresh one with ``module_class(encoder, config, metrics_path)`` over the train bank for
+    ``pretrain.epochs``; the encoder is saved as the stage's file (SimCLR here, MoCo in methods.moco)."""
     cfg = ctx.config
     if cfg.pretrain.encoder_from:
         encoder = load_finished(
@@ -62,7 +72,7 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> EncoderResult:
     else:
         encoder = new_encoder(cfg)
         if cfg.pretrain.epochs > 0:
-            module = ContrastiveModule(encoder, cfg, ctx.metrics_path(stage))
+            module = module_class(encoder, cfg, ctx.metrics_path(stage))
             bank = ctx.banks["train"]
             loader = train_loader(bank, list(range(len(bank))), cfg.pretrain.batch_size, cfg.seed, cfg.data.workers)
             ctx.fit(stage, module, loader, cfg.pretrain.epochs)
@@ -73,7 +83,7 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> EncoderResult:
 
 
 def load(ctx: RunContext, stage: str, previous: Any = None) -> EncoderResult:
-    """The finished stage's encoder."""
+    """The finished stage's encoder (of any pretext: the file :func:`train_encoder` saved)."""
     encoder = new_encoder(ctx.config)
     encoder.load_state_dict(load_tensors(ctx.stage_dir(stage) / ENCODER_FILE), strict=True)
     return EncoderResult(encoder.eval())

@@ -18,14 +18,13 @@ from torch import Tensor
 
 from xrad.config import Config
 from xrad.methods.base import EncoderResult
-from xrad.methods.contrastive.stage import new_encoder
+from xrad.methods.contrastive.stage import load as load_encoder
+from xrad.methods.contrastive.stage import train_encoder
 from xrad.methods.moco.config import MocoConfig
 from xrad.methods.moco.queue import enqueue, moco_info_nce, momentum_update
-from xrad.methods.stage_io import ENCODER_FILE, load_finished, load_tensors, save_tensors
 from xrad.models.encoder import Encoder
 from xrad.training.augment import contrastive_views
 from xrad.training.context import RunContext
-from xrad.training.loaders import train_loader
 from xrad.training.module import StageModule
 
 
@@ -74,26 +73,9 @@ class MocoModule(StageModule):
 
 def run(ctx: RunContext, stage: str, previous: Any = None) -> EncoderResult:
     """Train (or load via ``pretrain.encoder_from``) the MoCo query encoder."""
-    cfg = ctx.config
-    if cfg.pretrain.encoder_from:
-        encoder = load_finished(
-            cfg.pretrain.encoder_from, new_encoder(cfg), ENCODER_FILE, "model.head_dims and model.head_bias"
-        )
-    else:
-        encoder = new_encoder(cfg)
-        if cfg.pretrain.epochs > 0:
-            module = MocoModule(encoder, cfg, ctx.metrics_path(stage))
-            bank = ctx.banks["train"]
-            loader = train_loader(bank, list(range(len(bank))), cfg.pretrain.batch_size, cfg.seed, cfg.data.workers)
-            ctx.fit(stage, module, loader, cfg.pretrain.epochs)
-    encoder = encoder.cpu().eval()
-    if ctx.is_global_zero:
-        save_tensors(ctx.stage_dir(stage) / ENCODER_FILE, encoder.state_dict())
-    return EncoderResult(encoder)
+    return train_encoder(ctx, stage, MocoModule)
 
 
 def load(ctx: RunContext, stage: str, previous: Any = None) -> EncoderResult:
     """The finished stage's query encoder."""
-    encoder = new_encoder(ctx.config)
-    encoder.load_state_dict(load_tensors(ctx.stage_dir(stage) / ENCODER_FILE), strict=True)
-    return EncoderResult(encoder.eval())
+    return load_encoder(ctx, stage, previous)
