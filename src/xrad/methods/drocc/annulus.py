@@ -21,12 +21,15 @@ def project_to_annulus(h: Tensor, radius: float, gamma: float) -> Tensor:
     if radius <= 0 or gamma < 1:
         raise ConfigError(f"the DROCC annulus needs radius > 0 and gamma ≥ 1 (got {radius}, {gamma})")
     flat = h.flatten(1)
-    norm = flat.norm(dim=1, keepdim=True)
-    zero = norm < torch.finfo(flat.dtype).tiny
-    flat = torch.where(zero, torch.ones_like(flat), flat)
-    norm = torch.where(zero, torch.full_like(norm, flat.shape[1] ** 0.5), norm)
+    # Scale by the largest entry before the norm: squaring tiny entries (1e-160) underflows and would give
+    # a wrong norm and direction; flat / peak has entries in [-1, 1], so its norm is exact to rounding.
+    peak = flat.abs().amax(dim=1, keepdim=True)
+    zero = peak < torch.finfo(flat.dtype).tiny
+    unit = torch.where(zero, torch.ones_like(flat), flat / torch.where(zero, torch.ones_like(peak), peak))
+    unit_norm = unit.norm(dim=1, keepdim=True)
+    norm = torch.where(zero, torch.zeros_like(peak), peak * unit_norm)
     target = norm.clamp(radius, gamma * radius)
-    projected: Tensor = (flat / norm * target).reshape(h.shape)
+    projected: Tensor = (unit / unit_norm * target).reshape(h.shape)
     return projected
 
 
