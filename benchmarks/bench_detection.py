@@ -10,8 +10,12 @@ For an ``xrad run`` folder (phantoms + split + preprocessed cache; made with ``x
   (dilated by 2 cells of 8 px), against chance (the mask's share of the body), and the pixel AUROC of the
   heatmap inside the body;
 - seconds per training epoch;
-- the floors on the same split and network input size: raw-pixel kNN, a random ResNet-18's patch kNN and the
-  supervised small CNN given every train+valid label (``bench_reference_points.py``).
+- the floors on the same split and network input size: raw-pixel kNN, a random ResNet-18's patch kNN, the
+  supervised small CNN given every train+valid label (``bench_reference_points.py``), and each whole-image
+  statistic inside the body (median, 95th / 99th percentile, maximum, mean, body area; AUROC in its better
+  orientation) — a phantom set whose anomalies such a statistic finds has a shortcut;
+- with ``--learnability-patients N``, the same supervised CNN given an independent labelled phantom set of N
+  patients as well: whether each kind can be learnt at all, beyond the split's ~20 labels per kind.
 
 usage: .venv/bin/python benchmarks/bench_detection.py --run runs/default --configs synthetic_cpu
        self_taught_patch_cpu --seeds 0 1 2 [--floors] [-o runs/bench_detection]
@@ -137,6 +141,47 @@ def seconds_per_epoch(cell: Path) -> float:
     return seconds / epochs if epochs else float("nan")
 
 
+def global_statistics(images: torch.Tensor, masks: torch.Tensor) -> dict[str, np.ndarray]:
+    """Whole-image statistics of the model input inside the body mask — the shortcuts a phantom set must not
+    offer (a plate raises the maximum; swelling the body area)."""
+    pixels = images.flatten(1).double().numpy()
+    body = masks.flatten(1).numpy() > 0
+    inside = np.where(body, pixels, np.nan)
+    out = {f"p{q}": np.nanpercentile(inside, q, axis=1) for q in (50, 95, 99)}
+    out["max"] = np.nanmax(inside, axis=1)
+    out["mean"] = np.nanmean(inside, axis=1)
+    out["body area"] = body.mean(axis=1)
+    return {name: np.nan_to_num(values) for name, values in out.items()}
+
+
+def learnability_reference(
+    run: Path, frame: pd.DataFrame, patients: int, size: int, seed: int, epochs: int
+) -> dict[str, float]:
+    """The small supervised CNN trained on every label of an *independent* phantom set of ``patients`` patients
+    (same generator, another seed) plus this run's train + valid labels, scored on this run's test split.
+
+    With ~20 training examples per kind the split's own supervised reference measures how few labels there
+    are, not whether a kind can be seen at all; this one answers the second question (is the set learnable?).
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_reference_points as ref
+
+    from xrad.jobs.pipeline import RunOptions, run_pipeline
+    from xrad.training.banks import load_image_bank
+
+    extra_run = run.parent / f"{run.name}_learnability_p{patients}"
+    run_pipeline(RunOptions(output=extra_run, patients=patients, seed=1000 + seed), log=print, until="preprocess")
+    extra = ground_truth(extra_run)
+    both = pd.concat([extra, frame], ignore_index=True)
+    bank = load_image_bank(both, size, workers=2, progress=False)
+    split = both["split"].to_numpy()
+    is_main = np.arange(len(both)) >= len(extra)
+    train = np.flatnonzero(~is_main | (is_main & np.isin(split, ("train", "valid"))))
+    test = np.flatnonzero(is_main & (split == "test"))
+    _, scores = ref.supervised(bank, train, test, epochs, seed, small=True)
+    return per_kind(both.iloc[test].reset_index(drop=True), scores)
+
+
 def floors(frame: pd.DataFrame, size: int, seed: int, epochs: int) -> dict[str, dict[str, float]]:
     """Pixel kNN, random patch kNN and the supervised small CNN on the same split (bench_reference_points)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -156,6 +201,11 @@ def floors(frame: pd.DataFrame, size: int, seed: int, epochs: int) -> dict[str, 
     out = {}
     flat = x.flatten(1)
     out["pixel kNN-5"] = per_kind(test_frame, knn_mean_distance(flat[test], flat[normal_train], k=5).numpy())
+    for name, values in global_statistics(bank.images[test], bank.masks[test]).items():
+        oriented = per_kind(test_frame, values)
+        if oriented["all"] < 0.5:  # a shortcut works in either direction: report the better one
+            oriented = per_kind(test_frame, -values)
+        out[f"global {name}"] = oriented
     torch.manual_seed(seed)
     net = ResNet18Backbone(1).eval()
     maps = ref.feature_maps(net, x)
@@ -197,6 +247,12 @@ def main() -> None:
     parser.add_argument("--floor-size", type=int, default=128, help="network input size of the floors")
     parser.add_argument(
         "--supervised-epochs", type=int, default=45, help="epochs of the supervised small-CNN reference (0: skip it)"
+    )
+    parser.add_argument(
+        "--learnability-patients",
+        type=int,
+        default=0,
+        help="also train the supervised small CNN on an independent phantom set of N patients (0: skip it)",
     )
     parser.add_argument("-o", "--output", type=Path, default=Path("runs/bench_detection"))
     args = parser.parse_args()
@@ -240,6 +296,16 @@ def main() -> None:
     if args.floors:
         for name, values in floors(frame, args.floor_size, args.seeds[0], args.supervised_epochs).items():
             lines.append(_row(f"floor: {name} ({args.floor_size} px)", [values]))
+    if args.learnability_patients > 0:
+        values = learnability_reference(
+            args.run,
+            frame,
+            args.learnability_patients,
+            args.floor_size,
+            args.seeds[0],
+            args.supervised_epochs or 40,
+        )
+        lines.append(_row(f"reference: supervised, +{args.learnability_patients} labelled patients", [values]))
     print("\n".join(lines))
 
 
