@@ -37,6 +37,12 @@ def _imagenet_weights(tmp: Path) -> list[str]:
 
 EXTRA = {"deep_sad_imagenet": _imagenet_weights}
 
+# Score forms a config option chooses (another scorer kind from the same detector), run like the detectors.
+VARIANTS = [("subspace", ["subspace.level=patch"]), ("drocc", ["drocc.level=patch"])]
+CASES = [pytest.param(m, [], id=m) for m in sorted(DETECTORS)] + [
+    pytest.param(m, extra, id=f"{m}-{extra[0]}") for m, extra in VARIANTS
+]
+
 
 def tiny_config(method: str) -> tuple[str, list[str]]:
     """(packaged config name, overrides) giving ``method``'s tiny settings, one epoch per stage."""
@@ -50,9 +56,12 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(DETECTORS))
-def test_train_score_save_reload_gives_identical_scores(method: str, tiny_manifest: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("method", "variant"), CASES)
+def test_train_score_save_reload_gives_identical_scores(
+    method: str, variant: list[str], tiny_manifest: Path, tmp_path: Path
+) -> None:
     config, overrides = tiny_config(method)
+    overrides += variant
     overrides += EXTRA[method](tmp_path) if method in EXTRA else []
     assert load_config(config, overrides).method == method
     summary = run_training(config, tiny_manifest, tmp_path / "run", progress=False, overrides=overrides)

@@ -209,6 +209,8 @@ SALAD_KNN = ScorerRef("salad", "xrad.methods.salad.scorer:SaladScorer")
 GAN = ScorerRef("gan", "xrad.methods.gan.scorer:GanScorer")
 DROCC_LOGIT = ScorerRef("drocc", "xrad.methods.drocc.scorer:DroccScorer")
 SUBSPACE_DISTANCE = ScorerRef("subspace", "xrad.methods.subspace.scorer:SubspaceScorer")
+SUBSPACE_PATCH = ScorerRef("subspace_patch", "xrad.methods.subspace.patch_scorer:SubspacePatchScorer")
+DROCC_PATCH = ScorerRef("drocc_patch", "xrad.methods.drocc.scorer:DroccPatchScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
 DETECTORS: dict[str, Detector] = {
@@ -267,13 +269,14 @@ DETECTORS: dict[str, Detector] = {
         Detector(
             "subspace",
             (("pretrain", CONTRASTIVE), ("finetune", SUBSPACE)),
-            (SUBSPACE_DISTANCE,),
-            "distance ‖e − P e‖² of the contrastive embedding to the subspace of the normal train embeddings",
+            (SUBSPACE_DISTANCE, SUBSPACE_PATCH),
+            "distance ‖e − P e‖² of the contrastive embedding to the subspace of the normal train embeddings "
+            "(level patch: of each feature-map cell to that of normal cells, top-k mean)",
         ),
         Detector(
             "subspace_ae",
             (("pretrain", AUTOENCODER), ("finetune", SUBSPACE)),
-            (SUBSPACE_DISTANCE,),
+            (SUBSPACE_DISTANCE, SUBSPACE_PATCH),
             "subspace distance on the autoencoder's embeddings (the paper's joint subspace row, un-jointed)",
         ),
         Detector(
@@ -291,9 +294,9 @@ DETECTORS: dict[str, Detector] = {
         Detector(
             "drocc",
             (("train", DROCC_STAGE),),
-            (DROCC_LOGIT,),
+            (DROCC_LOGIT, DROCC_PATCH),
             "DROCC: ResNet-18 classifier against adversarial negatives searched in an annulus around the "
-            "normal images (known anomalies as labelled negatives optional)",
+            "normal images (known anomalies as labelled negatives optional; level patch: one logit per cell)",
         ),
         Detector(
             "synthetic",

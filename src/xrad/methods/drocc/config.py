@@ -25,6 +25,11 @@ class DroccConfig:
     (semi-supervised DROCC); otherwise only the normal rows train (the one-class setting of the paper).
     ``only_ce_epochs`` > 0 only makes sense with known anomalies: on normal images alone plain BCE is
     minimised by a constant (the authors' 5-epoch warm-up did exactly that, reference-spec §8.2).
+
+    ``level: patch`` (:class:`~xrad.methods.drocc.scorer.DroccPatchScorer`): the linear head becomes a 1×1
+    convolution on the layer2+layer3 map (:func:`xrad.models.patch.patch_features`, stride 8), one normality
+    logit per cell; the BCE terms (and the ascent) average over the body cells, so every cell is a DROCC
+    classifier; an image scores the mean of its ``top_k`` largest cell scores softplus(−logit) = −log P(normal).
     """
 
     epochs: int = 65
@@ -43,6 +48,8 @@ class DroccConfig:
     perturb_inside_mask: bool = True
     use_known_anomalies: bool = False
     augment: ADAugment = field(default_factory=ADAugment)
+    level: str = "image"
+    top_k: int = 3
 
     def checks(self) -> Iterable[Check]:
         return [
@@ -58,5 +65,7 @@ class DroccConfig:
             ("lam", self.lam >= 0, "must be ≥ 0"),
             ("only_ce_epochs", self.only_ce_epochs >= 0, "must be ≥ 0"),
             ("init_noise_std", self.init_noise_std > 0, "must be > 0"),
+            ("level", self.level in ("image", "patch"), f"must be image or patch, got {self.level!r}"),
+            ("top_k", self.top_k >= 1, "must be ≥ 1"),
             *milestone_checks(self.milestones),
         ]

@@ -1,15 +1,26 @@
-"""Framework-free scorer of DROCC (torch only): −logit of the "normal" class of a ResNet-18 classifier."""
+"""Framework-free scorers of DROCC (torch only): −logit of the "normal" class of a ResNet-18 classifier, and
+its patch form, one normality logit per feature-map cell (``drocc.level: patch``)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torch import Tensor
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from xrad.methods.supervised.scorer import LinearHeadScorer
+from xrad.models.patch import (
+    PATCH_CHANNELS,
+    body_average,
+    cell_mask,
+    patch_features,
+    top_k_cell_mean,
+    upsample_cell_map,
+)
 from xrad.models.resnet import ResNet18Backbone
 
-__all__ = ["DroccScorer"]
+__all__ = ["DroccPatchScorer", "DroccScorer"]
 
 
 class DroccScorer(LinearHeadScorer):
@@ -22,3 +33,63 @@ class DroccScorer(LinearHeadScorer):
     def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """−logit (B,) in float64; no sphere."""
         return -self.logits(images).double(), None
+
+
+class DroccPatchScorer(LinearHeadScorer):
+    """The linear head ``PATCH_CHANNELS → 1`` applied as a 1×1 convolution to every cell of the layer2+layer3
+    map: one normality logit per cell. The cell score softplus(−logit) = −log P(normal) is ≥ 0 (so cells
+    outside the body can be 0) and does not saturate like 1 − sigmoid; image score = top-k mean in the body."""
+
+    kind: ClassVar[str] = "drocc_patch"
+    backbone_class = ResNet18Backbone
+    backbone: ResNet18Backbone
+
+    def __init__(self, backbone: ResNet18Backbone, head: nn.Linear, top_k: int = 3) -> None:
+        super().__init__(backbone, head)
+        if head.in_features != PATCH_CHANNELS or head.out_features != 1:
+            raise ValueError(f"the patch head must be Linear({PATCH_CHANNELS}, 1), got {head}")
+        self.top_k = int(top_k)
+
+    def cell_logits(self, images: Tensor) -> Tensor:
+        """Normality logits ``(B, S/8, S/8)``: the head on each cell's feature vector."""
+        features = patch_features(self.backbone, images)  # (B, C, g, g)
+        logits: Tensor = torch.einsum("bchw,c->bhw", features, self.head.weight[0]) + self.head.bias[0]
+        return logits
+
+    def logits(self, images: Tensor) -> Tensor:
+        """One logit per image (B,): the mean of its cell logits inside the body (for validation and plots)."""
+        cells = self.cell_logits(images)
+        inside = cell_mask(images, cells.shape[-1]).to(cells.dtype)
+        return (cells * inside).sum(dim=(1, 2)) / inside.sum(dim=(1, 2)).clamp_min(1.0)
+
+    def cell_scores(self, images: Tensor) -> Tensor:
+        """``(B, g, g)`` float64 softplus(−logit), 0 on cells mostly outside the body."""
+        cells = self.cell_logits(images).double()
+        return F.softplus(-cells) * cell_mask(images, cells.shape[-1]).to(cells.dtype)
+
+    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Mean of the ``top_k`` largest cell scores (B,) float64; no sphere."""
+        return top_k_cell_mean(self.cell_scores(images), self.top_k), None
+
+    def heatmap(self, images: Tensor) -> Tensor:
+        """The cell-score map, bilinearly upsampled to ``(B, 1, S, S)``."""
+        with torch.no_grad():
+            return upsample_cell_map(self.cell_scores(images).float(), tuple(images.shape[-2:]))
+
+    def embed(self, images: Tensor) -> dict[str, Tensor]:
+        """The cell features averaged over the body (B, C), for plots."""
+        return {"h": body_average(patch_features(self.backbone, images), images)}
+
+    def artefact_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Backbone and head weights; ``top_k``."""
+        tensors, args = super().artefact_state()
+        return tensors, {**args, "top_k": self.top_k}
+
+    @classmethod
+    def from_artefact(cls, tensors: dict[str, Tensor], args: dict[str, Any]) -> DroccPatchScorer:
+        """Rebuild from an artefact's tensors and scorer arguments."""
+        backbone = ResNet18Backbone(in_channels=int(args.get("in_channels", 1)))
+        backbone.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}, strict=True)
+        head = nn.Linear(PATCH_CHANNELS, 1)
+        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, strict=True)
+        return cls(backbone, head, int(args.get("top_k", 3)))

@@ -6,6 +6,11 @@ onto the annulus (theirs divided by the squared norm, γ = 0.5 < 1, so negatives
 puts them); the search is gradient ascent on the classifier's loss with normalised steps as in the reference
 trainer (not Adam on h); the perturbation stays on body-part pixels; no CE-only warm-up on an all-normal
 split (it teaches a constant); known anomalies can be used as labelled negatives; normal = 1.
+
+``drocc.level: patch``: the classifier is :class:`~xrad.methods.drocc.scorer.DroccPatchScorer` (one logit per
+feature-map cell) and each BCE term — the ascent's too — is the mean over the body cells of the images, every
+cell labelled as its image (normal 1, known anomaly or adversarial negative 0): what is scored is what is
+trained.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from xrad.data.model_input import prepare_eval
 from xrad.evaluation.metrics import auroc
 from xrad.methods.drocc.annulus import normalised_ascent_step, project_to_annulus
 from xrad.methods.drocc.config import DroccConfig
-from xrad.methods.drocc.scorer import DroccScorer
+from xrad.methods.drocc.scorer import DroccPatchScorer, DroccScorer
 from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
+from xrad.models.patch import PATCH_CHANNELS, cell_mask
 from xrad.models.resnet import ResNet18Backbone
 from xrad.training.augment import augment_ad, batch_generator
 from xrad.training.context import RunContext
@@ -36,25 +42,41 @@ from xrad.training.module import StageModule
 class DroccResult:
     """The trained classifier, which is its own scorer."""
 
-    classifier: DroccScorer
+    classifier: DroccScorer | DroccPatchScorer
 
-    def scorer(self, config: Config) -> DroccScorer:
+    def scorer(self, config: Config) -> DroccScorer | DroccPatchScorer:
         """The classifier."""
         return self.classifier
 
 
-def new_classifier(config: Config) -> DroccScorer:
-    """ResNet-18 (1 channel) + one logit, seeded by the run's seed."""
+def new_classifier(config: Config) -> DroccScorer | DroccPatchScorer:
+    """ResNet-18 (1 channel) + one logit (one per cell with ``drocc.level: patch``), seeded by the run's seed."""
+    section: DroccConfig = config.section("drocc")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         backbone = ResNet18Backbone(in_channels=1)
+        if section.level == "patch":
+            return DroccPatchScorer(backbone, nn.Linear(PATCH_CHANNELS, 1), section.top_k)
         return DroccScorer(backbone, nn.Linear(backbone.out_dim, 1))
+
+
+def drocc_bce(classifier: DroccScorer | DroccPatchScorer, x: Tensor, target: Tensor, body: Tensor) -> Tensor:
+    """BCE of the normality logits of ``x`` against per-image ``target`` (B,): of the image logit, or — patch
+    form — the mean over the body cells of ``body`` (the clean inputs, whose support x' shares) of every cell's."""
+    if isinstance(classifier, DroccPatchScorer):
+        logits = classifier.cell_logits(x)
+        inside = cell_mask(body, logits.shape[-1]).to(logits.dtype)
+        per_cell = bce(logits, target[:, None, None].expand_as(logits), reduction="none")
+        return (per_cell * inside).sum() / inside.sum().clamp_min(1.0)
+    return bce(classifier.logits(x), target)
 
 
 class DroccModule(StageModule):
     """BCE (normal = 1) + λ·BCE(adversarial negatives, 0); validation AUROC of −logit each epoch."""
 
-    def __init__(self, classifier: DroccScorer, config: Config, metrics_path: Path | None, ctx: RunContext) -> None:
+    def __init__(
+        self, classifier: DroccScorer | DroccPatchScorer, config: Config, metrics_path: Path | None, ctx: RunContext
+    ) -> None:
         section: DroccConfig = config.section("drocc")
         super().__init__(config, section, metrics_path)
         self.classifier = classifier
@@ -73,7 +95,7 @@ class DroccModule(StageModule):
         for _ in range(d.ascent_num_steps):
             h = h.detach().requires_grad_(True)
             with torch.enable_grad():
-                loss = bce(self.classifier.logits(x.detach() + h), zeros)
+                loss = drocc_bce(self.classifier, x.detach() + h, zeros, x)
                 (grad,) = torch.autograd.grad(loss, h)
             h = project_to_annulus(
                 normalised_ascent_step(h.detach(), grad * support, d.ascent_step_size), d.radius, d.gamma
@@ -88,11 +110,11 @@ class DroccModule(StageModule):
         else:
             x = prepare_eval(images, masks)
         normal = semi != -1
-        loss = bce(self.classifier.logits(x), normal.to(x.dtype))
+        loss = drocc_bce(self.classifier, x, normal.to(x.dtype), x)
         if self.current_epoch >= d.only_ce_epochs and d.lam > 0 and bool(normal.any()):
             x_adv = self.adversarial_negatives(x[normal], batch_idx)
-            adv_logits = self.classifier.logits(x_adv)
-            loss = loss + d.lam * bce(adv_logits, torch.zeros_like(adv_logits))
+            zeros = torch.zeros(x_adv.shape[0], device=x.device, dtype=x.dtype)
+            loss = loss + d.lam * drocc_bce(self.classifier, x_adv, zeros, x[normal])
         self.record_loss(loss, x.shape[0])
         return loss
 
@@ -101,7 +123,7 @@ class DroccModule(StageModule):
         if valid is None or not len(valid) or not self.trainer.is_global_zero:
             return {}
         scores = self.eval_outputs(
-            valid.images, valid.masks, lambda x: -self.classifier.logits(x), self.config.data.eval_batch_size
+            valid.images, valid.masks, lambda x: self.classifier.score(x)[0], self.config.data.eval_batch_size
         )
         return {"valid_auroc": auroc(valid.labels.numpy(), scores.numpy())}
 
@@ -139,4 +161,7 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> DroccResult:
 def load(ctx: RunContext, stage: str, previous: Any = None) -> DroccResult:
     """The finished classifier."""
     tensors = load_tensors(ctx.stage_dir(stage) / MODEL_FILE)
+    section: DroccConfig = ctx.config.section("drocc")
+    if section.level == "patch":
+        return DroccResult(DroccPatchScorer.from_artefact(tensors, {"in_channels": 1, "top_k": section.top_k}).eval())
     return DroccResult(DroccScorer.from_artefact(tensors, {"in_channels": 1}).eval())

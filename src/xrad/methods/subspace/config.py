@@ -15,15 +15,26 @@ class SubspaceConfig:
     With S the (d, N) matrix of the embeddings ``feature`` (h: 512-d backbone, z: 128-d head) of the training
     images with semi-label ≠ −1, P = S Sᵀ (S Sᵀ + λI)⁻¹ (the d×d form) and the score is ‖e − P e‖².
     ``lam`` is λ (the authors' 1e-3). ``max_embeddings`` caps N (the authors stopped at 10,000; 0 = all).
+
+    ``level: patch`` (:mod:`xrad.methods.subspace.patch_scorer`): the vectors are the cells of the backbone's
+    layer2+layer3 map (:func:`xrad.models.patch.patch_features`, 384-d; ``feature`` is then unused) — S holds
+    a seeded sample of at most ``max_patches`` body cells of the normal training images — and an image scores
+    the mean of its ``top_k`` largest cell residuals. λ is absolute: S Sᵀ grows with the number of vectors.
     """
 
     lam: float = 1e-3
     feature: str = "h"
     max_embeddings: int = 0
+    level: str = "image"
+    top_k: int = 3
+    max_patches: int = 20_000
 
     def checks(self) -> Iterable[Check]:
         return [
             ("lam", self.lam > 0, f"must be > 0 (the ridge keeps S Sᵀ + λI invertible), got {self.lam}"),
             ("feature", self.feature in ("h", "z"), f"must be one of ('h', 'z'), got {self.feature!r}"),
             ("max_embeddings", self.max_embeddings >= 0, "must be ≥ 0 (0 = every normal training image)"),
+            ("level", self.level in ("image", "patch"), f"must be image or patch, got {self.level!r}"),
+            ("top_k", self.top_k >= 1, "must be ≥ 1"),
+            ("max_patches", self.max_patches >= 1, "must be ≥ 1"),
         ]

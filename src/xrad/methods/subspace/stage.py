@@ -1,6 +1,9 @@
 """The subspace stage: it trains nothing — it embeds the normal training images (semi-label ≠ −1,
 deterministic inputs, eval mode) with the previous stage's encoder and freezes P = S Sᵀ (S Sᵀ + λI)⁻¹.
 
+With ``subspace.level: patch`` the vectors are the body cells of the backbone's layer2+layer3 map (a seeded
+sample of at most ``max_patches``) and the scorer is :class:`~xrad.methods.subspace.patch_scorer.SubspacePatchScorer`.
+
 Like the kNN ablation it scores the very stage-1 encoder the other detectors are fine-tuned from (contrastive
 for ``subspace``, the autoencoder's for ``subspace_ae``), so a benchmark shares that stage.
 """
@@ -18,9 +21,11 @@ from xrad.errors import ConfigError
 from xrad.methods.base import ProvidesEncoder
 from xrad.methods.stage_io import load_tensors, save_tensors
 from xrad.methods.subspace.config import SubspaceConfig
+from xrad.methods.subspace.patch_scorer import SubspacePatchScorer, cell_vectors
 from xrad.methods.subspace.projection import subspace_projection
 from xrad.methods.subspace.scorer import SubspaceScorer
 from xrad.models.encoder import Encoder
+from xrad.models.patch import cell_mask, patch_features
 from xrad.training.context import RunContext
 
 SUBSPACE_FILE = "subspace.safetensors"
@@ -33,9 +38,12 @@ class SubspaceResult:
     encoder: Encoder
     projection: Tensor
 
-    def scorer(self, config: Config) -> SubspaceScorer:
-        """‖e − P e‖² on the configured feature."""
-        return SubspaceScorer(self.encoder, self.projection, feature=config.section("subspace").feature)
+    def scorer(self, config: Config) -> SubspaceScorer | SubspacePatchScorer:
+        """‖e − P e‖² on the configured feature (of every body cell, top-k mean, with ``level: patch``)."""
+        sub: SubspaceConfig = config.section("subspace")
+        if sub.level == "patch":
+            return SubspacePatchScorer(self.encoder.backbone, self.projection, sub.top_k)
+        return SubspaceScorer(self.encoder, self.projection, feature=sub.feature)
 
 
 def _encoder_of(previous: ProvidesEncoder | None, stage: str) -> Encoder:
@@ -45,6 +53,14 @@ def _encoder_of(previous: ProvidesEncoder | None, stage: str) -> Encoder:
             "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from"
         )
     return previous.encoder
+
+
+def sample_normal_cells(cells: Tensor, max_patches: int, seed: int) -> Tensor:
+    """At most ``max_patches`` rows of ``cells`` (N, C), a seeded uniform sample without replacement."""
+    if len(cells) <= max_patches:
+        return cells
+    pick = torch.randperm(len(cells), generator=torch.Generator().manual_seed(seed))[:max_patches]
+    return cells[pick.sort().values]
 
 
 @torch.no_grad()
@@ -60,9 +76,18 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Subspa
     parts = []
     for start in range(0, len(idx), cfg.data.eval_batch_size):
         rows = idx[start : start + cfg.data.eval_batch_size]
-        h, z = encoder(prepare_eval(bank.images[rows].to(ctx.device), bank.masks[rows].to(ctx.device)))
-        parts.append((h if sub.feature == "h" else z).double().cpu())
-    projection = subspace_projection(torch.cat(parts), sub.lam)
+        x = prepare_eval(bank.images[rows].to(ctx.device), bank.masks[rows].to(ctx.device))
+        if sub.level == "patch":  # the body cells of the feature map, each a vector of its own
+            features = patch_features(encoder.backbone, x)
+            inside = cell_mask(x, features.shape[-1]).flatten()
+            parts.append(cell_vectors(features)[inside].double().cpu())
+        else:
+            h, z = encoder(x)
+            parts.append((h if sub.feature == "h" else z).double().cpu())
+    vectors = torch.cat(parts)
+    if sub.level == "patch":
+        vectors = sample_normal_cells(vectors, sub.max_patches, cfg.seed)
+    projection = subspace_projection(vectors, sub.lam)
     if ctx.is_global_zero:
         save_tensors(ctx.stage_dir(stage) / SUBSPACE_FILE, {"projection": projection})
     return SubspaceResult(encoder.cpu(), projection)
