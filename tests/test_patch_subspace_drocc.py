@@ -171,8 +171,15 @@ def test_drocc_patch_bce_trains_cells_so_that_a_bright_bar_ranks_above_normals()
     """The per-cell BCE of the patch form with known bar images as negatives (drocc.use_known_anomalies):
     after a few steps held-out bar images score above held-out normals — and below them when the same steps
     call the bars normal, so the ranking is the training's, not the random features'."""
-    assert _trained_auroc(bars_are_normal=False) > 0.9
-    assert _trained_auroc(bars_are_normal=True) < 0.2
+    # One thread: on two, the float sums differ slightly and these few steps end elsewhere (AUROC 0.37 was seen
+    # with 2 threads for the same seed) — a known fragility of so short a training, noted in issue 15.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _trained_auroc(bars_are_normal=False) > 0.9
+        assert _trained_auroc(bars_are_normal=True) < 0.2
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------- artefacts

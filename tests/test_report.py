@@ -115,8 +115,10 @@ def test_benchmark_report(bench_dir):
     for section in BENCH_SECTIONS:
         assert f"<h2>{section}" in page, section
     assert "<td>good</td>" in page and "Welch" in page and "t-interval" in page
-    # Fig. 7 comparison, ROC/PR, 2 score distributions, 2 t-SNE, valid AUROC, spheres, 2 loss curves.
-    assert len(_images(page)) == 10
+    # Fig. 7 comparison, the split summary (Fig. 6), ROC/PR, 2 score distributions, 2 t-SNE, valid AUROC,
+    # spheres, 2 loss curves.
+    assert len(_images(page)) == 11
+    assert "<h2>Split summary" in page and "images per split by semi-label" in page
 
 
 def test_report_rejects_other_folders(tmp_path):

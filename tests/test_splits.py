@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from xrad.cli import split as split_cli
 from xrad.data.indexing import index_source
@@ -189,6 +190,31 @@ def test_cli_split_writes_manifest_summary_and_prints(tmp_path: Path, capsys: py
     printed = capsys.readouterr().out
     assert "leakage check passed" in printed and "known_abnormal" in printed
     assert split_summary(make_split(frame, SplitConfig(seed=9)))["split"].iloc[0] == "train"
+    with Image.open(tmp_path / "s.summary.png") as figure:  # the same counts drawn (Fig. 6)
+        assert figure.width > 400 and figure.height > 200
+
+
+def test_split_figure_draws_the_split_counts(tmp_path: Path) -> None:
+    """The stacked bars of the split figure are the split's images by semi-label and label, exactly."""
+    from xrad.evaluation.plots import SPLIT_GROUPS, split_counts, split_summary_figure
+
+    out = make_split(_manifest(160, seed=3, multi_part=True), SplitConfig(seed=4, known_abnormal=0.5))
+    counts = split_counts(split_summary(out))
+    for split, rows in out.groupby("split"):
+        label, semi = rows["label"].astype(int), rows["semi_label"]
+        assert counts.loc[split].to_dict() == {
+            "known_normal": int(((semi == 1) & (label == 0)).sum()),
+            "unlabelled_normal": int(((semi == 0) & (label == 0)).sum()),
+            "unlabelled_abnormal": int(((semi == 0) & (label == 1)).sum()),
+            "known_abnormal": int((semi == -1).sum()),
+        }
+    assert int(counts.to_numpy().sum()) == len(out)
+    figure = split_summary_figure(split_summary(out), "split")
+    left, right = figure.axes
+    heights = np.array([p.get_height() for p in left.patches]).reshape(len(SPLIT_GROUPS), len(counts))
+    assert np.array_equal(heights.T, counts.to_numpy(float))
+    per_part = out.groupby("body_part").size().sum()
+    assert sum(p.get_height() for p in right.patches) == per_part
 
 
 def test_a_split_with_an_empty_train_part_is_refused(toy_manifest: Path) -> None:

@@ -1,7 +1,8 @@
 """``xrad split MANIFEST -o OUT.csv --seed S``: the papers' semi-supervised split, leak-free by default.
 
 Writes OUT.csv (the manifest plus ``split``, ``semi_label``, ``unit_id``, ``unit_kind``) and
-OUT.summary.csv (counts per split × body part × label, with semi-label counts), and prints the summary.
+OUT.summary.csv (counts per split × body part × label, with semi-label counts) and OUT.summary.png (the
+same counts as bar charts, the paper's Fig. 6), and prints the summary.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ def _fraction(text: str) -> float:
 def summary_path(output: Path) -> Path:
     """Where the summary of ``output`` goes: ``OUT.summary.csv`` next to ``OUT.csv``."""
     return output.with_name(output.stem + ".summary.csv")
+
+
+def figure_path(output: Path) -> Path:
+    """Where the split's summary figure goes: ``OUT.summary.png`` next to ``OUT.csv``."""
+    return output.with_name(output.stem + ".summary.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,9 +91,13 @@ def run(args: argparse.Namespace) -> int:
     )
     frame = make_split(read_manifest(args.manifest), config, where=str(args.manifest))
     summary = split_summary(frame)
-    with FileSet() as files:  # the split and its summary are published together
+    from xrad.evaluation.plots import png_bytes, split_summary_figure
+
+    figure = split_summary_figure(summary, f"Split of {args.manifest.name} (seed {args.seed})")
+    with FileSet() as files:  # the split, its summary and its figure are published together
         files.write_csv(args.output, manifest_table(frame))
         files.write_csv(summary_path(args.output), summary)
+        files.write_bytes(figure_path(args.output), png_bytes(figure))
     print(format_summary(frame, summary))
-    print(f"wrote {args.output} and {summary_path(args.output)}")
+    print(f"wrote {args.output}, {summary_path(args.output)} and {figure_path(args.output)}")
     return 0

@@ -38,12 +38,17 @@ def color(index: int) -> tuple[float, float, float]:
     return _CYCLE[index % len(_CYCLE)]
 
 
-def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> bytes:
-    """Write ``fig`` as PNG (atomically), close it, and return the bytes."""
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> bytes:
+    """Write ``fig`` as PNG (atomically), close it, and return the bytes."""
+    data = png_bytes(fig, dpi)
     write_bytes(path, data)
     return data
 
@@ -155,6 +160,59 @@ def score_distribution_figure(frame: pd.DataFrame, title: str, max_parts: int = 
             _hist(axes.flat[i], frame[frame["body_part"] == part], bins, part)
     for ax in list(axes.flat)[panels:]:
         ax.set_visible(False)
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    return fig
+
+
+# The stacks of a split's images by what the detector is told about them (Fig. 6 of the self-taught paper).
+SPLIT_GROUPS: tuple[tuple[str, str], ...] = (
+    ("known_normal", "known normal (semi-label +1)"),
+    ("unlabelled_normal", "unlabelled, normal"),
+    ("unlabelled_abnormal", "unlabelled, abnormal (contamination / evaluation)"),
+    ("known_abnormal", "known anomaly (semi-label -1)"),
+)
+
+
+def split_counts(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per split, the images of each :data:`SPLIT_GROUPS` group, from a ``split_summary`` table's ALL rows."""
+    total = summary[summary["body_part"] == "ALL"]
+    out = {}
+    for split, rows in total.groupby("split", sort=False):
+        normal = rows[rows["label"].astype(int) == 0]
+        abnormal = rows[rows["label"].astype(int) == 1]
+        out[str(split)] = {
+            "known_normal": int(normal["known_normal"].sum()),
+            "unlabelled_normal": int(normal["unlabelled"].sum()),
+            "unlabelled_abnormal": int(abnormal["unlabelled"].sum()),
+            "known_abnormal": int(abnormal["known_abnormal"].sum() + normal["known_abnormal"].sum()),
+        }
+    return pd.DataFrame(out).T.reindex(columns=[key for key, _ in SPLIT_GROUPS])
+
+
+def split_summary_figure(summary: pd.DataFrame, title: str) -> Figure:
+    """A split at a glance (the paper's Fig. 6): left, each split's images stacked by what the detector is told
+    (known normal, unlabelled normal / abnormal, known anomaly); right, images per body part and split."""
+    counts = split_counts(summary)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    bottom = np.zeros(len(counts))
+    for i, (key, name) in enumerate(SPLIT_GROUPS):
+        values = counts[key].to_numpy(float)
+        left.bar(counts.index, values, bottom=bottom, color=color(i), label=name)
+        bottom += values
+    left.set_ylabel("images")
+    left.set_title("images per split, by semi-label and label")
+    left.legend(fontsize=8)
+    parts = summary[summary["body_part"] != "ALL"].groupby(["body_part", "split"], sort=True)["images"].sum()
+    table = parts.unstack(fill_value=0).reindex(columns=list(counts.index), fill_value=0)
+    width = 0.8 / max(len(table.columns), 1)
+    for j, split in enumerate(table.columns):
+        x = np.arange(len(table)) + (j - (len(table.columns) - 1) / 2) * width
+        right.bar(x, table[split].to_numpy(float), width, color=color(j), label=split)
+    right.set_xticks(np.arange(len(table)), [str(p) for p in table.index], rotation=30, ha="right")
+    right.set_ylabel("images")
+    right.set_title("images per body part")
+    right.legend(fontsize=8)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
     return fig

@@ -437,6 +437,23 @@ def _table1_html(table: pd.DataFrame, pairs: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _split_section(b: _Builder, split_files: list[Path]) -> None:
+    """The first split of a grid at a glance (Fig. 6): counts per split × semi-label and per body part."""
+    from xrad.data.manifest import read_manifest
+    from xrad.data.splits import split_summary
+
+    split_files = [p for p in split_files if not p.name.endswith(".summary.csv")]
+    if not split_files:
+        return
+    b.section(f"Split summary ({split_files[0].stem}; the other splits differ only by seed)")
+    frame = read_manifest(split_files[0])
+    b.figure(
+        plots.split_summary_figure(split_summary(frame), f"Split {split_files[0].stem}"),
+        "split_summary",
+        "images per split by semi-label and per body part",
+    )
+
+
 def _bench_report(b: _Builder, folder: Path, seed: int, max_points: int) -> str:
     from xrad.evaluation.tables import pairwise_tests, table1
 
@@ -453,6 +470,7 @@ def _bench_report(b: _Builder, folder: Path, seed: int, max_points: int) -> str:
             "bench_comparison",
             "test AUROC per method with significance",
         )
+    _split_section(b, sorted((folder / "splits").glob("*.csv")))
     b.section("Results per cell")
     b.add(_table(results.drop(columns=["cell"], errors="ignore")))
     cells = {c: folder / "cells" / c for c in dict.fromkeys(results["cell"])}

@@ -245,6 +245,12 @@ class FileSet:
         tmp = self._stage(path)
         write_json(tmp, obj)
 
+    def write_bytes(self, path: str | Path, data: bytes) -> None:
+        """Stage ``data`` for ``path``."""
+        tmp = self._stage(path)
+        with atomic_open(tmp, "wb") as handle:
+            handle.write(data)
+
     def remove_stale(self, path: str | Path) -> None:
         """Delete ``path`` at publication unless this set writes it (an earlier run's output that would be
         mistaken for this run's)."""
