@@ -12,10 +12,10 @@ from xrad.evaluation.metrics import auroc
 from xrad.methods.drocc.scorer import DroccPatchScorer
 from xrad.methods.drocc.stage import drocc_bce
 from xrad.methods.registry import load_config
-from xrad.methods.subspace.patch_scorer import SubspacePatchScorer, cell_vectors
+from xrad.methods.subspace.patch_scorer import SubspacePatchScorer
 from xrad.methods.subspace.projection import subspace_projection
 from xrad.methods.subspace.stage import sample_normal_cells
-from xrad.models.patch import PATCH_CHANNELS, cell_mask, patch_features
+from xrad.models.patch import PATCH_CHANNELS, cell_mask, cell_vectors, patch_features
 from xrad.models.resnet import ResNet18Backbone
 
 SIZE = 64
@@ -73,7 +73,7 @@ def test_subspace_patch_scores_equal_a_numpy_transcription() -> None:
     f = patch_features(net, test).double().numpy()  # (B, C, g, g)
     e = f.transpose(0, 2, 3, 1)  # (B, g, g, C)
     residual = (((e - e @ p.T) ** 2).sum(axis=-1)) * cell_mask(test, f.shape[-1]).numpy()
-    got = scorer.cell_residuals(test).numpy()
+    got = scorer.cell_scores(test).numpy()
     np.testing.assert_allclose(got, residual, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(scorer.score(test)[0].numpy(), np_top_k_cell_mean(residual, 3), rtol=1e-6)
     assert (got[~cell_mask(test, f.shape[-1]).numpy()] == 0).all()
@@ -100,7 +100,7 @@ def test_subspace_patch_ranks_a_bright_bar_above_normals_and_localises_it() -> N
     # Local: the largest cell of the residual map sits on (within a cell of) the bar in most bar images.
     maps = scorer.heatmap(test_bar)
     assert maps.shape == (16, 1, SIZE, SIZE) and bool((maps >= 0).all())
-    residual = scorer.cell_residuals(test_bar)
+    residual = scorer.cell_scores(test_bar)
     bar_cells = torch.nn.functional.max_pool2d((test_bar > 0.9).float(), 8)[:, 0] > 0  # (B, g, g)
     near = torch.nn.functional.max_pool2d(bar_cells[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
     peak = residual.flatten(1).argmax(dim=1)

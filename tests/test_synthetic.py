@@ -162,7 +162,7 @@ def test_self_taught_patch_form_trains_scores_and_reloads(squares_split: Path, t
     # The map is the cell distance map: its top cell is the image score when top_k is 1.
     scorer.top_k = 1
     with torch.no_grad():
-        cells = scorer.cell_distances(x)
+        cells = scorer.cell_scores(x)
     np.testing.assert_allclose(cells.flatten(1).amax(dim=1).numpy(), scorer.score(x)[0].detach().numpy(), rtol=1e-6)
 
 

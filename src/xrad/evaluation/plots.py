@@ -185,7 +185,7 @@ def split_counts(summary: pd.DataFrame) -> pd.DataFrame:
             "known_normal": int(normal["known_normal"].sum()),
             "unlabelled_normal": int(normal["unlabelled"].sum()),
             "unlabelled_abnormal": int(abnormal["unlabelled"].sum()),
-            "known_abnormal": int(abnormal["known_abnormal"].sum() + normal["known_abnormal"].sum()),
+            "known_abnormal": int(rows["known_abnormal"].sum()),
         }
     return pd.DataFrame(out).T.reindex(columns=[key for key, _ in SPLIT_GROUPS])
 

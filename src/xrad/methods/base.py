@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from xrad.models.encoder import Encoder
+from xrad.models.patch import top_k_cell_mean, upsample_cell_map
 
 if TYPE_CHECKING:  # pragma: no cover
     from xrad.training.context import RunContext
@@ -107,6 +108,27 @@ class Scorer(nn.Module):
         }
         out.update({name: torch.cat(parts) for name, parts in embeds.items()})
         return out
+
+
+class CellMapScorer(Scorer):
+    """A local detector: a ``(B, g, g)`` map of non-negative cell scores (:meth:`cell_scores`, 0 outside the
+    body); the image score is the mean of its ``top_k`` largest cells and the heatmap is the map itself
+    (upsampled), so what is drawn is what is scored. Subclasses implement :meth:`cell_scores` and set ``top_k``."""
+
+    top_k: int
+
+    def cell_scores(self, images: Tensor) -> Tensor:
+        """``(B, g, g)`` non-negative cell scores of prepared ``images``, 0 on cells outside the body."""
+        raise NotImplementedError
+
+    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Mean of the ``top_k`` largest cell scores (B,); no sphere at image level."""
+        return top_k_cell_mean(self.cell_scores(images), self.top_k), None
+
+    def heatmap(self, images: Tensor) -> Tensor:
+        """The cell-score map, bilinearly upsampled to ``(B, 1, S, S)``."""
+        with torch.no_grad():
+            return upsample_cell_map(self.cell_scores(images).float(), tuple(images.shape[-2:]))
 
 
 class ProvidesEncoder(Protocol):

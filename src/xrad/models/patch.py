@@ -62,6 +62,11 @@ class PatchClassifier(nn.Module):
         return logits[:, 0]
 
 
+def cell_vectors(features: Tensor) -> Tensor:
+    """``(B, C, g, g)`` feature maps as ``(B·g·g, C)`` rows, row-major over (image, y, x)."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+
 def top_k_cell_mean(cell_map: Tensor, top_k: int) -> Tensor:
     """Image scores ``(B,)`` of a ``(B, g, g)`` cell-score map: the mean of its ``top_k`` largest cells."""
     flat = cell_map.flatten(1)

@@ -9,15 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xrad.methods.base import CellMapScorer
 from xrad.methods.supervised.scorer import LinearHeadScorer
-from xrad.models.patch import (
-    PATCH_CHANNELS,
-    body_average,
-    cell_mask,
-    patch_features,
-    top_k_cell_mean,
-    upsample_cell_map,
-)
+from xrad.models.patch import PATCH_CHANNELS, body_average, cell_mask, patch_features
 from xrad.models.resnet import ResNet18Backbone
 
 __all__ = ["DroccPatchScorer", "DroccScorer"]
@@ -35,7 +29,7 @@ class DroccScorer(LinearHeadScorer):
         return -self.logits(images).double(), None
 
 
-class DroccPatchScorer(LinearHeadScorer):
+class DroccPatchScorer(CellMapScorer, LinearHeadScorer):
     """The linear head ``PATCH_CHANNELS → 1`` applied as a 1×1 convolution to every cell of the layer2+layer3
     map: one normality logit per cell. The cell score softplus(−logit) = −log P(normal) is ≥ 0 (so cells
     outside the body can be 0) and does not saturate like 1 − sigmoid; image score = top-k mean in the body."""
@@ -67,15 +61,6 @@ class DroccPatchScorer(LinearHeadScorer):
         cells = self.cell_logits(images).double()
         return F.softplus(-cells) * cell_mask(images, cells.shape[-1]).to(cells.dtype)
 
-    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Mean of the ``top_k`` largest cell scores (B,) float64; no sphere."""
-        return top_k_cell_mean(self.cell_scores(images), self.top_k), None
-
-    def heatmap(self, images: Tensor) -> Tensor:
-        """The cell-score map, bilinearly upsampled to ``(B, 1, S, S)``."""
-        with torch.no_grad():
-            return upsample_cell_map(self.cell_scores(images).float(), tuple(images.shape[-2:]))
-
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """The cell features averaged over the body (B, C), for plots."""
         return {"h": body_average(patch_features(self.backbone, images), images)}
@@ -86,10 +71,6 @@ class DroccPatchScorer(LinearHeadScorer):
         return tensors, {**args, "top_k": self.top_k}
 
     @classmethod
-    def from_artefact(cls, tensors: dict[str, Tensor], args: dict[str, Any]) -> DroccPatchScorer:
-        """Rebuild from an artefact's tensors and scorer arguments."""
-        backbone = ResNet18Backbone(in_channels=int(args.get("in_channels", 1)))
-        backbone.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}, strict=True)
-        head = nn.Linear(PATCH_CHANNELS, 1)
-        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, strict=True)
-        return cls(backbone, head, int(args.get("top_k", 3)))
+    def rebuild_kwargs(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """``top_k`` from the artefact's arguments."""
+        return {"top_k": int(args.get("top_k", 3))}

@@ -162,6 +162,5 @@ def load(ctx: RunContext, stage: str, previous: Any = None) -> DroccResult:
     """The finished classifier."""
     tensors = load_tensors(ctx.stage_dir(stage) / MODEL_FILE)
     section: DroccConfig = ctx.config.section("drocc")
-    if section.level == "patch":
-        return DroccResult(DroccPatchScorer.from_artefact(tensors, {"in_channels": 1, "top_k": section.top_k}).eval())
-    return DroccResult(DroccScorer.from_artefact(tensors, {"in_channels": 1}).eval())
+    scorer_class = DroccPatchScorer if section.level == "patch" else DroccScorer
+    return DroccResult(scorer_class.from_artefact(tensors, {"in_channels": 1, "top_k": section.top_k}).eval())

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xrad.methods.base import Scorer
+from xrad.methods.base import CellMapScorer
 from xrad.methods.knn.search import nearest_distance
-from xrad.models.patch import body_average, cell_mask, patch_features, top_k_cell_mean, upsample_cell_map
+from xrad.models.patch import body_average, cell_mask, cell_vectors, patch_features
 from xrad.models.resnet import ResNet18Backbone
 
 
@@ -29,7 +29,7 @@ def cell_features(backbone: ResNet18Backbone, images: Tensor, smooth: int) -> Te
     return features
 
 
-class PatchKnnScorer(Scorer):
+class PatchKnnScorer(CellMapScorer):
     """Cell distance to the nearest normal training cell; image score = top-k mean inside the body."""
 
     kind: ClassVar[str] = "patch_knn"
@@ -41,22 +41,12 @@ class PatchKnnScorer(Scorer):
         self.top_k, self.smooth = int(top_k), int(smooth)
         self.register_buffer("memory", memory.detach().clone().float())
 
-    def cell_distances(self, images: Tensor) -> Tensor:
+    def cell_scores(self, images: Tensor) -> Tensor:
         """``(B, g, g)`` nearest-neighbour distances, 0 on cells mostly outside the body."""
         features = cell_features(self.backbone, images, self.smooth)
         cells = features.shape[-1]
-        flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-        distances = nearest_distance(flat, self.memory).view(-1, cells, cells)
+        distances = nearest_distance(cell_vectors(features), self.memory).view(-1, cells, cells)
         return distances * cell_mask(images, cells).to(distances.dtype)
-
-    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Mean of the ``top_k`` largest cell distances."""
-        return top_k_cell_mean(self.cell_distances(images), self.top_k), None
-
-    def heatmap(self, images: Tensor) -> Tensor:
-        """The cell distance map, bilinearly upsampled to ``(B, 1, S, S)``."""
-        with torch.no_grad():
-            return upsample_cell_map(self.cell_distances(images), tuple(images.shape[-2:]))
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """The cell features averaged over the body (B, C), for plots."""

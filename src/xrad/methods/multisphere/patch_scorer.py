@@ -13,15 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from xrad.methods.base import Scorer
-from xrad.models.patch import (
-    PATCH_CHANNELS,
-    body_average,
-    cell_mask,
-    patch_features,
-    top_k_cell_mean,
-    upsample_cell_map,
-)
+from xrad.methods.base import CellMapScorer
+from xrad.models.patch import PATCH_CHANNELS, body_average, cell_mask, cell_vectors, patch_features
 from xrad.models.resnet import ResNet18Backbone
 
 
@@ -47,7 +40,7 @@ class PatchSphereNet(nn.Module):
         return cells
 
 
-class PatchSphereScorer(Scorer):
+class PatchSphereScorer(CellMapScorer):
     """Mean of the ``top_k`` largest cell distances to the nearest surviving centre, inside the body."""
 
     kind: ClassVar[str] = "patch_sphere"
@@ -59,23 +52,13 @@ class PatchSphereScorer(Scorer):
         self.top_k = int(top_k)
         self.register_buffer("centers", centers.detach().clone().float())
 
-    def cell_distances(self, images: Tensor) -> Tensor:
+    def cell_scores(self, images: Tensor) -> Tensor:
         """``(B, S/8, S/8)`` distances to the nearest centre, 0 on cells mostly outside the body."""
         z = self.net(images)
         cells = z.shape[-1]
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        d2 = torch.cdist(flat.float(), self.centers).pow(2).amin(dim=1)
+        d2 = torch.cdist(cell_vectors(z).float(), self.centers).pow(2).amin(dim=1)
         dist = d2.clamp_min(0).sqrt().view(-1, cells, cells)
         return dist * cell_mask(images, cells).to(dist.dtype)
-
-    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Mean of the ``top_k`` largest cell distances; no single sphere index at image level."""
-        return top_k_cell_mean(self.cell_distances(images), self.top_k), None
-
-    def heatmap(self, images: Tensor) -> Tensor:
-        """The distance map, bilinearly upsampled to ``(B, 1, S, S)``."""
-        with torch.no_grad():
-            return upsample_cell_map(self.cell_distances(images), tuple(images.shape[-2:]))
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """Cell embeddings averaged over the body (B, D), for plots."""

@@ -15,23 +15,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
-from xrad.methods.base import Scorer
+from xrad.methods.base import CellMapScorer
 from xrad.methods.subspace.projection import subspace_distance
-from xrad.models.patch import body_average, cell_mask, patch_features, top_k_cell_mean, upsample_cell_map
+from xrad.models.patch import body_average, cell_mask, cell_vectors, patch_features
 from xrad.models.resnet import ResNet18Backbone
 
-__all__ = ["SubspacePatchScorer", "cell_vectors"]
+__all__ = ["SubspacePatchScorer"]
 
 
-def cell_vectors(features: Tensor) -> Tensor:
-    """``(B, C, g, g)`` feature maps as ``(B·g·g, C)`` rows, row-major over (image, y, x)."""
-    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-
-
-class SubspacePatchScorer(Scorer):
+class SubspacePatchScorer(CellMapScorer):
     """Cell residual ‖e − P e‖² to the subspace of normal training cells; image score = top-k mean in the body."""
 
     kind: ClassVar[str] = "subspace_patch"
@@ -43,21 +37,12 @@ class SubspacePatchScorer(Scorer):
         self.top_k = int(top_k)
         self.register_buffer("projection", projection.detach().clone().double())
 
-    def cell_residuals(self, images: Tensor) -> Tensor:
+    def cell_scores(self, images: Tensor) -> Tensor:
         """``(B, g, g)`` float64 residuals, 0 on cells mostly outside the body."""
         features = patch_features(self.backbone, images)
         cells = features.shape[-1]
         residual = subspace_distance(cell_vectors(features).double(), self.projection).view(-1, cells, cells)
         return residual * cell_mask(images, cells).to(residual.dtype)
-
-    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Mean of the ``top_k`` largest cell residuals (B,) float64; no sphere."""
-        return top_k_cell_mean(self.cell_residuals(images), self.top_k), None
-
-    def heatmap(self, images: Tensor) -> Tensor:
-        """The residual map, bilinearly upsampled to ``(B, 1, S, S)``."""
-        with torch.no_grad():
-            return upsample_cell_map(self.cell_residuals(images).float(), tuple(images.shape[-2:]))
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """The cell features averaged over the body (B, C), for plots."""

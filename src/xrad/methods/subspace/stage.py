@@ -21,11 +21,11 @@ from xrad.errors import ConfigError
 from xrad.methods.base import ProvidesEncoder
 from xrad.methods.stage_io import load_tensors, save_tensors
 from xrad.methods.subspace.config import SubspaceConfig
-from xrad.methods.subspace.patch_scorer import SubspacePatchScorer, cell_vectors
+from xrad.methods.subspace.patch_scorer import SubspacePatchScorer
 from xrad.methods.subspace.projection import subspace_projection
 from xrad.methods.subspace.scorer import SubspaceScorer
 from xrad.models.encoder import Encoder
-from xrad.models.patch import cell_mask, patch_features
+from xrad.models.patch import cell_mask, cell_vectors, patch_features
 from xrad.training.context import RunContext
 
 SUBSPACE_FILE = "subspace.safetensors"
@@ -80,10 +80,10 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Subspa
         if sub.level == "patch":  # the body cells of the feature map, each a vector of its own
             features = patch_features(encoder.backbone, x)
             inside = cell_mask(x, features.shape[-1]).flatten()
-            parts.append(cell_vectors(features)[inside].double().cpu())
+            parts.append(cell_vectors(features)[inside].cpu())  # float32: subspace_projection casts to float64
         else:
             h, z = encoder(x)
-            parts.append((h if sub.feature == "h" else z).double().cpu())
+            parts.append((h if sub.feature == "h" else z).cpu())
     vectors = torch.cat(parts)
     if sub.level == "patch":
         vectors = sample_normal_cells(vectors, sub.max_patches, cfg.seed)

@@ -45,9 +45,17 @@ class LinearHeadScorer(Scorer):
         """Rebuild from an artefact's tensors and scorer arguments."""
         backbone = cls.backbone_class(in_channels=int(args.get("in_channels", 1)))
         backbone.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}, strict=True)
-        head = nn.Linear(int(backbone.out_dim), 1)
-        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, strict=True)
-        return cls(backbone, head)
+        head_state = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
+        # The head's width is the stored weight's: the pooled features (out_dim) or, for a head applied to
+        # every feature-map cell, the patch channels.
+        head = nn.Linear(int(head_state["weight"].shape[1]), 1)
+        head.load_state_dict(head_state, strict=True)
+        return cls(backbone, head, **cls.rebuild_kwargs(args))
+
+    @classmethod
+    def rebuild_kwargs(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments beyond backbone and head, from the artefact's arguments (none here)."""
+        return {}
 
 
 class ClassifierScorer(LinearHeadScorer):
