@@ -442,10 +442,9 @@ def _split_section(b: _Builder, split_files: list[Path]) -> None:
     from xrad.data.manifest import read_manifest
     from xrad.data.splits import split_summary
 
-    split_files = [p for p in split_files if not p.name.endswith(".summary.csv")]
     if not split_files:
         return
-    b.section(f"Split summary ({split_files[0].stem}; the other splits differ only by seed)")
+    b.section(f"Split summary ({split_files[0].stem}, the first of the grid's {len(split_files)} splits)")
     frame = read_manifest(split_files[0])
     b.figure(
         plots.split_summary_figure(split_summary(frame), f"Split {split_files[0].stem}"),
