@@ -146,8 +146,14 @@ def test_drocc_cell_logits_are_the_linear_head_as_a_1x1_convolution() -> None:
 
 
 def _trained_auroc(bars_are_normal: bool) -> float:
-    clf = patch_classifier(1).eval()  # BatchNorm in eval mode: its running statistics are not what is tested
-    optimiser = torch.optim.Adam(clf.parameters(), lr=1e-3)
+    """AUROC of bar images over normals after training the 1×1 head with the per-cell BCE on fixed features.
+
+    The backbone stays frozen (and in eval mode): the head's problem is then logistic regression on fixed cell
+    features, whose loss falls whatever the thread count; training the whole random ResNet for a few steps
+    was a knife-edge (the same seed ended at AUROC 0.37 on two threads and above 0.9 on one)."""
+    clf = patch_classifier(1).eval()
+    clf.backbone.requires_grad_(False)
+    optimiser = torch.optim.Adam(clf.head.parameters(), lr=5e-2)
     x = torch.cat([phantoms(16, 20, bar=False), phantoms(16, 21, bar=True)])
     target = (
         torch.cat([torch.zeros(16), torch.ones(16)])
@@ -155,13 +161,13 @@ def _trained_auroc(bars_are_normal: bool) -> float:
         else torch.cat([torch.ones(16), torch.zeros(16)])
     )
     losses = []
-    for _ in range(20):
+    for _ in range(50):
         optimiser.zero_grad()
         loss = drocc_bce(clf, x, target, x)
         loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < losses[0]
+    assert losses[-1] < 0.95 * losses[0]
     with torch.no_grad():
         scores = torch.cat([clf.score(phantoms(16, 22, bar=False))[0], clf.score(phantoms(16, 23, bar=True))[0]])
     return auroc(np.r_[np.zeros(16), np.ones(16)], scores.numpy())
@@ -169,17 +175,10 @@ def _trained_auroc(bars_are_normal: bool) -> float:
 
 def test_drocc_patch_bce_trains_cells_so_that_a_bright_bar_ranks_above_normals() -> None:
     """The per-cell BCE of the patch form with known bar images as negatives (drocc.use_known_anomalies):
-    after a few steps held-out bar images score above held-out normals — and below them when the same steps
+    after training held-out bar images score above held-out normals — and below them when the same steps
     call the bars normal, so the ranking is the training's, not the random features'."""
-    # One thread: on two, the float sums differ slightly and these few steps end elsewhere (AUROC 0.37 was seen
-    # with 2 threads for the same seed) — a known fragility of so short a training, noted in issue 15.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert _trained_auroc(bars_are_normal=False) > 0.9
-        assert _trained_auroc(bars_are_normal=True) < 0.2
-    finally:
-        torch.set_num_threads(threads)
+    assert _trained_auroc(bars_are_normal=False) > 0.9
+    assert _trained_auroc(bars_are_normal=True) < 0.2
 
 
 # --------------------------------------------------------------------------------------------- artefacts
