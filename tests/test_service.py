@@ -295,7 +295,7 @@ def test_serve_binds_to_localhost_by_default() -> None:
 
     args = build_parser().parse_args(["serve", "some/artefact"])
     assert args.host == "127.0.0.1" and args.port == 8000 and args.max_upload_mb == 20.0
-    assert (args.workers, args.queue, args.max_megapixels, args.time_budget) == (1, 1, 25.0, 30.0)
+    assert (args.workers, args.queue, args.max_megapixels, args.time_budget) == (1, 0, 25.0, 30.0)
 
 
 # ------------------------------------------------------------------------------------ load limits
@@ -621,3 +621,20 @@ def test_the_heatmap_overlay_is_drawn_at_most_heatmap_px(tiny_artefact) -> None:
     png = base64.b64decode(body["heatmap_png"].split(",", 1)[1])
     assert Image.open(io.BytesIO(png)).size == (30, 40)  # the same aspect, major axis 40
     assert body["image"]["width"] == 72 and body["image"]["height"] == 96  # the image itself as uploaded
+
+
+def test_retry_after_grows_with_the_clients_refused_just_before() -> None:
+    """Told "1 s", fifty refused clients would come back together: each 503 within the last advertised
+    Retry-After adds one typical job (0.5 s before any job has run) to the next one's Retry-After; once the
+    refusals are older than that, it falls back to the expected wait for the worker."""
+    from xrad.service.limits import ScoringPool, ServiceLimits
+
+    pool = ScoringPool(ServiceLimits(workers=1, queue=0))
+    try:
+        advertised = [pool.retry_after() for _ in range(9)]
+        assert advertised == [1, 1, 1, 2, 2, 3, 3, 4, 4]  # ceil(k x 0.5 s), at least 1
+        assert ScoringPool(ServiceLimits(workers=2)).retry_after() == 1
+        pool._refused.clear()  # as if the last refusals were older than the window
+        assert pool.retry_after() == 1
+    finally:
+        pool.shutdown()

@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument(
         "--queue",
         type=int_at_least(0),
-        default=1,
-        help="images waiting for a worker; more get 503 with Retry-After (default 1: an answer within ~2x)",
+        default=0,  # ServiceLimits.queue (not imported here: it pulls in FastAPI)
+        help="images waiting for a worker; more get 503 with Retry-After (default 0: an image that is "
+        "answered at all is answered within ~2x its unloaded time; 1 or more trade that for throughput)",
     )
     load.add_argument(
         "--max-megapixels",
