@@ -180,3 +180,32 @@ def test_run_report_opens_with_the_headline_and_accepts_the_xrad_run_folder(run_
     confusion = re.search(r"<table id='confusion'>.*?</table>", page).group(0)
     assert f"<th>abnormal</th><td>{tp}</td>" in confusion and f"<td>{tn}</td></tr></table>" in confusion
     assert "Fig. 9" not in page and page.index("Appendix: run summary") > page.index("Loss curves")
+
+
+def test_report_shows_a_gallery_of_the_highest_and_lowest_scored_test_images(tiny_run, tmp_path) -> None:
+    """`xrad report` draws the 2 highest- and 2 lowest-scored test images with the run's artefact into
+    gallery/ and the report embeds them in that order, each with its score; a re-run with fewer images leaves
+    no PNG of the earlier one."""
+    import json
+
+    import pandas as pd
+
+    from xrad.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run_dir"], run)
+    assert main(["report", str(run), "--gallery", "2", "--n-bootstrap", "10"]) == 0
+    listing = json.loads((run / "gallery" / "gallery.json").read_text())
+    test = pd.read_csv(run / "scores_test.csv").sort_values("score", ascending=False)
+    expected = list(test["score"].head(2)) + list(test["score"].tail(2)[::-1])
+    assert [e["which"] for e in listing["images"]] == ["highest", "highest", "lowest", "lowest"]
+    assert np.allclose([e["score"] for e in listing["images"]], expected)
+    for entry in listing["images"]:
+        assert Image.open(run / "gallery" / entry["png"]).size[0] > 16  # a drawn heatmap figure
+    page = (run / "report.html").read_text(encoding="utf-8")
+    section = page[page.index("Examples: the highest") : page.index("Per body part")]
+    assert section.count("<figure><img") == 4 and section.index("Highest") < section.index("Lowest")
+    shown = [float(s) for s in re.findall(r"<figcaption>[^<]*score (-?[\d.e+-]+)", section)]
+    assert np.allclose(shown, expected, rtol=1e-3)
+    assert main(["report", str(run), "--gallery", "1", "--n-bootstrap", "10"]) == 0
+    assert sorted(p.name for p in (run / "gallery").glob("*.png")) == ["highest_01.png", "lowest_01.png"]

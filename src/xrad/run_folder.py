@@ -18,6 +18,7 @@ Written by :func:`xrad.jobs.train.run_training`, read by the benchmark, the repo
     run/embeddings_valid.safetensors, embeddings_valid_pretext.safetensors  h, z, labels of the validation images
                                      with the final and with the stage-1 encoder (Fig. 9: pretext beside fine-tuned)
     run/summary.json                 method, AUROCs, sphere history, timings, images per split
+    run/gallery/                     the report's highest- and lowest-scored test images (xrad.inference.gallery)
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCORE_SPLITS = ("valid", "test")
+
+
+def detector_folder(folder: str | Path) -> Path:
+    """The detector's run folder of ``folder``: its ``detector/`` when ``folder`` is the folder of ``xrad run``
+    (which holds ``pipeline.json``), else ``folder`` itself."""
+    folder = Path(folder)
+    if (folder / "pipeline.json").is_file() and (folder / "detector").is_dir():
+        return folder / "detector"
+    return folder
 
 
 @dataclass(frozen=True)

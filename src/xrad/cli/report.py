@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-bootstrap", type=int_at_least(0), default=1000, help="bootstrap resamples for the run evaluation"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the t-SNE")
+    parser.add_argument(
+        "--gallery", type=int_at_least(0), default=6, help="highest- and lowest-scored test images shown (0: none)"
+    )
     parser.add_argument("--max-tsne-points", type=int_at_least(10), default=2000, help="subsample size for t-SNE")
 
 
@@ -31,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output is not None:
         check_writable(args.output)  # before minutes of bootstrap and t-SNE
+    if args.gallery:
+        from xrad.inference.gallery import write_gallery
+        from xrad.run_folder import detector_folder
+
+        write_gallery(detector_folder(args.folder), n=args.gallery)
     path = render_report(
         args.folder,
         args.output,

@@ -21,6 +21,7 @@ import pandas as pd
 from xrad.errors import DataError
 from xrad.evaluation import plots
 from xrad.evaluation.evaluate import choose_threshold, evaluate_scores, format_table, read_scores
+from xrad.run_folder import detector_folder
 from xrad.utils.atomic import write_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,7 +36,9 @@ table{border-collapse:collapse;margin:8px 0;font-size:14px}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child{text-align:left}
 pre{background:#f7f7f7;padding:10px;overflow-x:auto;font-size:12px}.missing{color:#a33;font-style:italic}
-.note{color:#555}"""
+.note{color:#555}
+.gallery{display:flex;flex-wrap:wrap;gap:8px}.gallery figure{margin:0;width:23%}
+.gallery img{width:100%}.gallery figcaption{font-size:12px}"""
 
 
 def is_benchmark_folder(folder: Path) -> bool:
@@ -325,6 +328,31 @@ def _body_part_table(test: pd.DataFrame) -> str:
     return _table(pd.DataFrame(rows)) if rows else _missing("no labelled test rows")
 
 
+def _gallery_section(b: _Builder, run_dir: Path) -> None:
+    """The highest- and lowest-scored test images with their heatmaps (drawn by xrad.inference.gallery)."""
+    b.section("Examples: the highest- and lowest-scored test images, with their heatmaps")
+    listing = run_dir / "gallery" / "gallery.json"
+    if not listing.is_file():
+        b.add(_missing(f"{listing} not found; `xrad report` draws it when the run folder holds its artefact"))
+        return
+    gallery = json.loads(listing.read_text(encoding="utf-8"))
+    labels = {0: "normal", 1: "abnormal", None: "unlabelled"}
+    for which in ("highest", "lowest"):
+        b.add(f"<h3>{which.capitalize()} scores</h3><div class='gallery'>")
+        for entry in (e for e in gallery.get("images", []) if e.get("which") == which):
+            percentile = entry.get("percentile")
+            name, part = html.escape(str(entry.get("image", ""))), html.escape(str(entry.get("body_part", "")))
+            caption = (
+                f"#{entry['rank']} {name} ({part}, {labels.get(entry.get('label'), 'unlabelled')}): "
+                f"score {float(entry['score']):.4g}"
+                + ("" if percentile is None else f", percentile {float(percentile):.1f}")
+            )
+            png = listing.parent / str(entry.get("png") or "")
+            picture = _img(png.read_bytes(), caption) if entry.get("png") and png.is_file() else _missing("not drawn")
+            b.add(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
+        b.add("</div>")
+
+
 def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_points: int) -> str:
     summary = (
         json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
@@ -338,6 +366,7 @@ def _run_report(b: _Builder, run_dir: Path, n_bootstrap: int, seed: int, max_poi
         if (run_dir / f"scores_{s}.csv").is_file()
     }
     result = _headline(b, frames, run_dir, n_bootstrap, seed)
+    _gallery_section(b, run_dir)
     b.section("Per body part (test)")
     b.add(_body_part_table(frames["test"]) if "test" in frames else _missing("scores_test.csv not found"))
     b.section("ROC and precision–recall curves")
@@ -533,8 +562,7 @@ def render_report(
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder; pass a run folder (xrad train -o) or a benchmark output folder")
     output = Path(output) if output else folder / "report.html"
-    if (folder / "pipeline.json").is_file() and (folder / "detector").is_dir():  # the folder of `xrad run`
-        folder = folder / "detector"
+    folder = detector_folder(folder)  # the folder of `xrad run` holds the detector's run folder
     builder = _Builder(
         output.parent / f"{output.stem}_figures" if output.stem != "report" else output.parent / "report"
     )
