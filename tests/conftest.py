@@ -151,6 +151,37 @@ def tiny_artefact(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def readout_artefact(tiny_artefact, tmp_path_factory) -> Path:
+    """The tiny artefact with everything a reader is shown: validation normals (percentiles), a fixed heat
+    scale (colour bar), an operating point at 90 % specificity, and training data recorded as HAND phantoms
+    (so a real image or another body part is warned about); treat as read-only."""
+    import shutil
+
+    import numpy as np
+
+    from xrad.inference.artefact import update_artefact_meta
+    from xrad.inference.calibration import store_operating_point, threshold_for
+
+    target = tmp_path_factory.mktemp("readout") / "artefact"
+    shutil.copytree(tiny_artefact, target)
+    normals = np.linspace(0.0, 20.0, 50)
+    update_artefact_meta(
+        target,
+        normal_reference={
+            "split": "valid",
+            "n_normals": 50,
+            "quantiles": False,
+            "scores": list(normals),
+            "heat_scale": 1.0,
+        },
+        training_data={"phantoms": True, "train_body_parts": {"HAND": 40}},
+    )
+    labels = np.r_[np.zeros(50), np.ones(50)]
+    store_operating_point(target, threshold_for(labels, np.r_[normals, normals + 5.0], specificity=0.9))
+    return target
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A finished tiny self-taught run (tests/training_helpers.py data, configs/tiny.yaml), shared by the
     training and artefact/scoring tests: {"manifest", "run_dir", "summary"}."""

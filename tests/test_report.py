@@ -5,11 +5,11 @@ from __future__ import annotations
 import html
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import yaml
+from browser import CHROMIUM, NO_CHROMIUM, assert_drawn, dom_and_screenshot  # tests/browser.py
 from PIL import Image
 
 from xrad.data.manifest import read_manifest, write_manifest
@@ -128,31 +128,11 @@ def test_report_rejects_other_folders(tmp_path):
         render_report(tmp_path / "nope")
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_report_renders_in_headless_chromium(bench_dir, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the HTML is still tested above")
     report = render_report(bench_dir)
-    shot = tmp_path / "shot.png"
-    cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,2000",
-        report.resolve().as_uri(),
-    ]
-    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
-    assert shot.is_file(), "Chromium wrote no screenshot"
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
-    assert pixels.shape == (2000, 1200)
+    _, rgb = dom_and_screenshot(report.resolve().as_uri(), tmp_path, "bench", size=(1200, 2000), budget_ms=3000)
+    pixels = rgb.mean(axis=2)
     assert pixels.std() > 20  # a blank (all white) page has std 0
     # The figures are drawn: a good share of rows is not plain white.
     assert (pixels.min(axis=1) < 200).mean() > 0.3
@@ -209,3 +189,26 @@ def test_report_shows_a_gallery_of_the_highest_and_lowest_scored_test_images(tin
     assert np.allclose(shown, expected, rtol=1e-3)
     assert main(["report", str(run), "--gallery", "1", "--n-bootstrap", "10"]) == 0
     assert sorted(p.name for p in (run / "gallery").glob("*.png")) == ["highest_01.png", "lowest_01.png"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_run_report_in_chromium_shows_headline_operating_point_gallery_and_warning(tiny_run, tmp_path) -> None:
+    """The report of a trained run, as a reader opens it: the AUROC with its interval, the flag rule (the
+    calibrated threshold with its sensitivity and specificity and the confusion matrix), the gallery with each
+    image's percentile and its heatmap in colour, and the warning that a phantom-trained detector's scores of
+    real radiographs mean nothing."""
+    from xrad.cli.main import main
+    from xrad.inference.artefact import update_artefact_meta
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run_dir"], run)
+    update_artefact_meta(run / "artefact", training_data={"phantoms": True}, operating_point={"threshold": 0.5})
+    assert main(["report", str(run), "--gallery", "3", "--n-bootstrap", "20"]) == 0
+    dom, rgb = dom_and_screenshot((run / "report.html").as_uri(), tmp_path, "report", budget_ms=3000)
+    assert re.search(r"id=\"auroc\">Test AUROC <b>\d\.\d\d</b> \(95% interval", dom)
+    assert re.search(r'id="operating">Operating point: threshold 0\.5, stored by xrad calibrate', dom)
+    assert re.search(r"sensitivity \d\.\d\d, specificity \d\.\d\d", dom) and 'id="confusion"' in dom
+    assert 'id="warning">Warning: trained on generated phantoms only' in dom
+    assert len(re.findall(r"<figcaption>[^<]*percentile \d+\.\d</figcaption>", dom)) == 6
+    assert dom.index("Examples: the highest") < dom.index("Per body part")
+    assert_drawn(rgb)  # the gallery's heatmaps and colour bars are in the first screen

@@ -36,7 +36,7 @@ table{border-collapse:collapse;margin:8px 0;font-size:14px}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child{text-align:left}
 pre{background:#f7f7f7;padding:10px;overflow-x:auto;font-size:12px}.missing{color:#a33;font-style:italic}
-.note{color:#555}
+.note{color:#555}.warning{color:#b00020;font-weight:600}
 .gallery{display:flex;flex-wrap:wrap;gap:8px}.gallery figure{margin:0;width:23%}
 .gallery img{width:100%}.gallery figcaption{font-size:12px}"""
 
@@ -303,8 +303,21 @@ def _headline(b: _Builder, frames: dict[str, pd.DataFrame], run_dir: Path, n_boo
         )
     else:
         lines.append(f"<p id='operating'>Operating point: {html.escape(how)}.</p>")
+    lines += [f"<p class='warning' id='warning'>Warning: {html.escape(w)}</p>" for w in _artefact_warnings(run_dir)]
     b.add("".join(lines))
     return result
+
+
+def _artefact_warnings(run_dir: Path) -> list[str]:
+    """What the artefact's training data says its scores cannot be trusted for (as the scoring readout)."""
+    try:
+        meta = json.loads((run_dir / "artefact" / "artefact.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    training = meta.get("training_data") if isinstance(meta, dict) else None
+    if isinstance(training, dict) and training.get("phantoms"):
+        return ["trained on generated phantoms only: its scores of real radiographs mean nothing"]
+    return []
 
 
 def _body_part_table(test: pd.DataFrame) -> str:
