@@ -81,3 +81,35 @@ def test_trained_tiny_artefact_onnx_matches_the_runs_test_scores(tiny_run: dict,
     reference = pd.read_csv(tiny_run["run_dir"] / "scores_test.csv")["score"].to_numpy()
     got = onnx_scores(out, bank.images.numpy(), bank.masks.numpy())
     assert np.max(np.abs(got - reference)) <= 1e-4
+
+
+def test_a_raw_png_through_the_documented_steps_and_onnxruntime_gives_xrad_scores_score(tmp_path) -> None:
+    """The README's ONNX recipe, as a deployment would run it: the input spec from the model's metadata,
+    xrad.inference.input.prepare_input (decode, carrier crop, inversion fix, body mask, resize) on the raw
+    file, then onnxruntime on the uint8 image and mask; the score equals `xrad score`'s for that file."""
+    import onnxruntime as ort
+    import pandas as pd
+    from PIL import Image
+
+    from xrad.inference.artefact import InputSpec
+    from xrad.inference.input import prepare_input
+    from xrad.preprocess import PreprocessParams
+
+    artefact = make_tiny_artefact(tmp_path / "artefact", preprocessing=PreprocessParams().to_dict())
+    rng = np.random.default_rng(3)
+    pixels = np.full((160, 120), 235, np.uint8)  # a bright carrier margin around a darker body
+    pixels[20:140, 25:95] = rng.integers(50, 180, size=(120, 70), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "raw.png")
+    assert main(["score", str(artefact), str(tmp_path / "raw.png"), "-o", str(tmp_path / "s.csv")]) == 0
+    expected = float(pd.read_csv(tmp_path / "s.csv")["score"].iloc[0])
+
+    model = tmp_path / "model.onnx"
+    export_onnx(artefact, model)
+    props = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+    assert "prepare_input" in props["xrad.recipe"]
+    stored = json.loads(props["xrad.preprocessing"])  # everything the steps need travels in the model
+    spec = InputSpec(int(props["xrad.image_size"]), PreprocessParams.from_dict(stored) if stored else None)
+    ready = prepare_input(tmp_path / "raw.png", spec)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": ready.image[None].numpy(), "mask": ready.mask[None].numpy()})[0]
+    assert got.shape == (1,) and abs(float(got[0]) - expected) <= 1e-4 * max(1.0, abs(expected))

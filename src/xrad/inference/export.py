@@ -39,6 +39,15 @@ __all__ = ["OnnxScorer", "export_onnx", "onnx_scores", "parity_batch"]
 
 OPSET = 17
 
+# What a caller runs before the graph (also in the README); tests/test_export.py runs exactly this.
+RECIPE = (
+    "stored = json.loads(props['xrad.preprocessing']); spec = xrad.inference.artefact.InputSpec("
+    "int(props['xrad.image_size']), xrad.preprocess.PreprocessParams.from_dict(stored) if stored else None); "
+    "ready = xrad.inference.input.prepare_input(path, spec)  # decode, carrier crop, inversion fix, body mask, "
+    "resize-and-pad; then session.run(None, {'image': ready.image[None].numpy(), 'mask': ready.mask[None].numpy()}); "
+    "the /255 and the masking are inside the graph"
+)
+
 
 class OnnxScorer(nn.Module):
     """The exported graph: uint8 image and mask → score (and nearest sphere)."""
@@ -136,6 +145,7 @@ def export_onnx(
             "xrad.image_size": str(size),
             "xrad.method": str(meta.method),
             "xrad.input": "image, mask: uint8 (B, 1, S, S) after xrad's resize-and-pad; mask 1 = body part",
+            "xrad.recipe": RECIPE,
             "xrad.preprocessing": json.dumps(preprocessing, sort_keys=True),  # as artefact.json stores it
             "xrad.operating_point": json.dumps(meta.operating_point),
             "xrad.artefact_sha256": str(meta.sha256),
