@@ -230,3 +230,45 @@ def test_out_of_distribution_inputs_are_warned_about_everywhere(
     client = fastapi_testclient.TestClient(app_from_artefact(artefact))
     body = client.post("/score", content=(tmp_path / "imgs" / "white.png").read_bytes()).json()
     assert any("phantoms only" in w for w in body["warnings"]) and any("brightness" in w for w in body["warnings"])
+
+
+def test_appearance_reference_is_the_nearest_other_stored_image_quantile_times_the_margin() -> None:
+    from xrad.inference.readout import APPEARANCE_MARGIN, APPEARANCE_QUANTILE, appearance_reference
+
+    looks = np.random.default_rng(0).random((30, 64)).astype(np.float32)
+    reference = appearance_reference(looks)
+    assert reference["side"] == 8 and len(reference["normals"]) == 30  # fewer than APPEARANCE_STORED: all kept
+    stored = np.asarray(reference["normals"])
+    nearest = [min(np.linalg.norm(looks[i] - stored[j]) for j in range(30) if j != i) for i in range(30)]
+    expected = np.quantile(nearest, APPEARANCE_QUANTILE) * APPEARANCE_MARGIN
+    assert np.isclose(reference["threshold"], expected, rtol=1e-3)
+
+
+def test_an_image_laid_out_unlike_the_training_images_is_warned_about_though_its_statistics_match(
+    tiny_run: dict, tmp_path: Path
+) -> None:
+    """The held-out test images look like training; the same pixels moved to the corners (np.roll: the
+    brightness and contrast are unchanged, so the statistics check stays silent) look unlike every training
+    image and get the appearance warning."""
+    import pandas as pd
+    from PIL import Image
+
+    from xrad.inference.artefact import read_meta
+    from xrad.inference.readout import score_images
+    from xrad.inference.scoring import load_scorer
+
+    artefact = tiny_run["run_dir"] / "artefact"
+    assert len(read_meta(artefact).normal_reference["appearance"]["normals"]) == 32  # the train images
+    frame = pd.read_csv(tiny_run["manifest"])
+    test = frame[frame["split"] == "test"].copy()
+    first = test.iloc[0]
+    pixels = np.asarray(Image.open(first["cache_path"]))
+    Image.fromarray(np.roll(pixels, (20, 20), axis=(0, 1))).save(tmp_path / "moved.png")
+    moved = first.copy()
+    moved["path"] = moved["cache_path"] = str(tmp_path / "moved.png")
+    scored = score_images(load_scorer(artefact), pd.concat([test, moved.to_frame().T], ignore_index=True))
+    looks_unlike = scored["warnings"].str.contains("looks unlike every training image")
+    normals = (scored["label"] == 0).to_numpy()[:-1]
+    assert not looks_unlike.iloc[:-1][normals].any()
+    assert looks_unlike.iloc[-1] and "outside the training range" not in scored["warnings"].iloc[-1]
+    assert scored["input_appearance"].iloc[-1] > 2 * scored["input_appearance"].iloc[:-1].median()

@@ -11,6 +11,9 @@ heatmaps, the service and ONNX export — so a trained detector always sees its 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import cv2
 import numpy as np
 import torch
@@ -111,3 +114,34 @@ def input_statistics(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     mean = (x * m).sum(axis=1) / count
     std = np.sqrt((((x - mean[:, None]) ** 2) * m).sum(axis=1) / count)
     return np.stack([mean, std], axis=1)
+
+
+APPEARANCE_SIDE = 8  # a model input's appearance: its masked pixels averaged to 8×8 (64 numbers in [0, 1])
+
+
+def input_appearance(images: np.ndarray, masks: np.ndarray, side: int = APPEARANCE_SIDE) -> np.ndarray:
+    """(N, side²) float32: each uint8 model input (N,1,S,S) times its mask (whole image when the mask is
+    empty), scaled to [0, 1] and block-averaged to ``side`` × ``side`` — a layout-and-brightness descriptor
+    cheap enough to store for the training normals and compare every input with (out-of-distribution check)."""
+    from torch.nn.functional import adaptive_avg_pool2d
+
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32) / 255.0
+    m = torch.as_tensor(np.asarray(masks) > 0, dtype=torch.float32)
+    empty = m.flatten(1).sum(dim=1) == 0
+    m[empty] = 1.0
+    pooled = adaptive_avg_pool2d(x * m, side)
+    return pooled.flatten(1).numpy().astype(np.float32)
+
+
+def appearance_distance(appearance: np.ndarray, reference: Mapping[str, Any] | None) -> np.ndarray:
+    """(N,): each descriptor's Euclidean distance to the nearest stored training normal
+    (``reference["appearance"]["normals"]``); NaN without a stored reference."""
+    stored = ((reference or {}).get("appearance") or {}).get("normals")
+    appearance = np.atleast_2d(np.asarray(appearance, dtype=np.float32))
+    if not stored:
+        return np.full(len(appearance), np.nan)
+    normals = np.asarray(stored, dtype=np.float32)
+    if normals.shape[1] != appearance.shape[1]:
+        return np.full(len(appearance), np.nan)
+    d2 = (appearance**2).sum(1)[:, None] - 2 * appearance @ normals.T + (normals**2).sum(1)[None, :]
+    return np.asarray(np.sqrt(np.maximum(d2.min(axis=1), 0.0)))

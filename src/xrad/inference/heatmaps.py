@@ -193,6 +193,7 @@ class Explanation:
     mask: np.ndarray | None = None  # bool (h, w): the body mask in the geometry of base
     mask_warning: str = ""  # mask_problem() of the model input, else ""
     statistics: tuple[float, float] = (float("nan"), float("nan"))  # input mean, std (readout.input_statistics)
+    appearance: float = float("nan")  # distance to the nearest stored training image (model_input.appearance_distance)
 
     def overlay_png(self, alpha: float = 0.45) -> bytes:
         """The overlay as PNG bytes (same size as ``base``)."""
@@ -259,6 +260,7 @@ def explain_input(scorer: Any, model_input: ModelInput, *, heatmap: bool = True)
         mask=back(mask_grid) > 0.5,
         mask_warning=mask_problem(model_input.image[0].numpy(), model_input.mask[0].numpy()),
         statistics=_statistics(model_input),
+        appearance=_appearance(scorer, model_input),
     )
 
 
@@ -267,6 +269,18 @@ def _statistics(model_input: ModelInput) -> tuple[float, float]:
 
     mean, std = input_statistics(model_input.image[None].numpy(), model_input.mask[None].numpy())[0]
     return float(mean), float(std)
+
+
+def _appearance(scorer: Any, model_input: ModelInput) -> float:
+    from xrad.data.model_input import appearance_distance, input_appearance
+    from xrad.inference.artefact import meta_of
+
+    try:
+        reference = meta_of(scorer).normal_reference
+    except TypeError:  # a scorer built by hand has no artefact
+        return float("nan")
+    looks = input_appearance(model_input.image[None].numpy(), model_input.mask[None].numpy())
+    return float(appearance_distance(looks, reference)[0])
 
 
 def _artefact_heat_scale(scorer: Any) -> float | None:

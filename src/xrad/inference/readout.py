@@ -27,6 +27,7 @@ __all__ = [
     "MAX_REFERENCE_VALUES",
     "annotate",
     "input_statistics",
+    "appearance_reference",
     "input_warnings",
     "is_phantom_path",
     "statistics_reference",
@@ -78,8 +79,36 @@ def statistics_reference(stats: np.ndarray) -> dict[str, list[float]]:
     return {"mean": [float(low[0]), float(high[0])], "std": [float(low[1]), float(high[1])]}
 
 
+APPEARANCE_STORED = 100  # training images whose appearance (xrad.data.model_input.input_appearance) is stored
+APPEARANCE_QUANTILE = 0.99  # of the training images' distances to the nearest other stored one ...
+APPEARANCE_MARGIN = 1.5  # ... times this: farther from every stored image = "looks unlike the training data"
+
+
+def appearance_reference(appearance: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """The ``normal_reference.appearance`` record: up to :data:`APPEARANCE_STORED` training descriptors
+    (rounded to 1e-4) and the distance above which an input looks unlike all of them — the
+    :data:`APPEARANCE_QUANTILE` of the training images' own nearest-neighbour distances to the stored ones
+    (themselves excluded) times :data:`APPEARANCE_MARGIN`."""
+    appearance = np.asarray(appearance, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.permutation(len(appearance))[:APPEARANCE_STORED])
+    stored = np.round(appearance[keep], 4)
+    d2 = ((appearance[:, None, :] - stored[None, :, :]) ** 2).sum(axis=2)
+    d2[keep, np.arange(len(keep))] = np.inf  # a stored image is not its own neighbour
+    nearest = np.sqrt(d2.min(axis=1)) if len(keep) > 1 else np.zeros(len(appearance))
+    nearest = nearest[np.isfinite(nearest)]
+    limit = float(np.quantile(nearest, APPEARANCE_QUANTILE)) * APPEARANCE_MARGIN if len(nearest) else 0.0
+    return {"side": int(round(np.sqrt(appearance.shape[1]))), "normals": stored.tolist(), "threshold": limit}
+
+
 def input_warnings(
-    meta: ArtefactMeta, *, body_part: str = "", mean: float = np.nan, std: float = np.nan, phantom: bool = False
+    meta: ArtefactMeta,
+    *,
+    body_part: str = "",
+    mean: float = np.nan,
+    std: float = np.nan,
+    phantom: bool = False,
+    appearance: float = np.nan,
 ) -> list[str]:
     """Why an input may be out of the detector's distribution (its score then means even less):
 
@@ -87,7 +116,10 @@ def input_warnings(
     - the input's body part is not one of the training images' (``training_data.train_body_parts``);
     - its mean or contrast inside the body mask is outside the training range (``normal_reference.statistics``,
       widened by :data:`STAT_MARGIN` of its width, at least :data:`STAT_FLOOR`), e.g. an inverted, over-exposed
-      or non-radiograph image.
+      or non-radiograph image;
+    - its appearance (:func:`~xrad.data.model_input.input_appearance`) is farther from every stored training
+      image than ``normal_reference.appearance.threshold`` (``appearance``: that distance), e.g. another view,
+      another anatomy or a photograph.
     """
     out: list[str] = []
     training = meta.training_data or {}
@@ -104,6 +136,12 @@ def input_warnings(
             if not low - margin <= value <= high + margin:
                 what = "brightness" if name == "mean" else "contrast"
                 out.append(f"image {what} {value:.2f} is outside the training range {low:.2f}–{high:.2f}")
+    limit = ((meta.normal_reference or {}).get("appearance") or {}).get("threshold")
+    if isinstance(limit, (int, float)) and limit > 0 and np.isfinite(appearance) and appearance > limit:
+        out.append(
+            f"image looks unlike every training image (appearance distance {appearance:.2f}, "
+            f"training images within {limit:.2f})"
+        )
     return out
 
 
@@ -139,6 +177,7 @@ def annotate(scored: pd.DataFrame, meta: ArtefactMeta) -> pd.DataFrame:
             mean=float(row.get("input_mean", np.nan)),
             std=float(row.get("input_std", np.nan)),
             phantom=is_phantom_path(row["path"]) if "path" in out else False,
+            appearance=float(row.get("input_appearance", np.nan)),
         )
         warnings.append("; ".join(found))
     out["warnings"] = warnings

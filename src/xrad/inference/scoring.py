@@ -104,7 +104,9 @@ def score_frame(
 ) -> pd.DataFrame:
     """Score every row of ``frame`` (needs ``path`` or ``cache_path``); returns a copy with ``score``
     (and ``sphere``, the nearest centre, for sphere detectors), ``input_mean`` and ``input_std`` (the model
-    input's brightness and contrast inside its mask, :func:`xrad.inference.readout.input_statistics`).
+    input's brightness and contrast inside its mask, :func:`xrad.data.model_input.input_statistics`) and
+    ``input_appearance`` (its distance to the nearest stored training image,
+    :func:`xrad.data.model_input.appearance_distance`; NaN when the artefact stores none).
 
     ``on_error="skip"`` gives unreadable rows a NaN score and a one-line ``error`` naming the file instead of
     raising; one bad file never stops the others. ``degenerate`` names images whose score cannot be trusted
@@ -122,7 +124,8 @@ def score_frame(
     spheres = np.full(n, -1, dtype=np.int64)
     errors, flags = [""] * n, [""] * n
     stats = np.full((n, 2), np.nan)
-    from xrad.data.model_input import input_statistics
+    looks = np.full(n, np.nan)
+    from xrad.data.model_input import appearance_distance, input_appearance, input_statistics
     from xrad.utils.progress import progress as progress_bar
 
     with progress_bar(n, "scoring", "img", enabled=progress) as bar:
@@ -138,6 +141,9 @@ def score_frame(
                 rows_ok = [rows[j] for j in ok]
                 scores[rows_ok] = result["score"].numpy()
                 stats[rows_ok] = input_statistics(images[index].numpy(), masks[index].numpy())
+                looks[rows_ok] = appearance_distance(
+                    input_appearance(images[index].numpy(), masks[index].numpy()), meta.normal_reference
+                )
                 spheres[rows_ok] = result["sphere"].numpy()
             bar.update(len(rows))
     out["score"] = scores
@@ -145,6 +151,7 @@ def score_frame(
         out["sphere"] = spheres
     out["degenerate"] = flags
     out["input_mean"], out["input_std"] = stats[:, 0], stats[:, 1]  # compared with training (readout)
+    out["input_appearance"] = looks  # distance to the nearest stored training image (readout)
     if on_error == "skip":
         out["error"] = errors
     return out

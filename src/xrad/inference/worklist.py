@@ -58,7 +58,7 @@ def worklist_table(
     if "warnings" in images.columns:  # out-of-distribution warnings of its images (xrad.inference.readout)
         texts = images["warnings"].fillna("").astype(str)
         joined = texts[texts != ""].groupby(images["study_id"]).agg(lambda t: "; ".join(sorted(set(t))))
-        studies["warnings"] = studies["study_id"].map(joined).fillna("")
+        studies["warnings"] = [str(joined.get(study, "")) for study in studies["study_id"]]
     studies["flagged"] = (studies["score"] >= threshold) if threshold is not None else pd.NA
     # An image that could not be read must not silently drop out of a triage list: its study keeps a count,
     # and a study with no readable image at all is listed (unranked, no score) so a person reads it.

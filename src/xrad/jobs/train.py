@@ -164,9 +164,10 @@ def _finalise(
     embeddings by it are written beside the final ones (Fig. 9)."""
     from safetensors.torch import save
 
+    from xrad.data.model_input import input_appearance
     from xrad.inference.artefact import update_artefact_meta
     from xrad.inference.heatmaps import heat_scale_of
-    from xrad.inference.readout import input_statistics, normal_reference, statistics_reference
+    from xrad.inference.readout import appearance_reference, input_statistics, normal_reference, statistics_reference
     from xrad.inference.scoring import load_scorer
     from xrad.utils.atomic import write_bytes
 
@@ -210,6 +211,8 @@ def _finalise(
                 train = ctx.banks["train"]  # the brightness/contrast range an input is compared with
                 stats = input_statistics(train.images.numpy(), train.masks.numpy())
                 reference["statistics"] = statistics_reference(stats)
+                looks = input_appearance(train.images.numpy(), train.masks.numpy())  # and its layout
+                reference["appearance"] = appearance_reference(looks, seed=cfg.seed)
             update_artefact_meta(folder.artefact, normal_reference=reference)
         if split == "test":
             raw = scored["raw"]

@@ -299,7 +299,11 @@ def artefact_predictor(
             "heat_scale": result.heat_scale,
             "mask_warning": result.mask_warning,
             "warnings": input_warnings(
-                meta, body_part=body_part or "", mean=result.statistics[0], std=result.statistics[1]
+                meta,
+                body_part=body_part or "",
+                mean=result.statistics[0],
+                std=result.statistics[1],
+                appearance=result.appearance,
             ),
         }
 
