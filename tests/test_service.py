@@ -282,6 +282,14 @@ def test_serve_binds_to_localhost_by_default() -> None:
     assert (args.workers, args.queue, args.max_megapixels, args.time_budget) == (1, 0, 25.0, 30.0)
 
 
+def test_serve_option_defaults_are_the_service_limits_defaults() -> None:
+    from xrad.cli.main import build_parser
+    from xrad.cli.serve import limits_from_args
+    from xrad.service.limits import ServiceLimits
+
+    assert limits_from_args(build_parser().parse_args(["serve", "some/artefact"])) == ServiceLimits()
+
+
 # ------------------------------------------------------------------------------------ load limits
 def _stub_app(predict=None, **limits):
     from xrad.service.limits import ServiceLimits
@@ -607,18 +615,26 @@ def test_the_heatmap_overlay_is_drawn_at_most_heatmap_px(tiny_artefact) -> None:
     assert body["image"]["width"] == 72 and body["image"]["height"] == 96  # the image itself as uploaded
 
 
-def test_retry_after_grows_with_the_clients_refused_just_before() -> None:
+def test_retry_after_grows_with_the_clients_refused_just_before(monkeypatch: pytest.MonkeyPatch) -> None:
     """Told "1 s", fifty refused clients would come back together: each 503 within the last advertised
     Retry-After adds one typical job (0.5 s before any job has run) to the next one's Retry-After; once the
     refusals are older than that, it falls back to the expected wait for the worker."""
-    from xrad.service.limits import ScoringPool, ServiceLimits
+    from xrad.service import limits
 
-    pool = ScoringPool(ServiceLimits(workers=1, queue=0))
+    clock = [1000.0]  # the pool's clock, moved by hand (time.monotonic is restored after the test)
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+    pool, pair = (
+        limits.ScoringPool(limits.ServiceLimits(workers=1)),
+        limits.ScoringPool(limits.ServiceLimits(workers=2)),
+    )
     try:
         advertised = [pool.retry_after() for _ in range(9)]
         assert advertised == [1, 1, 1, 2, 2, 3, 3, 4, 4]  # ceil(k x 0.5 s), at least 1
-        assert ScoringPool(ServiceLimits(workers=2)).retry_after() == 1
-        pool._refused.clear()  # as if the last refusals were older than the window
+        assert [pair.retry_after() for _ in range(5)] == [1, 1, 1, 1, 1]  # two workers: half a job each
+        clock[0] += 3.5  # within the last Retry-After (4 s): the 9 refusals still count
+        assert pool.retry_after() == 5
+        clock[0] += 5.5  # past the last Retry-After (5 s): the earlier refusals have had their turn
         assert pool.retry_after() == 1
     finally:
         pool.shutdown()
+        pair.shutdown()

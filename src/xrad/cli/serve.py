@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xrad.cli.options import float_at_least, int_at_least, int_in
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xrad.service.limits import ServiceLimits
 
 _LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -34,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument(
         "--queue",
         type=int_at_least(0),
-        default=0,  # ServiceLimits.queue (not imported here: it pulls in FastAPI)
+        default=0,  # as every default here, ServiceLimits' (not imported: it pulls in FastAPI)
         help="images waiting for a worker; more get 503 with Retry-After (default 0: an image that is "
         "answered at all is answered within ~2x its unloaded time; 1 or more trade that for throughput)",
     )
@@ -67,15 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Load the artefact and serve it until interrupted."""
-    import logging
+def limits_from_args(args: argparse.Namespace) -> ServiceLimits:
+    """The :class:`~xrad.service.limits.ServiceLimits` of the parsed options (their defaults are that
+    class's: tests/test_service.py checks that they agree)."""
+    from xrad.service.limits import ServiceLimits
 
-    from xrad.service.app import app_from_artefact
-    from xrad.service.limits import ServiceLimits, uvicorn_server
-
-    _check_device_and_port(args.device, args.host, args.port)
-    limits = ServiceLimits(
+    return ServiceLimits(
         workers=args.workers,
         queue=args.queue,
         max_pixels=max(1, int(args.max_megapixels * 1_000_000)),
@@ -84,6 +85,17 @@ def run(args: argparse.Namespace) -> int:
         upload_idle_s=args.upload_idle,
         heatmap_px=args.heatmap_px,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the artefact and serve it until interrupted."""
+    import logging
+
+    from xrad.service.app import app_from_artefact
+    from xrad.service.limits import uvicorn_server
+
+    _check_device_and_port(args.device, args.host, args.port)
+    limits = limits_from_args(args)
     app = app_from_artefact(
         args.artefact,
         device=args.device,

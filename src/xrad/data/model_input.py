@@ -143,5 +143,12 @@ def appearance_distance(appearance: np.ndarray, reference: Mapping[str, Any] | N
     normals = np.asarray(stored, dtype=np.float32)
     if normals.shape[1] != appearance.shape[1]:
         return np.full(len(appearance), np.nan)
-    d2 = (appearance**2).sum(1)[:, None] - 2 * appearance @ normals.T + (normals**2).sum(1)[None, :]
-    return np.asarray(np.sqrt(np.maximum(d2.min(axis=1), 0.0)))
+    return np.asarray(np.sqrt(squared_distances(appearance, normals).min(axis=1)))
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, B) squared Euclidean distances between the rows of ``a`` and of ``b`` (never below 0), through
+    one matrix product: no (A, B, D) intermediate, so a large training set costs A×B numbers only."""
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    d2 = (a**2).sum(1)[:, None] - 2 * a @ b.T + (b**2).sum(1)[None, :]
+    return np.asarray(np.maximum(d2, 0.0))

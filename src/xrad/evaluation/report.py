@@ -245,22 +245,25 @@ def _curves_section(b: _Builder, histories_by_stage: dict[str, dict[str, list[pd
         b.add(_missing("no train_loss column in any <stage>/metrics.csv"))
 
 
-def _stored_operating_point(run_dir: Path) -> dict[str, Any] | None:
-    """The image-level operating point stored by ``xrad calibrate`` in the run's artefact, if any (read as
-    JSON: the report does not load the model)."""
-    meta = run_dir / "artefact" / "artefact.json"
-    if not meta.is_file():
-        return None
+def _artefact_json(run_dir: Path) -> dict[str, Any]:
+    """The run's ``artefact/artefact.json`` as a dict ({} when absent or unreadable): the report reads it as
+    JSON and never loads the model."""
     try:
-        point = json.loads(meta.read_text(encoding="utf-8")).get("operating_point")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return None
+        meta = json.loads((run_dir / "artefact" / "artefact.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, not UTF-8, not JSON
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _stored_operating_point(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The image-level operating point stored by ``xrad calibrate`` in the artefact, if any."""
+    point = meta.get("operating_point")
     return point if isinstance(point, dict) and "threshold" in point else None
 
 
 def _headline(b: _Builder, frames: dict[str, pd.DataFrame], run_dir: Path, n_bootstrap: int, seed: int) -> Any:
     """AUROC with its interval, the operating point and the confusion matrix at it; returns the evaluation."""
-    from xrad.utils.notice import RESEARCH_NOTICE
+    from xrad.utils.notice import PHANTOM_TRAINED, RESEARCH_NOTICE
 
     b.section("Headline")
     b.add(f'<p class="notice" id="notice">{html.escape(RESEARCH_NOTICE)}</p>')
@@ -268,7 +271,8 @@ def _headline(b: _Builder, frames: dict[str, pd.DataFrame], run_dir: Path, n_boo
         b.add(_missing("scores_test.csv not found"))
         return None
     test = frames["test"]
-    point = _stored_operating_point(run_dir)
+    meta = _artefact_json(run_dir)
+    point = _stored_operating_point(meta)
     if point is not None:
         threshold, how = float(point["threshold"]), "stored by xrad calibrate (chosen on validation)"
     elif "valid" in frames and frames["valid"]["label"].nunique() > 1:
@@ -303,21 +307,11 @@ def _headline(b: _Builder, frames: dict[str, pd.DataFrame], run_dir: Path, n_boo
         )
     else:
         lines.append(f"<p id='operating'>Operating point: {html.escape(how)}.</p>")
-    lines += [f"<p class='warning' id='warning'>Warning: {html.escape(w)}</p>" for w in _artefact_warnings(run_dir)]
+    training = meta.get("training_data")
+    if isinstance(training, dict) and training.get("phantoms"):  # the warning every score of it carries
+        lines.append(f"<p class='warning' id='warning'>Warning: {html.escape(PHANTOM_TRAINED)}</p>")
     b.add("".join(lines))
     return result
-
-
-def _artefact_warnings(run_dir: Path) -> list[str]:
-    """What the artefact's training data says its scores cannot be trusted for (as the scoring readout)."""
-    try:
-        meta = json.loads((run_dir / "artefact" / "artefact.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    training = meta.get("training_data") if isinstance(meta, dict) else None
-    if isinstance(training, dict) and training.get("phantoms"):
-        return ["trained on generated phantoms only: its scores of real radiographs mean nothing"]
-    return []
 
 
 def _body_part_table(test: pd.DataFrame) -> str:

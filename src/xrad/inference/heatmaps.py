@@ -236,7 +236,8 @@ def explain_input(scorer: Any, model_input: ModelInput, *, heatmap: bool = True)
     with torch.no_grad():
         score, sphere = scorer.score(x)
     base = model_input.original if model_input.original is not None else model_input.base
-    scale = _artefact_heat_scale(scorer)
+    reference = _artefact_reference(scorer)
+    scale = _heat_scale(reference)
 
     def back(grid: np.ndarray) -> np.ndarray:  # a map on the model's S×S grid → the geometry of base
         out = to_original(grid, model_input.base.shape)
@@ -260,7 +261,7 @@ def explain_input(scorer: Any, model_input: ModelInput, *, heatmap: bool = True)
         mask=back(mask_grid) > 0.5,
         mask_warning=mask_problem(model_input.image[0].numpy(), model_input.mask[0].numpy()),
         statistics=_statistics(model_input),
-        appearance=_appearance(scorer, model_input),
+        appearance=_appearance(reference, model_input),
     )
 
 
@@ -271,26 +272,26 @@ def _statistics(model_input: ModelInput) -> tuple[float, float]:
     return float(mean), float(std)
 
 
-def _appearance(scorer: Any, model_input: ModelInput) -> float:
-    from xrad.data.model_input import appearance_distance, input_appearance
+def _artefact_reference(scorer: Any) -> dict[str, Any]:
+    """``normal_reference`` of the scorer's artefact ({}: not stored, or a scorer built by hand)."""
     from xrad.inference.artefact import meta_of
 
     try:
-        reference = meta_of(scorer).normal_reference
+        return dict(meta_of(scorer).normal_reference or {})
     except TypeError:  # a scorer built by hand has no artefact
-        return float("nan")
+        return {}
+
+
+def _appearance(reference: dict[str, Any], model_input: ModelInput) -> float:
+    """The input's distance to the nearest training image stored in ``reference`` (NaN: none stored)."""
+    from xrad.data.model_input import appearance_distance, input_appearance
+
     looks = input_appearance(model_input.image[None].numpy(), model_input.mask[None].numpy())
     return float(appearance_distance(looks, reference)[0])
 
 
-def _artefact_heat_scale(scorer: Any) -> float | None:
-    """``normal_reference.heat_scale`` of the scorer's artefact (None: not stored, or a scorer built by hand)."""
-    from xrad.inference.artefact import meta_of
-
-    try:
-        reference = meta_of(scorer).normal_reference or {}
-    except TypeError:
-        return None
+def _heat_scale(reference: dict[str, Any]) -> float | None:
+    """``reference["heat_scale"]``: the raw map value drawn as 1 (None: not stored)."""
     value = reference.get("heat_scale")
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xrad.data.model_input import input_statistics
+from xrad.data.model_input import input_statistics, squared_distances
 from xrad.inference.artefact import ArtefactMeta, meta_of
+from xrad.utils.notice import PHANTOM_TRAINED
 
 __all__ = [
     "MAX_REFERENCE_VALUES",
@@ -93,7 +94,7 @@ def appearance_reference(appearance: np.ndarray, seed: int = 0) -> dict[str, Any
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.permutation(len(appearance))[:APPEARANCE_STORED])
     stored = np.round(appearance[keep], 4)
-    d2 = ((appearance[:, None, :] - stored[None, :, :]) ** 2).sum(axis=2)
+    d2 = squared_distances(appearance, stored)
     d2[keep, np.arange(len(keep))] = np.inf  # a stored image is not its own neighbour
     nearest = np.sqrt(d2.min(axis=1)) if len(keep) > 1 else np.zeros(len(appearance))
     nearest = nearest[np.isfinite(nearest)]
@@ -124,7 +125,7 @@ def input_warnings(
     out: list[str] = []
     training = meta.training_data or {}
     if training.get("phantoms") and not phantom:
-        out.append("trained on generated phantoms only: a score of a real radiograph means nothing")
+        out.append(PHANTOM_TRAINED)
     parts = training.get("train_body_parts") or {}
     if body_part and parts and str(body_part).upper() not in {str(k).upper() for k in parts}:
         out.append(f"body part {body_part} was not in training ({', '.join(sorted(parts))})")

@@ -140,10 +140,9 @@ def score_frame(
                 result = scorer.score_batches(images[index], masks[index], batch_size=batch_size)
                 rows_ok = [rows[j] for j in ok]
                 scores[rows_ok] = result["score"].numpy()
-                stats[rows_ok] = input_statistics(images[index].numpy(), masks[index].numpy())
-                looks[rows_ok] = appearance_distance(
-                    input_appearance(images[index].numpy(), masks[index].numpy()), meta.normal_reference
-                )
+                pixels, body = images[index].numpy(), masks[index].numpy()
+                stats[rows_ok] = input_statistics(pixels, body)
+                looks[rows_ok] = appearance_distance(input_appearance(pixels, body), meta.normal_reference)
                 spheres[rows_ok] = result["sphere"].numpy()
             bar.update(len(rows))
     out["score"] = scores
