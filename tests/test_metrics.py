@@ -96,6 +96,16 @@ def test_single_class_is_undefined_not_perfect():
     assert np.isnan(metrics.average_precision(np.zeros(5), np.arange(5.0), positive=0))
 
 
+def test_nothing_scored_is_undefined_not_an_error():
+    """An empty split (or one with only unlabelled rows) gives NaN metrics, also under bootstrap weights."""
+    empty = np.array([])
+    assert np.isnan(metrics.auroc(empty, empty))
+    assert np.isnan(metrics.auroc(np.array([-1, -1]), np.array([0.1, 0.2])))
+    assert all(np.isnan(v) for v in metrics.metric_suite(empty, empty).values())
+    weighted = metrics.auroc(empty, empty, weights=np.ones((3, 0)))
+    assert weighted.shape == (3,) and np.isnan(weighted).all()
+
+
 def _scores_frame(seed: int = 0, n: int = 240) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     patients = np.arange(n) // 4

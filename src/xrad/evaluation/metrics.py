@@ -37,6 +37,9 @@ def _level_sums(
 
     Returns ``(pos (B, k), neg (B, k), level_scores (k,))``; ``B`` is 1 when ``weights`` is None.
     """
+    if scores.size == 0:  # nothing scored (e.g. an empty validation split): every metric is then undefined (NaN)
+        rows = 1 if weights is None else np.atleast_2d(weights).shape[0]
+        return np.zeros((rows, 0)), np.zeros((rows, 0)), scores[:0]
     order = np.argsort(-scores if descending else scores, kind="mergesort")
     sorted_scores = scores[order]
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
