@@ -211,7 +211,10 @@ def _finalise(
                 train = ctx.banks["train"]  # the brightness/contrast range an input is compared with
                 stats = input_statistics(train.images.numpy(), train.masks.numpy())
                 reference["statistics"] = statistics_reference(stats)
-                looks = input_appearance(train.images.numpy(), train.masks.numpy())  # and its layout
+                # and its layout, from the images not known to be abnormal (a known plate must not make
+                # every plated input look familiar)
+                usual = torch.nonzero(train.semi_labels != -1).flatten()
+                looks = input_appearance(train.images[usual].numpy(), train.masks[usual].numpy())
                 reference["appearance"] = appearance_reference(looks, seed=cfg.seed)
             update_artefact_meta(folder.artefact, normal_reference=reference)
         if split == "test":
