@@ -31,6 +31,20 @@ def test_projection_equals_numpy_in_both_forms(n: int, d: int, lam: float) -> No
     np.testing.assert_allclose(p, np_projection_authors(emb.T, lam), rtol=1e-7, atol=1e-9)
 
 
+def test_relative_lam_is_lam_times_the_mean_eigenvalue_and_ignores_the_feature_scale() -> None:
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(50, 6)) * np.array([5.0, 2.0, 1.0, 0.5, 0.1, 0.01])
+    mean_eigenvalue = np.trace(emb.T @ emb) / 6
+    p = subspace_projection(torch.from_numpy(emb), 0.3, relative=True).numpy()
+    np.testing.assert_allclose(p, np_projection_dxd(emb.T, 0.3 * mean_eigenvalue), rtol=1e-9, atol=1e-12)
+    scaled = subspace_projection(torch.from_numpy(1000.0 * emb), 0.3, relative=True).numpy()
+    np.testing.assert_allclose(scaled, p, rtol=1e-8, atol=1e-12)  # an absolute λ would drift towards P = I
+    absolute = subspace_projection(torch.from_numpy(1000.0 * emb), 0.3).numpy()
+    assert np.abs(absolute - np.eye(6)).max() < np.abs(p - np.eye(6)).max()
+    with pytest.raises(DataError):
+        subspace_projection(torch.zeros(4, 3), 1.0, relative=True)
+
+
 def test_distance_equals_numpy_residual() -> None:
     rng = np.random.default_rng(3)
     emb, e = rng.normal(size=(9, 5)), rng.normal(size=(4, 5))

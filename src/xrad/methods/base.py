@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from xrad.models.encoder import Encoder
 from xrad.models.patch import top_k_cell_mean, upsample_cell_map
+from xrad.models.resnet import ResNet18Backbone
 
 if TYPE_CHECKING:  # pragma: no cover
     from xrad.training.context import RunContext
@@ -129,6 +130,15 @@ class CellMapScorer(Scorer):
         """The cell-score map, bilinearly upsampled to ``(B, 1, S, S)``."""
         with torch.no_grad():
             return upsample_cell_map(self.cell_scores(images).float(), tuple(images.shape[-2:]))
+
+
+class ProvidesBackbone(Protocol):
+    """A stage result that carries a feature extractor whose cell maps a patch-level next stage reads."""
+
+    @property
+    def backbone(self) -> ResNet18Backbone:
+        """The trained ResNet-18 backbone (eval mode, on the CPU)."""
+        ...
 
 
 class ProvidesEncoder(Protocol):

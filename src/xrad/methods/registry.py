@@ -38,7 +38,7 @@ from xrad.methods.imagenet.config import ImageNetConfig
 from xrad.methods.joint.config import JointConfig
 from xrad.methods.moco.config import MocoConfig
 from xrad.methods.salad.config import SaladConfig, salad_checks
-from xrad.methods.subspace.config import SubspaceConfig
+from xrad.methods.subspace.config import SubspaceConfig, patch_level_checks
 from xrad.methods.supervised.config import SupervisedConfig
 from xrad.methods.synthetic.config import SyntheticConfig
 from xrad.methods.synthetic.config import image_size_checks as patch_size_checks
@@ -181,6 +181,13 @@ GAN_STAGE = StageSpec(
 SUBSPACE = StageSpec(
     "subspace", "xrad.methods.subspace.stage", "subspace.safetensors", sections={"subspace": SubspaceConfig}
 )
+SUBSPACE_OF_CELLS = StageSpec(  # after a stage that yields a backbone only
+    "subspace",
+    "xrad.methods.subspace.stage",
+    "subspace.safetensors",
+    sections={"subspace": SubspaceConfig},
+    checks=patch_level_checks,
+)
 DROCC_STAGE = StageSpec(
     "drocc", "xrad.methods.drocc.stage", "model.safetensors", schedule="drocc", sections={"drocc": DroccConfig}
 )
@@ -272,6 +279,13 @@ DETECTORS: dict[str, Detector] = {
             (SUBSPACE_DISTANCE, SUBSPACE_PATCH),
             "distance ‖e − P e‖² of the contrastive embedding to the subspace of the normal train embeddings "
             "(level patch: of each feature-map cell to that of normal cells, top-k mean)",
+        ),
+        Detector(
+            "subspace_synthetic",
+            (("pretrain", SYNTHETIC), ("finetune", SUBSPACE_OF_CELLS)),
+            (SUBSPACE_PATCH,),
+            "subspace distance of each feature-map cell to the normal cells of the synthetic-anomaly "
+            "detector's backbone (patch level): the subspace score on an encoder that sees local defects",
         ),
         Detector(
             "subspace_ae",

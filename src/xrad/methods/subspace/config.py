@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from xrad.config import Config
 from xrad.config.sections import Check
 
 
@@ -14,7 +15,9 @@ class SubspaceConfig:
 
     With S the (d, N) matrix of the embeddings ``feature`` (h: 512-d backbone, z: 128-d head) of the training
     images with semi-label ≠ −1, P = S Sᵀ (S Sᵀ + λI)⁻¹ (the d×d form) and the score is ‖e − P e‖².
-    ``lam`` is λ (the authors' 1e-3). ``max_embeddings`` caps N (the authors stopped at 10,000; 0 = all).
+    ``lam`` is λ (the authors' 1e-3); with ``lam_relative: true`` it is ``lam`` times the mean eigenvalue of
+    S Sᵀ (trace / d) instead, a scale that does not move with N or the feature scale. ``max_embeddings``
+    caps N (the authors stopped at 10,000; 0 = all).
 
     ``level: patch`` (:mod:`xrad.methods.subspace.patch_scorer`): the vectors are the cells of the backbone's
     layer2+layer3 map (:func:`xrad.models.patch.patch_features`, 384-d; ``feature`` is then unused) — S holds
@@ -23,6 +26,7 @@ class SubspaceConfig:
     """
 
     lam: float = 1e-3
+    lam_relative: bool = False
     feature: str = "h"
     max_embeddings: int = 0
     level: str = "image"
@@ -38,3 +42,9 @@ class SubspaceConfig:
             ("top_k", self.top_k >= 1, "must be ≥ 1"),
             ("max_patches", self.max_patches >= 1, "must be ≥ 1"),
         ]
+
+
+def patch_level_checks(config: Config) -> Iterable[Check]:
+    """After a stage that yields a backbone only (a patch classifier) the subspace is of cells: level patch."""
+    level = config.section("subspace").level
+    return [("subspace.level", level == "patch", f"must be patch after a patch classifier's backbone, got {level!r}")]

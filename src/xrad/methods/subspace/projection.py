@@ -14,8 +14,13 @@ from torch import Tensor
 from xrad.errors import ConfigError, DataError
 
 
-def subspace_projection(embeddings: Tensor, lam: float = 1e-3) -> Tensor:
-    """P = S Sᵀ (S Sᵀ + λI)⁻¹ (d, d) float64 for S = ``embeddings``ᵀ, the (N, d) normal embeddings as columns."""
+def subspace_projection(embeddings: Tensor, lam: float = 1e-3, relative: bool = False) -> Tensor:
+    """P = S Sᵀ (S Sᵀ + λI)⁻¹ (d, d) float64 for S = ``embeddings``ᵀ, the (N, d) normal embeddings as columns.
+
+    With ``relative`` λ is ``lam`` times the mean eigenvalue of S Sᵀ (trace / d), so it sits on the scale of
+    the data's own variances whatever N and the feature scale: λ ≈ that scale makes e − P e weigh each
+    principal direction by (λ / (σᵢ + λ))², a soft residual outside the main directions of the normal data,
+    where an absolute 1e-3 with N ≫ d leaves P ≈ I (reference-spec §8.4, defect 12)."""
     if lam <= 0:
         raise ConfigError(f"subspace lam must be > 0 (got {lam})")
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
@@ -25,6 +30,10 @@ def subspace_projection(embeddings: Tensor, lam: float = 1e-3) -> Tensor:
     s = embeddings.detach().double().T  # (d, N)
     gram = s @ s.T  # S Sᵀ, (d, d), symmetric positive semi-definite
     eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    if relative:
+        lam = lam * float(torch.trace(gram)) / gram.shape[0]
+        if lam <= 0:
+            raise DataError("the normal training embeddings are all zero: a relative subspace lam has no scale")
     # P = G (G + λI)⁻¹; G and (G + λI)⁻¹ commute, so P = (G + λI)⁻¹ G: one solve, no explicit inverse.
     projection: Tensor = torch.linalg.solve(gram + lam * eye, gram)
     return projection

@@ -18,7 +18,7 @@ from torch import Tensor
 from xrad.config import Config
 from xrad.data.model_input import prepare_eval
 from xrad.errors import ConfigError
-from xrad.methods.base import ProvidesEncoder
+from xrad.methods.base import ProvidesBackbone, ProvidesEncoder
 from xrad.methods.stage_io import load_tensors, save_tensors
 from xrad.methods.subspace.config import SubspaceConfig
 from xrad.methods.subspace.patch_scorer import SubspacePatchScorer
@@ -26,6 +26,7 @@ from xrad.methods.subspace.projection import subspace_projection
 from xrad.methods.subspace.scorer import SubspaceScorer
 from xrad.models.encoder import Encoder
 from xrad.models.patch import cell_mask, cell_vectors, patch_features
+from xrad.models.resnet import ResNet18Backbone
 from xrad.training.context import RunContext
 
 SUBSPACE_FILE = "subspace.safetensors"
@@ -33,26 +34,40 @@ SUBSPACE_FILE = "subspace.safetensors"
 
 @dataclass
 class SubspaceResult:
-    """The encoder and the frozen (d, d) projection."""
+    """The previous stage's feature extractor and the frozen (d, d) projection: an :class:`Encoder` (image or
+    patch level) or only a backbone (a patch classifier's: patch level only)."""
 
-    encoder: Encoder
+    features: Encoder | ResNet18Backbone
     projection: Tensor
 
     def scorer(self, config: Config) -> SubspaceScorer | SubspacePatchScorer:
         """‖e − P e‖² on the configured feature (of every body cell, top-k mean, with ``level: patch``)."""
         sub: SubspaceConfig = config.section("subspace")
         if sub.level == "patch":
-            return SubspacePatchScorer(self.encoder.backbone, self.projection, sub.top_k)
-        return SubspaceScorer(self.encoder, self.projection, feature=sub.feature)
+            return SubspacePatchScorer(_backbone(self.features), self.projection, sub.top_k)
+        if not isinstance(self.features, Encoder):
+            raise ConfigError("subspace.level image needs an encoder with a head (h, z); use subspace.level: patch")
+        return SubspaceScorer(self.features, self.projection, feature=sub.feature)
 
 
-def _encoder_of(previous: ProvidesEncoder | None, stage: str) -> Encoder:
+def _backbone(features: Encoder | ResNet18Backbone) -> ResNet18Backbone:
+    return features.backbone if isinstance(features, Encoder) else features
+
+
+def _features_of(previous: ProvidesEncoder | ProvidesBackbone | None, stage: str) -> Encoder | ResNet18Backbone:
+    """The encoder of a pre-training stage, else the backbone of a trained patch classifier."""
     if previous is None:
         raise ConfigError(
             f"the {stage} stage needs a finished pretrain stage in this run folder; "
             "run `xrad train --stage pretrain` (or all) first, or set pretrain.encoder_from"
         )
-    return previous.encoder
+    encoder = getattr(previous, "encoder", None)
+    if isinstance(encoder, Encoder):
+        return encoder
+    backbone = getattr(previous, "backbone", None)
+    if not isinstance(backbone, ResNet18Backbone):
+        raise ConfigError(f"the {stage} stage needs an encoder or a backbone from the stage before it")
+    return backbone
 
 
 def sample_normal_cells(cells: Tensor, max_patches: int, seed: int) -> Tensor:
@@ -64,11 +79,11 @@ def sample_normal_cells(cells: Tensor, max_patches: int, seed: int) -> Tensor:
 
 
 @torch.no_grad()
-def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> SubspaceResult:
+def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | ProvidesBackbone | None) -> SubspaceResult:
     """Embed the normal training images and freeze the projection."""
     cfg = ctx.config
     sub: SubspaceConfig = cfg.section("subspace")
-    encoder = _encoder_of(previous, stage).eval().to(ctx.device)
+    features = _features_of(previous, stage).eval().to(ctx.device)
     bank = ctx.banks["train"]
     idx = torch.tensor(ctx.normal_train_rows())
     if sub.max_embeddings:
@@ -78,22 +93,24 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> Subspa
         rows = idx[start : start + cfg.data.eval_batch_size]
         x = prepare_eval(bank.images[rows].to(ctx.device), bank.masks[rows].to(ctx.device))
         if sub.level == "patch":  # the body cells of the feature map, each a vector of its own
-            features = patch_features(encoder.backbone, x)
-            inside = cell_mask(x, features.shape[-1]).flatten()
-            parts.append(cell_vectors(features)[inside].cpu())  # float32: subspace_projection casts to float64
+            maps = patch_features(_backbone(features), x)
+            inside = cell_mask(x, maps.shape[-1]).flatten()
+            parts.append(cell_vectors(maps)[inside].cpu())  # float32: subspace_projection casts to float64
         else:
-            h, z = encoder(x)
+            if not isinstance(features, Encoder):
+                raise ConfigError("subspace.level image needs an encoder with a head (h, z); use subspace.level: patch")
+            h, z = features(x)
             parts.append((h if sub.feature == "h" else z).cpu())
     vectors = torch.cat(parts)
     if sub.level == "patch":
         vectors = sample_normal_cells(vectors, sub.max_patches, cfg.seed)
-    projection = subspace_projection(vectors, sub.lam)
+    projection = subspace_projection(vectors, sub.lam, relative=sub.lam_relative)
     if ctx.is_global_zero:
         save_tensors(ctx.stage_dir(stage) / SUBSPACE_FILE, {"projection": projection})
-    return SubspaceResult(encoder.cpu(), projection)
+    return SubspaceResult(features.cpu(), projection)
 
 
-def load(ctx: RunContext, stage: str, previous: ProvidesEncoder | None) -> SubspaceResult:
-    """The frozen projection (with the previous stage's encoder)."""
+def load(ctx: RunContext, stage: str, previous: ProvidesEncoder | ProvidesBackbone | None) -> SubspaceResult:
+    """The frozen projection (with the previous stage's encoder or backbone)."""
     projection = load_tensors(ctx.stage_dir(stage) / SUBSPACE_FILE)["projection"]
-    return SubspaceResult(_encoder_of(previous, stage), projection)
+    return SubspaceResult(_features_of(previous, stage), projection)

@@ -25,6 +25,7 @@ from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
 from xrad.methods.synthetic.config import SyntheticConfig
 from xrad.methods.synthetic.scorer import PatchClassifierScorer
 from xrad.models.patch import PatchClassifier
+from xrad.models.resnet import ResNet18Backbone
 from xrad.training.augment import augment_ad_with_masks
 from xrad.training.context import RunContext
 from xrad.training.corruptions import corrupt_batch
@@ -38,6 +39,11 @@ class PatchClassifierResult:
 
     network: PatchClassifier
     memory: Tensor | None = None
+
+    @property
+    def backbone(self) -> ResNet18Backbone:
+        """The classifier's backbone, for a patch-level next stage (``subspace_synthetic``)."""
+        return self.network.backbone
 
     def scorer(self, config: Config) -> Scorer:
         """The classifier with the configured image score, or PatchCore on its backbone."""
