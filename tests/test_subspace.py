@@ -75,3 +75,13 @@ def test_bad_inputs_are_refused() -> None:
         subspace_projection(torch.ones(3, 2), 0.0)
     with pytest.raises(DataError, match="normal training embeddings"):
         subspace_projection(torch.zeros(0, 4), 1e-3)
+
+
+def test_the_subspace_of_a_patch_classifiers_backbone_is_refused_at_image_level() -> None:
+    """A patch classifier has no head to give h or z: subspace_synthetic accepts only ``subspace.level: patch``,
+    and says so when the config is read, before any training."""
+    from xrad.methods.registry import load_config
+
+    assert load_config("subspace_synthetic_cpu").section("subspace").level == "patch"
+    with pytest.raises(ConfigError, match="subspace.level"):
+        load_config("subspace_synthetic_cpu", ["subspace.level=image"])

@@ -5,7 +5,8 @@ With ``subspace.level: patch`` the vectors are the body cells of the backbone's 
 sample of at most ``max_patches``) and the scorer is :class:`~xrad.methods.subspace.patch_scorer.SubspacePatchScorer`.
 
 Like the kNN ablation it scores the very stage-1 encoder the other detectors are fine-tuned from (contrastive
-for ``subspace``, the autoencoder's for ``subspace_ae``), so a benchmark shares that stage.
+for ``subspace``, the autoencoder's for ``subspace_ae``), so a benchmark shares that stage. ``subspace_synthetic``
+reads the backbone of a trained patch classifier instead (cells only: there is no head to give h or z).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from xrad.models.resnet import ResNet18Backbone
 from xrad.training.context import RunContext
 
 SUBSPACE_FILE = "subspace.safetensors"
+_IMAGE_LEVEL_NEEDS_ENCODER = "subspace.level image needs an encoder with a head (h, z); use subspace.level: patch"
 
 
 @dataclass
@@ -46,7 +48,7 @@ class SubspaceResult:
         if sub.level == "patch":
             return SubspacePatchScorer(_backbone(self.features), self.projection, sub.top_k)
         if not isinstance(self.features, Encoder):
-            raise ConfigError("subspace.level image needs an encoder with a head (h, z); use subspace.level: patch")
+            raise ConfigError(_IMAGE_LEVEL_NEEDS_ENCODER)
         return SubspaceScorer(self.features, self.projection, feature=sub.feature)
 
 
@@ -98,7 +100,7 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | ProvidesBackbon
             parts.append(cell_vectors(maps)[inside].cpu())  # float32: subspace_projection casts to float64
         else:
             if not isinstance(features, Encoder):
-                raise ConfigError("subspace.level image needs an encoder with a head (h, z); use subspace.level: patch")
+                raise ConfigError(_IMAGE_LEVEL_NEEDS_ENCODER)
             h, z = features(x)
             parts.append((h if sub.feature == "h" else z).cpu())
     vectors = torch.cat(parts)
