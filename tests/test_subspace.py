@@ -85,3 +85,38 @@ def test_the_subspace_of_a_patch_classifiers_backbone_is_refused_at_image_level(
     assert load_config("subspace_synthetic_cpu").section("subspace").level == "patch"
     with pytest.raises(ConfigError, match="subspace.level"):
         load_config("subspace_synthetic_cpu", ["subspace.level=image"])
+
+
+def test_subspace_synthetic_freezes_the_projection_of_the_patch_classifiers_own_cells(tmp_path) -> None:
+    """The artefact's backbone is the trained patch classifier's (stage pretrain), and its projection equals
+    P rebuilt here from that backbone's body cells of the normal train images with the relative λ."""
+    import pandas as pd
+    from training_helpers import make_dataset
+
+    from xrad.data.model_input import prepare_eval
+    from xrad.inference.artefact import load_artefact
+    from xrad.jobs.train import run_training
+    from xrad.methods.stage_io import MODEL_FILE, load_tensors
+    from xrad.models.patch import cell_mask, cell_vectors, patch_features
+    from xrad.models.resnet import ResNet18Backbone
+    from xrad.training.banks import load_image_bank
+
+    manifest = make_dataset(tmp_path / "data")
+    run_training("tiny_subspace_synthetic", manifest, tmp_path / "run", progress=False)
+    classifier = load_tensors(tmp_path / "run" / "pretrain" / MODEL_FILE)
+    tensors, _ = load_artefact(tmp_path / "run" / "artefact")
+    weights = {k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    assert weights and all(torch.equal(v, classifier[f"backbone.{k}"]) for k, v in weights.items())
+
+    backbone = ResNet18Backbone(in_channels=1)
+    backbone.load_state_dict(weights)
+    frame = pd.read_csv(manifest)
+    normal = frame[(frame["split"] == "train") & (frame["semi_label"] != -1)].reset_index(drop=True)
+    bank = load_image_bank(normal, 32, workers=1, progress=False)
+    with torch.no_grad():
+        x = prepare_eval(bank.images, bank.masks)
+        maps = patch_features(backbone.eval(), x)
+        cells = cell_vectors(maps)[cell_mask(x, maps.shape[-1]).flatten()]
+    np.testing.assert_allclose(
+        tensors["projection"].numpy(), subspace_projection(cells, 1.0, relative=True).numpy(), atol=1e-6
+    )

@@ -112,7 +112,7 @@ def environment_section(folder: Path, env_path: Path | None, extra: dict[str, An
     return "\n".join(parts)
 
 
-def load_embeddings(run_dir: Path) -> dict[str, np.ndarray] | None:
+def _load_embeddings(run_dir: Path) -> dict[str, np.ndarray] | None:
     """The test embeddings a run wrote (``embeddings_test.safetensors``), or None."""
     path = run_dir / "embeddings_test.safetensors"
     if not path.is_file():
@@ -126,7 +126,7 @@ def tsne_section(
     b: ReportBuilder, run_dir: Path, name: str, title: str, keys: tuple[str, ...], seed: int, max_points: int
 ) -> None:
     """t-SNE figures of the run's test embeddings ``keys``, coloured by label, body part and sphere."""
-    emb = load_embeddings(run_dir)
+    emb = _load_embeddings(run_dir)
     if emb is None:
         b.add(missing_note(f"{run_dir.name}/embeddings_test.safetensors not found: no t-SNE"))
         return

@@ -213,7 +213,7 @@ def _finalise(
                 reference["statistics"] = statistics_reference(stats)
                 # and its layout, from the images not known to be abnormal (a known plate must not make
                 # every plated input look familiar)
-                usual = torch.nonzero(train.semi_labels != -1).flatten()
+                usual = ctx.normal_train_rows()
                 looks = input_appearance(train.images[usual].numpy(), train.masks[usual].numpy())
                 reference["appearance"] = appearance_reference(looks, seed=cfg.seed)
             update_artefact_meta(folder.artefact, normal_reference=reference)

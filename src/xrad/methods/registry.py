@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,13 +181,7 @@ GAN_STAGE = StageSpec(
 SUBSPACE = StageSpec(
     "subspace", "xrad.methods.subspace.stage", "subspace.safetensors", sections={"subspace": SubspaceConfig}
 )
-SUBSPACE_OF_CELLS = StageSpec(  # after a stage that yields a backbone only
-    "subspace",
-    "xrad.methods.subspace.stage",
-    "subspace.safetensors",
-    sections={"subspace": SubspaceConfig},
-    checks=patch_level_checks,
-)
+SUBSPACE_OF_CELLS = replace(SUBSPACE, checks=patch_level_checks)  # after a stage that yields a backbone only
 DROCC_STAGE = StageSpec(
     "drocc", "xrad.methods.drocc.stage", "model.safetensors", schedule="drocc", sections={"drocc": DroccConfig}
 )

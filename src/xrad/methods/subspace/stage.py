@@ -12,6 +12,7 @@ reads the backbone of a trained patch classifier instead (cells only: there is n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -31,7 +32,6 @@ from xrad.models.resnet import ResNet18Backbone
 from xrad.training.context import RunContext
 
 SUBSPACE_FILE = "subspace.safetensors"
-_IMAGE_LEVEL_NEEDS_ENCODER = "subspace.level image needs an encoder with a head (h, z); use subspace.level: patch"
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SubspaceResult:
     """The previous stage's feature extractor and the frozen (d, d) projection: an :class:`Encoder` (image or
     patch level) or only a backbone (a patch classifier's: patch level only)."""
 
-    features: Encoder | ResNet18Backbone
+    features: Encoder | ResNet18Backbone  # an Encoder whenever subspace.level is image (_features_of checks)
     projection: Tensor
 
     def scorer(self, config: Config) -> SubspaceScorer | SubspacePatchScorer:
@@ -47,17 +47,18 @@ class SubspaceResult:
         sub: SubspaceConfig = config.section("subspace")
         if sub.level == "patch":
             return SubspacePatchScorer(_backbone(self.features), self.projection, sub.top_k)
-        if not isinstance(self.features, Encoder):
-            raise ConfigError(_IMAGE_LEVEL_NEEDS_ENCODER)
-        return SubspaceScorer(self.features, self.projection, feature=sub.feature)
+        return SubspaceScorer(cast(Encoder, self.features), self.projection, feature=sub.feature)
 
 
 def _backbone(features: Encoder | ResNet18Backbone) -> ResNet18Backbone:
     return features.backbone if isinstance(features, Encoder) else features
 
 
-def _features_of(previous: ProvidesEncoder | ProvidesBackbone | None, stage: str) -> Encoder | ResNet18Backbone:
-    """The encoder of a pre-training stage, else the backbone of a trained patch classifier."""
+def _features_of(
+    previous: ProvidesEncoder | ProvidesBackbone | None, stage: str, level: str
+) -> Encoder | ResNet18Backbone:
+    """The encoder of a pre-training stage, else (cells only: ``level`` patch) the backbone of a trained patch
+    classifier."""
     if previous is None:
         raise ConfigError(
             f"the {stage} stage needs a finished pretrain stage in this run folder; "
@@ -69,6 +70,8 @@ def _features_of(previous: ProvidesEncoder | ProvidesBackbone | None, stage: str
     backbone = getattr(previous, "backbone", None)
     if not isinstance(backbone, ResNet18Backbone):
         raise ConfigError(f"the {stage} stage needs an encoder or a backbone from the stage before it")
+    if level != "patch":
+        raise ConfigError("subspace.level image needs an encoder with a head (h, z); use subspace.level: patch")
     return backbone
 
 
@@ -85,7 +88,7 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | ProvidesBackbon
     """Embed the normal training images and freeze the projection."""
     cfg = ctx.config
     sub: SubspaceConfig = cfg.section("subspace")
-    features = _features_of(previous, stage).eval().to(ctx.device)
+    features = _features_of(previous, stage, sub.level).eval().to(ctx.device)
     bank = ctx.banks["train"]
     idx = torch.tensor(ctx.normal_train_rows())
     if sub.max_embeddings:
@@ -99,9 +102,7 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | ProvidesBackbon
             inside = cell_mask(x, maps.shape[-1]).flatten()
             parts.append(cell_vectors(maps)[inside].cpu())  # float32: subspace_projection casts to float64
         else:
-            if not isinstance(features, Encoder):
-                raise ConfigError(_IMAGE_LEVEL_NEEDS_ENCODER)
-            h, z = features(x)
+            h, z = cast(Encoder, features)(x)
             parts.append((h if sub.feature == "h" else z).cpu())
     vectors = torch.cat(parts)
     if sub.level == "patch":
@@ -115,4 +116,4 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | ProvidesBackbon
 def load(ctx: RunContext, stage: str, previous: ProvidesEncoder | ProvidesBackbone | None) -> SubspaceResult:
     """The frozen projection (with the previous stage's encoder or backbone)."""
     projection = load_tensors(ctx.stage_dir(stage) / SUBSPACE_FILE)["projection"]
-    return SubspaceResult(_features_of(previous, stage), projection)
+    return SubspaceResult(_features_of(previous, stage, ctx.config.section("subspace").level), projection)
