@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from xrad.cli.main import main
 from xrad.inference.readout import MAX_REFERENCE_VALUES, normal_reference, percentiles
@@ -274,3 +275,24 @@ def test_an_image_laid_out_unlike_the_training_images_is_warned_about_though_its
     assert not looks_unlike.iloc[:-1][normals].any()
     assert looks_unlike.iloc[-1] and "outside the training range" not in scored["warnings"].iloc[-1]
     assert scored["input_appearance"].iloc[-1] > 2 * scored["input_appearance"].iloc[:-1].median()
+
+
+def test_the_brightness_range_is_taken_from_the_train_images_not_known_to_be_abnormal(tiny_run: dict) -> None:
+    """``normal_reference.statistics`` is the :data:`STAT_QUANTILES` range of the train images not known
+    abnormal (a bright known plate must not widen the range an input is checked against), not of all of them."""
+    from xrad.data.model_input import input_statistics
+    from xrad.inference.artefact import read_meta
+    from xrad.inference.readout import statistics_reference
+    from xrad.methods.registry import load_config
+    from xrad.training.banks import load_image_bank
+
+    frame = pd.read_csv(tiny_run["manifest"])
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    bank = load_image_bank(train, load_config("tiny").data.image_size, workers=1, progress=False)
+    usual = torch.as_tensor((train["semi_label"] != -1).to_numpy().copy())
+    expected = statistics_reference(input_statistics(bank.images[usual].numpy(), bank.masks[usual].numpy()))
+    everyone = statistics_reference(input_statistics(bank.images.numpy(), bank.masks.numpy()))
+    stored = read_meta(tiny_run["run_dir"] / "artefact").normal_reference["statistics"]
+    assert expected != everyone  # the known anomalies do move the range, so the check below can fail
+    for key in ("mean", "std"):
+        assert np.allclose(stored[key], expected[key], atol=1e-6)

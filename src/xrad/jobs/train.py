@@ -208,12 +208,12 @@ def _finalise(
             if reference is not None:  # and every heatmap is drawn on one scale fixed by their maps
                 normals = torch.nonzero(bank.labels == 0).flatten()
                 reference["heat_scale"] = heat_scale_of(scorer, bank.images[normals], bank.masks[normals])
-                train = ctx.banks["train"]  # the brightness/contrast range an input is compared with
-                stats = input_statistics(train.images.numpy(), train.masks.numpy())
+                # The brightness/contrast range and the layout an input is compared with, both from the
+                # training images not known to be abnormal (a known plate must neither widen the brightness
+                # range nor make every plated input look familiar).
+                train, usual = ctx.banks["train"], ctx.normal_train_rows()
+                stats = input_statistics(train.images[usual].numpy(), train.masks[usual].numpy())
                 reference["statistics"] = statistics_reference(stats)
-                # and its layout, from the images not known to be abnormal (a known plate must not make
-                # every plated input look familiar)
-                usual = ctx.normal_train_rows()
                 looks = input_appearance(train.images[usual].numpy(), train.masks[usual].numpy())
                 reference["appearance"] = appearance_reference(looks, seed=cfg.seed)
             update_artefact_meta(folder.artefact, normal_reference=reference)
