@@ -14,8 +14,7 @@ from xrad.methods.drocc.stage import drocc_bce
 from xrad.methods.registry import load_config
 from xrad.methods.subspace.patch_scorer import SubspacePatchScorer
 from xrad.methods.subspace.projection import subspace_projection
-from xrad.methods.subspace.stage import sample_normal_cells
-from xrad.models.patch import PATCH_CHANNELS, cell_mask, cell_vectors, patch_features
+from xrad.models.patch import PATCH_CHANNELS, cell_mask, cell_vectors, patch_features, sample_cells
 from xrad.models.resnet import ResNet18Backbone
 
 SIZE = 64
@@ -60,7 +59,7 @@ def test_subspace_patch_scores_equal_a_numpy_transcription() -> None:
     normal, test = phantoms(6, 0, bar=False), torch.cat([phantoms(2, 1, bar=False), phantoms(2, 2, bar=True)])
     feats = patch_features(net, normal)
     inside = cell_mask(normal, feats.shape[-1]).flatten()
-    s = sample_normal_cells(cell_vectors(feats)[inside].double(), 200, seed=0)
+    s = sample_cells(cell_vectors(feats)[inside].double(), 200, seed=0)
     assert s.shape == (200, PATCH_CHANNELS)
     lam = 0.5
     scorer = SubspacePatchScorer(net, subspace_projection(s, lam), top_k=3)
@@ -79,12 +78,12 @@ def test_subspace_patch_scores_equal_a_numpy_transcription() -> None:
     assert (got[~cell_mask(test, f.shape[-1]).numpy()] == 0).all()
 
 
-def test_sample_normal_cells_is_seeded_and_bounded() -> None:
+def test_sample_cells_is_seeded_and_bounded() -> None:
     cells = torch.arange(50.0)[:, None].repeat(1, 3)
-    a, b = sample_normal_cells(cells, 10, seed=4), sample_normal_cells(cells, 10, seed=4)
+    a, b = sample_cells(cells, 10, seed=4), sample_cells(cells, 10, seed=4)
     assert torch.equal(a, b) and len(a) == 10 and len(set(a[:, 0].tolist())) == 10
-    assert not torch.equal(a, sample_normal_cells(cells, 10, seed=5))
-    assert torch.equal(sample_normal_cells(cells, 60, seed=0), cells)
+    assert not torch.equal(a, sample_cells(cells, 10, seed=5))
+    assert torch.equal(sample_cells(cells, 60, seed=0), cells)
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from xrad.config.loader import apply_overrides
 from xrad.config.sections import Check
 from xrad.errors import ConfigError
 from xrad.methods.autoencoder.config import AEConfig, image_size_checks
-from xrad.methods.drocc.config import DroccConfig
+from xrad.methods.drocc.config import DroccCellsConfig, DroccConfig
 from xrad.methods.gan.config import GanConfig, gan_checks
 from xrad.methods.imagenet.config import ImageNetConfig
 from xrad.methods.joint.config import JointConfig
@@ -185,6 +185,9 @@ SUBSPACE_OF_CELLS = replace(SUBSPACE, checks=patch_level_checks)  # after a stag
 DROCC_STAGE = StageSpec(
     "drocc", "xrad.methods.drocc.stage", "model.safetensors", schedule="drocc", sections={"drocc": DroccConfig}
 )
+DROCC_OF_CELLS = StageSpec(
+    "drocc_cells", "xrad.methods.drocc.cells", "drocc_cells.safetensors", sections={"drocc_cells": DroccCellsConfig}
+)
 JOINT = StageSpec(
     "joint", "xrad.methods.joint.stage", "model.safetensors", schedule="finetune", sections={"joint": JointConfig}
 )
@@ -212,6 +215,7 @@ DROCC_LOGIT = ScorerRef("drocc", "xrad.methods.drocc.scorer:DroccScorer")
 SUBSPACE_DISTANCE = ScorerRef("subspace", "xrad.methods.subspace.scorer:SubspaceScorer")
 SUBSPACE_PATCH = ScorerRef("subspace_patch", "xrad.methods.subspace.patch_scorer:SubspacePatchScorer")
 DROCC_PATCH = ScorerRef("drocc_patch", "xrad.methods.drocc.scorer:DroccPatchScorer")
+DROCC_CELLS = ScorerRef("drocc_cells", "xrad.methods.drocc.scorer:DroccCellScorer")
 
 # ---------------------------------------------------------------------------------------- detectors
 DETECTORS: dict[str, Detector] = {
@@ -305,6 +309,13 @@ DETECTORS: dict[str, Detector] = {
             (DROCC_LOGIT, DROCC_PATCH),
             "DROCC: ResNet-18 classifier against adversarial negatives searched in an annulus around the "
             "normal images (known anomalies as labelled negatives optional; level patch: one logit per cell)",
+        ),
+        Detector(
+            "drocc_synthetic",
+            (("pretrain", SYNTHETIC), ("finetune", DROCC_OF_CELLS)),
+            (DROCC_CELLS,),
+            "DROCC's MLP on the standardised feature-map cells of the synthetic-anomaly detector's frozen "
+            "backbone: adversarial negatives searched in an annulus around the normal cells (patch level)",
         ),
         Detector(
             "synthetic",

@@ -18,7 +18,15 @@ from torch import Tensor, nn
 
 from xrad.models.resnet import ResNet18Backbone
 
-__all__ = ["PATCH_CHANNELS", "PATCH_STRIDE", "PatchClassifier", "cell_mask", "patch_features"]
+__all__ = [
+    "PATCH_CHANNELS",
+    "PATCH_STRIDE",
+    "PatchClassifier",
+    "body_cell_vectors",
+    "cell_mask",
+    "patch_features",
+    "sample_cells",
+]
 
 PATCH_CHANNELS = 128 + 256  # layer2 + layer3 of ResNet-18
 PATCH_STRIDE = 8
@@ -65,6 +73,21 @@ class PatchClassifier(nn.Module):
 def cell_vectors(features: Tensor) -> Tensor:
     """``(B, C, g, g)`` feature maps as ``(B·g·g, C)`` rows, row-major over (image, y, x)."""
     return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+
+def body_cell_vectors(backbone: ResNet18Backbone, images: Tensor) -> Tensor:
+    """``(n, 384)``: the :func:`patch_features` vectors of the cells of prepared ``images`` inside the body
+    (:func:`cell_mask`), row-major over (image, y, x) — the normal cells a patch-level stage is fitted on."""
+    features = patch_features(backbone, images)
+    return cell_vectors(features)[cell_mask(images, features.shape[-1]).flatten()]
+
+
+def sample_cells(cells: Tensor, max_patches: int, seed: int) -> Tensor:
+    """At most ``max_patches`` rows of ``cells`` (N, C), a seeded uniform sample without replacement, in order."""
+    if len(cells) <= max_patches:
+        return cells
+    pick = torch.randperm(len(cells), generator=torch.Generator().manual_seed(seed))[:max_patches]
+    return cells[pick.sort().values]
 
 
 def top_k_cell_mean(cell_map: Tensor, top_k: int) -> Tensor:

@@ -69,3 +69,49 @@ class DroccConfig:
             ("top_k", self.top_k >= 1, "must be ≥ 1"),
             *milestone_checks(self.milestones),
         ]
+
+
+@dataclass
+class DroccCellsConfig:
+    """DROCC on the cells of a trained backbone (``drocc_synthetic``): the one-class classifier of the DROCC
+    paper's tabular experiments, an MLP, on feature vectors instead of pixels.
+
+    The normal vectors are a seeded sample of at most ``max_patches`` body cells (layer2+layer3 map,
+    :func:`xrad.models.patch.patch_features`) of the normal training images, standardised per channel (the
+    mean and s.d. are stored with the head). An MLP ``384 → hidden → 1`` gives a normality logit (normal = 1);
+    each batch gets adversarial negatives z' = z + h, h searched by ``ascent_num_steps`` normalised ascent
+    steps on BCE(logit(z'), 0) and projected onto the annulus r ≤ ‖h‖₂ ≤ ``gamma``·r after every step, with
+    r = ``radius`` × the median distance of a normal vector to its nearest other one (so r follows the
+    features' own spacing, as the paper tunes r to the data) and steps of ``ascent_step_size``·r.
+    Loss = BCE(normal, 1) + ``lam``·BCE(z', 0). A cell scores softplus(−logit), an image the mean of its
+    ``top_k`` largest cells. The backbone is frozen: DROCC decides only where normal cells end.
+    """
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    hidden: int = 128
+    radius: float = 1.0
+    gamma: float = 2.0
+    ascent_step_size: float = 0.1
+    ascent_num_steps: int = 5
+    lam: float = 1.0
+    max_patches: int = 20_000
+    top_k: int = 3
+
+    def checks(self) -> Iterable[Check]:
+        return [
+            ("epochs", self.epochs >= 0, "must be ≥ 0"),
+            ("batch_size", self.batch_size >= 2, "must be ≥ 2"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be ≥ 0"),
+            ("hidden", self.hidden >= 1, "must be ≥ 1"),
+            ("radius", self.radius > 0, f"must be > 0, got {self.radius}"),
+            ("gamma", self.gamma >= 1, f"must be ≥ 1 (the annulus is r ≤ ‖h‖ ≤ gamma·r), got {self.gamma}"),
+            ("ascent_step_size", self.ascent_step_size >= 0, "must be ≥ 0"),
+            ("ascent_num_steps", self.ascent_num_steps >= 0, "must be ≥ 0"),
+            ("lam", self.lam >= 0, "must be ≥ 0"),
+            ("max_patches", self.max_patches >= 2, "must be ≥ 2"),
+            ("top_k", self.top_k >= 1, "must be ≥ 1"),
+        ]

@@ -27,7 +27,7 @@ from xrad.methods.subspace.patch_scorer import SubspacePatchScorer
 from xrad.methods.subspace.projection import subspace_projection
 from xrad.methods.subspace.scorer import SubspaceScorer
 from xrad.models.encoder import Encoder
-from xrad.models.patch import cell_mask, cell_vectors, patch_features
+from xrad.models.patch import body_cell_vectors, sample_cells
 from xrad.models.resnet import ResNet18Backbone
 from xrad.training.context import RunContext
 
@@ -75,14 +75,6 @@ def _features_of(
     return backbone
 
 
-def sample_normal_cells(cells: Tensor, max_patches: int, seed: int) -> Tensor:
-    """At most ``max_patches`` rows of ``cells`` (N, C), a seeded uniform sample without replacement."""
-    if len(cells) <= max_patches:
-        return cells
-    pick = torch.randperm(len(cells), generator=torch.Generator().manual_seed(seed))[:max_patches]
-    return cells[pick.sort().values]
-
-
 @torch.no_grad()
 def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | ProvidesBackbone | None) -> SubspaceResult:
     """Embed the normal training images and freeze the projection."""
@@ -98,15 +90,13 @@ def run(ctx: RunContext, stage: str, previous: ProvidesEncoder | ProvidesBackbon
         rows = idx[start : start + cfg.data.eval_batch_size]
         x = prepare_eval(bank.images[rows].to(ctx.device), bank.masks[rows].to(ctx.device))
         if sub.level == "patch":  # the body cells of the feature map, each a vector of its own
-            maps = patch_features(_backbone(features), x)
-            inside = cell_mask(x, maps.shape[-1]).flatten()
-            parts.append(cell_vectors(maps)[inside].cpu())  # float32: subspace_projection casts to float64
+            parts.append(body_cell_vectors(_backbone(features), x).cpu())  # float32: the projection casts
         else:
             h, z = cast(Encoder, features)(x)
             parts.append((h if sub.feature == "h" else z).cpu())
     vectors = torch.cat(parts)
     if sub.level == "patch":
-        vectors = sample_normal_cells(vectors, sub.max_patches, cfg.seed)
+        vectors = sample_cells(vectors, sub.max_patches, cfg.seed)
     projection = subspace_projection(vectors, sub.lam, relative=sub.lam_relative)
     if ctx.is_global_zero:
         save_tensors(ctx.stage_dir(stage) / SUBSPACE_FILE, {"projection": projection})
