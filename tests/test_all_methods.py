@@ -38,7 +38,12 @@ def _imagenet_weights(tmp: Path) -> list[str]:
 EXTRA = {"deep_sad_imagenet": _imagenet_weights}
 
 # Score forms a config option chooses (another scorer kind from the same detector), run like the detectors.
-VARIANTS = [("subspace", ["subspace.level=patch"]), ("drocc", ["drocc.level=patch"])]
+VARIANTS = [
+    ("subspace", ["subspace.level=patch"]),
+    ("drocc", ["drocc.level=patch"]),
+    ("synthetic", ["synthetic.score=gaussian"]),
+    ("synthetic", ["synthetic.score=gaussian_image"]),
+]
 CASES = [pytest.param(m, [], id=m) for m in sorted(DETECTORS)] + [
     pytest.param(m, extra, id=f"{m}-{extra[0]}") for m, extra in VARIANTS
 ]

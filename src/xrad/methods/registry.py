@@ -209,6 +209,7 @@ VAE_SCORER = ScorerRef("vae", "xrad.methods.vae.scorer:VAEScorer")
 PATCH_SPHERE = ScorerRef("patch_sphere", "xrad.methods.multisphere.patch_scorer:PatchSphereScorer")
 PATCH_KNN = ScorerRef("patch_knn", "xrad.methods.knn.patch_scorer:PatchKnnScorer")
 PATCH_CLASSIFIER = ScorerRef("patch_classifier", "xrad.methods.synthetic.scorer:PatchClassifierScorer")
+PATCH_GAUSSIAN = ScorerRef("patch_gaussian", "xrad.methods.synthetic.gaussian:PatchGaussianScorer")
 SALAD_KNN = ScorerRef("salad", "xrad.methods.salad.scorer:SaladScorer")
 GAN = ScorerRef("gan", "xrad.methods.gan.scorer:GanScorer")
 DROCC_LOGIT = ScorerRef("drocc", "xrad.methods.drocc.scorer:DroccScorer")
@@ -320,7 +321,7 @@ DETECTORS: dict[str, Detector] = {
         Detector(
             "synthetic",
             (("train", SYNTHETIC),),
-            (PATCH_CLASSIFIER, PATCH_KNN),
+            (PATCH_CLASSIFIER, PATCH_KNN, PATCH_GAUSSIAN),
             "xrad's own: a patch classifier trained to find local synthetic anomalies; patch-map score",
         ),
         Detector(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from xrad.config.sections import CORRUPTION_KINDS, ADAugment, Check, Config, milestone_checks
 
-SCORES = ("max", "top_k", "knn")
+SCORES = ("max", "top_k", "knn", "gaussian", "gaussian_image")
 
 
 def _augment() -> ADAugment:
@@ -25,7 +25,11 @@ class SyntheticConfig:
     (they are rare). Score: the largest cell probability inside the body (``max``), or the mean of the
     ``top_k`` largest (``top_k``), or — ``knn``, PatchCore on the trained features — the mean of the ``top_k``
     largest distances of the cells to a memory bank of normal training cells (``memory_size`` of them, chosen
-    by greedy coreset selection; features averaged over ``smooth``×``smooth`` cells). ``schedule: onecycle``
+    by greedy coreset selection; features averaged over ``smooth``×``smooth`` cells), or — ``gaussian`` — the
+    mean of the ``top_k`` largest Mahalanobis distances of the cells to a Gaussian of the normal training
+    cells, or — ``gaussian_image`` — the distance of the body-averaged feature to a Gaussian of the normal
+    images' (both Gaussians shrunk by ``gaussian_shrinkage`` × the mean variance; AnatPaste's density
+    score, :mod:`xrad.methods.synthetic.gaussian`). ``schedule: onecycle``
     (warm-up then annealing) trains best from scratch.
     """
 
@@ -44,6 +48,7 @@ class SyntheticConfig:
     top_k: int = 4
     memory_size: int = 10_000
     smooth: int = 1
+    gaussian_shrinkage: float = 0.01
     augment: ADAugment = field(default_factory=_augment)
 
     def checks(self) -> Iterable[Check]:
@@ -67,6 +72,7 @@ class SyntheticConfig:
             ("top_k", self.top_k >= 1, "must be ≥ 1"),
             ("memory_size", self.memory_size >= 1, "must be ≥ 1"),
             ("smooth", self.smooth >= 1 and self.smooth % 2 == 1, "must be an odd number ≥ 1"),
+            ("gaussian_shrinkage", self.gaussian_shrinkage > 0, "must be > 0 (the image-level covariance is singular)"),
             *milestone_checks(self.milestones),
         ]
 

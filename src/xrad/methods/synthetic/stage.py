@@ -23,6 +23,7 @@ from xrad.methods.base import Scorer
 from xrad.methods.knn.patch_scorer import PatchKnnScorer, build_patch_memory
 from xrad.methods.stage_io import MODEL_FILE, load_tensors, save_tensors
 from xrad.methods.synthetic.config import SyntheticConfig
+from xrad.methods.synthetic.gaussian import PatchGaussianScorer, fit_gaussians
 from xrad.methods.synthetic.scorer import PatchClassifierScorer
 from xrad.models.patch import PatchClassifier
 from xrad.models.resnet import ResNet18Backbone
@@ -35,10 +36,12 @@ from xrad.training.module import StageModule
 
 @dataclass
 class PatchClassifierResult:
-    """The trained patch classifier (and, for ``score: knn``, the memory bank of normal training cells)."""
+    """The trained patch classifier and, for ``score: knn``, the memory bank of normal training cells, for
+    ``score: gaussian*`` the Gaussians of their cells and body averages (tensors ``cell_mean`` ...)."""
 
     network: PatchClassifier
     memory: Tensor | None = None
+    gaussians: dict[str, Tensor] | None = None
 
     @property
     def backbone(self) -> ResNet18Backbone:
@@ -52,6 +55,11 @@ class PatchClassifierResult:
             if self.memory is None:
                 raise DataError("the synthetic detector's memory bank is missing; re-run its train stage")
             return PatchKnnScorer(self.network.backbone, self.memory, section.top_k, section.smooth)
+        if section.score.startswith("gaussian"):
+            if self.gaussians is None:
+                raise DataError("the synthetic detector's Gaussians are missing; re-run its train stage")
+            level = "image" if section.score == "gaussian_image" else "patch"
+            return PatchGaussianScorer(self.network.backbone, self.gaussians, level, section.top_k)
         return PatchClassifierScorer(self.network, section.score, section.top_k)
 
 
@@ -68,6 +76,7 @@ def cell_targets(changed: Tensor, cells: int, fraction: float) -> Tensor:
 
 
 MEMORY_FILE = "memory.safetensors"  # the PatchCore bank of score: knn
+GAUSSIAN_FILE = "gaussians.safetensors"  # the normal Gaussians of score: gaussian / gaussian_image
 
 
 class SyntheticModule(StageModule):
@@ -124,9 +133,9 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> PatchClassifierRes
         )
         ctx.fit(stage, module, loader, section.epochs)
     network = network.cpu().eval()
-    memory = None
+    memory, gaussians = None, None
+    bank, rows = ctx.banks["train"], ctx.normal_train_rows()
     if section.score == "knn":
-        bank, rows = ctx.banks["train"], ctx.normal_train_rows()
         memory = build_patch_memory(
             network.backbone,
             bank.images[rows],
@@ -136,11 +145,21 @@ def run(ctx: RunContext, stage: str, previous: Any = None) -> PatchClassifierRes
             seed=cfg.seed,
             batch_size=cfg.data.eval_batch_size,
         )
+    if section.score.startswith("gaussian"):
+        gaussians = fit_gaussians(
+            network.backbone,
+            bank.images[rows],
+            bank.masks[rows],
+            shrinkage=section.gaussian_shrinkage,
+            batch_size=cfg.data.eval_batch_size,
+        )
     if ctx.is_global_zero:
         save_tensors(ctx.stage_dir(stage) / MODEL_FILE, network.state_dict())
         if memory is not None:
             save_tensors(ctx.stage_dir(stage) / MEMORY_FILE, {"memory": memory})
-    return PatchClassifierResult(network, memory)
+        if gaussians is not None:
+            save_tensors(ctx.stage_dir(stage) / GAUSSIAN_FILE, gaussians)
+    return PatchClassifierResult(network, memory, gaussians)
 
 
 def load(ctx: RunContext, stage: str, previous: Any = None) -> PatchClassifierResult:
@@ -149,4 +168,6 @@ def load(ctx: RunContext, stage: str, previous: Any = None) -> PatchClassifierRe
     network.load_state_dict(load_tensors(ctx.stage_dir(stage) / MODEL_FILE), strict=True)
     memory_path = ctx.stage_dir(stage) / MEMORY_FILE
     memory = load_tensors(memory_path)["memory"] if memory_path.is_file() else None
-    return PatchClassifierResult(network.eval(), memory)
+    gaussian_path = ctx.stage_dir(stage) / GAUSSIAN_FILE
+    gaussians = load_tensors(gaussian_path) if gaussian_path.is_file() else None
+    return PatchClassifierResult(network.eval(), memory, gaussians)
