@@ -6,6 +6,8 @@ The detector's own heatmap (what `xrad score --heatmaps` draws: the patch-score 
 Grad-CAM or the residual of the others), mapped back to the original image through the preprocessing
 homography, and optionally Grad-CAM at the given layers (empty: skip). Compares with chance: (a) a point
 uniform over the image, (b) uniform over the body (pixels above the image's Otsu threshold), (c) the image centre.
+Also the pixel AUROC of the heatmap over the body pixels of the fractured images (inside a box: positive),
+pooled over images on a 4-pixel grid, and its mean per image (0.5: chance).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 
 from xrad.data.io import read_radiograph
 from xrad.data.model_input import prepare_eval
+from xrad.evaluation.metrics import auroc
 from xrad.inference.calibration import clopper_pearson
 from xrad.inference.heatmaps import explain_pixels, normalise, to_original
 from xrad.inference.input import prepare_input
@@ -61,6 +64,7 @@ layers = [layer for layer in args.layers.split(",") if layer]
 hits: dict[str, list[bool]] = {layer: [] for layer in layers}
 own_hits: list[bool] = []
 chance_img, chance_body, centre = [], [], []
+pixel_labels, pixel_scores, per_image_auroc = [], [], []
 t0 = time.time()
 for path in frame["path"]:
     radiograph = read_radiograph(path)
@@ -80,6 +84,12 @@ for path in frame["path"]:
     own = explain_pixels(scorer, radiograph, allow_truncated=True).heat
     r, c = np.unravel_index(int(own.argmax()), own.shape)
     own_hits.append(bool(inside[r, c]) if own.shape == inside.shape else False)
+    if own.shape == inside.shape and inside[body].any() and not inside[body].all():
+        grid = np.zeros_like(body)
+        grid[::4, ::4] = True
+        pixel_labels.append(inside[body & grid])
+        pixel_scores.append(own[body & grid])
+        per_image_auroc.append(auroc(inside[body].astype(int), own[body]))
     if not layers:
         continue
     prepared = prepare_input(pixels, spec)
@@ -102,3 +112,9 @@ for layer in layers:
 print(f"chance, uniform over the image: {np.mean(chance_img):.3f}")
 print(f"chance, uniform over the body (Otsu foreground): {np.mean(chance_body):.3f}")
 print(f"image centre inside a box: {np.mean(centre):.3f}")
+if pixel_labels:
+    pooled = auroc(np.concatenate(pixel_labels).astype(int), np.concatenate(pixel_scores))
+    print(
+        f"pixel AUROC of the detector heatmap over body pixels (boxes positive): pooled {pooled:.3f}, "
+        f"mean per image {np.mean(per_image_auroc):.3f} over {len(per_image_auroc)} images (chance 0.5)"
+    )
