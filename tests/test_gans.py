@@ -192,6 +192,26 @@ def test_artefact_round_trip_with_spectral_norm_gives_the_same_scores() -> None:
         torch.testing.assert_close(again.heatmap(x), scorer.heatmap(x), rtol=0, atol=0)
 
 
+def test_smoothed_residual_scores_and_heatmaps_survive_the_artefact() -> None:
+    x = _images()
+    scorer = _scorer("bigan", score="reconstruction", reconstruction_score="topk", top_k_fraction=0.1, smooth=3)
+    with torch.no_grad():
+        recon = scorer.nets.generator(scorer.nets.encode(x))
+        support = (x > 0).float()
+        smoothed = losses.smooth_error_map((recon - x) ** 2, support, 3)  # pinned to scipy in test_losses
+        torch.testing.assert_close(scorer.heatmap(x), smoothed)
+        k = torch.ceil(0.1 * support.flatten(1).sum(1)).long()
+        top = torch.stack([row.sort(descending=True).values[:kk].mean() for row, kk in zip(smoothed.flatten(1), k)])
+        torch.testing.assert_close(scorer(x), top.double())
+        tensors, args = scorer.artefact_state()
+        assert args["smooth"] == 3
+        torch.testing.assert_close(GanScorer.from_artefact(tensors, args)(x), scorer(x), rtol=0, atol=0)
+        del args["smooth"]  # an artefact written before the key: no smoothing
+        assert GanScorer.from_artefact(tensors, args).smooth == 0
+    with pytest.raises(ConfigError, match="gan.smooth must be 0"):
+        load_config("tiny_bigan", ["gan.smooth=-1"])
+
+
 def test_scores_that_the_variant_cannot_give_are_refused_at_load_time() -> None:
     with pytest.raises(ConfigError, match="gan.score.*code discriminator"):
         load_config("tiny_bigan", ["gan.score=mean_discriminators"])

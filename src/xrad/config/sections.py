@@ -35,6 +35,16 @@ def milestone_checks(milestones: list[float]) -> list[Check]:
     return [("milestones", all(0 < m <= 1 for m in milestones), "must be fractions of the epochs in (0, 1]")]
 
 
+def smooth_check(smooth: int) -> Check:
+    """The rule of the reconstruction detectors' ``smooth`` key (:func:`xrad.losses.smooth_error_map`): a box
+    centred on a pixel has an odd width, and 0 switches the smoothing off."""
+    return (
+        "smooth",
+        smooth == 0 or (smooth > 0 and smooth % 2 == 1),
+        f"must be 0 (off) or an odd box width in pixels, got {smooth}",
+    )
+
+
 @dataclass
 class DataConfig:
     """How images are fed: size of the square network input, batch sizes, loader workers.
