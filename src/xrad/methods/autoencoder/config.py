@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from xrad.config.sections import ADAugment, Check, Config, smooth_check
+from xrad.config.sections import ADAugment, Check, Config, smooth_check, top_k_checks
 
 
 def _no_augment() -> ADAugment:
@@ -48,8 +48,7 @@ class AEConfig:
         return [
             ("decode_from", self.decode_from in ("z", "h"), f"must be 'z' or 'h', got {self.decode_from!r}"),
             ("score", self.score in RECONSTRUCTION_KINDS, f"must be one of {RECONSTRUCTION_KINDS}, got {self.score!r}"),
-            ("top_k_pixels", self.top_k_pixels >= 0, f"must be ≥ 0 (0: the fraction form), got {self.top_k_pixels}"),
-            ("top_k_fraction", 0.0 < self.top_k_fraction <= 1.0, f"must be in (0, 1], got {self.top_k_fraction}"),
+            *top_k_checks(self.top_k_pixels, self.top_k_fraction),
             smooth_check(self.smooth),
             (
                 "decoder_channels",

@@ -33,7 +33,16 @@ ARCHITECTURE_KEYS = (
     "joint_hidden",
     "code_hidden",
 )
-SCORE_KEYS = ("score", "reconstruction_score", "top_k_fraction", "smooth", "mix_weight", "latent_steps", "latent_lr")
+SCORE_KEYS = (
+    "score",
+    "reconstruction_score",
+    "top_k_pixels",
+    "top_k_fraction",
+    "smooth",
+    "mix_weight",
+    "latent_steps",
+    "latent_lr",
+)
 
 
 def search_latent(nets: GanNetworks, images: Tensor, steps: int, lr: float) -> Tensor:
@@ -69,6 +78,7 @@ class GanScorer(Scorer):
         self.architecture = {k: architecture[k] for k in ARCHITECTURE_KEYS}
         self.score_kind = str(settings.get("score", "discriminator"))
         self.reconstruction_score = str(settings.get("reconstruction_score", "mse"))
+        self.top_k_pixels = int(settings.get("top_k_pixels", 0))
         self.top_k_fraction = float(settings.get("top_k_fraction", 0.05))
         self.smooth = int(settings.get("smooth", 0))
         self.mix_weight = float(settings.get("mix_weight", 0.1))
@@ -102,6 +112,7 @@ class GanScorer(Scorer):
             input_support(images),
             kind=self.reconstruction_score,
             top_k_fraction=self.top_k_fraction,
+            top_k_pixels=self.top_k_pixels,
             smooth=self.smooth,
         ).double()
 
@@ -141,6 +152,7 @@ class GanScorer(Scorer):
         return {
             "score": self.score_kind,
             "reconstruction_score": self.reconstruction_score,
+            "top_k_pixels": self.top_k_pixels,
             "top_k_fraction": self.top_k_fraction,
             "smooth": self.smooth,
             "mix_weight": self.mix_weight,

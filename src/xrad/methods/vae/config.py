@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from xrad.config.sections import ADAugment, Check, smooth_check
+from xrad.config.sections import ADAugment, Check, smooth_check, top_k_checks
 
 # Image scores of the VAE: the reconstruction kinds of xrad.losses plus the latent term and the objective.
 VAE_LATENT_SCORES = ("kld", "loss")
@@ -50,8 +50,7 @@ class VAEConfig:
         return [
             ("score", self.score in kinds, f"must be one of {kinds}, got {self.score!r}"),
             ("kld_weight", self.kld_weight >= 0, f"must be ≥ 0, got {self.kld_weight}"),
-            ("top_k_pixels", self.top_k_pixels >= 0, f"must be ≥ 0 (0: the fraction form), got {self.top_k_pixels}"),
-            ("top_k_fraction", 0.0 < self.top_k_fraction <= 1.0, f"must be in (0, 1], got {self.top_k_fraction}"),
+            *top_k_checks(self.top_k_pixels, self.top_k_fraction),
             smooth_check(self.smooth),
             (
                 "decoder_channels",
