@@ -77,6 +77,42 @@ def test_reconstruction_scorer_matches_numpy_and_survives_the_artefact(kind: str
         assert torch.equal(rebuilt(x), scorer(x))
 
 
+def _np_box_smoothed(err: np.ndarray, support: np.ndarray, width: int) -> np.ndarray:
+    """uniform(e·m) / uniform(m) inside the support (scipy, zero padding), 0 outside: the smoothed error map."""
+    from scipy.ndimage import uniform_filter
+
+    m = support.astype(np.float64)
+    num = uniform_filter(err * m, size=(1, 1, width, width), mode="constant", cval=0.0)
+    den = uniform_filter(m, size=(1, 1, width, width), mode="constant", cval=0.0)
+    return np.where(m > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def test_smoothed_reconstruction_score_and_heatmap_match_scipy_and_survive_the_artefact() -> None:
+    torch.manual_seed(0)
+    ae = build_autoencoder(32, head_dims=(512, 64, 16), bias=False, channels=(32, 16, 16, 8, 8)).eval()
+    _randomise_bn(ae, 1)
+    scorer = ReconstructionScorer(ae, "topk", top_k_fraction=0.1, top_k_pixels=30, smooth=5).eval()
+    x = _masked_batch(0)
+    with torch.no_grad():
+        scores, heat = scorer(x).numpy(), scorer.heatmap(x).numpy()
+        recon = scorer.reconstruct(x).numpy()
+    xn, support = x.numpy(), x.numpy() > 0
+    smoothed = _np_box_smoothed((recon.astype(np.float64) - xn) ** 2, support, 5)
+    expected = [np.sort(smoothed[i][support[i]])[::-1][:30].mean() for i in range(len(xn))]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    np.testing.assert_allclose(heat, smoothed, rtol=1e-5, atol=1e-8)  # the map the score ranks
+    tensors, args = scorer.artefact_state()
+    assert args["smooth"] == 5
+    with torch.no_grad():
+        assert torch.equal(ReconstructionScorer.from_artefact(tensors, args).eval()(x), scorer(x))
+        del args["smooth"]  # an artefact written before the key: no smoothing
+        assert ReconstructionScorer.from_artefact(tensors, args).smooth == 0
+    for bad in ("-1", "4"):
+        with pytest.raises(ConfigError, match=r"ae\.smooth must be 0 \(off\) or an odd box width"):
+            load_config("ae_cpu", [f"ae.smooth={bad}"])
+    assert load_config("ae_cpu", ["ae.smooth=3"]).section("ae").smooth == 3
+
+
 def test_classifier_scorer_is_the_sigmoid_of_its_logit_and_round_trips() -> None:
     torch.manual_seed(0)
     backbone = ResNet50Backbone(1)

@@ -165,6 +165,11 @@ def test_scores_are_the_discriminators_probabilities_and_their_mixes() -> None:
         k = np.ceil(0.1 * support.flatten(1).sum(1).numpy()).astype(int)
         top = [np.sort(e)[::-1][:kk].mean() for e, kk in zip(errors, k)]
         np.testing.assert_allclose(scorer(x).numpy(), top, rtol=1e-5)
+        # The paper's fixed count (Davletshina et al.: k = 200), capped at the body part; it overrides the fraction.
+        for k_px in (30, 5000):
+            scorer.top_k_pixels = k_px
+            top = [np.sort(e[m > 0])[::-1][:k_px].mean() for e, m in zip(errors, support.flatten(1).numpy())]
+            np.testing.assert_allclose(scorer(x).numpy(), top, rtol=1e-5)
 
 
 def test_dcgan_latent_search_lowers_the_error_and_ignores_batch_company() -> None:
@@ -190,6 +195,28 @@ def test_artefact_round_trip_with_spectral_norm_gives_the_same_scores() -> None:
     with torch.no_grad():
         torch.testing.assert_close(again(x), scorer(x), rtol=0, atol=0)
         torch.testing.assert_close(again.heatmap(x), scorer.heatmap(x), rtol=0, atol=0)
+
+
+def test_top_k_pixels_and_smoothed_residual_scores_and_heatmaps_survive_the_artefact() -> None:
+    x = _images()
+    scorer = _scorer("bigan", score="reconstruction", reconstruction_score="topk", top_k_pixels=40, smooth=3)
+    with torch.no_grad():
+        recon = scorer.nets.generator(scorer.nets.encode(x))
+        support = (x > 0).float()
+        smoothed = losses.smooth_error_map((recon - x) ** 2, support, 3)  # pinned to scipy in test_losses
+        torch.testing.assert_close(scorer.heatmap(x), smoothed)
+        top = torch.stack([row.sort(descending=True).values[:40].mean() for row in smoothed.flatten(1)])
+        torch.testing.assert_close(scorer(x), top.double())
+        tensors, args = scorer.artefact_state()
+        assert (args["top_k_pixels"], args["smooth"]) == (40, 3)
+        torch.testing.assert_close(GanScorer.from_artefact(tensors, args)(x), scorer(x), rtol=0, atol=0)
+        del args["top_k_pixels"], args["smooth"]  # an artefact written before the keys: fraction form, unsmoothed
+        old = GanScorer.from_artefact(tensors, args)
+        assert (old.top_k_pixels, old.top_k_fraction, old.smooth) == (0, 0.05, 0)
+    with pytest.raises(ConfigError, match="gan.smooth must be 0"):
+        load_config("tiny_bigan", ["gan.smooth=-1"])
+    with pytest.raises(ConfigError, match="gan.top_k_pixels must be ≥ 0"):
+        load_config("tiny_bigan", ["gan.top_k_pixels=-1"])
 
 
 def test_scores_that_the_variant_cannot_give_are_refused_at_load_time() -> None:
@@ -285,8 +312,8 @@ def test_packaged_configs_carry_the_papers_sizes_and_scores() -> None:
     for method, size in sizes.items():
         paper, cpu = load_config(f"{method}_paper"), load_config(f"{method}_cpu")
         assert (paper.method, cpu.method, paper.data.image_size, cpu.data.image_size) == (method, method, size, 64)
-        assert round(paper.section("gan").top_k_fraction * size * size) == 200
-        assert round(cpu.section("gan").top_k_fraction * 64 * 64) == 205  # ≈ 200 at 64 px
+        assert paper.section("gan").top_k_pixels == 200  # a fixed count, whatever the body part's size
+        assert cpu.section("gan").top_k_pixels == 0 and cpu.section("gan").top_k_fraction == 0.05
         expected = "mean_discriminators" if method == "alpha_gan" else "discriminator"
         assert paper.section("gan").score == cpu.section("gan").score == expected
         assert paper.section("gan").betas == (0.5, 0.999)

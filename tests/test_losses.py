@@ -16,6 +16,7 @@ from xrad.losses import (
     multisphere_deep_sad,
     nearest_center,
     reconstruction_scores,
+    smooth_error_map,
     supervised_contrastive,
     vae_loss,
 )
@@ -228,6 +229,51 @@ def test_reconstruction_scores_match_numpy() -> None:
     np.testing.assert_allclose(emap.numpy(), ab * mask, rtol=1e-12)
     with pytest.raises(ConfigError):
         reconstruction_scores(*tr, kind="ssim")
+
+
+def np_smoothed_error(err: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
+    """Per image: the mean error of the in-mask pixels of the width × width window (zero-padded at the border)
+    around each in-mask pixel, uniform(e·m) / uniform(m) with scipy; 0 outside the mask."""
+    from scipy.ndimage import uniform_filter
+
+    out = np.zeros_like(err)
+    for i in range(len(err)):
+        e, m = err[i, 0], mask[i, 0]
+        num = uniform_filter(e * m, size=width, mode="constant", cval=0.0)
+        den = uniform_filter(m, size=width, mode="constant", cval=0.0)
+        out[i, 0] = np.where(m > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return out
+
+
+def test_smoothed_top_k_matches_scipy_and_smooth_zero_is_the_plain_score() -> None:
+    recon, target, mask = _recon_batch(7)
+    tr = list(map(torch.tensor, (recon, target, mask)))
+    sq, ab = (recon - target) ** 2, np.abs(recon - target)
+    for kind, err in (("topk", sq), ("l1_topk", ab)):
+        for width in (3, 5):
+            smoothed = np_smoothed_error(err, mask, width)
+            np.testing.assert_allclose(masked_error_map(*tr, kind=kind, smooth=width).numpy(), smoothed, rtol=1e-12)
+            for k_px in (4, 0):  # a fixed count, and the fraction form
+                want = []
+                for i in range(3):
+                    vals = np.sort(smoothed[i][mask[i] > 0])[::-1]
+                    k = k_px or int(np.ceil(0.2 * mask[i].sum()))
+                    want.append(vals[: max(1, min(k, len(vals)))].mean() if len(vals) else 0.0)
+                got = reconstruction_scores(*tr, kind=kind, top_k_fraction=0.2, top_k_pixels=k_px, smooth=width)
+                np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    # The mean kinds average the smoothed map.
+    smoothed = np_smoothed_error(sq, mask, 3)
+    want = [smoothed[i].sum() / mask[i].sum() if mask[i].sum() else 0.0 for i in range(3)]
+    np.testing.assert_allclose(reconstruction_scores(*tr, kind="mse", smooth=3).numpy(), want, rtol=1e-12)
+    # smooth 0 (and the trivial width 1) is the unsmoothed score, bit for bit.
+    for kind in ("mse", "l1", "topk", "l1_topk"):
+        plain = reconstruction_scores(*tr, kind=kind, top_k_pixels=4)
+        assert torch.equal(reconstruction_scores(*tr, kind=kind, top_k_pixels=4, smooth=0), plain)
+        assert torch.equal(reconstruction_scores(*tr, kind=kind, top_k_pixels=4, smooth=1), plain)
+    assert torch.equal(smooth_error_map(tr[0], tr[2], 0), tr[0] * tr[2])
+    for bad in (-1, 2):
+        with pytest.raises(ConfigError, match="smooth"):
+            reconstruction_scores(*tr, kind="topk", smooth=bad)
 
 
 # ---------------------------------------------------------------- VAE

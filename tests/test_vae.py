@@ -71,6 +71,32 @@ def test_vae_scorer_matches_numpy_and_survives_the_artefact(kind: str) -> None:
         assert torch.equal(rebuilt(x), scorer(x))
 
 
+def test_smoothed_vae_score_and_heatmap_match_scipy_and_survive_the_artefact() -> None:
+    from scipy.ndimage import uniform_filter
+
+    from xrad.errors import ConfigError
+
+    torch.manual_seed(0)
+    vae = build_vae(32, head_dims=(512, 64, 8), channels=(32, 16, 16, 8, 8)).eval()
+    scorer = VAEScorer(vae, "l1_topk", top_k_pixels=40, smooth=3).eval()
+    x = _masked_batch(0)
+    with torch.no_grad():
+        scores, heat = scorer(x).double().numpy(), scorer.heatmap(x).numpy()
+        recon = scorer.reconstruct(x).numpy()
+    xn, m = x.numpy(), (x.numpy() > 0).astype(np.float64)
+    box = {"size": (1, 1, 3, 3), "mode": "constant", "cval": 0.0}
+    num = uniform_filter(np.abs(recon.astype(np.float64) - xn) * m, **box)
+    smoothed = np.where(m > 0, num / np.maximum(uniform_filter(m, **box), 1e-12), 0.0)
+    expected = [np.sort(smoothed[i][m[i] > 0])[::-1][:40].mean() for i in range(len(xn))]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    np.testing.assert_allclose(heat, smoothed, rtol=1e-5, atol=1e-8)
+    tensors, args = scorer.artefact_state()
+    with torch.no_grad():
+        assert torch.equal(VAEScorer.from_artefact(tensors, args).eval()(x), scorer(x))
+    with pytest.raises(ConfigError, match="vae.smooth must be 0"):
+        load_config("tiny_vae", ["vae.smooth=-3"])
+
+
 def test_the_head_must_hold_mean_and_log_variance() -> None:
     from xrad.errors import ConfigError
     from xrad.models.autoencoder import ResNet18Decoder

@@ -24,6 +24,7 @@ __all__ = [
     "balanced_deep_sad",
     "masked_mse",
     "masked_error_map",
+    "smooth_error_map",
     "reconstruction_scores",
     "RECONSTRUCTION_KINDS",
     "masked_l1",
@@ -156,6 +157,11 @@ def _check_kind(kind: str) -> None:
         )
 
 
+def _check_smooth(smooth: int) -> None:
+    if smooth < 0 or (smooth > 0 and smooth % 2 == 0):
+        raise ConfigError(f"smooth must be 0 (off) or an odd box width in pixels (got {smooth})")
+
+
 def masked_mse(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Σ((recon − target)²·m) / Σm over the whole batch: only body-part pixels count.
 
@@ -169,16 +175,38 @@ def masked_mse(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return num / m.sum().clamp_min(1e-12)
 
 
-def masked_error_map(recon: Tensor, target: Tensor, mask: Tensor, kind: str = "mse") -> Tensor:
+def smooth_error_map(err: Tensor, mask: Tensor, smooth: int) -> Tensor:
+    """Box-smoothed per-pixel error (B, 1, H, W) inside the mask, 0 outside.
+
+    At an in-mask pixel: the mean error of the in-mask pixels of the ``smooth`` × ``smooth`` window centred on
+    it, i.e. box(e·m) / box(m). Dividing by the smoothed mask keeps the zeros outside the body part out of the
+    average, so the rim of the body part is not pulled down. ``smooth`` is an odd width in pixels; 0 (or 1) is
+    no smoothing (err·m). A top-k mean of the smoothed map rewards errors that cover an area (a lesion) over
+    isolated hot pixels (noise, edges).
+    """
+    _check_smooth(smooth)
+    m = mask.to(err.dtype)
+    if smooth <= 1:
+        return err * m
+    pad = smooth // 2
+    # avg_pool2d's 1/smooth² (zero padding counted) is the same in numerator and denominator: it cancels.
+    num = F.avg_pool2d(err * m, smooth, stride=1, padding=pad)
+    den = F.avg_pool2d(m, smooth, stride=1, padding=pad)
+    # An in-mask pixel has den ≥ 1/smooth² (itself), so the clamp only guards the outside, zeroed by m.
+    return num / den.clamp_min(1e-12) * m
+
+
+def masked_error_map(recon: Tensor, target: Tensor, mask: Tensor, kind: str = "mse", smooth: int = 0) -> Tensor:
     """Per-pixel reconstruction error (B, 1, H, W) inside the mask (0 outside), averaged over channels.
 
-    ``kind`` "mse" and "topk" use the squared error, "l1" and "l1_topk" the absolute error. Used for heatmaps.
+    ``kind`` "mse" and "topk" use the squared error, "l1" and "l1_topk" the absolute error; ``smooth`` > 0
+    box-smooths it inside the mask (:func:`smooth_error_map`). Used for heatmaps and image scores.
     """
     _check_kind(kind)
     recon, target = _f32(recon), _f32(target)
     diff = recon - target
     err = diff.abs() if kind.startswith("l1") else diff.pow(2)
-    return err.mean(dim=1, keepdim=True) * mask.to(err.dtype)
+    return smooth_error_map(err.mean(dim=1, keepdim=True), mask, smooth)
 
 
 def reconstruction_scores(
@@ -188,6 +216,7 @@ def reconstruction_scores(
     kind: str = "mse",
     top_k_fraction: float = 0.05,
     top_k_pixels: int = 0,
+    smooth: int = 0,
 ) -> Tensor:
     """Per-image anomaly scores (B,) from a reconstruction.
 
@@ -197,10 +226,12 @@ def reconstruction_scores(
       is not averaged away by a large well-reconstructed body part. k is ``top_k_pixels`` when it is > 0 (a
       fixed count: Davletshina et al. use 200), else ⌈top_k_fraction·Σm⌉ (the fraction form); k is at least
       1 and at most Σm (an image whose body part is smaller than k pixels gets its mean error).
-    An image with an empty mask scores 0.
+    ``smooth`` > 0 first box-smooths the pixel error inside the mask (:func:`smooth_error_map`, an odd width
+    in pixels), so the top k are the k worst *neighbourhoods*; the mean kinds then average the smoothed map.
+    0 leaves the error as it is. An image with an empty mask scores 0.
     """
     _check_kind(kind)
-    err = masked_error_map(recon, target, mask, kind=kind).flatten(1)  # (B, P)
+    err = masked_error_map(recon, target, mask, kind=kind, smooth=smooth).flatten(1)  # (B, P)
     m = mask.to(err.dtype).flatten(1)
     area = m.sum(dim=1)
     if not kind.endswith("topk"):

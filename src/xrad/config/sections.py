@@ -35,6 +35,25 @@ def milestone_checks(milestones: list[float]) -> list[Check]:
     return [("milestones", all(0 < m <= 1 for m in milestones), "must be fractions of the epochs in (0, 1]")]
 
 
+def top_k_checks(top_k_pixels: int, top_k_fraction: float) -> list[Check]:
+    """The rules of the reconstruction detectors' top-k keys (ae, vae, gan; :func:`xrad.losses.reconstruction_scores`):
+    a fixed pixel count (0: use the fraction) and the fraction of the body part."""
+    return [
+        ("top_k_pixels", top_k_pixels >= 0, f"must be ≥ 0 (0: the fraction form), got {top_k_pixels}"),
+        ("top_k_fraction", 0.0 < top_k_fraction <= 1.0, f"must be in (0, 1], got {top_k_fraction}"),
+    ]
+
+
+def smooth_check(smooth: int) -> Check:
+    """The rule of the reconstruction detectors' ``smooth`` key (:func:`xrad.losses.smooth_error_map`): a box
+    centred on a pixel has an odd width, and 0 switches the smoothing off."""
+    return (
+        "smooth",
+        smooth == 0 or (smooth > 0 and smooth % 2 == 1),
+        f"must be 0 (off) or an odd box width in pixels, got {smooth}",
+    )
+
+
 @dataclass
 class DataConfig:
     """How images are fed: size of the square network input, batch sizes, loader workers.

@@ -1,5 +1,6 @@
 """Framework-free scorer of the convolutional autoencoder (torch only; no Lightning): masked reconstruction
-error (MSE, L1 or the mean of the top-k pixel errors); its heatmap is the per-pixel error map.
+error (MSE, L1 or the mean of the top-k pixel errors, optionally of the box-smoothed error); its heatmap is
+the per-pixel error map the score aggregates (smoothed alike).
 
 Masks: a scorer sees what :func:`~xrad.data.model_input.prepare_eval` returns — image × body-part mask — and
 nothing else (that keeps ``forward(images)`` a single-input graph for ONNX and the service). The mask is
@@ -62,13 +63,19 @@ class ReconstructionScorer(Scorer):
     kind: ClassVar[str] = "reconstruction"
 
     def __init__(
-        self, autoencoder: Autoencoder, score_kind: str = "mse", top_k_fraction: float = 0.05, top_k_pixels: int = 0
+        self,
+        autoencoder: Autoencoder,
+        score_kind: str = "mse",
+        top_k_fraction: float = 0.05,
+        top_k_pixels: int = 0,
+        smooth: int = 0,
     ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.score_kind = str(score_kind)
         self.top_k_fraction = float(top_k_fraction)
         self.top_k_pixels = int(top_k_pixels)
+        self.smooth = int(smooth)
 
     def reconstruct(self, images: Tensor) -> Tensor:
         """The reconstruction (B, 1, S, S) of prepared images."""
@@ -85,14 +92,15 @@ class ReconstructionScorer(Scorer):
             kind=self.score_kind,
             top_k_fraction=self.top_k_fraction,
             top_k_pixels=self.top_k_pixels,
+            smooth=self.smooth,
         ), None
 
     def heatmap(self, images: Tensor) -> Tensor:
         """The per-pixel reconstruction error inside the body part (B, 1, S, S) (absolute for the L1 scores,
-        squared otherwise)."""
+        squared otherwise), box-smoothed as the score's when ``smooth`` > 0."""
         with torch.no_grad():
             recon = self.reconstruct(images)
-            return masked_error_map(recon, images, input_support(images), kind=self.score_kind)
+            return masked_error_map(recon, images, input_support(images), kind=self.score_kind, smooth=self.smooth)
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """The encoder's h (B, 512) and bottleneck z."""
@@ -103,14 +111,23 @@ class ReconstructionScorer(Scorer):
         """Autoencoder weights (``ae.*``); the architecture and score kind as arguments."""
         tensors = {_AE + k: v for k, v in self.autoencoder.state_dict().items()}
         args = autoencoder_args(self.autoencoder)
-        args.update(score_kind=self.score_kind, top_k_fraction=self.top_k_fraction, top_k_pixels=self.top_k_pixels)
+        args.update(
+            score_kind=self.score_kind,
+            top_k_fraction=self.top_k_fraction,
+            top_k_pixels=self.top_k_pixels,
+            smooth=self.smooth,
+        )
         return tensors, args
 
     @classmethod
     def from_artefact(cls, tensors: dict[str, Tensor], args: dict[str, Any]) -> ReconstructionScorer:
         """Rebuild from an artefact's tensors and scorer arguments."""
         state = {k[len(_AE) :]: v for k, v in tensors.items() if k.startswith(_AE)}
-        # Artefacts written before top_k_pixels existed used the fraction form (0).
+        # Artefacts written before top_k_pixels / smooth existed used the fraction form and no smoothing (0).
         return cls(
-            autoencoder_from(state, args), args["score_kind"], args["top_k_fraction"], args.get("top_k_pixels", 0)
+            autoencoder_from(state, args),
+            args["score_kind"],
+            args["top_k_fraction"],
+            args.get("top_k_pixels", 0),
+            args.get("smooth", 0),
         )

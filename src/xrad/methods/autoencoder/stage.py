@@ -53,7 +53,7 @@ class AutoencoderResult:
     def scorer(self, config: Config) -> ReconstructionScorer:
         """The autoencoder with the configured image score."""
         ae: AEConfig = config.section("ae")
-        return ReconstructionScorer(self.autoencoder, ae.score, ae.top_k_fraction, ae.top_k_pixels)
+        return ReconstructionScorer(self.autoencoder, ae.score, ae.top_k_fraction, ae.top_k_pixels, ae.smooth)
 
 
 def new_autoencoder(config: Config) -> Autoencoder:
@@ -101,6 +101,7 @@ class AEModule(StageModule):
             kind=self.ae.score,
             top_k_fraction=self.ae.top_k_fraction,
             top_k_pixels=self.ae.top_k_pixels,
+            smooth=self.ae.smooth,
         )
 
     def epoch_end(self) -> dict[str, float]:

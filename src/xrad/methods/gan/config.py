@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from xrad.config.sections import ADAugment, Check, Config
+from xrad.config.sections import ADAugment, Check, Config, smooth_check, top_k_checks
 
 VARIANTS = ("dcgan", "bigan", "alpha_gan", "ocgan")  # as xrad.models.gan.GAN_VARIANTS (no torch here)
 RECONSTRUCTION_SCORES = ("mse", "l1", "topk")  # as xrad.losses.RECONSTRUCTION_KINDS
@@ -36,10 +36,13 @@ class GanConfig:
 
     Score: ``discriminator`` 1 − D(x) (BiGAN: D(x, E(x))), ``code_discriminator`` 1 − C(E(x)),
     ``mean_discriminators`` 1 − mean(D(x), C(E(x))) (the α-GAN score of Davletshina et al.), ``reconstruction``
-    the masked ``reconstruction_score`` (mse | l1 | topk: mean of the ``top_k_fraction`` largest pixel errors)
+    the masked ``reconstruction_score`` (mse | l1 | topk: mean of the k largest pixel errors, k =
+    ``top_k_pixels`` when > 0 — Davletshina et al.'s "top-200" — else the ``top_k_fraction`` of the body part)
     of G(E(x)) — for DCGAN of G(z*), z* found by ``latent_steps`` Adam steps (rate ``latent_lr``) on the
     masked L1 from a fixed prior sample (AnoGAN's search, bounded) — and ``residual_mix`` AnoGAN's
     (1 − ``mix_weight``)·R + ``mix_weight``·(1 − D). Heatmaps are the per-pixel reconstruction error.
+    ``smooth`` > 0 (an odd width in pixels) box-smooths that error inside the body part before R aggregates it,
+    and in the heatmap (:func:`xrad.losses.smooth_error_map`).
     """
 
     epochs: int = 25
@@ -59,7 +62,9 @@ class GanConfig:
     reconstruction_loss: str = "l1"
     score: str = "discriminator"
     reconstruction_score: str = "mse"
-    top_k_fraction: float = 0.05  # 200 of the 4,096 pixels of a 64-px image (the paper's k = 200 at its size)
+    top_k_pixels: int = 0  # 0: the fraction form; Davletshina et al. use k = 200 pixels
+    top_k_fraction: float = 0.05  # of the body part (at most 205 of the 4,096 pixels of a 64-px image)
+    smooth: int = 0  # box width (odd, pixels) of the residual smoothing before R; 0: off
     mix_weight: float = 0.1  # AnoGAN's λ
     latent_steps: int = 50
     latent_lr: float = 0.05
@@ -92,7 +97,8 @@ class GanConfig:
                 self.reconstruction_score in RECONSTRUCTION_SCORES,
                 f"must be one of {RECONSTRUCTION_SCORES}, got {self.reconstruction_score!r}",
             ),
-            ("top_k_fraction", 0 < self.top_k_fraction <= 1, "must be in (0, 1]"),
+            *top_k_checks(self.top_k_pixels, self.top_k_fraction),
+            smooth_check(self.smooth),
             ("mix_weight", 0 <= self.mix_weight <= 1, "must be in [0, 1]"),
             ("latent_steps", self.latent_steps >= 0, "must be ≥ 0"),
             ("latent_lr", self.latent_lr > 0, "must be > 0"),

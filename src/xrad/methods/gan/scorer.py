@@ -4,7 +4,8 @@ Scores (``score``, see :class:`~xrad.methods.gan.config.GanConfig`): the discrim
 turned into anomaly scores 1 − D (computed as σ(−logit) in float64, so confident logits keep their order),
 the masked reconstruction error of G(E(x)) — DCGAN, which has no encoder, searches z for a bounded number of
 Adam steps (:func:`search_latent`) — and their mixes. The heatmap is always the per-pixel reconstruction
-error inside the body part (the support of the masked input, as the autoencoder's scorer defines it).
+error inside the body part (the support of the masked input, as the autoencoder's scorer defines it),
+box-smoothed as the reconstruction score's when ``smooth`` > 0.
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ ARCHITECTURE_KEYS = (
     "joint_hidden",
     "code_hidden",
 )
-SCORE_KEYS = ("score", "reconstruction_score", "top_k_fraction", "mix_weight", "latent_steps", "latent_lr")
+SCORE_KEYS = (
+    "score",
+    "reconstruction_score",
+    "top_k_pixels",
+    "top_k_fraction",
+    "smooth",
+    "mix_weight",
+    "latent_steps",
+    "latent_lr",
+)
 
 
 def search_latent(nets: GanNetworks, images: Tensor, steps: int, lr: float) -> Tensor:
@@ -68,7 +78,9 @@ class GanScorer(Scorer):
         self.architecture = {k: architecture[k] for k in ARCHITECTURE_KEYS}
         self.score_kind = str(settings.get("score", "discriminator"))
         self.reconstruction_score = str(settings.get("reconstruction_score", "mse"))
+        self.top_k_pixels = int(settings.get("top_k_pixels", 0))
         self.top_k_fraction = float(settings.get("top_k_fraction", 0.05))
+        self.smooth = int(settings.get("smooth", 0))
         self.mix_weight = float(settings.get("mix_weight", 0.1))
         self.latent_steps = int(settings.get("latent_steps", 50))
         self.latent_lr = float(settings.get("latent_lr", 0.05))
@@ -95,7 +107,13 @@ class GanScorer(Scorer):
     def _residual(self, images: Tensor) -> Tensor:
         recon = self.reconstruct(images)
         return reconstruction_scores(
-            recon, images, input_support(images), kind=self.reconstruction_score, top_k_fraction=self.top_k_fraction
+            recon,
+            images,
+            input_support(images),
+            kind=self.reconstruction_score,
+            top_k_fraction=self.top_k_fraction,
+            top_k_pixels=self.top_k_pixels,
+            smooth=self.smooth,
         ).double()
 
     def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -115,10 +133,12 @@ class GanScorer(Scorer):
         raise ValueError(f"unknown GAN score {kind!r}")
 
     def heatmap(self, images: Tensor) -> Tensor:
-        """The per-pixel reconstruction error inside the body part (B, 1, S, S) (absolute for l1, else squared)."""
+        """The per-pixel reconstruction error inside the body part (B, 1, S, S) (absolute for l1, else squared),
+        box-smoothed as the reconstruction score's when ``smooth`` > 0."""
         with torch.no_grad():
             recon = self.reconstruct(images)
-            return masked_error_map(recon, images, input_support(images), kind=self.reconstruction_score)
+            support = input_support(images)
+            return masked_error_map(recon, images, support, kind=self.reconstruction_score, smooth=self.smooth)
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """The discriminator trunk's pooled features ``h`` and, with an encoder, the code ``z``."""
@@ -132,7 +152,9 @@ class GanScorer(Scorer):
         return {
             "score": self.score_kind,
             "reconstruction_score": self.reconstruction_score,
+            "top_k_pixels": self.top_k_pixels,
             "top_k_fraction": self.top_k_fraction,
+            "smooth": self.smooth,
             "mix_weight": self.mix_weight,
             "latent_steps": self.latent_steps,
             "latent_lr": self.latent_lr,
@@ -149,7 +171,8 @@ class GanScorer(Scorer):
         architecture = {k: args[k] for k in ARCHITECTURE_KEYS}
         nets = networks_from(architecture)
         nets.load_state_dict({k[len(_NETS) :]: v for k, v in tensors.items() if k.startswith(_NETS)}, strict=True)
-        return cls(nets.eval(), architecture, **{k: args[k] for k in SCORE_KEYS})
+        # A key an older artefact lacks takes the scorer's default, which is what that code scored with.
+        return cls(nets.eval(), architecture, **{k: args[k] for k in SCORE_KEYS if k in args})
 
 
 def networks_from(architecture: dict[str, Any]) -> GanNetworks:

@@ -72,7 +72,9 @@ def score_settings(config: Config) -> dict[str, Any]:
     return {
         "score": gan.score,
         "reconstruction_score": gan.reconstruction_score,
+        "top_k_pixels": gan.top_k_pixels,
         "top_k_fraction": gan.top_k_fraction,
+        "smooth": gan.smooth,
         "mix_weight": gan.mix_weight,
         "latent_steps": gan.latent_steps,
         "latent_lr": gan.latent_lr,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from xrad.config.sections import ADAugment, Check
+from xrad.config.sections import ADAugment, Check, smooth_check, top_k_checks
 
 # Image scores of the VAE: the reconstruction kinds of xrad.losses plus the latent term and the objective.
 VAE_LATENT_SCORES = ("kld", "loss")
@@ -28,6 +28,9 @@ class VAEConfig:
     part), ``kld`` (the KL divergence of the posterior from N(0, I)) or ``loss`` (their combination: the
     training objective per image, masked MSE + ``kld_weight`` · KLD / pixels — the paper names no other
     combination for the VAE; its one mixed score, the mean of two discriminator probabilities, is α-GAN's).
+    ``smooth`` > 0 (an odd width in pixels) box-smooths the pixel error inside the body part before the
+    reconstruction scores aggregate it, and in the heatmap (:func:`xrad.losses.smooth_error_map`); ``kld`` and
+    ``loss`` (the training objective) ignore it.
     """
 
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 64, 32])
@@ -35,6 +38,7 @@ class VAEConfig:
     score: str = "mse"
     top_k_pixels: int = 200  # Davletshina et al.'s k; 0 switches to the fraction form
     top_k_fraction: float = 0.05
+    smooth: int = 0  # box width (odd, pixels) of the error smoothing before the score; 0: off
     # A reconstruction detector should not learn to reconstruct the anomalies it is told about (as ae.*).
     exclude_known_abnormal: bool = True
     augment: ADAugment = field(default_factory=_no_augment)
@@ -46,8 +50,8 @@ class VAEConfig:
         return [
             ("score", self.score in kinds, f"must be one of {kinds}, got {self.score!r}"),
             ("kld_weight", self.kld_weight >= 0, f"must be ≥ 0, got {self.kld_weight}"),
-            ("top_k_pixels", self.top_k_pixels >= 0, f"must be ≥ 0 (0: the fraction form), got {self.top_k_pixels}"),
-            ("top_k_fraction", 0.0 < self.top_k_fraction <= 1.0, f"must be in (0, 1], got {self.top_k_fraction}"),
+            *top_k_checks(self.top_k_pixels, self.top_k_fraction),
+            smooth_check(self.smooth),
             (
                 "decoder_channels",
                 len(self.decoder_channels) == 5 and min(self.decoder_channels) >= 1,

@@ -3,8 +3,8 @@
 Scores are computed from the reconstruction of the posterior mean μ (no sampling, so they are deterministic):
 masked MSE / L1, their top-k forms, the KL divergence of the posterior, or the per-image training objective
 (see :class:`~xrad.methods.vae.config.VAEConfig`). The heatmap is the per-pixel reconstruction error inside
-the body part, as for the autoencoder; the mask is the support of the prepared input (see
-:mod:`xrad.methods.autoencoder.scorer`).
+the body part (box-smoothed as the scores' when ``smooth`` > 0), as for the autoencoder; the mask is the
+support of the prepared input (see :mod:`xrad.methods.autoencoder.scorer`).
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ def vae_scores(
     kld_weight: float = 1.0,
     top_k_fraction: float = 0.05,
     top_k_pixels: int = 0,
+    smooth: int = 0,
 ) -> Tensor:
-    """Image scores (B,) of prepared ``images`` by score ``kind`` (the stage's validation uses it too)."""
+    """Image scores (B,) of prepared ``images`` by score ``kind`` (the stage's validation uses it too);
+    ``smooth`` applies to the reconstruction kinds only (``loss`` is the training objective, unsmoothed)."""
     recon, mu, logvar = vae(images)
     if kind == "kld":
         return gaussian_kld(mu, logvar)
@@ -65,7 +67,7 @@ def vae_scores(
         mse = reconstruction_scores(recon, images, support, kind="mse")
         return mse + kld_weight * gaussian_kld(mu, logvar) / images[0].numel()
     return reconstruction_scores(
-        recon, images, support, kind=kind, top_k_fraction=top_k_fraction, top_k_pixels=top_k_pixels
+        recon, images, support, kind=kind, top_k_fraction=top_k_fraction, top_k_pixels=top_k_pixels, smooth=smooth
     )
 
 
@@ -81,6 +83,7 @@ class VAEScorer(Scorer):
         kld_weight: float = 1.0,
         top_k_fraction: float = 0.05,
         top_k_pixels: int = 200,
+        smooth: int = 0,
     ) -> None:
         super().__init__()
         self.vae = vae
@@ -88,6 +91,7 @@ class VAEScorer(Scorer):
         self.kld_weight = float(kld_weight)
         self.top_k_fraction = float(top_k_fraction)
         self.top_k_pixels = int(top_k_pixels)
+        self.smooth = int(smooth)
 
     def reconstruct(self, images: Tensor) -> Tensor:
         """The reconstruction (B, 1, S, S) of the posterior mean of prepared images."""
@@ -97,15 +101,17 @@ class VAEScorer(Scorer):
     def score(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Image scores (B,) of the configured kind; no sphere."""
         return vae_scores(
-            self.vae, images, self.score_kind, self.kld_weight, self.top_k_fraction, self.top_k_pixels
+            self.vae, images, self.score_kind, self.kld_weight, self.top_k_fraction, self.top_k_pixels, self.smooth
         ), None
 
     def heatmap(self, images: Tensor) -> Tensor:
         """Per-pixel reconstruction error inside the body part (B, 1, S, S): absolute for the L1 scores,
-        squared otherwise (the KLD has no pixels: its map is the squared error the objective adds it to)."""
+        squared otherwise (the KLD has no pixels: its map is the squared error the objective adds it to);
+        box-smoothed as the reconstruction scores' when ``smooth`` > 0."""
         pixel_kind = "l1" if self.score_kind.startswith("l1") else "mse"
         with torch.no_grad():
-            return masked_error_map(self.reconstruct(images), images, input_support(images), kind=pixel_kind)
+            recon = self.reconstruct(images)
+            return masked_error_map(recon, images, input_support(images), kind=pixel_kind, smooth=self.smooth)
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
         """The encoder's h (B, 512) and the posterior mean μ as z."""
@@ -121,6 +127,7 @@ class VAEScorer(Scorer):
             kld_weight=self.kld_weight,
             top_k_fraction=self.top_k_fraction,
             top_k_pixels=self.top_k_pixels,
+            smooth=self.smooth,
         )
         return tensors, args
 
@@ -134,4 +141,5 @@ class VAEScorer(Scorer):
             args["kld_weight"],
             args["top_k_fraction"],
             args["top_k_pixels"],
+            args.get("smooth", 0),  # artefacts written before smooth existed: no smoothing
         )

@@ -42,7 +42,7 @@ class VAEResult:
     def scorer(self, config: Config) -> VAEScorer:
         """The VAE with the configured image score."""
         v: VAEConfig = config.section("vae")
-        return VAEScorer(self.vae, v.score, v.kld_weight, v.top_k_fraction, v.top_k_pixels)
+        return VAEScorer(self.vae, v.score, v.kld_weight, v.top_k_fraction, v.top_k_pixels, v.smooth)
 
 
 def new_vae(config: Config) -> VariationalAutoencoder:
@@ -78,7 +78,8 @@ class VAEModule(StageModule):
 
     def score(self, x: Tensor) -> Tensor:
         """The configured image score of prepared images."""
-        return vae_scores(self.vae, x, self.v.score, self.v.kld_weight, self.v.top_k_fraction, self.v.top_k_pixels)
+        v = self.v
+        return vae_scores(self.vae, x, v.score, v.kld_weight, v.top_k_fraction, v.top_k_pixels, v.smooth)
 
     def epoch_end(self) -> dict[str, float]:
         valid = self.ctx.banks.get("valid")
