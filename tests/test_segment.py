@@ -66,3 +66,21 @@ def test_segmentation_is_deterministic():
     gray, _, _ = _limb_on_bar(touching=True, seed=2)
     first, second = segment_body(gray, PARAMS), segment_body(gray.copy(), PARAMS)
     assert np.array_equal(first[0], second[0]) and first[1:] == second[1:]
+
+
+def test_records_written_before_the_rule_keep_the_largest_component(tmp_path):
+    """A params.json / artefact without ``mask_border_band`` was made with the largest-component mask: it loads
+    with 0, so an artefact scores as it was trained and an old cache is refused instead of resumed with mixed masks."""
+    import json
+
+    from xrad.errors import DataError
+    from xrad.preprocess.cache import _check_params
+
+    old = PARAMS.to_dict()
+    old.pop("mask_border_band")
+    assert PreprocessParams.from_dict(old).mask_border_band == 0.0
+    assert PreprocessParams.from_dict(PARAMS.to_dict()) == PARAMS
+    (tmp_path / "params.json").write_text(json.dumps(old), encoding="utf-8")
+    with pytest.raises(DataError, match="other preprocessing parameters"):
+        _check_params(tmp_path, PARAMS)
+    _check_params(tmp_path, PreprocessParams(size=256, mask_border_band=0.0))

@@ -113,6 +113,7 @@ class PreprocessParams:
         Files written before the inversion rule changed carry ``border_fraction`` and
         ``inverted_border_median``: they parameterised the outer-band rule, which no longer exists, so
         they load with today's rule (the old one inverted correctly exposed images with bright margins).
+        Files without ``mask_border_band`` load with 0 (the largest-component mask they were made with).
         """
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k not in RETIRED_KEYS}
@@ -121,4 +122,7 @@ class PreprocessParams:
             raise ConfigError(f"unknown preprocessing parameter(s): {', '.join(unknown)}")
         if "hysteresis_grid" in values:
             values["hysteresis_grid"] = tuple(float(v) for v in values["hysteresis_grid"])
+        # Written before the border-bar rule: its masks were the largest component, so keep that rule (an
+        # artefact scores raw images as it was trained; an old cache is refused, not resumed with mixed masks).
+        values.setdefault("mask_border_band", 0.0)
         return cls(**values)
