@@ -31,7 +31,12 @@ class PreprocessParams:
     burned-in marker's few pixels).
     Segmentation: Yen threshold on the equalised crop with hysteresis low factors from ``hysteresis_grid``
     (searched once per image at ``search_px``), an opening of radius ``opening_fraction`` × major axis,
-    the largest component, holes smaller than ``max_hole_fraction`` of it filled.
+    then the body component, holes smaller than ``max_hole_fraction`` of it filled: flat rows and columns
+    the mask covers end to end within ``mask_border_band`` × the major axis of a side (collimator bars,
+    film and detector edges) are cut off, and the largest component that is not a border strip, flat (no
+    bone texture), darker than the rest or a plate-sized rectangle is taken
+    (:func:`xrad.preprocess.segment._body_component`); ``mask_border_band`` = 0 takes the largest component,
+    as before.
     Output: major axis resized to ``size`` (the cache size, :mod:`xrad.config.sizes`) and padded to a square.
     Ablation switches (Davletshina et al.: raw vs carrier crop vs crop + body mask, each ± histogram
     equalisation): ``carrier_crop`` off keeps the whole image (no carrier search; flag ``uncropped``),
@@ -56,6 +61,7 @@ class PreprocessParams:
     search_px: int = 128
     opening_fraction: float = 0.01
     max_hole_fraction: float = 0.02
+    mask_border_band: float = 0.06
     carrier_crop: bool = True
     body_mask: bool = True
     equalize: str = "none"
@@ -85,6 +91,8 @@ class PreprocessParams:
             raise ConfigError("inversion_min_extrema/_texture/_tissue and inversion_margin_dark must be in [0, 1)")
         if not self.hysteresis_grid or not all(0.0 < f <= 1.0 for f in self.hysteresis_grid):
             raise ConfigError("hysteresis_grid must hold factors in (0, 1]")
+        if not 0.0 <= self.mask_border_band < 0.5:
+            raise ConfigError(f"mask_border_band must be in [0, 0.5), got {self.mask_border_band}")
         if self.equalize not in ("none", "global", "clahe"):
             raise ConfigError(f"equalize must be none, global or clahe, got {self.equalize!r}")
         if not self.clahe_clip_limit > 0:
@@ -105,6 +113,7 @@ class PreprocessParams:
         Files written before the inversion rule changed carry ``border_fraction`` and
         ``inverted_border_median``: they parameterised the outer-band rule, which no longer exists, so
         they load with today's rule (the old one inverted correctly exposed images with bright margins).
+        Files without ``mask_border_band`` load with 0 (the largest-component mask they were made with).
         """
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k not in RETIRED_KEYS}
@@ -113,4 +122,7 @@ class PreprocessParams:
             raise ConfigError(f"unknown preprocessing parameter(s): {', '.join(unknown)}")
         if "hysteresis_grid" in values:
             values["hysteresis_grid"] = tuple(float(v) for v in values["hysteresis_grid"])
+        # Written before the border-bar rule: its masks were the largest component, so keep that rule (an
+        # artefact scores raw images as it was trained; an old cache is refused, not resumed with mixed masks).
+        values.setdefault("mask_border_band", 0.0)
         return cls(**values)
