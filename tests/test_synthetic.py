@@ -180,3 +180,26 @@ def test_synthetic_detector_scored_patchcore_style(squares_split: Path, tmp_path
     again = run_training("tiny_synthetic", squares_split, tmp_path / "run", progress=False, overrides=overrides)
     assert again["test_auroc"] == summary["test_auroc"]
     assert torch.equal(load_scorer(tmp_path / "run" / "artefact").memory, memory)
+
+
+def test_the_patch_form_trains_without_synthetic_anomalies(squares_split: Path, tmp_path: Path) -> None:
+    """``finetune.corruptions: []`` switches the synthetic known anomalies off (the with/without ablation the
+    detection issue asks for); an unknown kind is still refused."""
+    import pandas as pd
+
+    from xrad.errors import ConfigError
+    from xrad.jobs.train import run_training
+    from xrad.methods.registry import load_config
+
+    base = ["finetune.level=patch", "finetune.epochs=2", "finetune.lr=0.001", "pretrain.epochs=1"]
+    with_them = run_training("tiny", squares_split, tmp_path / "with", progress=False, overrides=base)
+    without = run_training(
+        "tiny", squares_split, tmp_path / "without", progress=False, overrides=[*base, "finetune.corruptions=[]"]
+    )
+    assert load_config("tiny", [*base, "finetune.corruptions=[]"]).finetune.corruptions == []
+    scores_with = pd.read_csv(tmp_path / "with" / "scores_test.csv")["score"].to_numpy()
+    scores_without = pd.read_csv(tmp_path / "without" / "scores_test.csv")["score"].to_numpy()
+    assert np.isfinite(scores_without).all() and not np.allclose(scores_with, scores_without)
+    assert with_them["method"] == without["method"] == "self_taught"
+    with pytest.raises(ConfigError, match="corruptions"):
+        load_config("tiny", [*base, "finetune.corruptions=[nope]"])

@@ -231,8 +231,8 @@ class FinetuneConfig:
             ("cell_fraction", 0 < self.cell_fraction < 1, "must be in (0, 1)"),
             (
                 "corruptions",
-                bool(self.corruptions) and set(self.corruptions) <= set(CORRUPTION_KINDS),
-                f"must list corruption kinds of {CORRUPTION_KINDS}",
+                set(self.corruptions) <= set(CORRUPTION_KINDS),
+                f"must list corruption kinds of {CORRUPTION_KINDS} (or none: no synthetic anomalies)",
             ),
             *milestone_checks(self.milestones),
         ]

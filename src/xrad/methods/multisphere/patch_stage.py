@@ -99,9 +99,12 @@ class PatchMADModule(SphereModule):
             batch["image"], batch["mask"], fin.augment, self.augment_generator(batch_idx)
         )
         known = batch["semi_label"] == -1
-        corrupted, changed = corrupt_batch(
-            clean[~known], body[~known], self.numpy_generator(batch_idx), tuple(fin.corruptions)
-        )
+        if fin.corruptions:
+            corrupted, changed = corrupt_batch(
+                clean[~known], body[~known], self.numpy_generator(batch_idx), tuple(fin.corruptions)
+            )
+        else:  # the ablation: Deep SAD on the cells of the images as they are (known anomalies only)
+            corrupted, changed = clean[:0], body[:0]
         images = torch.cat([clean, corrupted])
         z = self.net(images)  # (N, D, g, g)
         cells = z.shape[-1]
