@@ -192,14 +192,13 @@ def test_the_patch_form_trains_without_synthetic_anomalies(squares_split: Path, 
     from xrad.methods.registry import load_config
 
     base = ["finetune.level=patch", "finetune.epochs=2", "finetune.lr=0.001", "pretrain.epochs=1"]
-    with_them = run_training("tiny", squares_split, tmp_path / "with", progress=False, overrides=base)
-    without = run_training(
+    run_training("tiny", squares_split, tmp_path / "with", progress=False, overrides=base)
+    run_training(
         "tiny", squares_split, tmp_path / "without", progress=False, overrides=[*base, "finetune.corruptions=[]"]
     )
     assert load_config("tiny", [*base, "finetune.corruptions=[]"]).finetune.corruptions == []
     scores_with = pd.read_csv(tmp_path / "with" / "scores_test.csv")["score"].to_numpy()
     scores_without = pd.read_csv(tmp_path / "without" / "scores_test.csv")["score"].to_numpy()
     assert np.isfinite(scores_without).all() and not np.allclose(scores_with, scores_without)
-    assert with_them["method"] == without["method"] == "self_taught"
     with pytest.raises(ConfigError, match="corruptions"):
         load_config("tiny", [*base, "finetune.corruptions=[nope]"])

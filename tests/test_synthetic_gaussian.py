@@ -33,6 +33,15 @@ def test_the_shrunk_mahalanobis_distance_equals_numpy() -> None:
     assert bool((looser < got).all())
 
 
+def test_features_without_variance_are_a_one_line_data_error() -> None:
+    import pytest
+
+    from xrad.errors import DataError
+
+    with pytest.raises(DataError, match="no variance"):
+        gaussian_precision(torch.zeros(4, 4, dtype=torch.float64), 0.01)
+
+
 def test_moments_added_in_batches_equal_the_mean_and_covariance_of_all_rows() -> None:
     rows = np.random.default_rng(1).normal(loc=5.0, size=(103, 4))
     moments = MomentAccumulator(4)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xrad.config.sections import is_box_width
 from xrad.errors import ConfigError, DataError
 
 __all__ = [
@@ -158,7 +159,7 @@ def _check_kind(kind: str) -> None:
 
 
 def _check_smooth(smooth: int) -> None:
-    if smooth < 0 or (smooth > 0 and smooth % 2 == 0):
+    if not is_box_width(smooth):  # the config's rule: a scorer rebuilt from an artefact is checked alike
         raise ConfigError(f"smooth must be 0 (off) or an odd box width in pixels (got {smooth})")
 
 

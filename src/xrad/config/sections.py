@@ -44,14 +44,15 @@ def top_k_checks(top_k_pixels: int, top_k_fraction: float) -> list[Check]:
     ]
 
 
-def smooth_check(smooth: int) -> Check:
-    """The rule of the reconstruction detectors' ``smooth`` key (:func:`xrad.losses.smooth_error_map`): a box
+def is_box_width(smooth: int) -> bool:
+    """The rule of the reconstruction detectors' ``smooth`` (:func:`xrad.losses.smooth_error_map`): a box
     centred on a pixel has an odd width, and 0 switches the smoothing off."""
-    return (
-        "smooth",
-        smooth == 0 or (smooth > 0 and smooth % 2 == 1),
-        f"must be 0 (off) or an odd box width in pixels, got {smooth}",
-    )
+    return smooth == 0 or (smooth > 0 and smooth % 2 == 1)
+
+
+def smooth_check(smooth: int) -> Check:
+    """The config check of ``smooth`` (:func:`is_box_width`)."""
+    return ("smooth", is_box_width(smooth), f"must be 0 (off) or an odd box width in pixels, got {smooth}")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from xrad.errors import DataError
 from xrad.methods.base import CellMapScorer
 from xrad.models.patch import body_average, cell_mask, cell_vectors, patch_features
 from xrad.models.resnet import ResNet18Backbone
@@ -36,6 +37,8 @@ def gaussian_precision(covariance: Tensor, shrinkage: float) -> Tensor:
     cov = covariance.double()
     d = cov.shape[0]
     ridge = shrinkage * float(torch.trace(cov)) / d
+    if not ridge > 0:
+        raise DataError("the normal training features have no variance: a Gaussian of them has no scale")
     precision: Tensor = torch.linalg.inv(cov + ridge * torch.eye(d, dtype=cov.dtype))
     return precision
 
@@ -147,7 +150,8 @@ def fit_gaussians(
         x = prepare_eval(images[start : start + batch_size].to(device), masks[start : start + batch_size].to(device))
         features = patch_features(backbone, x)
         inside = cell_mask(x, features.shape[-1]).flatten()
-        cells = cells or MomentAccumulator(features.shape[1])
+        if cells is None:
+            cells = MomentAccumulator(features.shape[1])
         cells.add(cell_vectors(features)[inside].cpu())
         averages.append(body_average(features, x).double().cpu())
     backbone.train(was_training)
