@@ -61,6 +61,46 @@ def test_metal_brightens_and_a_gap_darkens_the_bone() -> None:
     assert (out[changed > 0] < image[changed > 0]).all()
 
 
+def _straight_limb(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A vertical limb (soft tissue 0.35) with one bone (0.8, 10 px wide) in it, and the bone's 0/1 map."""
+    xx = np.mgrid[:size, :size][1].astype(np.float32)
+    body = (np.abs(xx - size / 2) < size * 0.3).astype(np.float32)
+    bone = (np.abs(xx - size / 2) < 5).astype(np.float32)
+    return body * (0.35 + 0.45 * bone), body, bone
+
+
+def test_a_gap_crosses_the_bone_from_edge_to_edge_down_to_the_soft_tissue() -> None:
+    """The gap is what a fracture looks like: across the whole bone, not along it nor into the soft tissue,
+    and inside it the image falls most of the way to the soft tissue beside the bone."""
+    image, body, bone = _straight_limb()
+    for seed in range(8):
+        out, changed, _ = corrupt(image, body, np.random.default_rng(seed), ("gap_across_bone",))
+        rows, cols = np.nonzero(changed)
+        assert len(rows) >= 10, f"seed {seed}: {len(rows)} pixels"
+        near_bone = np.abs(np.arange(64) - 32) < 6  # the bone and the pixel beside it (its smoothed edge)
+        assert near_bone[cols].all()  # only bone loses attenuation
+        assert set(np.unique(cols)) >= set(np.flatnonzero(bone[0])[1:-1])  # edge to edge
+        assert np.ptp(rows) <= 12  # a band across the bone (≤ 30° off the perpendicular), not along it
+        removed = (image - out) / 0.45  # the share of the bone's own attenuation taken away
+        for col in np.flatnonzero(bone[0])[1:-1]:  # the band centre takes at least half, even anti-aliased
+            assert removed[:, col].max() >= 0.5, f"seed {seed}, column {col}"
+        assert (out >= 0.35 - 0.05)[body > 0].all()  # never much darker than the soft tissue behind it
+
+
+def test_positive_weights_balance_each_corrupted_image() -> None:
+    from xrad.methods.synthetic.stage import positive_weights
+
+    targets = torch.zeros(3, 4, 4)
+    targets[0, :3, :] = 1  # a large defect: 12 cells
+    targets[1, 0, :2] = 1  # a small one: 2 cells; image 2 is clean
+    plain = positive_weights(targets, 5.0, balance=False)
+    assert torch.equal(plain, torch.where(targets > 0, 5.0, 1.0))
+    balanced = positive_weights(targets, 5.0, balance=True)
+    totals = (balanced * targets).flatten(1).sum(dim=1)
+    np.testing.assert_allclose(totals.numpy(), [35.0, 35.0, 0.0])  # 5 × mean count 7, each image alike
+    assert torch.equal(balanced[targets == 0], torch.ones(int((targets == 0).sum())))
+
+
 def test_corrupt_batch_and_cell_targets() -> None:
     from xrad.methods.synthetic.stage import cell_targets
 

@@ -96,20 +96,31 @@ def screws(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Cor
     return out, region
 
 
-def _across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int, np.ndarray]:
-    """A point on a bright elongated structure (a bone) and the unit vector (x, y) across it.
-
-    The Hessian of the smoothed image has its most negative eigenvalue across a bright ridge; points are drawn
-    among the strongest 15 % of ridges in the body and the direction is that eigenvalue's eigenvector.
-    """
-    size = image.shape[0]
-    smooth = cv2.GaussianBlur(image.astype(np.float32), (0, 0), max(1.0, 0.02 * size))
+def _ridges(image: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scale-normalised ridge strength (σ² × −the Hessian's lowest eigenvalue) of the image at scale ``sigma``,
+    and the Hessian's entries (dxx, dxy, dyy) there."""
+    smooth = cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigma)
     dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
     dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
     dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3)
     half_trace = (dxx + dyy) / 2
     lowest = half_trace - np.sqrt(np.maximum(half_trace**2 - (dxx * dyy - dxy**2), 0))
-    ridge = np.where(mask > 0, -lowest, 0)
+    return -lowest * sigma**2, dxx, dxy, dyy
+
+
+def _across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int, np.ndarray]:
+    """A point on a bright elongated structure (a bone) and the unit vector (x, y) across it.
+
+    The Hessian of the smoothed image has its most negative eigenvalue across a bright ridge. It is taken at
+    three scales (σ = 1.5, 3 and 5 % of the image) and scale-normalised, so that a wide shaft (a humerus) is
+    as strong a ridge as a thin one (a finger) — one scale alone finds thin bones almost only. Points are drawn
+    among the strongest 15 % of ridges in the body; the direction is the eigenvector of the best scale.
+    """
+    size = image.shape[0]
+    scales = [_ridges(image, max(1.0, fraction * size)) for fraction in (0.015, 0.03, 0.05)]
+    strength = np.stack([scale[0] for scale in scales])
+    best = np.argmax(strength, axis=0)
+    ridge = np.where(mask > 0, np.take_along_axis(strength, best[None], 0)[0], 0)
     inside = ridge[mask > 0]
     ys, xs = np.nonzero(ridge > np.quantile(inside, 0.85)) if inside.size else (np.array([]), np.array([]))
     if len(ys) == 0:
@@ -117,7 +128,9 @@ def _across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     else:
         i = int(rng.integers(len(ys)))
         cy, cx = int(ys[i]), int(xs[i])
-    a, b, c, lam = dxx[cy, cx], dxy[cy, cx], dyy[cy, cx], lowest[cy, cx]
+    _, dxx, dxy, dyy = scales[int(best[cy, cx])]
+    a, b, c = dxx[cy, cx], dxy[cy, cx], dyy[cy, cx]
+    lam = (a + c) / 2 - np.sqrt(max(((a + c) / 2) ** 2 - (a * c - b**2), 0.0))
     vector = np.array([b, lam - a]) if abs(b) > 1e-6 else (np.array([1.0, 0.0]) if a < c else np.array([0.0, 1.0]))
     return cy, cx, vector / (np.linalg.norm(vector) + 1e-9)
 
@@ -168,44 +181,112 @@ def _bone_component(bone: np.ndarray, cy: int, cx: int) -> np.ndarray:
     return component
 
 
-def gap_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
-    """A fracture-like gap: across one bone, a thin band where the bone is missing and only the soft tissue
-    behind it remains (the bone layer of :func:`_bone_layer` removed inside the band)."""
+def _bone_edges(
+    image: np.ndarray, mask: np.ndarray, cy: int, cx: int, across: np.ndarray
+) -> tuple[float, float, float]:
+    """Where the bone through (cy, cx) ends along ±``across``: the first clear fall (at least half the
+    steepest) of the lightly smoothed intensity within 0.15 of the image, staying in the body, and the
+    soft-tissue level just beyond each edge.
+
+    Returns (distance forward, distance backward, the lower of the two levels beyond); the level is ``inf``
+    when no edge falls by at least 0.02 (no bone there).
+    """
     size = image.shape[0]
-    cy, cx, across = _across_bone(image, mask, rng)
-    soft, bone = _bone_layer(image)
-    this_bone = _bone_component(bone, cy, cx)
-    # An oblique band through the point: up to 30° off the perpendicular of the bone, like the phantoms'.
+    smooth = _structure(image)
+    reach, levels = [], []
+    for sign in (1, -1):
+        profile = []
+        for t in range(max(3, int(0.15 * size))):
+            y, x = int(round(cy + sign * t * across[1])), int(round(cx + sign * t * across[0]))
+            if not (0 <= y < size and 0 <= x < size) or mask[y, x] <= 0:
+                break
+            profile.append(float(smooth[y, x]))
+        values = np.array(profile)
+        if len(values) < 3:
+            return 0.0, 0.0, float("inf")
+        drops = values[:-1] - values[1:]
+        # The first clear fall is the bone's own edge; a later, often steeper one is the limb's edge.
+        strong = np.flatnonzero(drops >= max(0.5 * float(drops.max()), 0.02 / max(1.0, 0.006 * size)))
+        if not len(strong):
+            return 0.0, 0.0, float("inf")
+        edge = int(strong[0])
+        while edge + 1 < len(drops) and drops[edge + 1] > drops[edge]:
+            edge += 1
+        reach.append(edge + 0.5)  # the bone ends between the samples either side of its steepest fall
+        levels.append(float(values[min(edge + 2, len(values) - 1)]))
+    return reach[0], reach[1], min(levels)
+
+
+def _structure(image: np.ndarray) -> np.ndarray:
+    """The image without its pixel noise (the light smoothing :func:`_bone_edges` measures on)."""
+    smooth: np.ndarray = cv2.GaussianBlur(image.astype(np.float32), (0, 0), max(0.7, 0.006 * image.shape[0]))
+    return smooth
+
+
+def gap_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
+    """A fracture-like gap: a thin band across one bone from edge to edge, where the bone's attenuation is
+    missing and only the soft tissue beside it shows through — as in a transverse or oblique fracture.
+
+    The band runs from the point's bone edge on one side to the other (:func:`_bone_edges`) at up to 30° off
+    the perpendicular of the bone; inside it the image falls most of the way to the soft-tissue level measured
+    just beyond those edges. Points without a clear bone edge on both sides are redrawn (up to eight times).
+    """
+    size = image.shape[0]
+    for _ in range(8):
+        cy, cx, across = _across_bone(image, mask, rng)
+        forward, backward, level = _bone_edges(image, mask, cy, cx, across)
+        if np.isfinite(level) and image[cy, cx] > level + 0.02:
+            break
+    else:
+        return image, np.zeros_like(image)
     angle = np.deg2rad(rng.uniform(-30, 30))
     direction = np.array(
         [across[0] * np.cos(angle) - across[1] * np.sin(angle), across[0] * np.sin(angle) + across[1] * np.cos(angle)]
     )
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    along = (xx - cx) * direction[1] - (yy - cy) * direction[0]  # distance from the band's centre line
+    position = (xx - cx) * direction[0] + (yy - cy) * direction[1]  # along the band
+    offset = (xx - cx) * direction[1] - (yy - cy) * direction[0]  # across the band, from its centre line
+    stretch = 1.0 / max(np.cos(angle), 0.5)  # an oblique band crosses the bone on a longer chord
     half = rng.uniform(0.004, 0.015) * size + 0.4
-    band = np.clip(0.5 + half - np.abs(along), 0.0, 1.0) * this_bone
+    band = np.clip(0.5 + half - np.abs(offset), 0.0, 1.0)
+    band *= np.clip(0.5 + np.minimum(forward * stretch - position, backward * stretch + position), 0.0, 1.0)
+    band *= mask > 0
     depth = rng.uniform(0.75, 1.0)  # most of the bone's attenuation is missing in the gap
-    out = image - bone * band * depth
+    # The smoothed bone is removed, not the pixels: the image's noise stays in the gap, as in a radiograph,
+    # instead of a noise-free band that a network could find by its texture alone.
+    out = image - band * depth * np.maximum(_structure(image) - level, 0.0)
     return out, ((band > 0.5) & (image - out > 0.02)).astype(np.float32)
 
 
 def step_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
-    """A displaced-fragment-like step: the part of one bone beyond a break is moved sideways (and slightly
-    turned) over the soft tissue — the bone layer of :func:`_bone_layer` moved, the soft tissue left in place."""
+    """A displaced-fragment-like step: one bone is broken across and the part beyond the break is moved
+    sideways (and slightly turned) over the soft tissue, as in a displaced fracture.
+
+    The bone is the strip between its edges (:func:`_bone_edges`) along its axis, from the break to up to 0.35
+    of the image beyond it (faded out over its last pixels); its attenuation above the soft tissue is lifted
+    off, moved by 0.5–1.2 bone half-widths across the axis and turned by up to 12° about the break, and put
+    back over the soft tissue. Points without a clear bone edge on both sides are redrawn (up to eight times).
+    """
     size = image.shape[0]
-    cy, cx, across = _across_bone(image, mask, rng)
-    forward, backward, _ = _half_widths(image, cy, cx, across)
-    soft, bone = _bone_layer(image)
-    this_bone = _bone_component(bone, cy, cx)
+    for _ in range(8):
+        cy, cx, across = _across_bone(image, mask, rng)
+        forward, backward, level = _bone_edges(image, mask, cy, cx, across)
+        if np.isfinite(level) and image[cy, cx] > level + 0.02:
+            break
+    else:
+        return image, np.zeros_like(image)
     axis = np.array([-across[1], across[0]]) * rng.choice([-1, 1])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    beyond = ((xx - cx) * axis[0] + (yy - cy) * axis[1] > rng.uniform(0.3, 1.5)).astype(np.float32)
-    fragment = bone * this_bone * beyond
+    along = (xx - cx) * axis[0] + (yy - cy) * axis[1]  # beyond the break when > 0
+    side = (xx - cx) * across[0] + (yy - cy) * across[1]  # across the bone, + towards ``forward``
+    length = rng.uniform(0.15, 0.35) * size
+    strip = np.clip(0.5 + np.minimum(forward - side, backward + side), 0.0, 1.0)
+    strip *= np.clip(along + 0.5, 0.0, 1.0) * np.clip((length - along) / max(2.0, 0.05 * size), 0.0, 1.0)
+    fragment = strip * np.maximum(_structure(image) - level, 0.0) * (mask > 0)  # the noise stays in place
     shift = max(1.0, rng.uniform(0.5, 1.2) * (forward + backward) / 2) * rng.choice([-1, 1])
-    turn = rng.uniform(-12, 12)
-    matrix = cv2.getRotationMatrix2D((float(cx), float(cy)), turn, 1.0)
+    matrix = cv2.getRotationMatrix2D((float(cx), float(cy)), float(rng.uniform(-12, 12)), 1.0)
     matrix[:, 2] += shift * across
-    moved = cv2.warpAffine(fragment, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    moved = cv2.warpAffine(fragment.astype(np.float32), matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
     out = np.clip(image - fragment + moved, 0, 1) * (mask > 0)
     return out, (np.abs(out - image) > 0.04).astype(np.float32)
 

@@ -22,7 +22,9 @@ class SyntheticConfig:
     Each batch holds ``batch_size`` augmented normal training images (semi-label ≠ −1) and the same images
     with one corruption of ``kinds`` each; a feature-map cell (8×8 input pixels) is a positive when more than
     ``cell_fraction`` of it was changed. Loss: binary cross-entropy per cell, positives weighted ``pos_weight``
-    (they are rare). Score: the largest cell probability inside the body (``max``), or the mean of the
+    (they are rare); with ``balance_positives`` each corrupted image's positives are rescaled to the same
+    total weight, so small defects (a gap, a screw) are not outweighed by large ones (a plate, a shifted
+    bone). Score: the largest cell probability inside the body (``max``), or the mean of the
     ``top_k`` largest (``top_k``), or — ``knn``, PatchCore on the trained features — the mean of the ``top_k``
     largest distances of the cells to a memory bank of normal training cells (``memory_size`` of them, chosen
     by greedy coreset selection; features averaged over ``smooth``×``smooth`` cells), or — ``gaussian`` — the
@@ -42,6 +44,7 @@ class SyntheticConfig:
     lr_gamma: float = 0.1
     kinds: list[str] = field(default_factory=lambda: ["bright_bar", "screws", "gap_across_bone", "step_across_bone"])
     pos_weight: float = 5.0
+    balance_positives: bool = False
     cell_fraction: float = 0.05
     head_channels: int = 128
     score: str = "max"

@@ -75,6 +75,22 @@ def cell_targets(changed: Tensor, cells: int, fraction: float) -> Tensor:
     return (F.adaptive_avg_pool2d(changed, cells)[:, 0] > fraction).to(changed.dtype)
 
 
+def positive_weights(targets: Tensor, pos_weight: float, balance: bool) -> Tensor:
+    """Per-cell loss weights: 1 for negatives, ``pos_weight`` for positives — or, with ``balance``, the
+    positives of each image rescaled so that every corrupted image's positives weigh the same in total (the
+    batch's mean), so a gap of two cells counts as much as a plate of thirty."""
+    positive = targets > 0.5
+    weight = torch.where(positive, torch.full_like(targets, pos_weight), torch.ones_like(targets))
+    if not balance:
+        return weight
+    counts = positive.flatten(1).sum(dim=1).to(targets.dtype)
+    has = counts > 0
+    if not bool(has.any()):
+        return weight
+    scale = torch.where(has, counts[has].mean() / counts.clamp_min(1.0), torch.ones_like(counts))
+    return torch.where(positive, weight * scale[:, None, None], weight)
+
+
 MEMORY_FILE = "memory.safetensors"  # the PatchCore bank of score: knn
 GAUSSIAN_FILE = "gaussians.safetensors"  # the normal Gaussians of score: gaussian / gaussian_image
 
@@ -102,7 +118,8 @@ class SyntheticModule(StageModule):
         targets = cell_targets(
             torch.cat([torch.zeros_like(changed), changed]), logits.shape[-1], self.section.cell_fraction
         )
-        loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight)
+        weight = positive_weights(targets, float(self.pos_weight), self.section.balance_positives)
+        loss = F.binary_cross_entropy_with_logits(logits, targets, weight=weight)
         self.record_loss(loss, images.shape[0])
         return loss
 
