@@ -108,13 +108,15 @@ def _ridges(image: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np
     return -lowest * sigma**2, dxx, dxy, dyy
 
 
-def _across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int, np.ndarray]:
-    """A point on a bright elongated structure (a bone) and the unit vector (x, y) across it.
+RidgeSites = tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]
 
-    The Hessian of the smoothed image has its most negative eigenvalue across a bright ridge. It is taken at
-    three scales (σ = 1.5, 3 and 5 % of the image) and scale-normalised, so that a wide shaft (a humerus) is
-    as strong a ridge as a thin one (a finger) — one scale alone finds thin bones almost only. Points are drawn
-    among the strongest 15 % of ridges in the body; the direction is the eigenvector of the best scale.
+
+def _ridge_sites(image: np.ndarray, mask: np.ndarray) -> RidgeSites:
+    """Where bones run: the strongest 15 % of scale-normalised ridges in the body (ys, xs), the best scale of
+    every pixel and the Hessians of the three scales (σ = 1.5, 3 and 5 % of the image).
+
+    One scale alone finds thin bones (fingers) almost only; normalised across scales, a wide shaft (a humerus)
+    is as strong a ridge as a thin one. Computed once per image; :func:`_draw_across` then draws from it.
     """
     size = image.shape[0]
     scales = [_ridges(image, max(1.0, fraction * size)) for fraction in (0.015, 0.03, 0.05)]
@@ -123,6 +125,15 @@ def _across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     ridge = np.where(mask > 0, np.take_along_axis(strength, best[None], 0)[0], 0)
     inside = ridge[mask > 0]
     ys, xs = np.nonzero(ridge > np.quantile(inside, 0.85)) if inside.size else (np.array([]), np.array([]))
+    return ys, xs, best, scales
+
+
+def _draw_across(
+    sites: RidgeSites, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[int, int, np.ndarray]:
+    """A random ridge point and the unit vector (x, y) across the bone there: the eigenvector of the Hessian's
+    most negative eigenvalue at the point's best scale (a bright body pixel when there is no ridge)."""
+    ys, xs, best, scales = sites
     if len(ys) == 0:
         cy, cx = _body_point(mask, image, rng, bright=True)
     else:
@@ -133,6 +144,11 @@ def _across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     lam = (a + c) / 2 - np.sqrt(max(((a + c) / 2) ** 2 - (a * c - b**2), 0.0))
     vector = np.array([b, lam - a]) if abs(b) > 1e-6 else (np.array([1.0, 0.0]) if a < c else np.array([0.0, 1.0]))
     return cy, cx, vector / (np.linalg.norm(vector) + 1e-9)
+
+
+def _across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int, np.ndarray]:
+    """A point on a bright elongated structure (a bone) and the unit vector (x, y) across it."""
+    return _draw_across(_ridge_sites(image, mask), image, mask, rng)
 
 
 def _half_widths(image: np.ndarray, cy: int, cx: int, across: np.ndarray) -> tuple[int, int, float]:
@@ -182,7 +198,7 @@ def _bone_component(bone: np.ndarray, cy: int, cx: int) -> np.ndarray:
 
 
 def _bone_edges(
-    image: np.ndarray, mask: np.ndarray, cy: int, cx: int, across: np.ndarray
+    smooth: np.ndarray, mask: np.ndarray, cy: int, cx: int, across: np.ndarray
 ) -> tuple[float, float, float]:
     """Where the bone through (cy, cx) ends along ±``across``: the first clear fall (at least half the
     steepest) of the lightly smoothed intensity within 0.15 of the image, staying in the body, and the
@@ -191,8 +207,7 @@ def _bone_edges(
     Returns (distance forward, distance backward, the lower of the two levels beyond); the level is ``inf``
     when no edge falls by at least 0.02 (no bone there).
     """
-    size = image.shape[0]
-    smooth = _structure(image)
+    size = smooth.shape[0]
     reach, levels = [], []
     for sign in (1, -1):
         profile = []
@@ -223,6 +238,20 @@ def _structure(image: np.ndarray) -> np.ndarray:
     return smooth
 
 
+def _bone_site(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[int, int, np.ndarray, float, float, float, np.ndarray] | None:
+    """A ridge point with a clear bone edge on both sides: (cy, cx, across, distance forward, distance
+    backward, soft-tissue level, the smoothed image), or None after eight draws without one."""
+    sites, structure = _ridge_sites(image, mask), _structure(image)
+    for _ in range(8):
+        cy, cx, across = _draw_across(sites, image, mask, rng)
+        forward, backward, level = _bone_edges(structure, mask, cy, cx, across)
+        if np.isfinite(level) and image[cy, cx] > level + 0.02:
+            return cy, cx, across, forward, backward, level, structure
+    return None
+
+
 def gap_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Corruption:
     """A fracture-like gap: a thin band across one bone from edge to edge, where the bone's attenuation is
     missing and only the soft tissue beside it shows through — as in a transverse or oblique fracture.
@@ -232,13 +261,10 @@ def gap_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     just beyond those edges. Points without a clear bone edge on both sides are redrawn (up to eight times).
     """
     size = image.shape[0]
-    for _ in range(8):
-        cy, cx, across = _across_bone(image, mask, rng)
-        forward, backward, level = _bone_edges(image, mask, cy, cx, across)
-        if np.isfinite(level) and image[cy, cx] > level + 0.02:
-            break
-    else:
+    site = _bone_site(image, mask, rng)
+    if site is None:
         return image, np.zeros_like(image)
+    cy, cx, across, forward, backward, level, structure = site
     angle = np.deg2rad(rng.uniform(-30, 30))
     direction = np.array(
         [across[0] * np.cos(angle) - across[1] * np.sin(angle), across[0] * np.sin(angle) + across[1] * np.cos(angle)]
@@ -254,7 +280,7 @@ def gap_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     depth = rng.uniform(0.75, 1.0)  # most of the bone's attenuation is missing in the gap
     # The smoothed bone is removed, not the pixels: the image's noise stays in the gap, as in a radiograph,
     # instead of a noise-free band that a network could find by its texture alone.
-    out = image - band * depth * np.maximum(_structure(image) - level, 0.0)
+    out = image - band * depth * np.maximum(structure - level, 0.0)
     return out, ((band > 0.5) & (image - out > 0.02)).astype(np.float32)
 
 
@@ -268,13 +294,10 @@ def step_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generat
     back over the soft tissue. Points without a clear bone edge on both sides are redrawn (up to eight times).
     """
     size = image.shape[0]
-    for _ in range(8):
-        cy, cx, across = _across_bone(image, mask, rng)
-        forward, backward, level = _bone_edges(image, mask, cy, cx, across)
-        if np.isfinite(level) and image[cy, cx] > level + 0.02:
-            break
-    else:
+    site = _bone_site(image, mask, rng)
+    if site is None:
         return image, np.zeros_like(image)
+    cy, cx, across, forward, backward, level, structure = site
     axis = np.array([-across[1], across[0]]) * rng.choice([-1, 1])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     along = (xx - cx) * axis[0] + (yy - cy) * axis[1]  # beyond the break when > 0
@@ -282,7 +305,7 @@ def step_across_bone(image: np.ndarray, mask: np.ndarray, rng: np.random.Generat
     length = rng.uniform(0.15, 0.35) * size
     strip = np.clip(0.5 + np.minimum(forward - side, backward + side), 0.0, 1.0)
     strip *= np.clip(along + 0.5, 0.0, 1.0) * np.clip((length - along) / max(2.0, 0.05 * size), 0.0, 1.0)
-    fragment = strip * np.maximum(_structure(image) - level, 0.0) * (mask > 0)  # the noise stays in place
+    fragment = strip * np.maximum(structure - level, 0.0) * (mask > 0)  # the noise stays in place
     shift = max(1.0, rng.uniform(0.5, 1.2) * (forward + backward) / 2) * rng.choice([-1, 1])
     matrix = cv2.getRotationMatrix2D((float(cx), float(cy)), float(rng.uniform(-12, 12)), 1.0)
     matrix[:, 2] += shift * across
